@@ -1,0 +1,2 @@
+#include "common.hpp"
+void register_backproject(py::module_& m) {}

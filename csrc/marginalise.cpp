@@ -1,0 +1,2 @@
+#include "common.hpp"
+void register_marginalise(py::module_& m) {}

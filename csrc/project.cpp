@@ -1,0 +1,2 @@
+#include "common.hpp"
+void register_project(py::module_& m) {}

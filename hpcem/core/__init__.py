@@ -1,0 +1,1 @@
+"""Geometry, CTF, sampling, masks, filters and resolution measures."""
