@@ -1,2 +1,315 @@
+// backproject: the exact adjoint of project3d / project2d (same interpolation weights),
+// accumulating into padded half-grid accumulators in place; plus symmetrise3d.
+//
+// Concurrency: no atomics. The accumulator is split into slabs of FFT-ordered
+// frequencies along z (3D) or y (2D); each slab is owned by one thread, which visits
+// every slice of the batch but only the rows' kx ranges whose trilinear corners can
+// reach its slab (computed analytically per row), and writes only corners inside the
+// slab. Results are therefore bitwise independent of the thread count.
+//
+// Accumulators: complex128 + float64 (default in hpcem.core.projector) or
+// complex64 + float32; data += w_interp * slice, weight += w_interp * weights.
 #include "common.hpp"
-void register_backproject(py::module_& m) {}
+#include <omp.h>
+#include <vector>
+
+namespace {
+
+template <typename T>
+struct Acc {
+  std::complex<T>* data;
+  T* weight;
+};
+
+// Accumulate one slice sample (value v, weight wt) at p into the part of the
+// accumulator with slab coordinate (z in 3D, y in 2D) in [slo, shi).
+template <typename T, bool THREE_D>
+inline void splat(Acc<T> acc, int P, float px, float py, float pz, cfloat v, float wt, int slo, int shi) {
+  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
+  if (px < 0.f) { px = -px; py = -py; pz = -pz; v = std::conj(v); }
+  const int x0 = int(std::floor(px)), y0 = int(std::floor(py));
+  const float fx = px - x0, fy = py - y0;
+  if (THREE_D) {
+    const int z0 = int(std::floor(pz));
+    if (z0 < slo - 1 || z0 >= shi) return;
+    const float fz = pz - z0;
+    for (int dz = 0; dz < 2; ++dz) {
+      const int z = z0 + dz;
+      if (z < slo || z >= shi) continue;
+      const float wz = dz ? fz : 1.f - fz;
+      const size_t zoff = size_t(fft_index(z, P)) * P;
+      for (int dy = 0; dy < 2; ++dy) {
+        const int y = y0 + dy;
+        if (y < fmin || y > fmax) continue;
+        const float wzy = wz * (dy ? fy : 1.f - fy);
+        const size_t off = (zoff + size_t(fft_index(y, P))) * Ph;
+        for (int dx = 0; dx < 2; ++dx) {
+          const int x = x0 + dx;
+          if (x >= Ph) continue;
+          const float w = wzy * (dx ? fx : 1.f - fx);
+          acc.data[off + x] += std::complex<T>(T(w * v.real()), T(w * v.imag()));
+          acc.weight[off + x] += T(w * wt);
+        }
+      }
+    }
+  } else {
+    if (y0 < slo - 1 || y0 >= shi) return;
+    for (int dy = 0; dy < 2; ++dy) {
+      const int y = y0 + dy;
+      if (y < slo || y >= shi) continue;
+      const float wy = dy ? fy : 1.f - fy;
+      const size_t off = size_t(fft_index(y, P)) * Ph;
+      for (int dx = 0; dx < 2; ++dx) {
+        const int x = x0 + dx;
+        if (x >= Ph) continue;
+        const float w = wy * (dx ? fx : 1.f - fx);
+        acc.data[off + x] += std::complex<T>(T(w * v.real()), T(w * v.imag()));
+        acc.weight[off + x] += T(w * wt);
+      }
+    }
+  }
+}
+
+// One slab: all slices of the batch (those of class `cls` in 2D, cls < 0: all).
+template <typename T, bool THREE_D>
+void backproject_slab(const cfloat* S, const float* W, const double* R, const int64_t* idx, long cls, long B,
+                      int n, double r_max, double pad, Acc<T> acc, int P, int slo, int shi) {
+  const int nh = n / 2 + 1;
+  for (long b = 0; b < B; ++b) {
+    if (cls >= 0 && idx[b] != cls) continue;
+    const SliceGeom g(R + (THREE_D ? 9 : 4) * b, pad, THREE_D);
+    // slab coordinate along the row: c(kx) = c0*kx + c1*ky
+    const double c0 = THREE_D ? g.cz0 : g.cy0, c1 = THREE_D ? g.cz1 : g.cy1;
+    for (int iy = 0; iy < n; ++iy) {
+      const int ky = fft_freq(iy, n);
+      const int xmax = row_xmax(ky, r_max, nh);
+      if (xmax < 0) continue;
+      // corners in [slo, shi) need c' in [slo-1, shi), c' = +-c (Friedel flip)
+      int a1, b1, a2, b2;
+      kx_interval(c0, c1 * ky, slo - 1.0, double(shi), xmax, a1, b1);
+      kx_interval(c0, c1 * ky, -double(shi), 1.0 - slo, xmax, a2, b2);
+      const size_t row = (size_t(b) * n + iy) * nh;
+      const float fky = float(ky);
+      auto visit = [&](int kx) {
+        const float fkx = float(kx);
+        splat<T, THREE_D>(acc, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky,
+                          g.cz0 * fkx + g.cz1 * fky, S[row + kx], W[row + kx], slo, shi);
+      };
+      for (int kx = a1; kx <= b1; ++kx) visit(kx);
+      for (int kx = a2; kx <= b2; ++kx)
+        if (kx < a1 || kx > b1) visit(kx);
+    }
+  }
+}
+
+template <typename T>
+Acc<T> get_acc(py::array& data, py::array& weight, int nd, long& K, int& P) {
+  require(data.ndim() == nd && weight.ndim() == nd, "backproject: accumulators have the wrong number of dimensions");
+  for (int i = 0; i < nd; ++i) require(data.shape(i) == weight.shape(i), "backproject: data and weight shapes differ");
+  require((data.flags() & py::array::c_style) && (weight.flags() & py::array::c_style),
+          "backproject: accumulators must be C-contiguous");
+  require(data.writeable() && weight.writeable(), "backproject: accumulators must be writeable");
+  P = int(data.shape(nd - 2));
+  require(data.shape(nd - 1) == P / 2 + 1, "backproject: accumulator last axis must be P//2+1");
+  if (nd == 3 && data.shape(0) != P) {  // 3D: (P, P, P/2+1); 2D stacked: (K, P, P/2+1)
+    K = long(data.shape(0));
+  } else {
+    K = long(data.shape(0));
+  }
+  return Acc<T>{static_cast<std::complex<T>*>(data.mutable_data()), static_cast<T*>(weight.mutable_data())};
+}
+
+bool is_double_acc(const py::array& data, const py::array& weight) {
+  if (data.dtype().is(py::dtype::of<std::complex<double>>()) && weight.dtype().is(py::dtype::of<double>()))
+    return true;
+  if (data.dtype().is(py::dtype::of<std::complex<float>>()) && weight.dtype().is(py::dtype::of<float>()))
+    return false;
+  throw std::invalid_argument("backproject: accumulators must be (complex128, float64) or (complex64, float32)");
+}
+
+void check_slices(const carray<cfloat>& S, const carray<float>& W, long B, int n) {
+  const int nh = n / 2 + 1;
+  require(S.ndim() == 3 && S.shape(0) == B && S.shape(1) == n && S.shape(2) == nh,
+          "backproject: slices must be (B, n, n//2+1)");
+  require(W.ndim() == 3 && W.shape(0) == B && W.shape(1) == n && W.shape(2) == nh,
+          "backproject: weights must be (B, n, n//2+1)");
+}
+
+template <typename T>
+void bp3d_impl(const carray<cfloat>& S, const carray<float>& W, const carray<double>& R, Acc<T> acc, int P, long B,
+               int n, double r_max, double pad) {
+  py::gil_scoped_release nogil;
+  const int ns = n_slabs(P, omp_get_max_threads()), fmin = freq_min(P);
+  const cfloat* s = S.data();
+  const float* w = W.data();
+  const double* r = R.data();
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int i = 0; i < ns; ++i) {
+    const int slo = fmin + int(long(i) * P / ns), shi = fmin + int(long(i + 1) * P / ns);
+    backproject_slab<T, true>(s, w, r, nullptr, -1, B, n, r_max, pad, acc, P, slo, shi);
+  }
+}
+
+void backproject3d(carray<cfloat> slices, carray<float> weights, carray<double> rot, py::array data,
+                   py::array weight, double r_max, double pad) {
+  require(rot.ndim() == 3 && rot.shape(1) == 3 && rot.shape(2) == 3, "backproject3d: rotations must be (B, 3, 3)");
+  const long B = long(rot.shape(0));
+  require(slices.ndim() == 3, "backproject3d: slices must be (B, n, n//2+1)");
+  const int n = int(slices.shape(1));
+  check_slices(slices, weights, B, n);
+  long K;
+  int P;
+  if (is_double_acc(data, weight)) {
+    auto acc = get_acc<double>(data, weight, 3, K, P);
+    require(K == P, "backproject3d: accumulators must be (P, P, P//2+1)");
+    bp3d_impl<double>(slices, weights, rot, acc, P, B, n, r_max, pad);
+  } else {
+    auto acc = get_acc<float>(data, weight, 3, K, P);
+    require(K == P, "backproject3d: accumulators must be (P, P, P//2+1)");
+    bp3d_impl<float>(slices, weights, rot, acc, P, B, n, r_max, pad);
+  }
+}
+
+template <typename T>
+void bp2d_impl(const carray<cfloat>& S, const carray<float>& W, const carray<double>& R, const int64_t* idx,
+               Acc<T> acc, int P, long K, long B, int n, double r_max, double pad) {
+  py::gil_scoped_release nogil;
+  const int ns = n_slabs(P, omp_get_max_threads()), fmin = freq_min(P);
+  const size_t ref_size = size_t(P) * (P / 2 + 1);
+  const cfloat* s = S.data();
+  const float* w = W.data();
+  const double* r = R.data();
+  const long tasks = K * ns;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (long t = 0; t < tasks; ++t) {
+    const long k = t / ns;
+    const int i = int(t % ns);
+    const int slo = fmin + int(long(i) * P / ns), shi = fmin + int(long(i + 1) * P / ns);
+    Acc<T> a{acc.data + ref_size * k, acc.weight + ref_size * k};
+    backproject_slab<T, false>(s, w, r, idx, k, B, n, r_max, pad, a, P, slo, shi);
+  }
+}
+
+void backproject2d(carray<cfloat> slices, carray<float> weights, carray<double> rot, carray<int64_t> index,
+                   py::array data, py::array weight, double r_max, double pad) {
+  require(rot.ndim() == 3 && rot.shape(1) == 2 && rot.shape(2) == 2, "backproject2d: rotations must be (B, 2, 2)");
+  const long B = long(rot.shape(0));
+  require(slices.ndim() == 3, "backproject2d: slices must be (B, n, n//2+1)");
+  const int n = int(slices.shape(1));
+  check_slices(slices, weights, B, n);
+  require(index.ndim() == 1 && index.shape(0) == B, "backproject2d: ref_index must be (B,)");
+  long K;
+  int P;
+  const bool dbl = is_double_acc(data, weight);
+  if (dbl) {
+    auto acc = get_acc<double>(data, weight, 3, K, P);
+    for (long b = 0; b < B; ++b) require(index.data()[b] >= 0 && index.data()[b] < K, "backproject2d: ref_index out of range");
+    bp2d_impl<double>(slices, weights, rot, index.data(), acc, P, K, B, n, r_max, pad);
+  } else {
+    auto acc = get_acc<float>(data, weight, 3, K, P);
+    for (long b = 0; b < B; ++b) require(index.data()[b] >= 0 && index.data()[b] < K, "backproject2d: ref_index out of range");
+    bp2d_impl<float>(slices, weights, rot, index.data(), acc, P, K, B, n, r_max, pad);
+  }
+}
+
+// Trilinear sample of a padded half accumulator (data and weight) at p, Friedel for px < 0.
+template <typename T>
+inline void sample_acc(const std::complex<T>* D, const T* Wt, int P, double px, double py, double pz,
+                       std::complex<T>& dv, T& wv) {
+  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
+  const bool flip = px < 0;
+  if (flip) { px = -px; py = -py; pz = -pz; }
+  const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = int(std::floor(pz));
+  const double fx = px - x0, fy = py - y0, fz = pz - z0;
+  std::complex<double> d(0, 0);
+  double w = 0;
+  for (int dz = 0; dz < 2; ++dz) {
+    const int z = z0 + dz;
+    if (z < fmin || z > fmax) continue;
+    const double wz = dz ? fz : 1 - fz;
+    for (int dy = 0; dy < 2; ++dy) {
+      const int y = y0 + dy;
+      if (y < fmin || y > fmax) continue;
+      const double wzy = wz * (dy ? fy : 1 - fy);
+      const size_t off = (size_t(fft_index(z, P)) * P + fft_index(y, P)) * Ph;
+      for (int dx = 0; dx < 2; ++dx) {
+        const int x = x0 + dx;
+        if (x >= Ph) continue;
+        const double c = wzy * (dx ? fx : 1 - fx);
+        d += c * std::complex<double>(D[off + x]);
+        w += c * double(Wt[off + x]);
+      }
+    }
+  }
+  dv = std::complex<T>(flip ? std::conj(d) : d);
+  wv = T(w);
+}
+
+template <typename T>
+void sym_impl(const std::complex<T>* D, const T* Wt, std::complex<T>* Do, T* Wo, const double* ops, long G, int P,
+              double r_pad) {
+  py::gil_scoped_release nogil;
+  const int Ph = P / 2 + 1;
+  const double r2 = r_pad * r_pad;
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int iz = 0; iz < P; ++iz) {
+    for (int iy = 0; iy < P; ++iy) {
+      const double kz = fft_freq(iz, P), ky = fft_freq(iy, P);
+      const size_t off = (size_t(iz) * P + iy) * Ph;
+      for (int kx = 0; kx < Ph; ++kx) {
+        std::complex<T> ds(0, 0);
+        T ws = 0;
+        if (kx * kx + ky * ky + kz * kz <= r2) {
+          for (long g = 0; g < G; ++g) {  // sample at R^T k
+            const double* M = ops + 9 * g;
+            const double qx = M[0] * kx + M[3] * ky + M[6] * kz;
+            const double qy = M[1] * kx + M[4] * ky + M[7] * kz;
+            const double qz = M[2] * kx + M[5] * ky + M[8] * kz;
+            std::complex<T> dv;
+            T wv;
+            sample_acc<T>(D, Wt, P, qx, qy, qz, dv, wv);
+            ds += dv;
+            ws += wv;
+          }
+        }
+        Do[off + kx] = ds;
+        Wo[off + kx] = ws;
+      }
+    }
+  }
+}
+
+// out(k) = sum_R acc(R^T k) for |k| <= r_pad (padded units), 0 beyond; returns new arrays.
+py::tuple symmetrise3d(py::array data, py::array weight, carray<double> ops, double r_pad) {
+  require(ops.ndim() == 3 && ops.shape(1) == 3 && ops.shape(2) == 3, "symmetrise3d: ops must be (G, 3, 3)");
+  long K;
+  int P;
+  const long G = long(ops.shape(0));
+  if (is_double_acc(data, weight)) {
+    auto a = get_acc<double>(data, weight, 3, K, P);
+    require(K == P, "symmetrise3d: accumulators must be (P, P, P//2+1)");
+    py::array_t<std::complex<double>> Do({data.shape(0), data.shape(1), data.shape(2)});
+    py::array_t<double> Wo({data.shape(0), data.shape(1), data.shape(2)});
+    sym_impl<double>(a.data, a.weight, Do.mutable_data(), Wo.mutable_data(), ops.data(), G, P, r_pad);
+    return py::make_tuple(Do, Wo);
+  }
+  auto a = get_acc<float>(data, weight, 3, K, P);
+  require(K == P, "symmetrise3d: accumulators must be (P, P, P//2+1)");
+  py::array_t<std::complex<float>> Do({data.shape(0), data.shape(1), data.shape(2)});
+  py::array_t<float> Wo({data.shape(0), data.shape(1), data.shape(2)});
+  sym_impl<float>(a.data, a.weight, Do.mutable_data(), Wo.mutable_data(), ops.data(), G, P, r_pad);
+  return py::make_tuple(Do, Wo);
+}
+
+}  // namespace
+
+void register_backproject(py::module_& m) {
+  m.def("backproject3d", &backproject3d, py::arg("slices"), py::arg("weights"), py::arg("rotations"),
+        py::arg("data_acc"), py::arg("weight_acc"), py::arg("r_max"), py::arg("pad"),
+        "Adjoint of project3d: accumulate slices (and weights) into padded half-grid accumulators in place.");
+  m.def("backproject2d", &backproject2d, py::arg("slices"), py::arg("weights"), py::arg("rotations2d"),
+        py::arg("ref_index"), py::arg("data_acc"), py::arg("weight_acc"), py::arg("r_max"), py::arg("pad"),
+        "Adjoint of project2d: accumulate into (K, P, P//2+1) accumulators in place.");
+  m.def("symmetrise3d", &symmetrise3d, py::arg("data_acc"), py::arg("weight_acc"), py::arg("ops"),
+        py::arg("r_pad"), "Symmetrised copies of 3D accumulators: sum over R of acc(R^T k), trilinear.");
+}

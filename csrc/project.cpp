@@ -1,2 +1,134 @@
+// project: padded 3D Fourier volume + poses -> 2D Fourier slices (trilinear),
+// and padded 2D references + in-plane rotations -> rotated 2D transforms (bilinear).
+// Layout and conventions: csrc/common.hpp, hpcem/core/fourier.py, hpcem/kernels.py.
 #include "common.hpp"
-void register_project(py::module_& m) {}
+#include <omp.h>
+
+namespace {
+
+// Trilinear sample of a padded half volume at p (any sign; Friedel for px < 0).
+inline cfloat sample3d(const cfloat* vol, int P, float px, float py, float pz) {
+  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
+  bool flip = px < 0.f;
+  if (flip) { px = -px; py = -py; pz = -pz; }
+  const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = int(std::floor(pz));
+  const float fx = px - x0, fy = py - y0, fz = pz - z0;
+  cfloat acc(0.f, 0.f);
+  for (int dz = 0; dz < 2; ++dz) {
+    const int z = z0 + dz;
+    if (z < fmin || z > fmax) continue;
+    const float wz = dz ? fz : 1.f - fz;
+    const cfloat* plane = vol + size_t(fft_index(z, P)) * P * Ph;
+    for (int dy = 0; dy < 2; ++dy) {
+      const int y = y0 + dy;
+      if (y < fmin || y > fmax) continue;
+      const float wzy = wz * (dy ? fy : 1.f - fy);
+      const cfloat* row = plane + size_t(fft_index(y, P)) * Ph;
+      if (x0 < Ph) acc += (wzy * (1.f - fx)) * row[x0];
+      if (x0 + 1 < Ph) acc += (wzy * fx) * row[x0 + 1];
+    }
+  }
+  return flip ? std::conj(acc) : acc;
+}
+
+inline cfloat sample2d(const cfloat* img, int P, float px, float py) {
+  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
+  bool flip = px < 0.f;
+  if (flip) { px = -px; py = -py; }
+  const int x0 = int(std::floor(px)), y0 = int(std::floor(py));
+  const float fx = px - x0, fy = py - y0;
+  cfloat acc(0.f, 0.f);
+  for (int dy = 0; dy < 2; ++dy) {
+    const int y = y0 + dy;
+    if (y < fmin || y > fmax) continue;
+    const float wy = dy ? fy : 1.f - fy;
+    const cfloat* row = img + size_t(fft_index(y, P)) * Ph;
+    if (x0 < Ph) acc += (wy * (1.f - fx)) * row[x0];
+    if (x0 + 1 < Ph) acc += (wy * fx) * row[x0 + 1];
+  }
+  return flip ? std::conj(acc) : acc;
+}
+
+// vol (P, P, P/2+1) complex64; rot (B, 3, 3) float64 -> out (B, n, n/2+1) complex64
+py::array_t<cfloat> project3d(carray<cfloat> vol, carray<double> rot, int n, double r_max, double pad) {
+  require(vol.ndim() == 3, "project3d: volume must be (P, P, P//2+1)");
+  const int P = int(vol.shape(0));
+  require(vol.shape(1) == P && vol.shape(2) == P / 2 + 1, "project3d: volume must be (P, P, P//2+1)");
+  require(rot.ndim() == 3 && rot.shape(1) == 3 && rot.shape(2) == 3, "project3d: rotations must be (B, 3, 3)");
+  require(n > 0, "project3d: n must be positive");
+  const long B = long(rot.shape(0));
+  const int nh = n / 2 + 1;
+  py::array_t<cfloat> out({size_t(B), size_t(n), size_t(nh)});
+  const cfloat* V = vol.data();
+  const double* R = rot.data();
+  cfloat* O = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(static) collapse(2)
+    for (long b = 0; b < B; ++b) {
+      for (int iy = 0; iy < n; ++iy) {
+        const SliceGeom g(R + 9 * b, pad, true);
+        const int ky = fft_freq(iy, n);
+        const int xmax = row_xmax(ky, r_max, nh);
+        cfloat* o = O + (size_t(b) * n + iy) * nh;
+        for (int kx = 0; kx < nh; ++kx) {
+          if (kx > xmax) { o[kx] = cfloat(0.f, 0.f); continue; }
+          const float fkx = float(kx), fky = float(ky);
+          o[kx] = sample3d(V, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky,
+                           g.cz0 * fkx + g.cz1 * fky);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// refs (K, P, P/2+1) complex64; rot (B, 2, 2) float64; index (B,) int64 (class of each slice)
+py::array_t<cfloat> project2d(carray<cfloat> refs, carray<double> rot, carray<int64_t> index, int n,
+                              double r_max, double pad) {
+  require(refs.ndim() == 3, "project2d: references must be (K, P, P//2+1)");
+  const long K = long(refs.shape(0));
+  const int P = int(refs.shape(1));
+  require(refs.shape(2) == P / 2 + 1, "project2d: references must be (K, P, P//2+1)");
+  require(rot.ndim() == 3 && rot.shape(1) == 2 && rot.shape(2) == 2, "project2d: rotations must be (B, 2, 2)");
+  const long B = long(rot.shape(0));
+  require(index.ndim() == 1 && index.shape(0) == B, "project2d: ref_index must be (B,)");
+  const int64_t* idx = index.data();
+  for (long b = 0; b < B; ++b) require(idx[b] >= 0 && idx[b] < K, "project2d: ref_index out of range");
+  const int nh = n / 2 + 1;
+  py::array_t<cfloat> out({size_t(B), size_t(n), size_t(nh)});
+  const cfloat* F = refs.data();
+  const double* R = rot.data();
+  cfloat* O = out.mutable_data();
+  const size_t ref_size = size_t(P) * (P / 2 + 1);
+  {
+    py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(static) collapse(2)
+    for (long b = 0; b < B; ++b) {
+      for (int iy = 0; iy < n; ++iy) {
+        const SliceGeom g(R + 4 * b, pad, false);
+        const cfloat* ref = F + ref_size * size_t(idx[b]);
+        const int ky = fft_freq(iy, n);
+        const int xmax = row_xmax(ky, r_max, nh);
+        cfloat* o = O + (size_t(b) * n + iy) * nh;
+        for (int kx = 0; kx < nh; ++kx) {
+          if (kx > xmax) { o[kx] = cfloat(0.f, 0.f); continue; }
+          const float fkx = float(kx), fky = float(ky);
+          o[kx] = sample2d(ref, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_project(py::module_& m) {
+  m.def("project3d", &project3d, py::arg("vol_ft_pad"), py::arg("rotations"), py::arg("n"),
+        py::arg("r_max"), py::arg("pad"),
+        "Fourier slices (B, n, n//2+1) of a padded half volume at pad * A^T (kx, ky, 0), trilinear.");
+  m.def("project2d", &project2d, py::arg("refs_ft_pad"), py::arg("rotations2d"), py::arg("ref_index"),
+        py::arg("n"), py::arg("r_max"), py::arg("pad"),
+        "Rotated transforms (B, n, n//2+1) of padded half references at pad * R^T k, bilinear.");
+}

@@ -1,0 +1,92 @@
+"""Reconstruction from particles with known poses (what relion_reconstruct does).
+
+Particles are split across ranks; each rank back-projects its block (CTF x image
+into the data accumulator, CTF^2 into the weights), one Allreduce per
+accumulator, and rank 0 divides and inverts.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from ..core.ctf import ctf2d
+from ..core.euler import euler_to_matrix
+from ..core.fourier import ft2, shift_phases
+from ..core.projector import BackProjector
+from ..core.symmetry import symmetry_ops
+from ..parallel.decomp import block_range
+
+CTF_KEYS = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amp_contrast", "phase_shift", "bfactor")
+
+
+def particle_slices(ps, idx, ctf: bool):
+    """Centred Fourier images (B, n, n//2+1), the CTF per coefficient (or None) and pose matrices."""
+    n = ps.box
+    F = ft2(ps.read_images(idx))
+    F *= shift_phases(n, ps.origins_px(idx))          # particle sits at -origin: shift by +origin
+    A = euler_to_matrix(*ps.poses(idx)).astype(np.float32)
+    c = None
+    if ctf:
+        p = ps.ctf_params(idx)
+        c = ctf2d(n, ps.angpix, *(p[k] for k in CTF_KEYS))
+    return F, c, A
+
+
+def backproject_particles(ps, idx, bp: BackProjector, ctf: bool = True, batch: int = 256,
+                          r_max: float | None = None, progress=None) -> None:
+    """Insert particles ``idx`` of ``ps`` at their poses (CTF x image and CTF^2)."""
+    t0 = time.time()
+    for s in range(0, len(idx), batch):
+        b = idx[s:s + batch]
+        F, c, A = particle_slices(ps, b, ctf)
+        if c is None:
+            bp.insert(F, np.ones(F.shape, np.float32), A, r_max=r_max)
+        else:
+            bp.insert((F * c).astype(np.complex64), (c * c).astype(np.float32), A, r_max=r_max)
+        if progress is not None:
+            progress(min(s + batch, len(idx)), len(idx), time.time() - t0)
+
+
+def _progress_printer(label):
+    last = [0.0]
+
+    def show(done, total, elapsed):
+        if elapsed - last[0] >= 2.0 or done == total:
+            last[0] = elapsed
+            eta = elapsed / done * (total - done) if done else 0.0
+            sys.stdout.write("\r%s: %d/%d particles (%.0f%%), %.0f s, ETA %.0f s" % (
+                label, done, total, 100.0 * done / total, elapsed, eta))
+            if done == total:
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+    return show
+
+
+def reconstruct(ps, comm, sym: str = "C1", ctf: bool = True, pad: int = 2, batch: int = 256,
+                subset: int | None = None, maxres: float | None = None, verbose: bool = True):
+    """Reconstruct a map from ``ps`` (a ParticleSet with poses). Returns the map on rank 0, None elsewhere.
+
+    ``subset`` 1 or 2 restricts to rlnRandomSubset == subset; ``maxres`` (A) limits the
+    frequencies inserted."""
+    ops = symmetry_ops(sym)
+    n = ps.box
+    idx = np.arange(ps.n)
+    if subset is not None:
+        rs = ps.random_subset()
+        if rs is None:
+            from ..errors import InputError
+            raise InputError("needed for --subset", file=ps.star_path, field="rlnRandomSubset")
+        idx = np.flatnonzero(rs == subset)
+    s, e = block_range(len(idx), comm.size, comm.rank)
+    mine = idx[s:e]
+    r_max = n // 2 if maxres is None else min(n // 2, n * ps.angpix / maxres)
+    bp = BackProjector(n, pad=pad)
+    prog = _progress_printer("back-projecting (rank 0 of %d)" % comm.size) if (verbose and comm.rank == 0) else None
+    backproject_particles(ps, mine, bp, ctf=ctf, batch=batch, r_max=r_max, progress=prog)
+    comm.allreduce_(bp.data)
+    comm.allreduce_(bp.weight)
+    if comm.rank != 0:
+        return None
+    return bp.reconstruct(symmetry_ops=ops if len(ops) > 1 else None)

@@ -1,0 +1,41 @@
+"""Shared CLI helpers: flag groups, output-directory stamping."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+from .. import __version__
+
+
+def add_threads(p):
+    p.add_argument("--j", type=int, default=0,
+                   help="threads per MPI rank (0: all cores of this rank / $OMP_NUM_THREADS)")
+
+
+def set_threads(j: int) -> None:
+    if j and j > 0:
+        from .. import _core
+        _core.set_threads(int(j))
+
+
+def stamp(path: str, args, extra: dict | None = None) -> None:
+    """Write the job's configuration (version, argv, flags) to ``path`` (JSON, atomically)."""
+    from ..io.atomic import atomic_write
+
+    cfg = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    rec = {"hpcem_version": __version__, "argv": getattr(args, "_argv", None), "config": cfg,
+           "time": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node()}
+    if extra:
+        rec.update(extra)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    with atomic_write(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(rec, f, indent=1, default=str)
+
+
+def log(comm, *msg) -> None:
+    if comm.rank == 0:
+        print(*msg, flush=True)

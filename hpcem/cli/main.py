@@ -1,0 +1,94 @@
+"""``hpcem <job> --flags``: one explicit, grouped registry of jobs.
+
+Each job module provides ``add_arguments(parser)`` and ``run(args, comm)``; the
+CLI parses, validates, stamps the configuration and calls one library
+function.  Bad input (:class:`hpcem.errors.InputError`) prints one line and
+exits with status 2 on every rank, before any compute.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+from ..errors import InputError
+
+# group -> [(job name, module, one-line help)]
+REGISTRY = {
+    "data": [
+        ("simulate", "hpcem.cli.job_simulate", "write a simulated data set with known truth"),
+    ],
+    "reconstruction": [
+        ("reconstruct", "hpcem.cli.job_reconstruct", "3D map from particles with known poses (like relion_reconstruct)"),
+    ],
+    "classification and refinement": [
+        ("class2d", "hpcem.cli.job_class2d", "reference-free 2D classification (MAP-EM)"),
+        ("class3d", "hpcem.cli.job_class3d", "3D classification (MAP-EM)"),
+        ("refine3d", "hpcem.cli.job_refine3d", "3D auto-refine with gold-standard halves"),
+    ],
+    "analysis": [
+        ("fsc", "hpcem.cli.job_fsc", "FSC curve between two maps, resolutions at 0.143 and 0.5, PNG plot"),
+    ],
+}
+
+
+def _available():
+    for group, jobs in REGISTRY.items():
+        for name, mod, helptext in jobs:
+            try:
+                importlib.util.find_spec(mod)
+            except ModuleNotFoundError:
+                continue
+            if importlib.util.find_spec(mod) is not None:
+                yield group, name, mod, helptext
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hpcem",
+        description="hpcem %s: distributed cryo-EM processing. Run any job under `mpiexec -n N` or "
+                    "`srun` to split the work over ranks." % __version__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version="hpcem %s" % __version__)
+    sub = p.add_subparsers(dest="job", metavar="<job>")
+    epilog = []
+    for group, name, mod, helptext in _available():
+        m = importlib.import_module(mod)
+        sp = sub.add_parser(name, help=helptext, description=(m.__doc__ or helptext).strip(),
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        m.add_arguments(sp)
+        sp.set_defaults(_module=m)
+        epilog.append("  %-12s %s  [%s]" % (name, helptext, group))
+    p.epilog = "jobs:\n" + "\n".join(epilog)
+    return p
+
+
+def main(argv=None) -> int:
+    from ..parallel.comm import abort_on_error, get_comm
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.job:
+        parser.print_help()
+        return 1
+    comm = get_comm()
+    args._argv = ["hpcem"] + argv
+    try:
+        rc = args._module.run(args, comm)
+    except InputError as exc:
+        if comm.rank == 0:
+            sys.stderr.write("hpcem %s: error: %s\n" % (args.job, exc))
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a failing rank takes the job down instead of hanging the others
+        abort_on_error(comm, exc)
+        raise
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Fourier projectors and back-projectors (policy here, arithmetic in hpcem.kernels).
+
+Projection
+    ``Projector.from_volume(V, pad)`` divides the real-space volume by the gridding
+    correction of trilinear interpolation on the padded grid (the Fourier transform
+    of the triangle kernel: ``sinc^2(x/P) sinc^2(y/P) sinc^2(z/P)``, ``P = pad*n``,
+    separable in the volume frame, which is exact for trilinear interpolation),
+    zero-pads it to ``P`` (origin at ``P//2``) and keeps its complex64 half
+    transform.  ``project(A)`` returns slices in hpcem's ft2 layout with
+    ``ift2(slice) ~= sum_z V(A^T r)``.
+
+Reconstruction
+    ``BackProjector`` holds padded accumulators ``data`` (complex128 by default)
+    and ``weight`` (float64), public so that ranks can ``Allreduce`` them.
+    ``insert`` back-projects ``slices`` (already multiplied by whatever the caller
+    wants, e.g. CTF/sigma2) and ``weights`` (e.g. CTF^2/sigma2).  ``reconstruct``:
+
+    1. completes the x = 0 plane of the half grid with its Friedel mirror (a
+       half-grid sample near x = 0 also belongs, conjugated, at -k);
+    2. optionally symmetrises both accumulators (``symmetry_ops``: sum over R of
+       the accumulator at ``R^T k``, trilinear, in C++);
+    3. divides ``F = data / (weight + reg)`` with, per shell (n-box units,
+       ``round(|k_pad| / pad)``): ``reg = 1/(tau2_fudge * tau2[shell])`` when
+       ``tau2`` is given (MAP; shells with ``tau2 <= 0`` or beyond ``len(tau2)``
+       are set to 0), else ``wiener_const`` if given, else
+       ``1e-3 * mean(weight over the shell)``;
+    4. inverse transforms on the padded grid, crops the centre ``n`` box and
+       divides by the gridding correction.
+
+    ``tau2`` is in the units of ``|ft3(V)|^2`` on the n box (the padded transform
+    has the same values at ``pad*k``), with weights in the units of the inserted
+    ``weights``; no oversampling factor is applied (the caller may fold one into
+    ``tau2_fudge``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hpcem import kernels
+from hpcem.core.fourier import ft2, ft3, ift2, ift3
+
+
+# ---------------------------------------------------------------- helpers
+def gridding_correction(n: int, P: int, ndim: int = 3) -> np.ndarray:
+    """Real-space attenuation of linear interpolation on a P grid, sampled on the n box."""
+    c = np.sinc((np.arange(n) - n // 2) / P) ** 2
+    if ndim == 2:
+        return c[:, None] * c[None, :]
+    return c[:, None, None] * c[None, :, None] * c[None, None, :]
+
+
+def _padded_shells(P: int, pad, ndim: int) -> np.ndarray:
+    f = np.fft.fftfreq(P, 1.0 / P)
+    fx = np.arange(P // 2 + 1)
+    if ndim == 3:
+        r2 = f[:, None, None] ** 2 + f[None, :, None] ** 2 + fx[None, None, :] ** 2
+    else:
+        r2 = f[:, None] ** 2 + fx[None, :] ** 2
+    return np.rint(np.sqrt(r2) / pad).astype(np.int64)
+
+
+def _mirror_index(P: int) -> np.ndarray:
+    return (-np.arange(P)) % P
+
+
+def _complete_x0(D: np.ndarray, W: np.ndarray) -> None:
+    """Add the Friedel mirror of the x = 0 plane/column (last axis index 0), in place."""
+    m = _mirror_index(D.shape[-2])
+    if D.ndim == 3 and D.shape[0] == D.shape[1]:  # 3D (P, P, Ph): mirror z and y
+        D0, W0 = D[:, :, 0].copy(), W[:, :, 0].copy()
+        D[:, :, 0] = D0 + np.conj(D0[np.ix_(m, m)])
+        W[:, :, 0] = W0 + W0[np.ix_(m, m)]
+    else:  # 2D stack (K, P, Ph): mirror y
+        D0, W0 = D[..., 0].copy(), W[..., 0].copy()
+        D[..., 0] = D0 + np.conj(D0[..., m])
+        W[..., 0] = W0 + W0[..., m]
+
+
+def _regulariser(W: np.ndarray, shells: np.ndarray, tau2, tau2_fudge, wiener_const):
+    """Per-voxel denominator term and a mask of voxels to zero."""
+    nsh = int(shells.max()) + 1
+    if tau2 is not None:
+        t = np.asarray(tau2, dtype=np.float64).ravel()
+        tt = np.zeros(nsh)
+        m = min(nsh, t.size)
+        tt[:m] = t[:m]
+        good = tt > 0
+        inv = np.where(good, 1.0 / (tau2_fudge * np.where(good, tt, 1.0)), 0.0)
+        return inv[shells], ~good[shells]
+    if wiener_const is not None:
+        return np.full(shells.shape, float(wiener_const)), np.zeros(shells.shape, bool)
+    sums = np.bincount(shells.ravel(), weights=W.ravel(), minlength=nsh)
+    cnt = np.bincount(shells.ravel(), minlength=nsh)
+    mean_w = sums / np.maximum(cnt, 1)
+    return 1e-3 * mean_w[shells], np.zeros(shells.shape, bool)
+
+
+def _divide(D, W, reg, zero):
+    den = W + reg
+    ok = (den > 0) & ~zero
+    F = np.zeros(D.shape, dtype=np.complex128)
+    np.divide(D, den, out=F, where=ok)
+    return F
+
+
+# ---------------------------------------------------------------- 3D
+class Projector:
+    """Padded Fourier transform of a volume, ready for :func:`hpcem.kernels.project3d`."""
+
+    def __init__(self, vol_ft_pad, n: int, pad=2, r_max=None):
+        self.data = vol_ft_pad
+        self.n = int(n)
+        self.pad = pad
+        self.P = int(round(pad * n))
+        self.r_max = n / 2.0 if r_max is None else float(r_max)
+
+    @classmethod
+    def from_volume(cls, vol, pad=2, r_max=None) -> "Projector":
+        v = np.asarray(vol, dtype=np.float64)
+        if v.ndim != 3 or len(set(v.shape)) != 1:
+            raise ValueError(f"Projector.from_volume: volume must be a cube (n, n, n), got {v.shape}")
+        n = v.shape[0]
+        P = int(round(pad * n))
+        vp = np.zeros((P, P, P), dtype=np.float32)
+        o = P // 2 - n // 2
+        vp[o:o + n, o:o + n, o:o + n] = v / gridding_correction(n, P, 3)
+        return cls(np.ascontiguousarray(ft3(vp), dtype=np.complex64), n, pad, r_max)
+
+    def project(self, rotations, r_max=None):
+        """Slices ``(B, n, n//2+1)`` complex64 for poses ``(B, 3, 3)`` (or one ``(3, 3)``)."""
+        rot = np.asarray(rotations)
+        single = rot.ndim == 2
+        out = kernels.project3d(self.data, rot[None] if single else rot, self.n,
+                                self.r_max if r_max is None else r_max, self.pad)
+        return out[0] if single else out
+
+
+class BackProjector:
+    """Accumulates Fourier slices into padded 3D accumulators and reconstructs."""
+
+    def __init__(self, n: int, pad=2, dtype=np.complex128):
+        self.n = int(n)
+        self.pad = pad
+        self.P = int(round(pad * n))
+        dt = np.dtype(dtype)
+        if dt not in (np.complex128, np.complex64):
+            raise ValueError(f"BackProjector: dtype must be complex128 or complex64, got {dt}")
+        wdt = np.float64 if dt == np.complex128 else np.float32
+        shape = (self.P, self.P, self.P // 2 + 1)
+        self.data = np.zeros(shape, dtype=dt)
+        self.weight = np.zeros(shape, dtype=wdt)
+
+    def reset(self):
+        self.data[...] = 0
+        self.weight[...] = 0
+
+    def insert(self, slices, weights=None, rotations=None, r_max=None):
+        """Back-project slices ``(B, n, n//2+1)`` with weights (broadcastable; None: 1) at poses ``(B, 3, 3)``."""
+        s = np.ascontiguousarray(slices, dtype=np.complex64)
+        if s.ndim == 2:
+            s = s[None]
+            rotations = np.asarray(rotations)[None] if np.asarray(rotations).ndim == 2 else rotations
+        kernels.backproject3d(s, weights, rotations, self.data, self.weight,
+                              self.n / 2.0 if r_max is None else r_max, self.pad)
+
+    def shell_mean_weight(self) -> np.ndarray:
+        """Mean accumulated weight per shell (n-box units) over the padded grid."""
+        sh = _padded_shells(self.P, self.pad, 3)
+        return np.bincount(sh.ravel(), weights=self.weight.ravel()) / np.maximum(np.bincount(sh.ravel()), 1)
+
+    def reconstruct(self, tau2=None, tau2_fudge=1.0, wiener_const=None, symmetry_ops=None) -> np.ndarray:
+        D = self.data.astype(np.complex128, copy=True)
+        W = self.weight.astype(np.float64, copy=True)
+        _complete_x0(D, W)
+        if symmetry_ops is not None and len(symmetry_ops) > 1:
+            D, W = kernels.symmetrise3d(D, W, np.asarray(symmetry_ops, dtype=np.float64), self.P / 2.0)
+        shells = _padded_shells(self.P, self.pad, 3)
+        reg, zero = _regulariser(W, shells, tau2, tau2_fudge, wiener_const)
+        F = _divide(D, W, reg, zero)
+        vp = ift3(F, self.P)
+        n, P = self.n, self.P
+        o = P // 2 - n // 2
+        v = vp[o:o + n, o:o + n, o:o + n] / gridding_correction(n, P, 3)
+        return v.astype(np.float32)
+
+
+# ---------------------------------------------------------------- 2D
+class Projector2D:
+    """Padded transforms of K 2D references, for :func:`hpcem.kernels.project2d`."""
+
+    def __init__(self, refs_ft_pad, n: int, pad=2, r_max=None):
+        self.data = refs_ft_pad
+        self.n = int(n)
+        self.pad = pad
+        self.P = int(round(pad * n))
+        self.r_max = n / 2.0 if r_max is None else float(r_max)
+
+    @classmethod
+    def from_images(cls, refs, pad=2, r_max=None) -> "Projector2D":
+        r = np.asarray(refs, dtype=np.float64)
+        if r.ndim == 2:
+            r = r[None]
+        if r.ndim != 3 or r.shape[1] != r.shape[2]:
+            raise ValueError(f"Projector2D.from_images: references must be (K, n, n), got {np.shape(refs)}")
+        K, n = r.shape[0], r.shape[1]
+        P = int(round(pad * n))
+        rp = np.zeros((K, P, P), dtype=np.float32)
+        o = P // 2 - n // 2
+        rp[:, o:o + n, o:o + n] = r / gridding_correction(n, P, 2)
+        return cls(np.ascontiguousarray(ft2(rp), dtype=np.complex64), n, pad, r_max)
+
+    def project(self, rotations2d, ref_index=None, r_max=None):
+        """Rotated references ``(B, n, n//2+1)``: output b is reference ``ref_index[b]`` under
+        ``rotations2d[b]`` (image ``ref(R^T r)``); all classes in one call."""
+        return kernels.project2d(self.data, rotations2d, self.n, self.r_max if r_max is None else r_max, self.pad,
+                                 ref_index=ref_index)
+
+
+class BackProjector2D:
+    """K 2D accumulators (class averages)."""
+
+    def __init__(self, n: int, n_classes: int = 1, pad=2, dtype=np.complex128):
+        self.n = int(n)
+        self.pad = pad
+        self.K = int(n_classes)
+        self.P = int(round(pad * n))
+        dt = np.dtype(dtype)
+        wdt = np.float64 if dt == np.complex128 else np.float32
+        shape = (self.K, self.P, self.P // 2 + 1)
+        self.data = np.zeros(shape, dtype=dt)
+        self.weight = np.zeros(shape, dtype=wdt)
+
+    def reset(self):
+        self.data[...] = 0
+        self.weight[...] = 0
+
+    def insert(self, slices, weights=None, rotations2d=None, ref_index=None, r_max=None):
+        s = np.ascontiguousarray(slices, dtype=np.complex64)
+        kernels.backproject2d(s, weights, rotations2d, self.data, self.weight,
+                              self.n / 2.0 if r_max is None else r_max, self.pad, ref_index=ref_index)
+
+    def reconstruct(self, tau2=None, tau2_fudge=1.0, wiener_const=None) -> np.ndarray:
+        """Class images ``(K, n, n)`` float32; ``tau2`` per shell, ``(nshell,)`` or ``(K, nshell)``."""
+        D = self.data.astype(np.complex128, copy=True)
+        W = self.weight.astype(np.float64, copy=True)
+        _complete_x0(D, W)
+        shells = _padded_shells(self.P, self.pad, 2)
+        out = np.empty((self.K, self.n, self.n), dtype=np.float32)
+        n, P = self.n, self.P
+        o = P // 2 - n // 2
+        corr = gridding_correction(n, P, 2)
+        for k in range(self.K):  # a loop over classes, not particles
+            t = None
+            if tau2 is not None:
+                t = np.asarray(tau2)
+                t = t[k] if t.ndim == 2 else t
+            reg, zero = _regulariser(W[k], shells, t, tau2_fudge, wiener_const)
+            F = _divide(D[k], W[k], reg, zero)
+            out[k] = (ift2(F, P)[o:o + n, o:o + n] / corr).astype(np.float32)
+        return out
