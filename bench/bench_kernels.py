@@ -1,0 +1,115 @@
+"""Throughput of the projection / back-projection kernels (CPU, and CUDA where present).
+
+Prints slices/s and effective GB/s (bytes the kernel actually touches: per pixel
+inside r_max the 8 trilinear corners read (project) or read+written with their
+weights (back-project), plus the slice read or written), at box 64, 128 and 256
+with r_max = n/2, and numpy's SGEMM rate on this machine as the ceiling
+reference.  The last line is the headline ratio.
+
+    python bench/bench_kernels.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from hpcem import _core, kernels
+from hpcem.core.euler import random_rotations
+
+
+def best_time(fn, repeats=2):
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def sgemm_gflops(m=2048):
+    a = np.random.default_rng(0).standard_normal((m, m), dtype=np.float32)
+    b = a.T.copy()
+    a @ b
+    t = best_time(lambda: a @ b, 3)
+    return 2.0 * m ** 3 / t / 1e9
+
+
+def pixels_inside(n, r_max):
+    ky = np.fft.fftfreq(n, 1.0 / n)[:, None]
+    kx = np.arange(n // 2 + 1)[None, :]
+    return int(np.count_nonzero(kx ** 2 + ky ** 2 <= r_max ** 2))
+
+
+def bench_box(n, B, xp=np, repeats=2, sync=lambda: None):
+    P = 2 * n
+    rng = np.random.default_rng(n)
+    vol = xp.full((P, P, P // 2 + 1), 1 + 1j, dtype=np.complex64)
+    A = xp.asarray(random_rotations(B, rng))
+    r = n / 2
+    npx = pixels_inside(n, r)
+    slices = kernels.project3d(vol, A, n, r, 2)
+    sync()
+
+    def proj():
+        kernels.project3d(vol, A, n, r, 2)
+        sync()
+
+    tp = best_time(proj, repeats)
+    del vol
+    D = xp.zeros((P, P, P // 2 + 1), np.complex128)
+    W = xp.zeros((P, P, P // 2 + 1), np.float64)
+    w = xp.ones((B, n, n // 2 + 1), np.float32)
+
+    def back():
+        kernels.backproject3d(slices, w, A, D, W, r, 2)
+        sync()
+
+    tb = best_time(back, repeats)
+    # bytes touched: project reads 8 corners x 8 B per inside pixel, writes 8 B per output pixel;
+    # back-project reads slice+weight (12 B) and read-modify-writes 8 corners x (16 + 8) B x 2
+    bytes_p = B * (npx * 8 * 8 + n * (n // 2 + 1) * 8)
+    bytes_b = B * npx * (12 + 8 * 24 * 2)
+    return dict(n=n, B=B, proj_s=B / tp, proj_gbs=bytes_p / tp / 1e9, back_s=B / tb, back_gbs=bytes_b / tb / 1e9,
+                flops_p=B * npx * 8 * 8 / tp / 1e9, flops_b=B * npx * 8 * 10 / tb / 1e9)
+
+
+def table(rows, title):
+    print(title)
+    print(f"{'box':>5} {'batch':>6} {'proj slices/s':>14} {'proj GB/s':>10} {'back slices/s':>14} {'back GB/s':>10}")
+    for r in rows:
+        print(f"{r['n']:>5} {r['B']:>6} {r['proj_s']:>14.1f} {r['proj_gbs']:>10.2f} {r['back_s']:>14.1f} "
+              f"{r['back_gbs']:>10.2f}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller batches")
+    args = ap.parse_args()
+    scale = 0.25 if args.quick else 1.0
+    batches = {64: 2000, 128: 500, 256: 120}
+    print(f"hpcem kernels: CPU threads {_core.max_threads()}")
+    g = sgemm_gflops()
+    print(f"numpy SGEMM 2048^3 float32: {g:.1f} GFLOP/s (reference ceiling)")
+    rows = [bench_box(n, max(8, int(B * scale))) for n, B in batches.items()]
+    table(rows, "CPU (C++/OpenMP), r_max = n/2, pad 2, complex128 accumulators")
+    gpu_rows = None
+    if kernels._cuda is not None and kernels._cuda.device_count() > 0:
+        try:
+            import cupy as cp
+
+            sync = cp.cuda.get_current_stream().synchronize
+            gpu_rows = [bench_box(n, 4 * max(8, int(B * scale)), cp, 3, sync) for n, B in batches.items()]
+            table(gpu_rows, "CUDA, r_max = n/2, pad 2, complex128 accumulators")
+        except ImportError:
+            print("CUDA: hpcem._cuda present but cupy missing, skipped")
+    last = rows[-1]
+    # interpolation arithmetic (~8 FMAs per corner complex) vs SGEMM: how far from the compute ceiling
+    print(f"headline: box {last['n']} projection {last['proj_s']:.0f} slices/s, back-projection "
+          f"{last['back_s']:.0f} slices/s; interpolation arithmetic at "
+          f"{100 * last['flops_p'] / g:.1f}% / {100 * last['flops_b'] / g:.1f}% of SGEMM")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+// CUDA twins of csrc/project.cpp and csrc/backproject.cpp: same geometry, same
+// interpolation weights, device pointers in. Back-projection uses atomicAdd
+// (float or double accumulators; double atomics need sm_60+).
+#include <cuda_runtime.h>
+#include <cstdint>
+#include <string>
+#include "launchers.hpp"
+
+namespace {
+
+__host__ __device__ inline int fft_freq(int i, int n) { return i <= (n - 1) / 2 ? i : i - n; }
+__host__ __device__ inline int fft_index(int f, int n) { return f >= 0 ? f : f + n; }
+__host__ __device__ inline int fmin_of(int P) { return -(P / 2); }
+__host__ __device__ inline int fmax_of(int P) { return (P - 1) / 2; }
+
+// p = pad * A^T (kx, ky, 0) (3D) or pad * A^T (kx, ky) (2D); returns false outside r_max
+__device__ inline bool slice_point(const double* A, bool three_d, float pad, int kx, int ky, float r_max,
+                                   float& px, float& py, float& pz) {
+  if (float(kx * kx + ky * ky) > r_max * r_max) return false;
+  const float fkx = float(kx), fky = float(ky);
+  if (three_d) {
+    px = float(pad * A[0]) * fkx + float(pad * A[3]) * fky;
+    py = float(pad * A[1]) * fkx + float(pad * A[4]) * fky;
+    pz = float(pad * A[2]) * fkx + float(pad * A[5]) * fky;
+  } else {
+    px = float(pad * A[0]) * fkx + float(pad * A[2]) * fky;
+    py = float(pad * A[1]) * fkx + float(pad * A[3]) * fky;
+    pz = 0.f;
+  }
+  return true;
+}
+
+__global__ void k_project(const float2* __restrict__ vol, int P, int K_or_0, const double* __restrict__ rot,
+                          const int64_t* __restrict__ idx, long B, int n, float r_max, float pad, bool three_d,
+                          float2* __restrict__ out) {
+  const int nh = n / 2 + 1;
+  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= B * n * nh) return;
+  const int kx = int(t % nh);
+  const int iy = int((t / nh) % n);
+  const long b = t / (long(nh) * n);
+  const int ky = fft_freq(iy, n);
+  const int Ph = P / 2 + 1, fmin = fmin_of(P), fmax = fmax_of(P);
+  float px, py, pz;
+  float2 acc = make_float2(0.f, 0.f);
+  if (slice_point(rot + (three_d ? 9 : 4) * b, three_d, pad, kx, ky, r_max, px, py, pz)) {
+    const bool flip = px < 0.f;
+    if (flip) { px = -px; py = -py; pz = -pz; }
+    const int x0 = int(floorf(px)), y0 = int(floorf(py)), z0 = three_d ? int(floorf(pz)) : 0;
+    const float fx = px - x0, fy = py - y0, fz = pz - z0;
+    const float2* base = three_d ? vol : vol + size_t(idx[b]) * P * Ph;
+    for (int dz = 0; dz < (three_d ? 2 : 1); ++dz) {
+      const int z = z0 + dz;
+      if (three_d && (z < fmin || z > fmax)) continue;
+      const float wz = three_d ? (dz ? fz : 1.f - fz) : 1.f;
+      const float2* plane = three_d ? base + size_t(fft_index(z, P)) * P * Ph : base;
+      for (int dy = 0; dy < 2; ++dy) {
+        const int y = y0 + dy;
+        if (y < fmin || y > fmax) continue;
+        const float wzy = wz * (dy ? fy : 1.f - fy);
+        const float2* row = plane + size_t(fft_index(y, P)) * Ph;
+        for (int dx = 0; dx < 2; ++dx) {
+          const int x = x0 + dx;
+          if (x >= Ph) continue;
+          const float w = wzy * (dx ? fx : 1.f - fx);
+          const float2 v = row[x];
+          acc.x += w * v.x;
+          acc.y += w * v.y;
+        }
+      }
+    }
+    if (flip) acc.y = -acc.y;
+  }
+  out[t] = acc;
+}
+
+template <typename T>
+__global__ void k_backproject(const float2* __restrict__ S, const float* __restrict__ W,
+                              const double* __restrict__ rot, const int64_t* __restrict__ idx, long B, int n,
+                              T* __restrict__ data, T* __restrict__ weight, int P, float r_max, float pad,
+                              bool three_d) {
+  const int nh = n / 2 + 1;
+  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= B * n * nh) return;
+  const int kx = int(t % nh);
+  const int iy = int((t / nh) % n);
+  const long b = t / (long(nh) * n);
+  const int ky = fft_freq(iy, n);
+  const int Ph = P / 2 + 1, fmin = fmin_of(P), fmax = fmax_of(P);
+  float px, py, pz;
+  if (!slice_point(rot + (three_d ? 9 : 4) * b, three_d, pad, kx, ky, r_max, px, py, pz)) return;
+  float2 v = S[t];
+  const float wt = W[t];
+  if (px < 0.f) { px = -px; py = -py; pz = -pz; v.y = -v.y; }
+  const int x0 = int(floorf(px)), y0 = int(floorf(py)), z0 = three_d ? int(floorf(pz)) : 0;
+  const float fx = px - x0, fy = py - y0, fz = pz - z0;
+  const size_t base = three_d ? 0 : size_t(idx[b]) * P * Ph;
+  for (int dz = 0; dz < (three_d ? 2 : 1); ++dz) {
+    const int z = z0 + dz;
+    if (three_d && (z < fmin || z > fmax)) continue;
+    const float wz = three_d ? (dz ? fz : 1.f - fz) : 1.f;
+    const size_t zoff = three_d ? size_t(fft_index(z, P)) * P : 0;
+    for (int dy = 0; dy < 2; ++dy) {
+      const int y = y0 + dy;
+      if (y < fmin || y > fmax) continue;
+      const float wzy = wz * (dy ? fy : 1.f - fy);
+      const size_t off = base + (zoff + size_t(fft_index(y, P))) * Ph;
+      for (int dx = 0; dx < 2; ++dx) {
+        const int x = x0 + dx;
+        if (x >= Ph) continue;
+        const float w = wzy * (dx ? fx : 1.f - fx);
+        atomicAdd(data + 2 * (off + x), T(w * v.x));
+        atomicAdd(data + 2 * (off + x) + 1, T(w * v.y));
+        atomicAdd(weight + off + x, T(w * wt));
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void k_symmetrise(const T* __restrict__ D, const T* __restrict__ Wt, T* __restrict__ Do,
+                             T* __restrict__ Wo, int P, const double* __restrict__ ops, int G, double r_pad) {
+  const int Ph = P / 2 + 1;
+  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= long(P) * P * Ph) return;
+  const int kx = int(t % Ph);
+  const int iy = int((t / Ph) % P);
+  const int iz = int(t / (long(Ph) * P));
+  const double kz = fft_freq(iz, P), ky = fft_freq(iy, P);
+  const int fmin = fmin_of(P), fmax = fmax_of(P);
+  double dr = 0, di = 0, ws = 0;
+  if (kx * kx + ky * ky + kz * kz <= r_pad * r_pad) {
+    for (int g = 0; g < G; ++g) {
+      const double* M = ops + 9 * g;
+      double qx = M[0] * kx + M[3] * ky + M[6] * kz;
+      double qy = M[1] * kx + M[4] * ky + M[7] * kz;
+      double qz = M[2] * kx + M[5] * ky + M[8] * kz;
+      const double sgn = qx < 0 ? -1.0 : 1.0;
+      qx *= sgn; qy *= sgn; qz *= sgn;
+      const int x0 = int(floor(qx)), y0 = int(floor(qy)), z0 = int(floor(qz));
+      const double fx = qx - x0, fy = qy - y0, fz = qz - z0;
+      double sr = 0, si = 0;
+      for (int dz = 0; dz < 2; ++dz) {
+        const int z = z0 + dz;
+        if (z < fmin || z > fmax) continue;
+        const double wz = dz ? fz : 1 - fz;
+        for (int dy = 0; dy < 2; ++dy) {
+          const int y = y0 + dy;
+          if (y < fmin || y > fmax) continue;
+          const double wzy = wz * (dy ? fy : 1 - fy);
+          const size_t off = (size_t(fft_index(z, P)) * P + fft_index(y, P)) * Ph;
+          for (int dx = 0; dx < 2; ++dx) {
+            const int x = x0 + dx;
+            if (x >= Ph) continue;
+            const double c = wzy * (dx ? fx : 1 - fx);
+            sr += c * double(D[2 * (off + x)]);
+            si += c * double(D[2 * (off + x) + 1]);
+            ws += c * double(Wt[off + x]);
+          }
+        }
+      }
+      dr += sr;
+      di += sgn * si;
+    }
+  }
+  Do[2 * t] = T(dr);
+  Do[2 * t + 1] = T(di);
+  Wo[t] = T(ws);
+}
+
+std::string check(const char* what) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return std::string(what) + ": " + cudaGetErrorString(e);
+  return {};
+}
+
+inline unsigned blocks(long total, int threads) { return unsigned((total + threads - 1) / threads); }
+
+}  // namespace
+
+namespace hpcem_cuda {
+
+std::string project(uintptr_t vol, int P, uintptr_t rot, uintptr_t idx, long B, int n, double r_max, double pad,
+                    bool three_d, uintptr_t out, uintptr_t stream) {
+  const long total = B * n * long(n / 2 + 1);
+  if (total == 0) return {};
+  k_project<<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
+      (const float2*)vol, P, 0, (const double*)rot, (const int64_t*)idx, B, n, float(r_max), float(pad), three_d,
+      (float2*)out);
+  return check("project");
+}
+
+std::string backproject(uintptr_t slices, uintptr_t weights, uintptr_t rot, uintptr_t idx, long B, int n,
+                        uintptr_t data, uintptr_t weight, int P, bool dbl, double r_max, double pad, bool three_d,
+                        uintptr_t stream) {
+  const long total = B * n * long(n / 2 + 1);
+  if (total == 0) return {};
+  if (dbl)
+    k_backproject<double><<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
+        (const float2*)slices, (const float*)weights, (const double*)rot, (const int64_t*)idx, B, n, (double*)data,
+        (double*)weight, P, float(r_max), float(pad), three_d);
+  else
+    k_backproject<float><<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
+        (const float2*)slices, (const float*)weights, (const double*)rot, (const int64_t*)idx, B, n, (float*)data,
+        (float*)weight, P, float(r_max), float(pad), three_d);
+  return check("backproject");
+}
+
+std::string symmetrise3d(uintptr_t data, uintptr_t weight, uintptr_t out_data, uintptr_t out_weight, int P,
+                         uintptr_t ops, int G, double r_pad, bool dbl, uintptr_t stream) {
+  const long total = long(P) * P * (P / 2 + 1);
+  if (dbl)
+    k_symmetrise<double><<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
+        (const double*)data, (const double*)weight, (double*)out_data, (double*)out_weight, P, (const double*)ops, G,
+        r_pad);
+  else
+    k_symmetrise<float><<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
+        (const float*)data, (const float*)weight, (float*)out_data, (float*)out_weight, P, (const double*)ops, G,
+        r_pad);
+  return check("symmetrise3d");
+}
+
+int device_count() {
+  int c = 0;
+  if (cudaGetDeviceCount(&c) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return c;
+}
+
+}  // namespace hpcem_cuda
