@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 from .. import __version__
@@ -36,11 +37,7 @@ REGISTRY = {
 def _available():
     for group, jobs in REGISTRY.items():
         for name, mod, helptext in jobs:
-            try:
-                importlib.util.find_spec(mod)
-            except ModuleNotFoundError:
-                continue
-            if importlib.util.find_spec(mod) is not None:
+            if importlib.util.find_spec(mod) is not None:  # jobs still being built are left out
                 yield group, name, mod, helptext
 
 
