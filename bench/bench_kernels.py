@@ -36,6 +36,47 @@ def sgemm_gflops(m=2048):
     return 2.0 * m ** 3 / t / 1e9
 
 
+def stream_gbs(mb=512):
+    """Memory bandwidth ceiling: a large copy (read + write), numpy, this machine."""
+    a = np.ones(mb * (1 << 20) // 4, dtype=np.float32)
+    b = np.empty_like(a)
+    t = best_time(lambda: np.copyto(b, a), 3)
+    return 2 * a.nbytes / t / 1e9
+
+
+def bench_reconstruct_mpi(n=128, N=10000, ranks=(1, 2)):
+    """Wall time of `hpcem reconstruct --ctf` on N simulated particles, 1 and 2 MPI ranks
+    (same 2 cores: 1 rank x 2 threads vs 2 ranks x 1 thread)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="hpcem_bench_")
+    try:
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        subprocess.run([sys.executable, "-m", "hpcem.cli.main", "simulate", "--o", d, "--n", str(N),
+                        "--box", str(n), "--snr", "0.1", "--angpix", "1.5"], check=True, env=env,
+                       capture_output=True)
+        mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+        out = {}
+        for r in ranks:
+            cmd = [sys.executable, "-m", "hpcem.cli.main", "reconstruct", "--i", os.path.join(d, "particles.star"),
+                   "--o", os.path.join(d, "rec%d.mrc" % r), "--ctf"]
+            if r > 1:
+                if mpiexec is None:
+                    continue
+                cmd = [mpiexec, "-n", str(r)] + cmd
+            e = dict(env, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // r)))
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, env=e, capture_output=True)
+            out[r] = time.perf_counter() - t0
+        return out
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def pixels_inside(n, r_max):
     ky = np.fft.fftfreq(n, 1.0 / n)[:, None]
     kx = np.arange(n // 2 + 1)[None, :]
@@ -86,12 +127,15 @@ def table(rows, title):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller batches")
+    ap.add_argument("--no_mpi", action="store_true", help="skip the 10,000-particle reconstruct timing")
     args = ap.parse_args()
     scale = 0.25 if args.quick else 1.0
-    batches = {64: 2000, 128: 500, 256: 120}
+    batches = {64: 5000, 128: 2000, 256: 500}
     print(f"hpcem kernels: CPU threads {_core.max_threads()}")
     g = sgemm_gflops()
     print(f"numpy SGEMM 2048^3 float32: {g:.1f} GFLOP/s (reference ceiling)")
+    bw = stream_gbs()
+    print(f"memory bandwidth (numpy 512 MB copy, read+write): {bw:.1f} GB/s (bandwidth ceiling)")
     rows = [bench_box(n, max(8, int(B * scale))) for n, B in batches.items()]
     table(rows, "CPU (C++/OpenMP), r_max = n/2, pad 2, complex128 accumulators")
     gpu_rows = None
@@ -104,6 +148,17 @@ def main():
             table(gpu_rows, "CUDA, r_max = n/2, pad 2, complex128 accumulators")
         except ImportError:
             print("CUDA: hpcem._cuda present but cupy missing, skipped")
+    for r in rows:
+        print(f"box {r['n']}: projection at {100 * r['proj_gbs'] / bw:.0f}% and back-projection at "
+              f"{100 * r['back_gbs'] / bw:.0f}% of the copy bandwidth")
+    if not args.no_mpi:
+        N = max(1000, int(10000 * scale))
+        t = bench_reconstruct_mpi(128, N)
+        print(f"hpcem reconstruct --ctf, {N} particles of 128 px (incl. start-up and I/O):")
+        for r, s in t.items():
+            print(f"  {r} rank(s): {s:.1f} s")
+        if 1 in t and 2 in t:
+            print(f"  speed-up 1 -> 2 ranks: {t[1] / t[2]:.2f} (efficiency {t[1] / t[2] / 2:.0%})")
     last = rows[-1]
     # interpolation arithmetic (~8 FMAs per corner complex) vs SGEMM: how far from the compute ceiling
     print(f"headline: box {last['n']} projection {last['proj_s']:.0f} slices/s, back-projection "

@@ -212,44 +212,57 @@ struct Particle {  // per-particle posterior summary
   double logZ = -std::numeric_limits<double>::infinity();
   double pmax = 0.0;
   int64_t arg = -1;
-  std::vector<PI> sig;  // significant (prob, flat index), descending
+  std::vector<PI> sig;  // significant (prob, flat index), in index order
 };
 
-// lp: n log posteriors (unnormalised, double). Fills the summary.
-void summarise(const double* lp, int64_t n, double frac, Particle& P, std::vector<PI>& cand) {
-  P.sig.clear();
+// lp: n unnormalised log posteriors (double); on return lp holds the probabilities
+// (0 below exp(-50) of the maximum). Fills the summary.
+void summarise(double* lp, int64_t n, double frac, Particle& P, std::vector<PI>& cand) {
+  std::vector<PI> keep = std::move(P.sig);  // reuse the allocation
+  keep.clear();
+  P = Particle{};
+  P.sig = std::move(keep);
   if (n == 0) return;
   double mx = -std::numeric_limits<double>::infinity();
   int64_t am = -1;
   for (int64_t q = 0; q < n; ++q)
     if (lp[q] > mx) { mx = lp[q]; am = q; }
+  P.arg = am;
   if (!std::isfinite(mx)) {  // all -inf (or NaN): no posterior
-    P.arg = am;
+    for (int64_t q = 0; q < n; ++q) lp[q] = 0.0;
     return;
   }
   double sum = 0.0;
   for (int64_t q = 0; q < n; ++q) {
     const double d = lp[q] - mx;
-    if (d > -50.0) sum += std::exp(d);
+    const double e = d > -50.0 ? std::exp(d) : 0.0;
+    lp[q] = e;
+    sum += e;
   }
   P.logZ = mx + std::log(sum);
   P.pmax = 1.0 / sum;
-  P.arg = am;
+  const double inv = 1.0 / sum;
   // every member of the minimal set has p >= (1 - frac) / n
   const double eps = (1.0 - frac) / (double)n;
   cand.clear();
   for (int64_t q = 0; q < n; ++q) {
-    const double d = lp[q] - P.logZ;
-    if (d > -50.0) {
-      const double p = std::exp(d);
-      if (p >= eps) cand.emplace_back(p, q);
-    }
+    const double p = lp[q] * inv;
+    lp[q] = p;
+    if (p >= eps && p > 0.0) cand.emplace_back(p, q);
   }
-  const size_t k = std::max<size_t>(1, select_mass(cand, frac));
-  std::sort(cand.begin(), cand.begin() + std::min(k, cand.size()), [](const PI& a, const PI& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  });
-  P.sig.assign(cand.begin(), cand.begin() + std::min(k, cand.size()));
+  const size_t k = std::min(cand.size(), std::max<size_t>(1, select_mass(cand, frac)));
+  if (k == 0) return;
+  // threshold = smallest chosen probability; ties at it were chosen in index order
+  double pk = cand[0].first;
+  for (size_t r = 1; r < k; ++r) pk = std::min(pk, cand[r].first);
+  size_t ties = 0;
+  for (size_t r = 0; r < k; ++r) ties += cand[r].first == pk;
+  P.sig.reserve(k);
+  for (int64_t q = 0; q < n && P.sig.size() < k; ++q) {  // emit in index order, O(n)
+    const double p = lp[q];
+    if (p > pk) P.sig.emplace_back(p, q);
+    else if (p == pk && ties > 0) { P.sig.emplace_back(p, q); --ties; }
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -402,8 +415,7 @@ py::tuple segment_posteriors(const carray<double>& mlp, const carray<int64_t>& o
         ap[i] = Pt.arg >= 0 ? o[i] + Pt.arg : -1;
         ns[i] = (int64_t)Pt.sig.size();
         for (int64_t q = 0; q < n; ++q) {
-          const double d = lp[q] - Pt.logZ;
-          wp[o[i] + q] = std::isfinite(Pt.logZ) ? (float)std::exp(d) : 0.0f;
+          wp[o[i] + q] = (float)lp[q];
           sp[o[i] + q] = false;
         }
         for (const PI& e : Pt.sig) sp[o[i] + e.second] = true;

@@ -14,9 +14,9 @@ __host__ __device__ inline int fmin_of(int P) { return -(P / 2); }
 __host__ __device__ inline int fmax_of(int P) { return (P - 1) / 2; }
 
 // p = pad * A^T (kx, ky, 0) (3D) or pad * A^T (kx, ky) (2D); returns false outside r_max
-__device__ inline bool slice_point(const double* A, bool three_d, float pad, int kx, int ky, float r_max,
+__device__ inline bool slice_point(const double* A, bool three_d, float pad, int kx, int ky, double r_max,
                                    float& px, float& py, float& pz) {
-  if (float(kx * kx + ky * ky) > r_max * r_max) return false;
+  if (double(kx * kx + ky * ky) > r_max * r_max) return false;  // as csrc row_xmax
   const float fkx = float(kx), fky = float(ky);
   if (three_d) {
     px = float(pad * A[0]) * fkx + float(pad * A[3]) * fky;
@@ -31,7 +31,7 @@ __device__ inline bool slice_point(const double* A, bool three_d, float pad, int
 }
 
 __global__ void k_project(const float2* __restrict__ vol, int P, int K_or_0, const double* __restrict__ rot,
-                          const int64_t* __restrict__ idx, long B, int n, float r_max, float pad, bool three_d,
+                          const int64_t* __restrict__ idx, long B, int n, double r_max, float pad, bool three_d,
                           float2* __restrict__ out) {
   const int nh = n / 2 + 1;
   const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -77,7 +77,7 @@ __global__ void k_project(const float2* __restrict__ vol, int P, int K_or_0, con
 template <typename T>
 __global__ void k_backproject(const float2* __restrict__ S, const float* __restrict__ W,
                               const double* __restrict__ rot, const int64_t* __restrict__ idx, long B, int n,
-                              T* __restrict__ data, T* __restrict__ weight, int P, float r_max, float pad,
+                              T* __restrict__ data, T* __restrict__ weight, int P, double r_max, float pad,
                               bool three_d) {
   const int nh = n / 2 + 1;
   const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -185,7 +185,7 @@ std::string project(uintptr_t vol, int P, uintptr_t rot, uintptr_t idx, long B, 
   const long total = B * n * long(n / 2 + 1);
   if (total == 0) return {};
   k_project<<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
-      (const float2*)vol, P, 0, (const double*)rot, (const int64_t*)idx, B, n, float(r_max), float(pad), three_d,
+      (const float2*)vol, P, 0, (const double*)rot, (const int64_t*)idx, B, n, r_max, float(pad), three_d,
       (float2*)out);
   return check("project");
 }
@@ -198,11 +198,11 @@ std::string backproject(uintptr_t slices, uintptr_t weights, uintptr_t rot, uint
   if (dbl)
     k_backproject<double><<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
         (const float2*)slices, (const float*)weights, (const double*)rot, (const int64_t*)idx, B, n, (double*)data,
-        (double*)weight, P, float(r_max), float(pad), three_d);
+        (double*)weight, P, r_max, float(pad), three_d);
   else
     k_backproject<float><<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
         (const float2*)slices, (const float*)weights, (const double*)rot, (const int64_t*)idx, B, n, (float*)data,
-        (float*)weight, P, float(r_max), float(pad), three_d);
+        (float*)weight, P, r_max, float(pad), three_d);
   return check("backproject");
 }
 

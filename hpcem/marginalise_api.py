@@ -109,7 +109,7 @@ class Posteriors:
     ``logZ`` float64 (B,), ``pmax`` float64 (B,), ``argmax_t``/``argmax_j`` int64 (B,),
     ``nsig`` int64 (B,); the significant set in CSR form: particle ``i`` owns entries
     ``offsets[i]:offsets[i+1]`` of ``t_idx``/``j_idx`` (int32) and ``weight`` (float32,
-    the posterior probability, not renormalised over the set), in descending weight."""
+    the posterior probability, not renormalised over the set), in (t, j) order."""
 
     logZ: np.ndarray
     pmax: np.ndarray

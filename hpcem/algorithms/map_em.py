@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .. import _core
+from .. import marginalise_api as marg
 from ..core.ctf import ctf2d
 from ..core.euler import rotation_2d
 from ..core.filters import lowpass, radial_average
@@ -68,19 +68,6 @@ class Class2DConfig:
     frac: float = 0.999              # posterior mass kept in the significant set
     margin_shells: int = 4           # shells beyond the SSNR=1 resolution in the next E-step
     mask_width: float = 5.0          # px, soft edge of the masks
-
-
-# ---------------------------------------------------------------- marginalisation kernels
-def _marg(name):
-    """The marginalisation kernel ``name`` (hpcem.marginalise_api when present, else _core)."""
-    try:
-        from .. import marginalise_api as api
-        fn = getattr(api, name, None)
-        if fn is not None:
-            return fn
-    except ImportError:
-        pass
-    return getattr(_core, "marg_" + name)
 
 
 class Class2D:
@@ -231,9 +218,6 @@ class Class2D:
         noise = np.zeros((self.G, self.nsh))
         csum = np.zeros(K)
         t2sum = np.zeros(1)
-        coarse, posts, pairs, fine = _marg("coarse_diff2"), _marg("posteriors"), _marg("pair_diff2"), \
-            _marg("segment_posteriors")
-        accumulate = _marg("accumulate")
         tfA2 = (self.t_f ** 2).sum(1) * self.angpix ** 2
         nb = self.X.shape[0]
         bs = self.batch_size()
@@ -245,10 +229,11 @@ class Class2D:
             X = np.ascontiguousarray(self.X[sl][:, kidx])
             c = np.ascontiguousarray(self.C[sl][:, kidx]) if self.C is not None else np.ones((B, M), np.float32)
             se, sa = np.ascontiguousarray(s_e[g]), np.ascontiguousarray(s_a[g])
-            d2 = coarse(X, c, se, phc, Rc)
+            d2 = marg.coarse_diff2(X, c, se, phc, Rc)
             lpt = np.ascontiguousarray(np.broadcast_to(lpt_c, (B, self.T)))
-            logZ, pmax, at, aj, nsig, offs, ti, ji, w = posts(d2, lpt, lpj_c, cfg.frac)
+            post = marg.posteriors(d2, lpt, lpj_c, cfg.frac)
             del d2
+            offs, ti, ji, nsig = post.offsets, post.t_idx, post.j_idx, post.nsig
             # children of the significant coarse hypotheses: 2 psi x 4 translations each
             pi0 = np.repeat(np.arange(B, dtype=np.int64), np.diff(offs))
             ji = ji.astype(np.int64)
@@ -258,11 +243,12 @@ class Class2D:
             pj = np.ascontiguousarray(np.broadcast_to(jf, (len(ji), 2, 4)).reshape(-1))
             pt = np.ascontiguousarray(np.broadcast_to(tf, (len(ti), 2, 4)).reshape(-1))
             pi = np.repeat(pi0, 8)
-            d2f = pairs(X, c, se, phf, Rf, pi, pt, pj)
+            d2f = marg.pair_diff2(X, c, se, phf, Rf, pi, pt, pj)
             mlp = d2f.astype(np.float64) - lpt_f[pt] - lpj_f[pj]
-            wf, logZf, pmaxf, argf, nsigf, _sig = fine(mlp, np.asarray(offs, np.int64) * 8, cfg.frac)
+            sp = marg.segment_posteriors(mlp, np.asarray(offs, np.int64) * 8, cfg.frac)
+            wf, logZf, pmaxf, argf = sp.weight, sp.logZ, sp.pmax, sp.argmax
             nacc = np.zeros((B, M), np.float32)
-            accumulate(X, c, sa, phf, Rf, pi, pt, pj, wf, data, wsum, nacc)
+            marg.accumulate(X, c, sa, phf, Rf, pi, pt, pj, wf, data, wsum, nacc)
             # M-step statistics
             ns = np.zeros((self.G, self.nsh))
             per_shell = np.zeros((B, self.nsh))
@@ -408,3 +394,43 @@ def available_memory() -> float:
     except OSError:
         pass
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+# ---------------------------------------------------------------- driver
+def classify_2d(ps, cfg: Class2DConfig, comm, outdir: str, restart: dict | None = None, log=print,
+                job: dict | None = None):
+    """Run 2D classification to ``cfg.iters`` iterations (from ``restart``, a checkpoint dict, when
+    given), writing every iteration's files from rank 0. Returns the :class:`Class2D` model."""
+    from ..errors import InputError
+    from .map_em_io import write_iteration
+
+    model = Class2D(ps, cfg, comm, log)
+    need = comm.allreduce(model.memory_estimate(), op="max")
+    avail = available_memory() / max(1, comm.size)
+    if comm.rank == 0:
+        log("memory estimate: %.2f GiB per rank (%d particles, K=%d, %d psi x %d translations, batch %d)"
+            % (need / 2**30, model.hi - model.lo, cfg.K, model.npsi, model.T, model.batch_size()))
+    if need > avail:
+        raise InputError("needs %.2f GiB per rank but about %.2f GiB is available: run on more ranks/nodes, "
+                         "or lower --batch, --K or widen --psi_step" % (need / 2**30, avail / 2**30),
+                         field="memory")
+    model.prepare()
+    if restart is not None:
+        model.restore(restart)
+        model.img_power = np.asarray(restart["img_power"])
+        if comm.rank == 0:
+            log("continuing from iteration %d" % model.iteration)
+    else:
+        model.initialise()
+    while model.iteration < cfg.iters:
+        st = model.iterate()
+        results = model.gather_results()
+        if comm.rank == 0:
+            write_iteration(outdir, ps, model, model.state(results), st, job)
+            log("it %3d  r_cur %2d  res %6.2f A  dclass %5.3f  dpsi %6.2f deg  doff %5.2f A  sig_off %5.2f A  "
+                "nsig %7.1f  logL %.6e  (%.1f s, E-step %.1f s)" % (
+                    st["iteration"], st["r_cur"], st["resolution"], st["changes_classes"], st["changes_orient"],
+                    st["changes_offsets"], st["sigma_offset"], st["mean_nsig"], st["loglik"], st["t_iter"],
+                    st["t_estep"]))
+        comm.barrier()
+    return model

@@ -33,6 +33,7 @@ def write_iteration(outdir: str, ps, model, state: dict, stats: dict, config_ext
     """Write all files of iteration ``state['iteration']``; returns the optimiser STAR path."""
     it = int(state["iteration"])
     base = stem(outdir, it)
+    os.makedirs(outdir, exist_ok=True)
     refs, res = state["refs"], state["results"]
     K, n = refs.shape[0], refs.shape[1]
     angpix = float(model.angpix)

@@ -63,10 +63,10 @@ def _mirror_index(P: int) -> np.ndarray:
     return (-np.arange(P)) % P
 
 
-def _complete_x0(D: np.ndarray, W: np.ndarray) -> None:
+def _complete_x0(D: np.ndarray, W: np.ndarray, three_d: bool) -> None:
     """Add the Friedel mirror of the x = 0 plane/column (last axis index 0), in place."""
     m = _mirror_index(D.shape[-2])
-    if D.ndim == 3 and D.shape[0] == D.shape[1]:  # 3D (P, P, Ph): mirror z and y
+    if three_d:  # (P, P, Ph): mirror z and y
         D0, W0 = D[:, :, 0].copy(), W[:, :, 0].copy()
         D[:, :, 0] = D0 + np.conj(D0[np.ix_(m, m)])
         W[:, :, 0] = W0 + W0[np.ix_(m, m)]
@@ -171,7 +171,7 @@ class BackProjector:
     def reconstruct(self, tau2=None, tau2_fudge=1.0, wiener_const=None, symmetry_ops=None) -> np.ndarray:
         D = self.data.astype(np.complex128, copy=True)
         W = self.weight.astype(np.float64, copy=True)
-        _complete_x0(D, W)
+        _complete_x0(D, W, True)
         if symmetry_ops is not None and len(symmetry_ops) > 1:
             D, W = kernels.symmetrise3d(D, W, np.asarray(symmetry_ops, dtype=np.float64), self.P / 2.0)
         shells = _padded_shells(self.P, self.pad, 3)
@@ -243,7 +243,7 @@ class BackProjector2D:
         """Class images ``(K, n, n)`` float32; ``tau2`` per shell, ``(nshell,)`` or ``(K, nshell)``."""
         D = self.data.astype(np.complex128, copy=True)
         W = self.weight.astype(np.float64, copy=True)
-        _complete_x0(D, W)
+        _complete_x0(D, W, False)
         shells = _padded_shells(self.P, self.pad, 2)
         out = np.empty((self.K, self.n, self.n), dtype=np.float32)
         n, P = self.n, self.P
