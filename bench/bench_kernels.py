@@ -56,13 +56,14 @@ def bench_reconstruct_mpi(n=128, N=10000, ranks=(1, 2)):
     d = tempfile.mkdtemp(prefix="hpcem_bench_")
     try:
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-        subprocess.run([sys.executable, "-m", "hpcem.cli.main", "simulate", "--o", d, "--n", str(N),
+        hp = [shutil.which("hpcem", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])]
+        subprocess.run(hp + ["simulate", "--o", d, "--n", str(N),
                         "--box", str(n), "--snr", "0.1", "--angpix", "1.5"], check=True, env=env,
                        capture_output=True)
         mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
         out = {}
         for r in ranks:
-            cmd = [sys.executable, "-m", "hpcem.cli.main", "reconstruct", "--i", os.path.join(d, "particles.star"),
+            cmd = hp + ["reconstruct", "--i", os.path.join(d, "particles.star"),
                    "--o", os.path.join(d, "rec%d.mrc" % r), "--ctf"]
             if r > 1:
                 if mpiexec is None:

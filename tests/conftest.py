@@ -15,11 +15,17 @@ def mpiexec_path():
     return exe
 
 
+def hpcem_command():
+    """The installed `hpcem` entry point (never `python -m` from the source tree)."""
+    exe = shutil.which("hpcem", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    return [exe] if exe else [sys.executable, "-m", "hpcem.cli.main"]
+
+
 @pytest.fixture
 def run_hpcem():
     """Run the real `hpcem` CLI (optionally under `mpiexec -n N`) and return the CompletedProcess."""
     def _run(args, n_ranks=1, cwd=None, check=True, env=None):
-        cmd = [sys.executable, "-m", "hpcem.cli.main"] + [str(a) for a in args]
+        cmd = hpcem_command() + [str(a) for a in args]
         if n_ranks > 1:
             exe = mpiexec_path()
             if exe is None:
