@@ -22,7 +22,7 @@ def _blob_params(n: int, n_blobs: int, rng: np.random.Generator, radius_frac: fl
             p = q
             centres.append(p.copy())
     centres = np.array(centres[:n_blobs])
-    sigmas = rng.uniform(0.015, 0.04, size=n_blobs) * n
+    sigmas = rng.uniform(0.012, 0.03, size=n_blobs) * n
     amps = rng.uniform(0.5, 1.0, size=n_blobs)
     return centres, sigmas, amps
 
