@@ -30,6 +30,7 @@ inline void require(bool ok, const std::string& msg) {
 void register_project(py::module_& m);
 void register_backproject(py::module_& m);
 void register_marginalise(py::module_& m);
+void register_gtm(py::module_& m);
 
 // ---------------------------------------------------------------------------
 // Fourier-space interpolation on a padded half grid (project / backproject).

@@ -14,10 +14,13 @@
 // sum to >= frac, found by a mass-targeted quickselect (no full sort).
 #include "common.hpp"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -27,17 +30,53 @@ namespace {
 using sgemm_t = void (*)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
                          float*, float*, int*);
 
-sgemm_t get_sgemm() {
-  static sgemm_t fn = nullptr;  // resolved once, under the GIL
-  if (!fn) {
+// OpenBLAS's thread-count controls, found among the loaded libraries (the one scipy links;
+// numpy's 64-bit-integer OpenBLAS exports suffixed names and is not touched). Absent for
+// other BLAS vendors: coarse_diff2 then lets the BLAS thread each call.
+using setn_t = void (*)(int);
+using getn_t = int (*)();
+struct BlasThreads {
+  setn_t set = nullptr;
+  getn_t get = nullptr;
+};
+
+int find_openblas(struct dl_phdr_info* info, size_t, void* data) {
+  auto* bt = static_cast<BlasThreads*>(data);
+  if (bt->set || !info->dlpi_name || !std::strstr(info->dlpi_name, "openblas")) return 0;
+  void* h = dlopen(info->dlpi_name, RTLD_LAZY | RTLD_NOLOAD);
+  if (!h) return 0;
+  const char* names[][2] = {{"scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"},
+                            {"openblas_set_num_threads", "openblas_get_num_threads"}};
+  for (auto& nm : names) {
+    void* sp = dlsym(h, nm[0]);
+    void* gp = dlsym(h, nm[1]);
+    if (sp && gp) {
+      bt->set = reinterpret_cast<setn_t>(sp);
+      bt->get = reinterpret_cast<getn_t>(gp);
+      break;
+    }
+  }
+  dlclose(h);  // NOLOAD handle: drops only the reference just taken
+  return bt->set ? 1 : 0;
+}
+
+struct Blas {
+  sgemm_t gemm = nullptr;
+  BlasThreads threads;
+};
+
+const Blas& get_blas() {
+  static Blas b;  // resolved once, under the GIL
+  if (!b.gemm) {
     py::object capi = py::module_::import("scipy.linalg.cython_blas").attr("__pyx_capi__");
     py::object cap = capi["sgemm"];
     PyObject* c = cap.ptr();
     void* p = PyCapsule_GetPointer(c, PyCapsule_GetName(c));
     if (!p) throw py::error_already_set();
-    fn = reinterpret_cast<sgemm_t>(p);
+    dl_iterate_phdr(find_openblas, &b.threads);
+    b.gemm = reinterpret_cast<sgemm_t>(p);
   }
-  return fn;
+  return b;
 }
 
 // Row-major C (m x n) = alpha * A (m x k) @ B^T + beta * C, with B row-major (n x k).
@@ -82,32 +121,77 @@ Inputs check_inputs(const carray<cfloat>& X, const carray<float>& ctf, const car
 
 // ---------------------------------------------------------------------------------------
 // 1. coarse_diff2: all (t, j) for every particle, through SGEMM.
+//
+// Work is split into blocks of particles; a block's operand Y[(i,t), :] = s c X conj(ph_t)
+// (interleaved, nb*T rows x 2M) is formed, its rows of D prefilled with A_i + Q_ij, and
+// D_block += -2 Y R^T in one SGEMM. Two threadings:
+//  mode 1 (default when OpenBLAS's thread control is found): OpenMP threads take blocks,
+//         each calling a single-threaded SGEMM (OpenBLAS set to 1 thread for the call and
+//         restored after; process-wide, as OpenBLAS has no per-call setting).
+//  mode 0: blocks in sequence, fills on the calling thread, OpenBLAS threads each SGEMM.
+// Measured on 2 cores: mode 1 is 10-60 % faster (no spinning OpenMP workers competing with
+// OpenBLAS's threads, no serial fills).
+namespace {
+inline void fill_block(const Inputs& in, int i0, int nb, const float* A, const float* Q,
+                       float* Y, float* D) {
+  const int M = in.M, M2 = 2 * M, T = in.T, J = in.J;
+  for (int ib = 0; ib < nb; ++ib) {
+    const int i = i0 + ib;
+    const float *x = in.X + (size_t)i * M2, *ci = in.c + (size_t)i * M, *si = in.s + (size_t)i * M;
+    for (int t = 0; t < T; ++t) {
+      const float* p = in.ph + (size_t)t * M2;
+      float* y = Y + ((size_t)ib * T + t) * M2;
+#pragma omp simd
+      for (int k = 0; k < M; ++k) {
+        const float w = si[k] * ci[k];
+        const float xr = x[2 * k], xi = x[2 * k + 1], pr = p[2 * k], pim = p[2 * k + 1];
+        y[2 * k] = w * (xr * pr + xi * pim);
+        y[2 * k + 1] = w * (xi * pr - xr * pim);
+      }
+      float* d = D + ((size_t)i * T + t) * J;
+      const float* q = Q + (size_t)i * J;
+      const float a = A[i];
+#pragma omp simd
+      for (int j = 0; j < J; ++j) d[j] = a + q[j];
+    }
+  }
+}
+}  // namespace
+
 py::array_t<float> coarse_diff2(const carray<cfloat>& X, const carray<float>& ctf,
                                 const carray<float>& s, const carray<cfloat>& ph,
-                                const carray<cfloat>& R, int block_particles, int fill_threads) {
+                                const carray<cfloat>& R, int block_particles, int mode) {
   Inputs in = check_inputs(X, ctf, s, ph, R);
   const int B = in.B, M = in.M, T = in.T, J = in.J, M2 = 2 * M;
   py::array_t<float> out({(py::ssize_t)B, (py::ssize_t)T, (py::ssize_t)J});
   float* D = out.mutable_data();
-  sgemm_t f = get_sgemm();
+  const Blas& blas = get_blas();
+  const sgemm_t f = blas.gemm;
   if (B == 0 || T == 0 || J == 0) return out;
-  // Operand blocks of ~2560 rows (B*T direction), at most 64 MB: large enough for an
-  // efficient GEMM, small enough to stay out of memory trouble.
+  if (M == 0) {
+    std::fill(D, D + (size_t)B * T * J, 0.0f);
+    return out;
+  }
+  const int nthr = omp_get_max_threads();
+  if (mode < 0) mode = blas.threads.set ? 1 : 0;
+  require(mode == 0 || mode == 1, "coarse_diff2: mode must be -1, 0 or 1");
+  require(mode == 0 || blas.threads.set,
+          "coarse_diff2: mode 1 needs OpenBLAS's thread control, which was not found");
+  // Operand blocks of ~1280 rows (B*T direction), at most 64 MB each; in mode 1 small
+  // enough that every thread gets a block (down to 4 particles).
   int bb = block_particles;
   if (bb <= 0) {
     const double per = (double)T * M2 * sizeof(float);
-    bb = (2560 + T - 1) / T;
+    bb = (1280 + T - 1) / T;
     bb = (int)std::max(1.0, std::min((double)bb, std::floor(64.0e6 / std::max(per, 1.0))));
+    if (mode == 1) bb = std::max(std::min(bb, 4), std::min(bb, (B + nthr - 1) / nthr));
   }
   bb = std::min(bb, B);
-  // The cheap element-wise fills run on OpenMP threads only on larger machines: on a few
-  // cores the spinning OpenMP workers steal cycles from OpenBLAS's GEMM threads (measured:
-  // 2 cores, serial fills are 10-40 % faster overall).
-  const bool omp_fill = fill_threads < 0 ? omp_get_max_threads() > 4 : fill_threads > 0;
+  const int nblk = (B + bb - 1) / bb;
   {
     py::gil_scoped_release nogil;
     std::vector<float> A(B), sc2((size_t)B * M), r2((size_t)J * M), Q((size_t)B * J);
-#pragma omp parallel for schedule(static) if (omp_fill)
+#pragma omp parallel for schedule(static) if (mode == 1)
     for (int i = 0; i < B; ++i) {
       const float *x = in.X + (size_t)i * M2, *ci = in.c + (size_t)i * M, *si = in.s + (size_t)i * M;
       double a = 0.0;
@@ -117,45 +201,45 @@ py::array_t<float> coarse_diff2(const carray<cfloat>& X, const carray<float>& ct
       }
       A[i] = (float)a;
     }
-#pragma omp parallel for schedule(static) if (omp_fill)
+#pragma omp parallel for schedule(static) if (mode == 1)
     for (int j = 0; j < J; ++j) {
       const float* r = in.R + (size_t)j * M2;
       float* o = r2.data() + (size_t)j * M;
 #pragma omp simd
       for (int k = 0; k < M; ++k) o[k] = r[2 * k] * r[2 * k] + r[2 * k + 1] * r[2 * k + 1];
     }
-    if (M > 0) gemm_abt(f, B, J, M, 1.0f, sc2.data(), M, r2.data(), M, 0.0f, Q.data(), J);
-    else std::fill(Q.begin(), Q.end(), 0.0f);
-
-    std::vector<float> Y((size_t)bb * T * M2);
-    for (int i0 = 0; i0 < B; i0 += bb) {
-      const int nb = std::min(bb, B - i0);
-      // Y[(i,t), :] = s c X conj(ph_t), interleaved; D rows prefilled with A_i + Q_ij
-#pragma omp parallel for collapse(2) schedule(static) if (omp_fill)
-      for (int ib = 0; ib < nb; ++ib) {
-        for (int t = 0; t < T; ++t) {
-          const int i = i0 + ib;
-          const float *x = in.X + (size_t)i * M2, *ci = in.c + (size_t)i * M,
-                      *si = in.s + (size_t)i * M, *p = in.ph + (size_t)t * M2;
-          float* y = Y.data() + ((size_t)ib * T + t) * M2;
-#pragma omp simd
-          for (int k = 0; k < M; ++k) {
-            const float w = si[k] * ci[k];
-            const float xr = x[2 * k], xi = x[2 * k + 1], pr = p[2 * k], pi = p[2 * k + 1];
-            y[2 * k] = w * (xr * pr + xi * pi);
-            y[2 * k + 1] = w * (xi * pr - xr * pi);
-          }
-          float* d = D + ((size_t)i * T + t) * J;
-          const float* q = Q.data() + (size_t)i * J;
-          const float a = A[i];
-#pragma omp simd
-          for (int j = 0; j < J; ++j) d[j] = a + q[j];
+    // Q = (s c^2) @ |R|^2 (B x M x J)
+    if (mode == 1) {
+      // Every SGEMM single-threaded, also Q's: a BLAS-threaded call would leave OpenBLAS's
+      // workers spinning (for up to ~0.1 s) on the cores the OpenMP threads need.
+      const int old = blas.threads.get();
+      blas.threads.set(1);
+#pragma omp parallel
+      {
+        const int qb = std::max(1, (B + omp_get_num_threads() - 1) / omp_get_num_threads());
+#pragma omp for schedule(static)
+        for (int i0 = 0; i0 < B; i0 += qb)
+          gemm_abt(f, std::min(qb, B - i0), J, M, 1.0f, sc2.data() + (size_t)i0 * M, M,
+                   r2.data(), M, 0.0f, Q.data() + (size_t)i0 * J, J);
+        std::vector<float> Y((size_t)bb * T * M2);
+#pragma omp for schedule(dynamic, 1)
+        for (int blk = 0; blk < nblk; ++blk) {
+          const int i0 = blk * bb, nb = std::min(bb, B - i0);
+          fill_block(in, i0, nb, A.data(), Q.data(), Y.data(), D);
+          gemm_abt(f, nb * T, J, M2, -2.0f, Y.data(), M2, in.R, M2, 1.0f,
+                   D + (size_t)i0 * T * J, J);
         }
       }
-      // D_block += -2 * Y_block @ R^T   (OpenBLAS threads this call)
-      if (M > 0)
+      blas.threads.set(old);
+    } else {
+      gemm_abt(f, B, J, M, 1.0f, sc2.data(), M, r2.data(), M, 0.0f, Q.data(), J);
+      std::vector<float> Y((size_t)bb * T * M2);
+      for (int blk = 0; blk < nblk; ++blk) {
+        const int i0 = blk * bb, nb = std::min(bb, B - i0);
+        fill_block(in, i0, nb, A.data(), Q.data(), Y.data(), D);
         gemm_abt(f, nb * T, J, M2, -2.0f, Y.data(), M2, in.R, M2, 1.0f,
                  D + (size_t)i0 * T * J, J);
+      }
     }
   }
   return out;
@@ -372,8 +456,59 @@ py::array_t<float> pair_diff2(const carray<cfloat>& X, const carray<float>& ctf,
   const int64_t *a = pi.data(), *b = pt.data(), *c = pj.data();
   {
     py::gil_scoped_release nogil;
+    const int64_t nkey = (int64_t)in.B * in.T;
+    if (P < 4 * (int64_t)omp_get_max_threads() || nkey > 50000000) {
 #pragma omp parallel for schedule(static)
-    for (int64_t q = 0; q < P; ++q) o[q] = (float)pair_one(in, a[q], b[q], c[q]);
+      for (int64_t q = 0; q < P; ++q) o[q] = (float)pair_one(in, a[q], b[q], c[q]);
+    } else {
+      // Group the pairs by (i, t) (counting sort): the shifted particle y = X_i conj(ph_t)
+      // is formed once per group and reused for each of its references.
+      std::vector<int64_t> start(nkey + 1, 0), order(P);
+      for (int64_t q = 0; q < P; ++q) ++start[a[q] * in.T + b[q] + 1];
+      for (int64_t k = 0; k < nkey; ++k) start[k + 1] += start[k];
+      {
+        std::vector<int64_t> pos(start.begin(), start.end() - 1);
+        for (int64_t q = 0; q < P; ++q) order[pos[a[q] * in.T + b[q]]++] = q;
+      }
+      // work items: (group, chunk of <= 64 pairs) so one large group cannot stall a thread
+      std::vector<std::pair<int64_t, int64_t>> items;  // (first, last) positions in order
+      for (int64_t k = 0; k < nkey; ++k)
+        for (int64_t e = start[k]; e < start[k + 1]; e += 64)
+          items.emplace_back(e, std::min(start[k + 1], e + 64));
+      const int M = in.M;
+#pragma omp parallel
+      {
+        std::vector<float> yr(M), yi(M);
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t it = 0; it < (int64_t)items.size(); ++it) {
+          const int64_t q0 = order[items[it].first];
+          const int64_t i = a[q0], t = b[q0];
+          const float *x = in.X + (size_t)i * 2 * M, *p = in.ph + (size_t)t * 2 * M,
+                      *ci = in.c + (size_t)i * M, *si = in.s + (size_t)i * M;
+#pragma omp simd
+          for (int k = 0; k < M; ++k) {
+            yr[k] = x[2 * k] * p[2 * k] + x[2 * k + 1] * p[2 * k + 1];
+            yi[k] = x[2 * k + 1] * p[2 * k] - x[2 * k] * p[2 * k + 1];
+          }
+          for (int64_t e = items[it].first; e < items[it].second; ++e) {
+            const int64_t q = order[e];
+            const float* r = in.R + (size_t)c[q] * 2 * M;
+            double tot = 0.0;
+            for (int k0 = 0; k0 < M; k0 += 512) {
+              const int k1 = std::min(M, k0 + 512);
+              float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+              for (int k = k0; k < k1; ++k) {
+                const float dr = yr[k] - ci[k] * r[2 * k], di = yi[k] - ci[k] * r[2 * k + 1];
+                acc += si[k] * (dr * dr + di * di);
+              }
+              tot += acc;
+            }
+            o[q] = (float)tot;
+          }
+        }
+      }
+    }
   }
   return out;
 }
@@ -520,7 +655,7 @@ void accumulate(const carray<cfloat>& X, const carray<float>& ctf, const carray<
 
 void register_marginalise(py::module_& m) {
   m.def("marg_coarse_diff2", &coarse_diff2, py::arg("X"), py::arg("ctf"), py::arg("s"),
-        py::arg("phases"), py::arg("refs"), py::arg("block_particles") = 0, py::arg("fill_threads") = -1,
+        py::arg("phases"), py::arg("refs"), py::arg("block_particles") = 0, py::arg("mode") = -1,
         "diff2 (B,T,J) float32 for all particles x translations x references via SGEMM");
   m.def("marg_posteriors", &posteriors, py::arg("diff2"), py::arg("logprior_t"),
         py::arg("logprior_j"), py::arg("frac") = 0.999,

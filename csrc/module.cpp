@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
   register_project(m);
   register_backproject(m);
   register_marginalise(m);
+  register_gtm(m);
 }

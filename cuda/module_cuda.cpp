@@ -7,6 +7,8 @@
 namespace py = pybind11;
 using hpcem_cuda::project;
 
+void register_marginalise_cuda(py::module_& m);
+
 static void ok(const std::string& err) {
   if (!err.empty()) throw std::runtime_error("hpcem._cuda: " + err);
 }
@@ -35,4 +37,5 @@ PYBIND11_MODULE(_cuda, m) {
                            uintptr_t ops, int G, double r_pad, bool dbl, uintptr_t stream) {
     ok(hpcem_cuda::symmetrise3d(data, weight, out_data, out_weight, P, ops, G, r_pad, dbl, stream));
   });
+  register_marginalise_cuda(m);
 }

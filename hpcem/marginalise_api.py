@@ -146,17 +146,20 @@ class SegmentPosteriors:
 
 # ----------------------------------------------------------------------------- kernels
 def coarse_diff2(X, ctf, s, phases, refs, *, block_particles: int = 0,
-                 fill_threads: int = -1) -> np.ndarray:
+                 mode: int = -1) -> np.ndarray:
     """``diff2[i, t, j] = sum_k s_ik |X_ik conj(ph_tk) - c_ik R_jk|^2`` as float32 (B, T, J).
 
-    Computed as ``A_i + Q_ij - 2 Cross_itj`` with two SGEMMs (see the module docstring);
+    Computed as ``A_i + Q_ij - 2 Cross_itj`` with SGEMMs (see the module docstring);
     float32 throughout except ``A_i`` (float64 sum), so the absolute error is about
-    ``1e-7 * (A_i + Q_ij)``.  ``block_particles`` particles form one GEMM operand
-    (0: ~2560 rows); ``fill_threads`` -1 lets the kernel decide whether the element-wise
-    fills use OpenMP (they do on more than 4 threads), 0/1 forces it off/on."""
+    ``1e-7 * (A_i + Q_ij)``, not relative to ``diff2``.
+
+    ``block_particles`` particles form one GEMM operand (0: about 1280 rows).  ``mode``:
+    1 = OpenMP threads (``hpcem._core.set_threads``) each run single-threaded SGEMMs on
+    their own particle blocks (OpenBLAS is set to 1 thread during the call, process-wide,
+    and restored); 0 = one block at a time, OpenBLAS threads each SGEMM; -1 = 1 where
+    OpenBLAS's thread control is found (scipy's wheels), else 0."""
     X, ctf, s, phases, refs = _common(X, ctf, s, phases, refs)
-    return _core.marg_coarse_diff2(X, ctf, s, phases, refs, int(block_particles),
-                                   int(fill_threads))
+    return _core.marg_coarse_diff2(X, ctf, s, phases, refs, int(block_particles), int(mode))
 
 
 def coarse_flops(B: int, T: int, J: int, M: int) -> int:
