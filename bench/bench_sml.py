@@ -1,0 +1,129 @@
+"""Benchmark of the GTM (ROME SML) classifier: wall time per iteration against K, the
+per-pixel solve kernel's throughput, and GFLOP/s against a measured SGEMM/DGEMM rate.
+
+    python bench/bench_sml.py                       # 20,000 particles, 64 px, K = 100, 300, 1000
+    python bench/bench_sml.py --n 4000 --K 100,300  # reduced
+    mpiexec -n 2 python bench/bench_sml.py --n 4000 # pixel split over 2 ranks (rank 0 prints)
+
+Prints one table; its last line is the headline: growth of the iteration time from the
+smallest to the largest K (exponent of a power-law fit).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+
+def gemm_rate(dtype, size=2048, reps=3) -> float:
+    """GFLOP/s of scipy's BLAS (the library the kernels call) on a size^3 product."""
+    from scipy.linalg import blas
+
+    a = np.asfortranarray(np.random.default_rng(0).random((size, size)).astype(dtype))
+    f = blas.sgemm if dtype == np.float32 else blas.dgemm
+    f(1.0, a, a)
+    t = time.perf_counter()
+    for _ in range(reps):
+        f(1.0, a, a)
+    return 2.0 * size ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=20000, help="particles")
+    p.add_argument("--box", type=int, default=64)
+    p.add_argument("--K", default="100,300,1000", help="comma-separated class counts")
+    p.add_argument("--iters", type=int, default=2, help="timed iterations per K")
+    p.add_argument("--j", type=int, default=0, help="OpenMP threads")
+    args = p.parse_args(argv)
+
+    from hpcem import _core
+    from hpcem.algorithms.gtm import GTM, GTMConfig, GTMState
+    from hpcem.gtm_api import gtm_accumulate, gtm_solve, gtm_solve_flops
+    from hpcem.io.particles import ParticleSet
+    from hpcem.parallel import get_comm
+    from hpcem.simulate import simulate_dataset
+
+    comm = get_comm()
+    if args.j > 0:
+        _core.set_threads(args.j)
+    say = (lambda *m: print(*m, flush=True)) if comm.rank == 0 else (lambda *m: None)
+    Ks = [int(k) for k in args.K.split(",")]
+    t = time.perf_counter()
+    sim = simulate_dataset(n=args.box, n_particles=args.n, mode="2d", n_views=30, n_volumes=3, snr=0.05,
+                           ctf=True, seed=7)
+    ps = ParticleSet.from_arrays(sim.images, sim.angpix, defocus_u=sim.ctf["defocus_u"],
+                                 defocus_v=sim.ctf["defocus_v"], defocus_angle=sim.ctf["defocus_angle"],
+                                 rot=sim.rot, tilt=sim.tilt, psi=sim.psi, origins=sim.origins_A)
+    say("simulated %d particles at %d px in %.1f s; %d rank(s), %d OpenMP threads" % (
+        args.n, args.box, time.perf_counter() - t, comm.size, _core.max_threads()))
+    sg, dg = gemm_rate(np.float32), gemm_rate(np.float64)
+    say("BLAS (scipy) SGEMM %.1f GFLOP/s, DGEMM %.1f GFLOP/s (2048^3)" % (sg, dg))
+
+    rows = []
+    loaded = None
+    for K in Ks:
+        cfg = GTMConfig(K=K, iters=args.iters, ctf=True)
+        model = GTM(ps, comm, cfg)
+        if loaded is None:
+            t = time.perf_counter()
+            model.load()
+            t_load = time.perf_counter() - t
+            loaded = (model.Z, model.a, model.scale)
+            say("aligned + transformed + CTF'd (this rank's %d of %d coefficients) in %.1f s" % (
+                model.d1 - model.d0, model.D, t_load))
+        model.Z, model.a, model.scale = loaded
+        st = model.initialise()
+        Dl = model.d1 - model.d0
+        times = {"E GEMM+allreduce+resp": 0.0, "M R^T Z": 0.0, "M solve": 0.0}
+        t_it = time.perf_counter()
+        for _ in range(args.iters):
+            t = time.perf_counter()
+            R, logZ, rdelta, kmax, rmax, ll = model.e_step(st)
+            times["E GEMM+allreduce+resp"] += time.perf_counter() - t
+            # the M-step of GTM.m_step, timed in its two parts
+            t = time.perf_counter()
+            beta = ps.n * model.D_eff / float(rdelta.sum())
+            RZ = gtm_accumulate(R, model.Z)
+            times["M R^T Z"] += time.perf_counter() - t
+            t = time.perf_counter()
+            H = (RZ[:, 0:2 * Dl:2] + 1j * RZ[:, 1:2 * Dl:2]) / model.h
+            G = RZ[:, 2 * Dl:] / model.h
+            W = gtm_solve(model.Phi, np.ascontiguousarray(G, dtype=np.float32),
+                          np.ascontiguousarray(H, dtype=np.complex64), cfg.alpha / beta)
+            st = GTMState(W=W, beta=beta, iteration=st.iteration + 1)
+            times["M solve"] += time.perf_counter() - t
+        per_it = (time.perf_counter() - t_it) / args.iters
+        t_acc = times["M R^T Z"] / args.iters
+        t_solve = times["M solve"] / args.iters
+        e_flops = 2.0 * ps.n * K * 3 * Dl
+        rows.append((K, model.M, per_it, times["E GEMM+allreduce+resp"] / args.iters, t_acc, t_solve,
+                     e_flops / (times["E GEMM+allreduce+resp"] / args.iters) / 1e9))
+        # solve kernel alone
+        rng = np.random.default_rng(0)
+        G = rng.random((K, Dl)).astype(np.float32)
+        H = (rng.normal(size=(K, Dl)) + 1j * rng.normal(size=(K, Dl))).astype(np.complex64)
+        gtm_solve(model.Phi, G, H, 0.1)
+        t = time.perf_counter()
+        gtm_solve(model.Phi, G, H, 0.1)
+        ts = time.perf_counter() - t
+        rows[-1] += (Dl / ts, gtm_solve_flops(K, model.M, Dl) / ts / 1e9)
+
+    say("")
+    say("%6s %4s %10s %12s %10s %10s %9s %12s %10s" % (
+        "K", "M", "s/iter", "E-step s", "R^TZ s", "solve s", "E GF/s", "solves/s", "solve GF/s"))
+    for K, M, it, te, ta, ts, egf, sps, sgf in rows:
+        say("%6d %4d %10.3f %12.3f %10.3f %10.3f %9.1f %12.3g %10.1f" % (K, M, it, te, ta, ts, egf, sps, sgf))
+    say("reference: SGEMM %.1f GFLOP/s, DGEMM %.1f GFLOP/s (E-step runs in float32, solve in float64)" % (sg, dg))
+    if len(rows) > 1:
+        k0, k1 = rows[0][0], rows[-1][0]
+        ratio = rows[-1][2] / rows[0][2]
+        say("headline: time per iteration grows %.2fx from K=%d to K=%d (exponent %.2f)" % (
+            ratio, k0, k1, math.log(ratio) / math.log(k1 / k0)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,407 @@
+"""ROME statistical manifold learning (GTM with CTF) for deep 2D classification.
+
+Model (ROME Online Methods, eqs 1-17)
+    Latent points ``x_k`` (k = 1..K) on a regular grid of dimension L = 1, 2 or 3 with a
+    uniform prior (eq 1).  ``M_NL`` Gaussian basis functions of common width ``sigma`` on a
+    coarser grid plus one constant basis (eq 4) give ``Phi`` (K x M); the class image of
+    latent point k is ``y_k = sum_m phi_km W_m`` (eq 3), in Fourier space.  A particle is
+    ``t_n = CTF_n y_k + noise`` with white Gaussian noise of precision ``beta`` (eq 2, with
+    ROME's mean beta, eq 14).
+
+Data vector
+    Each particle is put into the class frame with its pose (shift by +origin, rotate by
+    -psi, as ROME applies a previous 2D alignment), multiplied by a soft circular mask
+    (rotation invariant, so no pose-dependent corners), Fourier transformed (hpcem's ft2)
+    and restricted to the half-grid coefficients with ``min_shell <= |k| <= max_shell``
+    (rounded shells).  Sums over the half grid carry the hermitian weights ``h_d`` so they
+    equal full-grid sums (``sum_d h_d |t_nd - c y|^2`` is the real-space squared distance
+    of the band-limited images, up to the constant n^2).  The CTF is evaluated in the
+    class frame (astigmatism angle + psi).  The data are divided by one global scale so
+    that the mean of ``h |t|^2`` per coefficient is 1; ``alpha`` is in those units.
+
+E-step (eq 9), as matrix products
+    ``delta_nk = sum_d h_d |t_nd - c_nd y_kd|^2 = a_n + Z_n . Ymat_k`` with
+    ``a_n = sum_d h|t|^2``, ``Z_n = [h c t (re, im interleaved) | h c^2]`` (fixed for the run)
+    and ``Ymat_k = [-2 y_k | |y_k|^2]``: one SGEMM (N x 3D x K, :func:`gtm_distances`).
+    ``r_kn = softmax_k(-beta/2 delta_nk)`` with log-sum-exp (:func:`gtm_responsibilities`).
+
+M-step
+    Mean beta (eqs 13-14) from the E-step distances and responsibilities, as ROME's
+    algorithm listing does (``1/beta = sum_nk r_kn delta_nk / (N D_eff)``, ``D_eff =
+    sum_d h_d``); then, with ``G_kd = sum_n r_kn c_nd^2`` and ``H_kd = sum_n r_kn c_nd t_nd``
+    (one SGEMM ``R^T Z``), each pixel's M x M system ``(Phi^T diag(G_d) Phi + alpha/beta I)
+    w_d = Phi^T H_d`` (eqs 15-16, with the prior of eq 11) is solved by batched Cholesky
+    (:func:`gtm_solve`).  Updating beta before W is an ECM step: both increase the MAP
+    objective.
+
+Initialisation (GTM's standard PCA initialisation, chosen because it is deterministic
+given the seed, needs no extra EM runs and spreads the latent grid over the directions of
+largest variance, so neighbouring latent points start as distinct, plausible images):
+the top L principal components of the phase-flipped (CTF-corrected) particles are found
+by randomised subspace iteration over the pixel-split data; the grid (unit variance per
+axis) is mapped to ``mean + sum_l x_l sqrt(lambda_l) v_l`` (rescaled per pixel by
+``mean|c| / mean c^2`` into the CTF-free space, the mean being the CTF-weighted least
+squares mean), and W is solved by least squares (:func:`gtm_solve` with G = 1).  The
+initial 1/beta is the data variance outside the top L components per coefficient.
+
+Class averages (eq 17)
+    ``A_kd = sum_n r_kn c_nd t_nd / (sum_n r_kn c_nd^2 + alpha/beta)`` over the full grid
+    (the printed eq 17 has ``t_nd^2`` in the denominator; the Wiener-type average it
+    describes, and the M-step it derives from, have ``CTF_nd^2``).
+
+Parallelism
+    Coefficients are split over ranks (``block_range``); every rank holds all N particles
+    for its block.  Per iteration one ``allreduce_`` sums the partial distances (N x K);
+    responsibilities are then identical everywhere and the per-pixel solves need no
+    communication.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, asdict
+
+import numpy as np
+
+from ..core.ctf import ctf2d
+from ..core.euler import rotation_2d
+from ..core.fourier import ft2, ift2, hermitian_weights2, shell_index2, shift_phases
+from ..core.masks import soft_circular_mask
+from ..core.projector import Projector2D
+from ..gtm_api import gtm_accumulate, gtm_distances, gtm_responsibilities, gtm_solve
+from ..parallel.decomp import block_range
+
+
+@dataclass
+class GTMConfig:
+    K: int = 100
+    dimension: int = 2
+    basis: int = 0              # basis functions along the longest latent axis (0: auto)
+    basis_width: float = 1.0    # sigma in units of the basis spacing
+    alpha: float = 1.0          # eq 11 prior (units of the normalised data)
+    max_shell: float = 0.0      # 0: n/4
+    min_shell: int = 1
+    iters: int = 30
+    ctf: bool = True
+    mask_radius_px: float = 0.0  # 0: 0.45 n
+    seed: int = 0
+    pca_particles: int = 4000
+    chunk: int = 512            # particles per image-processing chunk
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- latent model
+def latent_shape(K: int, L: int) -> tuple:
+    """Balanced factorisation of K into L grid sides (longest last)."""
+    if L not in (1, 2, 3):
+        raise ValueError("dimension must be 1, 2 or 3")
+    if L == 1:
+        return (K,)
+    best = None
+    divs = [d for d in range(1, K + 1) if K % d == 0]
+    if L == 2:
+        for a in divs:
+            b = K // a
+            if a <= b and (best is None or b / a < best[1] / best[0]):
+                best = (a, b)
+        return best
+    for a in divs:
+        for b in divs:
+            if (K // a) % b == 0:
+                c = K // a // b
+                s = tuple(sorted((a, b, c)))
+                if best is None or s[2] / s[0] < best[2] / best[0]:
+                    best = s
+    return best
+
+
+def latent_grid(shape) -> np.ndarray:
+    """Grid points (K, L); equal spacing on all axes, the longest axis spans [-1, 1]."""
+    smax = max(shape)
+    step = 2.0 / max(smax - 1, 1)
+    axes = [(np.arange(s) - (s - 1) / 2.0) * step for s in shape]
+    g = np.meshgrid(*axes, indexing="ij")
+    return np.stack([a.ravel() for a in g], axis=1)
+
+
+def basis_functions(shape, n_basis: int = 0, width: float = 1.0):
+    """Phi (K, M_NL + 1) float32: Gaussians on a coarser grid + a constant (eq 4).
+
+    ``n_basis`` along the longest axis (0: ``round(1.5 sqrt(side))``, at least 2), the
+    other axes proportionally; ``sigma = width * basis spacing``."""
+    X = latent_grid(shape)
+    smax = max(shape)
+    nb_max = n_basis if n_basis > 0 else max(2, int(round(1.5 * math.sqrt(smax))))
+    nb_max = min(nb_max, smax)
+    counts = [max(1, min(s, int(round(nb_max * s / smax)))) if s > 1 else 1 for s in shape]
+    counts = [max(c, 2) if s > 1 else 1 for c, s in zip(counts, shape)]
+    step = 2.0 / max(smax - 1, 1)
+    axes, spacings = [], []
+    for s, c in zip(shape, counts):
+        half = (s - 1) / 2.0 * step
+        ax = np.linspace(-half, half, c) if c > 1 else np.zeros(1)
+        axes.append(ax)
+        if c > 1:
+            spacings.append(2 * half / (c - 1))
+    mu = np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
+    sigma = width * (float(np.mean(spacings)) if spacings else 1.0)
+    d2 = ((X[:, None, :] - mu[None, :, :]) ** 2).sum(-1)
+    Phi = np.concatenate([np.exp(-d2 / (2 * sigma * sigma)), np.ones((len(X), 1))], axis=1)
+    return np.ascontiguousarray(Phi, dtype=np.float32), X, mu, sigma
+
+
+# ----------------------------------------------------------------------------- data
+def coefficient_selection(n: int, min_shell: float, max_shell: float):
+    """Flat half-grid indices with min_shell <= shell <= max_shell and their hermitian weights."""
+    sh = shell_index2(n).ravel()
+    sel = np.flatnonzero((sh >= min_shell) & (sh <= max_shell))
+    h = hermitian_weights2(n).ravel()[sel]
+    return sel, h
+
+
+def aligned_transforms(ps, idx, mask) -> np.ndarray:
+    """Half transforms (B, n, n//2+1) of particles ``idx`` in the class frame.
+
+    Shift by +origin (RELION: the particle sits at -origin), apply the (rotation-invariant)
+    mask, then rotate by -psi: C(q) = P(R(psi) q), through the padded 2D projector."""
+    n = ps.box
+    imgs = ps.read_images(idx)
+    F = ft2(imgs) * shift_phases(n, ps.origins_px(idx))
+    centred = ift2(F, n).astype(np.float32) * mask
+    _, _, psi = ps.poses(idx)
+    rots = np.ascontiguousarray(np.swapaxes(rotation_2d(psi), -1, -2), dtype=np.float32)  # R^T
+    proj = Projector2D.from_images(centred, pad=2)
+    return proj.project(rots, ref_index=np.arange(len(idx), dtype=np.int64))
+
+
+def aligned_ctf(ps, idx, use_ctf: bool) -> np.ndarray:
+    """CTF (B, n, n//2+1) in the class frame: CTF_particle(R(psi) q) = CTF with angle + psi."""
+    n = ps.box
+    if not use_ctf:
+        return np.ones((len(idx), n, n // 2 + 1), np.float32)
+    p = ps.ctf_params(idx)
+    _, _, psi = ps.poses(idx)
+    return ctf2d(n, ps.angpix, p["defocus_u"], p["defocus_v"], p["defocus_angle"] + psi,
+                 p["voltage"], p["cs"], p["amp_contrast"], p["phase_shift"], p["bfactor"])
+
+
+def memory_plan(N: int, K: int, D_local: int, M: int, n: int, chunk: int, pca: int) -> dict:
+    """Bytes per rank of the big objects."""
+    Mp = M * (M + 1) // 2
+    plan = {
+        "particle block Z (N x 3D_local float32)": N * 3 * D_local * 4,
+        "distances / responsibilities (N x K float32)": N * K * 4,
+        "M-step sums R^T Z (K x 3D_local, float64 + float32)": K * 3 * D_local * 12,
+        "solve workspace (K x M(M+1)/2 float64 + chunks)": K * Mp * 8 + (Mp + 3 * K + 2 * M) * 256 * 8,
+        "image chunk (aligned, padded, transforms)": chunk * n * n * 4 * 12,
+        "PCA block": min(pca, N) * 2 * D_local * 4 * 2,
+    }
+    plan["total"] = sum(plan.values())
+    return plan
+
+
+# ----------------------------------------------------------------------------- the model
+@dataclass
+class GTMState:
+    W: np.ndarray               # (M, D_local) complex64
+    beta: float
+    iteration: int = 0
+    history: list = field(default_factory=list)   # per iteration dicts
+
+
+class GTM:
+    """GTM classifier over this rank's block of Fourier coefficients."""
+
+    def __init__(self, ps, comm, cfg: GTMConfig, log=None):
+        self.ps, self.comm, self.cfg = ps, comm, cfg
+        self.log = log or (lambda *a: None)
+        n = ps.box
+        self.n = n
+        self.max_shell = cfg.max_shell if cfg.max_shell > 0 else n / 4.0
+        self.max_shell = min(self.max_shell, n // 2)
+        self.sel_all, self.h_all = coefficient_selection(n, cfg.min_shell, self.max_shell)
+        self.D = len(self.sel_all)
+        if self.D < comm.size:
+            raise ValueError(f"only {self.D} Fourier coefficients for {comm.size} ranks")
+        self.d0, self.d1 = block_range(self.D, comm.size, comm.rank)
+        self.sel = self.sel_all[self.d0:self.d1]
+        self.h = self.h_all[self.d0:self.d1].astype(np.float32)
+        self.D_eff = float(self.h_all.sum())
+        self.shape = latent_shape(cfg.K, cfg.dimension)
+        self.Phi, self.X, self.mu, self.sigma = basis_functions(self.shape, cfg.basis, cfg.basis_width)
+        self.K, self.M = self.Phi.shape
+        radius = cfg.mask_radius_px if cfg.mask_radius_px > 0 else 0.45 * n
+        self.mask = soft_circular_mask(n, min(radius, n / 2.0 - 1), min(5.0, max(1.0, n / 16)))
+        self.Z = None
+        self.a = None
+        self.scale = 1.0
+
+    # ------------------------------------------------------------------ data
+    def load(self) -> None:
+        """Z (N x 3D_local) and a (N) for this rank's coefficient block; one allreduce for a."""
+        N, Dl, ch = self.ps.n, self.d1 - self.d0, self.cfg.chunk
+        Z = np.empty((N, 3 * Dl), np.float32)
+        a = np.zeros(N, np.float64)
+        h = self.h
+        for s in range(0, N, ch):
+            idx = np.arange(s, min(N, s + ch))
+            T = aligned_transforms(self.ps, idx, self.mask).reshape(len(idx), -1)[:, self.sel]
+            C = aligned_ctf(self.ps, idx, self.cfg.ctf).reshape(len(idx), -1)[:, self.sel]
+            hct = (h * C) * T
+            Z[idx, 0:2 * Dl:2] = hct.real
+            Z[idx, 1:2 * Dl:2] = hct.imag
+            Z[idx, 2 * Dl:] = h * C * C
+            a[idx] = (h * (T.real ** 2 + T.imag ** 2)).sum(axis=1, dtype=np.float64)
+        self.comm.allreduce_(a)
+        s2 = float(a.mean()) / self.D_eff if N else 1.0
+        self.scale = math.sqrt(s2) if s2 > 0 else 1.0
+        Z[:, :2 * Dl] /= self.scale
+        self.a = a / (self.scale ** 2)
+        self.Z = Z
+
+    # ------------------------------------------------------------------ initialisation
+    def _pca(self, rank_L: int):
+        """Top principal directions of the phase-flipped particles (randomised subspace
+        iteration over the pixel-split data). Returns (mean_y, V (2Dl, p), lam, total)."""
+        comm, cfg, Z = self.comm, self.cfg, self.Z
+        N, Dl = Z.shape[0], self.d1 - self.d0
+        rng = np.random.default_rng(cfg.seed)
+        sub = np.sort(rng.permutation(N)[:min(N, cfg.pca_particles)])
+        hct = Z[sub, :2 * Dl].reshape(len(sub), Dl, 2)
+        c2h = Z[sub, 2 * Dl:]
+        # phase flip: sign(c) t = sign(c) (h c t) / (h |c|)
+        habsc = np.sqrt(np.maximum(c2h, 0) * self.h)       # h |c|
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = np.where(habsc > 0, 1.0 / habsc, 0.0).astype(np.float32)
+        Xf = (hct * f[..., None]).reshape(len(sub), 2 * Dl)  # phase-flipped t (re, im)
+        sw = np.repeat(np.sqrt(self.h), 2).astype(np.float32)  # hermitian metric
+        Xf *= sw
+        mean = Xf.mean(axis=0)
+        Xf -= mean
+        tot = np.array([float((Xf.astype(np.float64) ** 2).sum()) / max(len(sub) - 1, 1)])
+        comm.allreduce_(tot)
+        p = rank_L + 6
+        Vfull = np.random.default_rng(cfg.seed + 1).normal(size=(2 * self.D, p)).astype(np.float32)
+        V = np.ascontiguousarray(Vfull[2 * self.d0:2 * self.d1])
+        for _ in range(6):
+            U = np.ascontiguousarray(Xf @ V, dtype=np.float64)
+            comm.allreduce_(U)
+            U, _ = np.linalg.qr(U)
+            V = (Xf.T @ U.astype(np.float32)).astype(np.float64)
+            Gm = np.ascontiguousarray(V.T @ V)
+            comm.allreduce_(Gm)
+            Lc = np.linalg.cholesky(Gm + 1e-12 * np.trace(Gm) * np.eye(p))
+            V = np.linalg.solve(Lc, V.T).T.astype(np.float32)
+        U = np.ascontiguousarray(Xf @ V, dtype=np.float64)
+        comm.allreduce_(U)
+        Uu, S, Vt = np.linalg.svd(U, full_matrices=False)
+        V = V.astype(np.float64) @ Vt.T                      # principal directions (this block)
+        lam = S ** 2 / max(len(sub) - 1, 1)
+        return mean, sw, V, lam, float(tot[0])
+
+    def initialise(self) -> GTMState:
+        L = len(self.shape)
+        Z, Dl = self.Z, self.d1 - self.d0
+        mean_f, sw, V, lam, total = self._pca(L)
+        # CTF-weighted least-squares mean over all particles (local per pixel)
+        cols = gtm_accumulate(np.ones((Z.shape[0], 1), np.float32), Z)[0]
+        ht = cols[:2 * Dl].reshape(Dl, 2)
+        c2 = cols[2 * Dl:]
+        ybar = (ht[:, 0] + 1j * ht[:, 1]) / (c2 + 1e-3 * c2.mean() + 1e-30)
+        # per-pixel factor from the phase-flipped to the CTF-free space
+        habs = np.sqrt(np.maximum(Z[:, 2 * Dl:], 0) * self.h).astype(np.float64)
+        cbar = (habs / self.h).mean(axis=0)
+        c2bar = (Z[:, 2 * Dl:] / self.h).mean(axis=0)
+        fac = cbar / (c2bar + 1e-3)
+        Xs = self.X - self.X.mean(axis=0)
+        sd = Xs.std(axis=0)
+        Xs = Xs / np.where(sd > 0, sd, 1.0)
+        dirs = (V[:, :L] * np.sqrt(lam[:L])[None, :]) / sw[:, None]   # (2Dl, L), unweighted
+        Yoff = Xs @ dirs.T                                           # (K, 2Dl)
+        Yc = Yoff[:, 0::2] + 1j * Yoff[:, 1::2]
+        Y = ybar[None, :] + Yc * fac[None, :]
+        G1 = np.ones((self.K, Dl), np.float32)
+        lam_ls = 1e-3 * float(self.K) / self.M
+        W = gtm_solve(self.Phi, G1, np.ascontiguousarray(Y, dtype=np.complex64), lam_ls)
+        resid = max(total - float(lam[:L].sum()), 1e-6 * total)
+        beta = self.D_eff / resid
+        self.log("  PCA: top eigenvalues %s, 1/beta0 = %.4g" % (
+            np.array2string(lam[:L + 1] / self.D_eff, precision=3), 1.0 / beta))
+        return GTMState(W=W, beta=float(beta))
+
+    # ------------------------------------------------------------------ EM
+    def predictions(self, W) -> np.ndarray:
+        return self.Phi.astype(np.complex64) @ W           # (K, Dl)
+
+    def e_step(self, st: GTMState):
+        """Distances (one allreduce) -> responsibilities R (N, K) float32 in place."""
+        Dl = self.d1 - self.d0
+        Y = self.predictions(st.W)
+        Ymat = np.empty((self.K, 3 * Dl), np.float32)
+        Ymat[:, 0:2 * Dl:2] = -2.0 * Y.real
+        Ymat[:, 1:2 * Dl:2] = -2.0 * Y.imag
+        Ymat[:, 2 * Dl:] = Y.real ** 2 + Y.imag ** 2
+        delta = gtm_distances(self.Z, Ymat)
+        self.comm.allreduce_(delta)
+        logZ, rdelta, kmax, rmax = gtm_responsibilities(delta, self.a, st.beta)
+        N = len(logZ)
+        ll = float(logZ.sum()) - N * math.log(self.K) + 0.5 * N * self.D_eff * math.log(st.beta / (2 * math.pi))
+        return delta, logZ, rdelta, kmax, rmax, ll
+
+    def m_step(self, st: GTMState, R: np.ndarray, rdelta: np.ndarray) -> GTMState:
+        Dl = self.d1 - self.d0
+        N = R.shape[0]
+        beta = N * self.D_eff / float(rdelta.sum())           # eqs 13-14 (mean beta)
+        RZ = gtm_accumulate(R, self.Z)
+        H = (RZ[:, 0:2 * Dl:2] + 1j * RZ[:, 1:2 * Dl:2]) / self.h
+        G = RZ[:, 2 * Dl:] / self.h
+        W = gtm_solve(self.Phi, np.ascontiguousarray(G, dtype=np.float32),
+                      np.ascontiguousarray(H, dtype=np.complex64), self.cfg.alpha / beta)
+        return GTMState(W=W, beta=float(beta), iteration=st.iteration + 1, history=st.history)
+
+    def iterate(self, st: GTMState):
+        t0 = time.perf_counter()
+        R, logZ, rdelta, kmax, rmax, ll = self.e_step(st)
+        new = self.m_step(st, R, rdelta)
+        sizes = np.bincount(kmax, minlength=self.K)
+        rec = {"iteration": new.iteration, "loglik": ll, "beta": st.beta, "beta_new": new.beta,
+               "nonempty": int((sizes > 0).sum()), "seconds": time.perf_counter() - t0}
+        new.history = list(st.history) + [rec]
+        return new, R, kmax, rmax, logZ, rec
+
+    # ------------------------------------------------------------------ W across ranks
+    def gather_W(self, W) -> np.ndarray | None:
+        parts = self.comm.gather(W, root=0)
+        return None if parts is None or self.comm.rank != 0 else np.concatenate(parts, axis=1)
+
+    def local_W(self, W_full) -> np.ndarray:
+        return np.ascontiguousarray(W_full[:, self.d0:self.d1], dtype=np.complex64)
+
+    # ------------------------------------------------------------------ eq 17
+    def class_averages(self, R: np.ndarray, beta: float) -> np.ndarray | None:
+        """Eq 17 averages over the full grid (K, n, n) on rank 0 (None elsewhere).
+        Each rank computes its block of the full half grid, streaming the particles."""
+        n, N, ch = self.n, self.ps.n, self.cfg.chunk
+        nh = n * (n // 2 + 1)
+        b0, b1 = block_range(nh, self.comm.size, self.comm.rank)
+        Db = b1 - b0
+        num = np.zeros((self.K, 3 * Db), np.float64)
+        for s in range(0, N, ch):
+            idx = np.arange(s, min(N, s + ch))
+            T = aligned_transforms(self.ps, idx, self.mask).reshape(len(idx), -1)[:, b0:b1]
+            C = aligned_ctf(self.ps, idx, self.cfg.ctf).reshape(len(idx), -1)[:, b0:b1]
+            Zc = np.empty((len(idx), 3 * Db), np.float32)
+            ct = C * T
+            Zc[:, 0:2 * Db:2] = ct.real
+            Zc[:, 1:2 * Db:2] = ct.imag
+            Zc[:, 2 * Db:] = C * C
+            num += gtm_accumulate(np.ascontiguousarray(R[idx]), Zc)
+        lam = self.cfg.alpha / beta
+        A = (num[:, 0:2 * Db:2] + 1j * num[:, 1:2 * Db:2]) / (num[:, 2 * Db:] + lam)
+        parts = self.comm.gather(A.astype(np.complex64), root=0)
+        if self.comm.rank != 0:
+            return None
+        F = np.concatenate(parts, axis=1).reshape(self.K, n, n // 2 + 1)
+        return ift2(F, n).astype(np.float32)
