@@ -66,6 +66,7 @@ class Class2DConfig:
     batch: int = 0                   # particles per kernel call (0: automatic)
     ini_high: float = 30.0           # A: low-pass of the initial references, first r_cur
     frac: float = 0.999              # posterior mass kept in the significant set
+    maxsig: int = 200                # most significant coarse hypotheses oversampled per particle (0: all)
     margin_shells: int = 4           # shells beyond the SSNR=1 resolution in the next E-step
     mask_width: float = 5.0          # px, soft edge of the masks
 
@@ -171,7 +172,11 @@ class Class2D:
         cnt = np.bincount(subset, minlength=K).astype(np.float64)
         refs = sums / np.maximum(cnt, 1.0)[:, None, None]
         refs = lowpass(refs, cfg.ini_high, self.angpix, dims=2) * self.mask
-        self.refs = refs.astype(np.float32)
+        # equal power per shell: no class starts with a systematic advantage in ||c R||^2
+        F = ft2(refs)
+        pw = self._power(refs)
+        gain = np.sqrt(pw.mean(0)[None, :] / np.maximum(pw, 1e-300))[:, np.minimum(shell_index2(n), self.nsh - 1)]
+        self.refs = (ift2(F * gain, n) * self.mask).astype(np.float32)
         self.sigma2 = self.img_power.copy()
         self.tau2 = self._power(self.refs)
         self.r_cur = int(min(n // 2, max(3, round(n * self.angpix / cfg.ini_high))))
@@ -232,8 +237,10 @@ class Class2D:
             d2 = marg.coarse_diff2(X, c, se, phc, Rc)
             lpt = np.ascontiguousarray(np.broadcast_to(lpt_c, (B, self.T)))
             post = marg.posteriors(d2, lpt, lpj_c, cfg.frac)
-            del d2
             offs, ti, ji, nsig = post.offsets, post.t_idx, post.j_idx, post.nsig
+            if cfg.maxsig > 0 and nsig.max(initial=0) > cfg.maxsig:
+                ti, ji, offs = self._most_probable(d2, lpt_c, lpj_c, nsig, cfg.maxsig)
+            del d2
             # children of the significant coarse hypotheses: 2 psi x 4 translations each
             pi0 = np.repeat(np.arange(B, dtype=np.int64), np.diff(offs))
             ji = ji.astype(np.int64)
@@ -268,6 +275,21 @@ class Class2D:
             r["ox"][sl], r["oy"][sl] = o[:, 0], o[:, 1]
             r["pmax"][sl], r["nsig"][sl], r["loglik"][sl] = pmaxf, nsig, logZf
         return {"data": data, "weight": wsum, "noise": noise, "csum": csum, "t2sum": t2sum, "kidx": kidx}
+
+    @staticmethod
+    def _most_probable(d2, lpt, lpj, nsig, maxsig):
+        """The min(nsig, maxsig) most probable coarse hypotheses of every particle (same set as the
+        significant one when nsig <= maxsig), as CSR (t_idx, j_idx, offsets)."""
+        B, T, J = d2.shape
+        lp = (lpt[None, :, None] + lpj[None, None, :] - d2).reshape(B, T * J)
+        m = min(maxsig, T * J)
+        top = np.argpartition(lp, T * J - m, axis=1)[:, T * J - m:]               # (B, m), unordered
+        order = np.argsort(-np.take_along_axis(lp, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        keep = np.minimum(nsig, m)
+        sel = np.arange(m)[None, :] < keep[:, None]
+        flat = top[sel]                                                            # row-major: by particle
+        return flat // J, flat % J, np.concatenate([[0], np.cumsum(keep)])
 
     # ------------------------------------------------------------ M-step
     def _rotate_back(self, data, wsum, kidx):
@@ -331,6 +353,26 @@ class Class2D:
         self.pclass = acc["csum"] / max(acc["csum"].sum(), 1e-300)
         self.sigma_offset = float(np.sqrt(max(acc["t2sum"][0], 1e-12) / (2.0 * self.N)))
         self.r_cur = int(min(n // 2, max(3, res_shell + cfg.margin_shells)))
+        self._revive_empty_classes()
+
+    def _revive_empty_classes(self):
+        """A class below half its fair share is re-seeded from the largest class (its average plus
+        a seeded perturbation; both take half its prior), so that EM can split classes that merged
+        early.  Only in the first 3/4 of the iterations; identical on every rank."""
+        cfg = self.cfg
+        if self.iteration + 1 > 0.75 * cfg.iters:
+            return
+        rng = np.random.default_rng([cfg.random_seed, self.iteration + 1])
+        for k in np.flatnonzero(self.pclass < 0.5 / cfg.K):
+            big = int(np.argmax(self.pclass))
+            ref = self.refs[big].astype(np.float64)
+            noise = lowpass(rng.standard_normal(ref.shape), self.resolution if np.isfinite(self.resolution)
+                            else cfg.ini_high, self.angpix, dims=2)
+            noise *= 0.2 * ref.std() / max(noise.std(), 1e-30)
+            self.refs[k] = ((ref + noise) * self.mask).astype(np.float32)
+            self.refs[big] = ((ref - noise) * self.mask).astype(np.float32)
+            self.tau2[k] = self.tau2[big]
+            self.pclass[k] = self.pclass[big] = 0.5 * self.pclass[big]
 
     # ------------------------------------------------------------ iterations
     def iterate(self):

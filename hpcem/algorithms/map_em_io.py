@@ -122,6 +122,7 @@ def load_checkpoint(path: str) -> dict:
             for k in ("sigma_offset", "r_cur", "iteration", "resolution"):
                 st[k] = f.attrs[k]
             st["config"] = json.loads(f.attrs["config"])
+            st["job"] = json.loads(f.attrs["job"]) if "job" in f.attrs else {}
             st["results"] = {k: f["results"][k][()] for k in f["results"]}
     except (OSError, KeyError) as exc:
         raise InputError("cannot read checkpoint (%s)" % exc, file=path)
@@ -133,7 +134,7 @@ def checkpoint_of_optimiser(optimiser_star: str) -> str:
     if not os.path.exists(optimiser_star):
         raise InputError("file not found", file=optimiser_star, field="--continue")
     blocks = read_star(optimiser_star)
-    b = blocks.get("optimiser_general")
+    b = next((v for k, v in blocks.items() if "optimiser_general" in k), None)
     if b is None:
         b = next(iter(blocks.values()))
     try:
