@@ -29,7 +29,10 @@ def add_arguments(p):
     g.add_argument("--tau2_fudge", type=float, default=2.0, help="regularisation parameter T")
     g.add_argument("--ini_high", type=float, default=30.0,
                    help="low-pass (A) of the initial references and first resolution limit")
-    g.add_argument("--random_seed", type=int, default=0, help="seed of the random-subset initialisation")
+    g.add_argument("--random_seed", type=int, default=0, help="seed of the initialisation")
+    g.add_argument("--init", choices=("particles", "subsets"), default="particles",
+                   help="initial references: K random particles (fast symmetry breaking) or averages of K "
+                        "random subsets (RELION's start)")
     g = p.add_argument_group("sampling")
     g.add_argument("--psi_step", type=float, default=10.0, help="in-plane angular step (deg)")
     g.add_argument("--offset_range", type=float, default=5.0, help="translation search range (pixels)")
@@ -48,6 +51,7 @@ def _config(args, restart):
 
     if restart is not None:  # keep the run's settings; only the iteration count and batch may change
         c = dict(restart["config"])
+        c.setdefault("init", "subsets")
         c["iters"] = max(int(args.iter), int(restart["iteration"])) if args.iter is not None else c["iters"]
         if args.batch:
             c["batch"] = args.batch
@@ -55,7 +59,7 @@ def _config(args, restart):
     return Class2DConfig(K=args.K, iters=args.iter or 25, particle_diameter=args.particle_diameter, ctf=args.ctf,
                          psi_step=args.psi_step, offset_range=args.offset_range, offset_step=args.offset_step,
                          oversampling=args.oversampling, tau2_fudge=args.tau2_fudge, random_seed=args.random_seed,
-                         batch=args.batch, ini_high=args.ini_high, maxsig=args.maxsig)
+                         batch=args.batch, ini_high=args.ini_high, maxsig=args.maxsig, init=args.init)
 
 
 def _validate(args):
