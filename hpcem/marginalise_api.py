@@ -172,7 +172,9 @@ def posteriors(diff2, logprior_t, logprior_j, frac: float = 0.999) -> Posteriors
 
     ``log p(t, j | i) = -diff2[i,t,j] + logprior_t[i,t] + logprior_j[j] - logZ_i`` with the
     log-sum-exp in float64.  The significant set is the smallest set of hypotheses whose
-    probabilities (in descending order) sum to at least ``frac``."""
+    probabilities (taken in descending order) sum to at least ``frac``; it is *returned in
+    hypothesis order* ((t, j) row-major per particle), not sorted by weight, so a caller
+    that keeps only part of it must select by weight itself."""
     d = _arr(diff2, "diff2", np.float32, 3)
     B, T, J = d.shape
     lt = _arr(logprior_t, "logprior_t", np.float32, 2)

@@ -28,6 +28,7 @@ REGISTRY = {
         ("class3d", "hpcem.cli.job_class3d", "3D classification (MAP-EM)"),
         ("refine3d", "hpcem.cli.job_refine3d", "3D auto-refine with gold-standard halves"),
         ("sml", "hpcem.cli.job_sml", "deep 2D classification of aligned particles by statistical manifold learning (ROME GTM)"),
+        ("deep2d", "hpcem.cli.job_deep2d", "deep 2D classification, ROME strategy I: MAP alignment then GTM (sml)"),
     ],
     "analysis": [
         ("fsc", "hpcem.cli.job_fsc", "FSC curve between two maps, resolutions at 0.143 and 0.5, PNG plot"),
