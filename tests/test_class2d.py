@@ -76,7 +76,7 @@ def small(tmp_path_factory):
 
 
 def test_class2d_recovers_true_classes(tmp_path, run_hpcem):
-    n, N, iters = 64, 2000, 12
+    n, N, iters = 64, 2000, 16
     d, star = _write(str(tmp_path), n, N, seed=1)
     out = str(tmp_path / "Class2D")
     p = run_hpcem(["class2d", "--i", star, "--o", out, "--K", 10, "--iter", iters, "--particle_diameter",

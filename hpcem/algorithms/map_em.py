@@ -11,8 +11,9 @@ Conventions (all in the particle's pre-shifted frame, see ``_prepare``):
     = ``rotation_2d(psi)``; ``diff2 = sum_k s |X conj(ph_t) - c R|^2`` with
     ``s = hermitian_weight / (2 sigma2)`` (sigma2 = E|N_k|^2 of the unnormalised FT), so
     ``-diff2`` is the Gaussian log-likelihood of the independent half of the grid;
-  * a particle found at ``t`` has ``rlnOrigin = input origin - t`` (RELION: the particle
-    sits at ``-origin``).
+  * translations ``t`` are searched around each particle's current origin ``o`` (the input's
+    at the start); a particle found at ``t`` gets ``rlnOrigin = o - t`` (RELION: the particle
+    sits at ``-origin``), with a Gaussian prior of width sigma_offset on that origin.
 
 One iteration:
   E-step (per batch, no Python loop over particles or hypotheses): coarse diff2 over all
@@ -69,6 +70,7 @@ class Class2DConfig:
     maxsig: int = 200                # most significant coarse hypotheses oversampled per particle (0: all)
     margin_shells: int = 4           # shells beyond the SSNR=1 resolution in the next E-step
     mask_width: float = 5.0          # px, soft edge of the masks
+    center_classes: bool = False     # re-centre class averages on their centre of mass
     init: str = "particles"          # initial references: 'particles' (K random particles) or 'subsets'
 
 
@@ -141,6 +143,8 @@ class Class2D:
         g_loc = self.groups[idx]
         self.g_loc = g_loc
         self.o_in = ps.origins_px(idx) if len(idx) else np.zeros((0, 2))
+        # translations are searched around each particle's current origin (RELION), starting at the input's
+        self.res["ox"][:], self.res["oy"][:] = self.o_in[:, 0] * self.angpix, self.o_in[:, 1] * self.angpix
         step = 512
         for s in range(0, len(idx), step):
             b = idx[s:s + step]
@@ -224,8 +228,7 @@ class Class2D:
         Rc, Rf, phc, phf = self._hypotheses(kidx)
         Jf, Tf = Rf.shape[0], phf.shape[0]
         so2 = 2.0 * self.sigma_offset ** 2
-        lpt_c = (-(self.t_c ** 2).sum(1) * self.angpix ** 2 / so2).astype(np.float32)
-        lpt_f = -(self.t_f ** 2).sum(1) * self.angpix ** 2 / so2
+        a2 = self.angpix ** 2
         lpk = np.log(np.maximum(self.pclass, 1e-30))
         lpj_c = np.repeat(lpk, self.npsi).astype(np.float32)
         lpj_f = np.repeat(lpk, 2 * self.npsi)
@@ -237,7 +240,6 @@ class Class2D:
         noise = np.zeros((self.G, self.nsh))
         csum = np.zeros(K)
         t2sum = np.zeros(1)
-        tfA2 = (self.t_f ** 2).sum(1) * self.angpix ** 2
         nb = self.X.shape[0]
         bs = self.batch_size()
         r = self.res
@@ -245,15 +247,19 @@ class Class2D:
             sl = slice(s0, min(nb, s0 + bs))
             B = sl.stop - sl.start
             g = self.g_loc[sl]
-            X = np.ascontiguousarray(self.X[sl][:, kidx])
+            # centre the search on the current origins: X was pre-shifted by the input origins
+            o_cur = np.stack([r["ox"][sl], r["oy"][sl]], axis=1) / self.angpix
+            X = self.X[sl][:, kidx] * shift_phases(n, o_cur - self.o_in[sl]).reshape(B, -1)[:, kidx]
+            X = np.ascontiguousarray(X, dtype=np.complex64)
+            # Gaussian prior on the origin (centred on the box centre): o_new = o_cur - t
+            lpt = (-((o_cur[:, None, :] - self.t_c[None]) ** 2).sum(-1) * a2 / so2).astype(np.float32)
             c = np.ascontiguousarray(self.C[sl][:, kidx]) if self.C is not None else np.ones((B, M), np.float32)
             se, sa = np.ascontiguousarray(s_e[g]), np.ascontiguousarray(s_a[g])
             d2 = marg.coarse_diff2(X, c, se, phc, Rc)
-            lpt = np.ascontiguousarray(np.broadcast_to(lpt_c, (B, self.T)))
             post = marg.posteriors(d2, lpt, lpj_c, cfg.frac)
             offs, ti, ji, nsig = post.offsets, post.t_idx, post.j_idx, post.nsig
             if cfg.maxsig > 0 and nsig.max(initial=0) > cfg.maxsig:
-                ti, ji, offs = self._most_probable(d2, lpt_c, lpj_c, nsig, cfg.maxsig)
+                ti, ji, offs = self._most_probable(d2, lpt, lpj_c, nsig, cfg.maxsig)
             del d2
             # children of the significant coarse hypotheses: 2 psi x 4 translations each
             pi0 = np.repeat(np.arange(B, dtype=np.int64), np.diff(offs))
@@ -265,7 +271,8 @@ class Class2D:
             pt = np.ascontiguousarray(np.broadcast_to(tf, (len(ti), 2, 4)).reshape(-1))
             pi = np.repeat(pi0, 8)
             d2f = marg.pair_diff2(X, c, se, phf, Rf, pi, pt, pj)
-            mlp = d2f.astype(np.float64) - lpt_f[pt] - lpj_f[pj]
+            o_pair2 = ((o_cur[pi] - self.t_f[pt]) ** 2).sum(-1) * a2          # |new origin|^2, A^2
+            mlp = d2f.astype(np.float64) + o_pair2 / so2 - lpj_f[pj]
             sp = marg.segment_posteriors(mlp, np.asarray(offs, np.int64) * 8, cfg.frac)
             wf, logZf, pmaxf, argf = sp.weight, sp.logZ, sp.pmax, sp.argmax
             nacc = np.zeros((B, M), np.float32)
@@ -280,12 +287,12 @@ class Class2D:
             np.add.at(ns, g, per_shell)
             noise += ns
             csum += np.bincount(pj // (2 * self.npsi), weights=wf, minlength=K)
-            t2sum += np.dot(wf.astype(np.float64), tfA2[pt])
+            t2sum += np.dot(wf.astype(np.float64), o_pair2)
             # best hypothesis per particle
             bj, bt = pj[argf], pt[argf]
             r["class"][sl] = bj // (2 * self.npsi) + 1
             r["psi"][sl] = _wrap180(self.psi_f[bj % (2 * self.npsi)])
-            o = (self.o_in[sl] - self.t_f[bt]) * self.angpix
+            o = (o_cur - self.t_f[bt]) * self.angpix
             r["ox"][sl], r["oy"][sl] = o[:, 0], o[:, 1]
             r["pmax"][sl], r["nsig"][sl], r["loglik"][sl] = pmaxf, nsig, logZf
         return {"data": data, "weight": wsum, "noise": noise, "csum": csum, "t2sum": t2sum, "kidx": kidx}
@@ -295,7 +302,7 @@ class Class2D:
         """The min(nsig, maxsig) most probable coarse hypotheses of every particle (same set as the
         significant one when nsig <= maxsig), as CSR (t_idx, j_idx, offsets)."""
         B, T, J = d2.shape
-        lp = (lpt[None, :, None] + lpj[None, None, :] - d2).reshape(B, T * J)
+        lp = (lpt[:, :, None] + lpj[None, None, :] - d2).reshape(B, T * J)
         m = min(maxsig, T * J)
         top = np.argpartition(lp, T * J - m, axis=1)[:, T * J - m:]               # (B, m), unordered
         order = np.argsort(-np.take_along_axis(lp, top, axis=1), axis=1, kind="stable")
@@ -345,6 +352,8 @@ class Class2D:
             reg = np.where(t2 > 0, 1.0 / np.maximum(t2, 1e-300), np.inf)
             F = np.where(inside & np.isfinite(reg), D[k] / (W[k] + reg), 0.0)
             refs[k] = (ift2(F, n) * self.mask).astype(np.float32)
+        if cfg.center_classes:
+            refs = self._centre(refs)
         # noise per optics group and shell (beyond r_cur: the images' power)
         cnt = np.bincount(self.shell[self.shell < self.nsh], minlength=self.nsh).astype(np.float64)
         s2 = self.img_power.copy()
@@ -368,6 +377,20 @@ class Class2D:
         self.sigma_offset = float(np.sqrt(max(acc["t2sum"][0], 1e-12) / (2.0 * self.N)))
         self.r_cur = int(min(n // 2, max(3, res_shell + cfg.margin_shells)))
         self._revive_empty_classes()
+
+    def _centre(self, refs):
+        """Shift each class average so the centre of mass of its positive density is at the box
+        centre (RELION's --center_classes): keeps classes from drifting as the translation
+        search follows each particle's origin."""
+        n = self.n
+        c = np.arange(n) - n // 2
+        pos = np.maximum(refs.astype(np.float64), 0.0) * self.mask
+        mass = pos.sum(axis=(1, 2))
+        com = np.stack([(pos.sum(1) * c[None, :]).sum(1), (pos.sum(2) * c[None, :]).sum(1)], axis=1)
+        com /= np.maximum(mass, 1e-30)[:, None]
+        com[mass <= 0] = 0.0
+        F = ft2(refs.astype(np.float64)) * shift_phases(n, -com, dtype=np.complex128)
+        return (ift2(F, n) * self.mask).astype(np.float32)
 
     def _revive_empty_classes(self):
         """A class below half its fair share is re-seeded from the largest class (its average plus
