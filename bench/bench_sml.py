@@ -4,6 +4,7 @@ per-pixel solve kernel's throughput, and GFLOP/s against a measured SGEMM/DGEMM 
     python bench/bench_sml.py                       # 20,000 particles, 64 px, K = 100, 300, 1000
     python bench/bench_sml.py --n 4000 --K 100,300  # reduced
     mpiexec -n 2 python bench/bench_sml.py --n 4000 # pixel split over 2 ranks (rank 0 prints)
+    python bench/bench_sml.py --n 2000 --class2d    # + class2d at K = 100, 300 (K = 1000 extrapolated)
 
 Prints one table; its last line is the headline: growth of the iteration time from the
 smallest to the largest K (exponent of a power-law fit).
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--K", default="100,300,1000", help="comma-separated class counts")
     p.add_argument("--iters", type=int, default=2, help="timed iterations per K")
     p.add_argument("--j", type=int, default=0, help="OpenMP threads")
+    add_class2d_flags(p)
     args = p.parse_args(argv)
 
     from hpcem import _core
@@ -122,7 +124,106 @@ def main(argv=None) -> int:
         ratio = rows[-1][2] / rows[0][2]
         say("headline: time per iteration grows %.2fx from K=%d to K=%d (exponent %.2f)" % (
             ratio, k0, k1, math.log(ratio) / math.log(k1 / k0)))
+    if args.class2d:
+        class2d_comparison(args, ps, sim, comm, say, {r[0]: r[2] for r in rows})
     return 0
+
+
+
+# ----------------------------------------------------------------------------- class2d comparison
+def add_class2d_flags(p) -> None:
+    g = p.add_argument_group("comparison with class2d (MAP-EM) on the same particles")
+    g.add_argument("--class2d", action="store_true", help="also time class2d and compare purity")
+    g.add_argument("--class2d_K", default="100,300", help="class2d class counts (K = 1000 is extrapolated)")
+    g.add_argument("--class2d_iters", type=int, default=3,
+                   help="class2d iterations per K; iteration 1 (all hypotheses significant) is not timed")
+    g.add_argument("--purity_iters", type=int, default=15,
+                   help="GTM iterations for the purity comparison (class2d purity is after --class2d_iters)")
+
+
+def _purity(assign, truth) -> float:
+    assign, truth = np.asarray(assign), np.asarray(truth)
+    return float(np.mean([np.bincount(truth[assign == k]).max() / np.sum(assign == k)
+                          for k in np.unique(assign)]))
+
+
+def _powerlaw(xs, ys, x):
+    """Least-squares power law through (xs, ys) evaluated at x; returns (value, exponent)."""
+    lx, ly = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
+    if len(xs) < 2:
+        return float(ys[-1]) * x / xs[-1], 1.0
+    b, a = np.polyfit(lx, ly, 1)
+    return float(np.exp(a + b * math.log(x))), float(b)
+
+
+def class2d_comparison(args, ps, sim, comm, say, gtm_s_per_iter: dict) -> None:
+    """class2d on the same particles (poses dropped: it aligns them itself) at --class2d_K:
+    seconds per iteration, extrapolation to K = 1000, GTM/class2d ratio, purity of both
+    against the simulated (volume, view) label."""
+    import re
+    import tempfile
+
+    from hpcem.algorithms.gtm import GTMConfig
+    from hpcem.algorithms.gtm_io import run_gtm
+    from hpcem.algorithms.map_em import Class2DConfig, classify_2d
+    from hpcem.io.particles import ParticleSet
+
+    label = np.asarray(sim.classes)
+    raw = ParticleSet.from_arrays(sim.images, sim.angpix, defocus_u=sim.ctf["defocus_u"],
+                                  defocus_v=sim.ctf["defocus_v"], defocus_angle=sim.ctf["defocus_angle"])
+    gtm_shell = args.box / 4.0
+    ini_high = args.box * sim.angpix / gtm_shell    # class2d starts at the GTM's resolution limit
+    Kc = [int(k) for k in args.class2d_K.split(",")]
+    rows = []
+    for K in Kc:
+        times = []
+
+        def grab(*m):
+            hit = re.search(r"\(([0-9.]+) s, E-step", " ".join(str(x) for x in m))
+            if hit:
+                times.append(float(hit.group(1)))
+
+        cfg = Class2DConfig(K=K, iters=args.class2d_iters, ctf=True, psi_step=10.0, offset_range=5.0,
+                            offset_step=1.0, ini_high=ini_high, particle_diameter=0.8 * args.box * sim.angpix)
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            model = classify_2d(raw, cfg, comm, tmp, log=grab)
+            wall = time.perf_counter() - t
+            res = model.gather_results()
+        timed = times[1:] if len(times) > 1 else times
+        per_it = float(np.median(timed)) if timed else wall / max(args.class2d_iters, 1)
+        p_c2d = _purity(res["class"], label)
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            g = run_gtm(ps, comm, GTMConfig(K=K, iters=args.purity_iters, ctf=True), tmp, log=lambda *m: None)
+            t_g = time.perf_counter() - t
+        p_gtm = _purity(g["classes"], label)
+        rows.append((K, per_it, p_c2d, p_gtm, t_g / max(args.purity_iters, 1)))
+    say("")
+    say("class2d on the same %d particles (%d px, poses dropped; psi 10 deg, offsets +/-5 px step 1, "
+        "oversampling 1; resolution limit %.1f shells = the GTM's), purity against the %d (volume, view) labels"
+        % (ps.n, args.box, gtm_shell, len(np.unique(label))))
+    say("%6s %14s %14s %10s %16s %12s" % ("K", "class2d s/it", "GTM s/it", "ratio", "class2d purity",
+                                          "GTM purity"))
+    for K, c, pc, pg, tg in rows:
+        g = gtm_s_per_iter.get(K, tg)
+        say("%6d %14.2f %14.3f %10.1f %16.3f %12.3f" % (K, c, g, c / g, pc, pg))
+    say("(GTM on the simulated poses, i.e. aligned input; class2d aligns the particles itself; "
+        "class2d purity after %d iterations, GTM purity after %d iterations from its PCA start; "
+        "class2d time: median of iterations 2..%d)" % (args.class2d_iters, args.purity_iters, args.class2d_iters))
+    K1 = 1000
+    c1000, bc = _powerlaw([r[0] for r in rows], [r[1] for r in rows], K1)
+    if K1 in gtm_s_per_iter:
+        g1000, how = gtm_s_per_iter[K1], "measured"
+    else:
+        ks = sorted(gtm_s_per_iter)
+        g1000, bg = _powerlaw(ks, [gtm_s_per_iter[k] for k in ks], K1)
+        how = "EXTRAPOLATED (exponent %.2f)" % bg
+    say("class2d at K=1000: %.1f s/iter EXTRAPOLATED from K=%s (power law, exponent %.2f), not measured"
+        % (c1000, ",".join(str(r[0]) for r in rows), bc))
+    say("GTM at K=1000: %.3f s/iter %s" % (g1000, how))
+    say("headline: per iteration at K=1000, GTM is %.1fx faster than class2d (target >= 20x; class2d "
+        "extrapolated)" % (c1000 / g1000))
 
 
 if __name__ == "__main__":
