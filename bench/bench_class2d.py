@@ -14,27 +14,9 @@ import argparse
 import time
 
 import numpy as np
+from common import sgemm_gflops
 
-
-def ari(a, b) -> float:
-    _, a = np.unique(a, return_inverse=True)
-    _, b = np.unique(b, return_inverse=True)
-    C = np.zeros((a.max() + 1, b.max() + 1))
-    np.add.at(C, (a, b), 1.0)
-    pairs = lambda x: float((x * (x - 1) / 2).sum())  # noqa: E731
-    s, sa, sb, tot = pairs(C), pairs(C.sum(1)), pairs(C.sum(0)), pairs(np.array([C.sum()]))
-    e = sa * sb / tot
-    return (s - e) / (0.5 * (sa + sb) - e)
-
-
-def sgemm_gflops(m=2048, reps=3) -> float:
-    a = np.random.default_rng(0).standard_normal((m, m)).astype(np.float32)
-    b = a.T.copy()
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2.0 * m ** 3 * reps / (time.perf_counter() - t) / 1e9
+from hpcem.metrics import adjusted_rand_index as ari
 
 
 def kernel_gflops(model, r_cur: int, B: int = 256) -> tuple[float, int]:

@@ -14,26 +14,10 @@ import argparse
 import time
 
 import numpy as np
+from common import best_time, sgemm_gflops
 
 from hpcem import _core, kernels
 from hpcem.core.euler import random_rotations
-
-
-def best_time(fn, repeats=2):
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def sgemm_gflops(m=2048):
-    a = np.random.default_rng(0).standard_normal((m, m), dtype=np.float32)
-    b = a.T.copy()
-    a @ b
-    t = best_time(lambda: a @ b, 3)
-    return 2.0 * m ** 3 / t / 1e9
 
 
 def stream_gbs(mb=512):

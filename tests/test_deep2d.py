@@ -18,6 +18,8 @@ import time
 import numpy as np
 import pytest
 
+from hpcem.metrics import purity
+
 
 def views_conformations(outdir, n=64, N=2400, n_views=1, spread=6.0, snr=0.05, seed=0, angpix=3.0,
                         with_poses=True):
@@ -57,19 +59,6 @@ def views_conformations(outdir, n=64, N=2400, n_views=1, spread=6.0, snr=0.05, s
     write_particle_stack(star, imgs, angpix, defocus_u=ctf["defocus_u"], defocus_v=ctf["defocus_v"],
                          defocus_angle=ctf["defocus_angle"], **poses)
     return star, conf, view
-
-
-def purity(assign, truth):
-    """Mean over non-empty classes of the majority label's share of the class."""
-    assign, truth = np.asarray(assign), np.asarray(truth)
-    return float(np.mean([np.bincount(truth[assign == k]).max() / np.sum(assign == k)
-                          for k in np.unique(assign)]))
-
-
-def test_purity_reference():
-    assert purity([1, 1, 2, 2], [0, 0, 1, 1]) == 1.0
-    assert purity([1, 1, 1, 1], [0, 0, 1, 2]) == 0.5
-    assert purity([1, 1, 2, 2, 2], [0, 1, 2, 2, 0]) == pytest.approx((0.5 + 2 / 3) / 2)
 
 
 def _star(path, block="particles"):

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from hpcem.metrics import purity
 from hpcem.gtm_api import gtm_accumulate, gtm_distances, gtm_responsibilities, gtm_solve
 
 
@@ -132,12 +133,6 @@ def narrow_view_conformations(outdir, n=64, N=2400, snr=0.05, spread=6.0, seed=0
                          defocus_angle=ctf["defocus_angle"], rot=rot, tilt=tilt, psi=psi,
                          origins=origins * angpix)
     return star, classes + 1
-
-
-def purity(assign, truth):
-    """Mean over non-empty classes of the majority conformation's share."""
-    return float(np.mean([np.bincount(truth[assign == k]).max() / np.sum(assign == k)
-                          for k in np.unique(assign)]))
 
 
 @pytest.fixture(scope="module")
