@@ -30,7 +30,10 @@ def add_arguments(p):
     p.add_argument("--cs", type=float, default=2.7, help="spherical aberration in mm")
     p.add_argument("--amp_contrast", type=float, default=0.1, help="amplitude contrast")
     p.add_argument("--max_shift", type=float, default=0.0, help="maximum particle shift in A (0: 2 pixels)")
-    p.add_argument("--blobs", type=int, default=60, help="Gaussian blobs per volume")
+    p.add_argument("--model", choices=("blobs", "atoms"), default="blobs",
+                   help="maps of smooth Gaussian blobs, or pseudo-atomic maps with a protein-like spectrum")
+    p.add_argument("--bfactor", type=float, default=100.0, help="--model atoms: B-factor of the pseudo-atoms (A^2)")
+    p.add_argument("--blobs", type=int, default=60, help="--model blobs: Gaussian blobs per volume")
     p.add_argument("--seed", type=int, default=0, help="random seed")
 
 
@@ -50,7 +53,7 @@ def run(args, comm):
                            n_classes=args.K, n_views=args.views, n_volumes=args.volumes, ctf=not args.no_ctf,
                            defocus=tuple(args.defocus), astig=args.astig, voltage=args.voltage, cs=args.cs,
                            amp_contrast=args.amp_contrast, max_shift_A=args.max_shift or None,
-                           n_blobs=args.blobs, seed=args.seed)
+                           n_blobs=args.blobs, seed=args.seed, model=args.model, bfactor=args.bfactor)
     paths = write_dataset(sim, args.o)
     stamp(os.path.join(args.o, "job.json"), args)
     log(comm, "hpcem simulate: %d particles (%s mode), box %d, %.2f A/px, SNR %g, noise sigma %.4g" % (

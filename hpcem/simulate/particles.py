@@ -92,7 +92,7 @@ def simulate_dataset(n: int = 64, n_particles: int = 1000, angpix: float = 3.0, 
                      ctf: bool = True, defocus=(5000.0, 25000.0), astig: float = 1000.0,
                      voltage: float = 300.0, cs: float = 2.7, amp_contrast: float = 0.1,
                      max_shift_A: float | None = None, n_blobs: int = 60, seed: int = 0,
-                     volumes=None) -> SimulatedData:
+                     volumes=None, model: str = "blobs", bfactor: float = 100.0) -> SimulatedData:
     """Simulate a particle data set with known truth.
 
     mode '3d': ``n_classes`` conformations of one blob model (or the given ``volumes``), uniform
@@ -100,8 +100,14 @@ def simulate_dataset(n: int = 64, n_particles: int = 1000, angpix: float = 3.0, 
     mode '2d': ``n_views`` projection classes drawn from ``n_volumes`` different volumes (fixed
     rot/tilt per class), random in-plane psi per particle; ``projections`` holds the clean
     centred class images (no CTF) for comparing class averages.
-    Shifts are uniform in a disc of ``max_shift_A`` (default 2 pixels)."""
-    from .volumes import blob_volume, conformations
+    Shifts are uniform in a disc of ``max_shift_A`` (default 2 pixels).
+    ``model`` 'blobs': smooth Gaussian-blob maps (``n_blobs``); 'atoms': pseudo-atomic maps with a
+    protein-like (Wilson) spectrum and B-factor ``bfactor``, conformations by a rigid domain motion."""
+    from .volumes import (blob_volume, conformations, pseudo_atomic_conformations,
+                          pseudo_atomic_volume)
+
+    if model not in ("blobs", "atoms"):
+        raise ValueError("model must be 'blobs' or 'atoms'")
 
     rng = np.random.default_rng(seed)
     if max_shift_A is None:
@@ -110,15 +116,20 @@ def simulate_dataset(n: int = 64, n_particles: int = 1000, angpix: float = 3.0, 
     views = projections = None
     if mode == "3d":
         if volumes is None:
-            volumes = (conformations(n, n_classes, n_blobs=n_blobs, seed=seed) if n_classes > 1
-                       else [blob_volume(n, n_blobs=n_blobs, seed=seed)])
+            if model == "atoms":
+                volumes = (pseudo_atomic_conformations(n, n_classes, angpix, seed=seed, bfactor=bfactor)
+                           if n_classes > 1 else [pseudo_atomic_volume(n, angpix, seed=seed, bfactor=bfactor)])
+            else:
+                volumes = (conformations(n, n_classes, n_blobs=n_blobs, seed=seed) if n_classes > 1
+                           else [blob_volume(n, n_blobs=n_blobs, seed=seed)])
         K = len(volumes)
         classes = rng.permutation(np.arange(N) % K)
         R = random_rotations(N, rng)
         rot, tilt, psi = matrix_to_euler(R)
     elif mode == "2d":
         if volumes is None:
-            volumes = [blob_volume(n, n_blobs=n_blobs, seed=seed + 17 * v) for v in range(n_volumes)]
+            volumes = [pseudo_atomic_volume(n, angpix, seed=seed + 17 * v, bfactor=bfactor) if model == "atoms"
+                       else blob_volume(n, n_blobs=n_blobs, seed=seed + 17 * v) for v in range(n_volumes)]
         K = n_views
         vol_of_view = np.arange(K) % len(volumes)
         vr, vt, _ = matrix_to_euler(random_rotations(K, rng))
@@ -147,4 +158,4 @@ def simulate_dataset(n: int = 64, n_particles: int = 1000, angpix: float = 3.0, 
                          origins_A=origins_px * angpix, classes=classes.astype(np.int64) + 1,
                          subsets=subsets.astype(np.int64), ctf=ctfp, volumes=list(volumes), snr=snr,
                          noise_sigma=float(sigma), views=views, projections=projections,
-                         meta={"mode": mode, "seed": seed})
+                         meta={"mode": mode, "seed": seed, "model": model})
