@@ -8,6 +8,7 @@ namespace py = pybind11;
 using hpcem_cuda::project;
 
 void register_marginalise_cuda(py::module_& m);
+void register_gtm_cuda(py::module_& m);
 
 static void ok(const std::string& err) {
   if (!err.empty()) throw std::runtime_error("hpcem._cuda: " + err);
@@ -38,4 +39,5 @@ PYBIND11_MODULE(_cuda, m) {
     ok(hpcem_cuda::symmetrise3d(data, weight, out_data, out_weight, P, ops, G, r_pad, dbl, stream));
   });
   register_marginalise_cuda(m);
+  register_gtm_cuda(m);
 }

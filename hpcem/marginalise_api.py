@@ -27,6 +27,12 @@ smallest set of hypotheses whose probabilities sum to ``frac`` is
 The coarse pass expands ``diff2 = A_i + Q_ij - 2 Cross_itj`` with ``A_i = sum s|X|^2``,
 ``Q = (s c^2) @ |R|^2`` and ``Cross = Re[(s c X conj(ph_t)) @ conj(R)^T]``; the cross term
 is one real SGEMM of shape ``(B*T) x 2M x J`` (OpenBLAS's, through scipy).
+
+GPU: when the array inputs are cupy arrays (all of them; mixing raises), :func:`coarse_diff2`,
+:func:`pair_diff2` and :func:`accumulate` run the CUDA twins in ``hpcem._cuda``
+(``cuda/marginalise.cu``) on cupy's current stream and return / update cupy arrays.
+:func:`posteriors` and :func:`segment_posteriors` copy their inputs to the host, run the
+CPU code and return their results as cupy arrays.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
+from .kernels import _backend, _cuda, is_cupy  # noqa: F401  (_cuda: None without CUDA build)
 
 __all__ = [
     "Posteriors",
@@ -60,6 +67,52 @@ def _arr(a, name: str, dtype, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _gpu(*arrays) -> bool:
+    """True when the inputs are cupy arrays (all of them, else KernelArgumentError)."""
+    if not any(is_cupy(a) for a in arrays):
+        return False
+    return _backend(*arrays) == "cuda"
+
+
+def _stream():
+    import cupy
+
+    return cupy.cuda.get_current_stream().ptr
+
+
+def _garr(a, name: str, dtype, ndim: int):
+    """The cupy twin of :func:`_arr` (exact dtype, ndim; C-contiguous, copied if strided)."""
+    import cupy
+
+    if not is_cupy(a):
+        raise TypeError(f"{name}: expected a cupy array, got {type(a).__name__}")
+    if a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim}-D, got shape {a.shape}")
+    return cupy.ascontiguousarray(a)
+
+
+def _gidx(a, name: str):
+    import cupy
+
+    a = cupy.asarray(a)
+    if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+        raise TypeError(f"{name}: expected a 1-D integer array, got {a.dtype} {a.shape}")
+    return cupy.ascontiguousarray(a, dtype=cupy.int64)
+
+
+def _to_host(a):
+    return a.get() if is_cupy(a) else a
+
+
+def _to_device(obj):
+    """A Posteriors / SegmentPosteriors with every field moved to the GPU (cupy)."""
+    import cupy
+
+    return type(obj)(*(cupy.asarray(getattr(obj, f)) for f in obj.__dataclass_fields__))
+
+
 def _idx(a, name: str) -> np.ndarray:
     a = np.asarray(a)
     if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
@@ -67,13 +120,14 @@ def _idx(a, name: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
-def _common(X, ctf, s, phases, refs):
-    X = _arr(X, "X", np.complex64, 2)
+def _common(X, ctf, s, phases, refs, gpu: bool = False):
+    chk = _garr if gpu else _arr
+    X = chk(X, "X", np.complex64, 2)
     B, M = X.shape
-    ctf = _arr(ctf, "ctf", np.float32, 2)
-    s = _arr(s, "s", np.float32, 2)
-    phases = _arr(phases, "phases", np.complex64, 2)
-    refs = _arr(refs, "refs", np.complex64, 2)
+    ctf = chk(ctf, "ctf", np.float32, 2)
+    s = chk(s, "s", np.float32, 2)
+    phases = chk(phases, "phases", np.complex64, 2)
+    refs = chk(refs, "refs", np.complex64, 2)
     for name, a in (("ctf", ctf), ("s", s)):
         if a.shape != (B, M):
             raise ValueError(f"{name}: expected shape {(B, M)} like X, got {a.shape}")
@@ -84,12 +138,13 @@ def _common(X, ctf, s, phases, refs):
     return X, ctf, s, phases, refs
 
 
-def _pairs(pair_i, pair_t, pair_j, B, T, J):
-    pi, pt, pj = _idx(pair_i, "pair_i"), _idx(pair_t, "pair_t"), _idx(pair_j, "pair_j")
+def _pairs(pair_i, pair_t, pair_j, B, T, J, gpu: bool = False):
+    ix = _gidx if gpu else _idx
+    pi, pt, pj = ix(pair_i, "pair_i"), ix(pair_t, "pair_t"), ix(pair_j, "pair_j")
     if not (pi.shape == pt.shape == pj.shape):
         raise ValueError("pair_i, pair_t, pair_j must have the same length")
     for name, a, n in (("pair_i", pi, B), ("pair_t", pt, T), ("pair_j", pj, J)):
-        if a.size and (a.min() < 0 or a.max() >= n):
+        if a.size and (int(a.min()) < 0 or int(a.max()) >= n):
             raise ValueError(f"{name}: indices must lie in [0, {n})")
     return pi, pt, pj
 
@@ -123,7 +178,13 @@ class Posteriors:
 
     @property
     def pair_i(self) -> np.ndarray:
-        """Particle index of every significant entry (int64, length offsets[-1])."""
+        """Particle index of every significant entry (int64, length offsets[-1]); a cupy
+        array when the fields are (GPU inputs)."""
+        if is_cupy(self.nsig):
+            import cupy
+
+            n = self.nsig.get()
+            return cupy.asarray(np.repeat(np.arange(len(n), dtype=np.int64), n))
         return np.repeat(np.arange(len(self.nsig), dtype=np.int64), self.nsig)
 
 
@@ -157,8 +218,20 @@ def coarse_diff2(X, ctf, s, phases, refs, *, block_particles: int = 0,
     1 = OpenMP threads (``hpcem._core.set_threads``) each run single-threaded SGEMMs on
     their own particle blocks (OpenBLAS is set to 1 thread during the call, process-wide,
     and restored); 0 = one block at a time, OpenBLAS threads each SGEMM; -1 = 1 where
-    OpenBLAS's thread control is found (scipy's wheels), else 0."""
-    X, ctf, s, phases, refs = _common(X, ctf, s, phases, refs)
+    OpenBLAS's thread control is found (scipy's wheels), else 0.
+
+    cupy inputs: the CUDA kernel (register-tiled GEMM, same expansion, float32 accumulation)
+    returns a cupy array; ``block_particles`` and ``mode`` are ignored."""
+    gpu = _gpu(X, ctf, s, phases, refs)
+    X, ctf, s, phases, refs = _common(X, ctf, s, phases, refs, gpu)
+    if gpu:
+        import cupy
+
+        (B, M), T, J = X.shape, phases.shape[0], refs.shape[0]
+        out = cupy.empty((B, T, J), dtype=cupy.float32)
+        _cuda.marg_coarse_diff2(X.data.ptr, ctf.data.ptr, s.data.ptr, phases.data.ptr,
+                                refs.data.ptr, B, T, J, M, out.data.ptr, _stream())
+        return out
     return _core.marg_coarse_diff2(X, ctf, s, phases, refs, int(block_particles), int(mode))
 
 
@@ -174,7 +247,13 @@ def posteriors(diff2, logprior_t, logprior_j, frac: float = 0.999) -> Posteriors
     log-sum-exp in float64.  The significant set is the smallest set of hypotheses whose
     probabilities (taken in descending order) sum to at least ``frac``; it is *returned in
     hypothesis order* ((t, j) row-major per particle), not sorted by weight, so a caller
-    that keeps only part of it must select by weight itself."""
+    that keeps only part of it must select by weight itself.
+
+    cupy inputs: ``diff2`` and the priors are copied to the host, the CPU code runs there
+    and every field of the result is returned as a cupy array."""
+    if any(is_cupy(a) for a in (diff2, logprior_t, logprior_j)):
+        return _to_device(posteriors(_to_host(diff2), _to_host(logprior_t), _to_host(logprior_j),
+                                     frac))
     d = _arr(diff2, "diff2", np.float32, 3)
     B, T, J = d.shape
     lt = _arr(logprior_t, "logprior_t", np.float32, 2)
@@ -190,16 +269,34 @@ def pair_diff2(X, ctf, s, phases, refs, pair_i, pair_t, pair_j) -> np.ndarray:
     """``diff2[p] = sum_k s_ik |X_ik conj(ph_tk) - c_ik R_jk|^2`` for the triples
     ``(i, t, j) = (pair_i[p], pair_t[p], pair_j[p])`` as float32 (P,): the fine pass of
     adaptive oversampling, where ``phases``/``refs`` are the fine translations/references.
-    Computed directly (no expansion), float32 lanes summed in float64."""
-    X, ctf, s, phases, refs = _common(X, ctf, s, phases, refs)
-    pi, pt, pj = _pairs(pair_i, pair_t, pair_j, X.shape[0], phases.shape[0], refs.shape[0])
+    Computed directly (no expansion), float32 lanes summed in float64.
+
+    cupy inputs (the pair indices may be cupy or host arrays): one warp per pair on the GPU
+    (float32 accumulation), cupy result."""
+    gpu = _gpu(X, ctf, s, phases, refs)
+    X, ctf, s, phases, refs = _common(X, ctf, s, phases, refs, gpu)
+    pi, pt, pj = _pairs(pair_i, pair_t, pair_j, X.shape[0], phases.shape[0], refs.shape[0], gpu)
+    if gpu:
+        import cupy
+
+        P = pi.shape[0]
+        out = cupy.empty(P, dtype=cupy.float32)
+        _cuda.marg_pair_diff2(X.data.ptr, ctf.data.ptr, s.data.ptr, phases.data.ptr, refs.data.ptr,
+                              X.shape[1], pi.data.ptr, pt.data.ptr, pj.data.ptr, P, out.data.ptr,
+                              _stream())
+        return out
     return _core.marg_pair_diff2(X, ctf, s, phases, refs, pi, pt, pj)
 
 
 def segment_posteriors(minus_logp, offsets, frac: float = 0.999) -> SegmentPosteriors:
     """Posteriors over per-particle segments: particle ``i`` owns pairs
     ``offsets[i]:offsets[i+1]`` with unnormalised log posterior ``-minus_logp[p]``
-    (e.g. ``diff2 - logprior``).  ``weight[p] = exp(-minus_logp[p] - logZ_i)``."""
+    (e.g. ``diff2 - logprior``).  ``weight[p] = exp(-minus_logp[p] - logZ_i)``.
+
+    cupy inputs: copied to the host, the CPU code runs there, every field of the result is
+    returned as a cupy array."""
+    if is_cupy(minus_logp) or is_cupy(offsets):
+        return _to_device(segment_posteriors(_to_host(minus_logp), _to_host(offsets), frac))
     m = np.asarray(minus_logp)
     if m.ndim != 1 or m.dtype not in (np.float32, np.float64):
         raise TypeError(f"minus_logp: expected 1-D float32/float64, got {m.dtype} {m.shape}")
@@ -221,7 +318,16 @@ def accumulate(X, ctf, s, phases, refs, pair_i, pair_t, pair_j, weight,
     ``data_acc`` (J, M) complex64 or complex128, ``weight_acc`` (J, M) float32 or float64,
     ``noise_acc`` (B, M) float32; all C-contiguous and writeable (they are updated in
     place, never copied).  ``s`` holds 1/sigma2, so the M-step is data / (weight + 1/tau2).
-    Pairs with zero weight are skipped; no races (pairs are bucketed by j, then by i)."""
+    Pairs with zero weight are skipped; no races (pairs are bucketed by j, then by i).
+
+    cupy inputs (accumulators included; ``weight`` and the pair indices may also be host
+    arrays): the CUDA kernel adds with atomics (one block per pair), so the summation order,
+    and the last bits of float32 sums, vary from run to run."""
+    gpu = _gpu(X, ctf, s, phases, refs, data_acc, weight_acc, noise_acc)
+    if gpu:
+        _accumulate_gpu(X, ctf, s, phases, refs, pair_i, pair_t, pair_j, weight,
+                        data_acc, weight_acc, noise_acc)
+        return
     X, ctf, s, phases, refs = _common(X, ctf, s, phases, refs)
     B, M = X.shape
     J = refs.shape[0]
@@ -240,3 +346,29 @@ def accumulate(X, ctf, s, phases, refs, pair_i, pair_t, pair_j, weight,
             raise ValueError(f"{name}: must be C-contiguous and writeable (updated in place)")
     _core.marg_accumulate(X, ctf, s, phases, refs, pi, pt, pj, w,
                           data_acc, weight_acc, noise_acc)
+
+
+def _accumulate_gpu(X, ctf, s, phases, refs, pair_i, pair_t, pair_j, weight,
+                    data_acc, weight_acc, noise_acc) -> None:
+    import cupy
+
+    X, ctf, s, phases, refs = _common(X, ctf, s, phases, refs, True)
+    B, M = X.shape
+    J = refs.shape[0]
+    pi, pt, pj = _pairs(pair_i, pair_t, pair_j, B, phases.shape[0], J, True)
+    w = _garr(cupy.asarray(weight), "weight", np.float32, 1)
+    if w.shape != pi.shape:
+        raise ValueError(f"weight: expected {pi.shape}, got {w.shape}")
+    for name, a, dts, shape in (("data_acc", data_acc, (np.complex64, np.complex128), (J, M)),
+                                ("weight_acc", weight_acc, (np.float32, np.float64), (J, M)),
+                                ("noise_acc", noise_acc, (np.float32,), (B, M))):
+        if not is_cupy(a) or a.dtype not in dts:
+            raise TypeError(f"{name}: expected a cupy array of dtype {' or '.join(map(str, dts))}")
+        if a.shape != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}: must be C-contiguous (updated in place)")
+    _cuda.marg_accumulate(X.data.ptr, ctf.data.ptr, s.data.ptr, phases.data.ptr, refs.data.ptr, M,
+                          pi.data.ptr, pt.data.ptr, pj.data.ptr, w.data.ptr, pi.shape[0],
+                          data_acc.data.ptr, data_acc.dtype == np.complex128, weight_acc.data.ptr,
+                          weight_acc.dtype == np.float64, noise_acc.data.ptr, _stream())

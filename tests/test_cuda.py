@@ -88,3 +88,151 @@ def test_symmetrise3d_cuda_matches_cpu():
     Dg, Wg = kernels.symmetrise3d(cp.asarray(D), cp.asarray(W), cp.asarray(ops), P / 2)
     assert np.abs(cp.asnumpy(Dg) - Dc).max() < 1e-9 * np.abs(Dc).max()
     assert np.abs(cp.asnumpy(Wg) - Wc).max() < 1e-9 * np.abs(Wc).max()
+
+
+# ----------------------------------------------------------------------------- GTM twins
+from hpcem import gtm_api, marginalise_api as marg  # noqa: E402
+
+
+@pytest.mark.parametrize("K,M,D,lam,chunk", [(7, 3, 5, 0.5, 0), (64, 17, 300, 1e-3, 128),
+                                             (40, 9, 33, 0.01, 7), (150, 120, 6, 0.1, 0)])
+def test_gtm_solve_cuda_matches_cpu(K, M, D, lam, chunk):
+    # M = 120: the per-pixel system no longer fits shared memory (global scratch path)
+    rng = np.random.default_rng(K + M + D)
+    Phi = rng.random((K, M)).astype(np.float32)
+    Phi[:, -1] = 1.0
+    G = rng.random((K, D)).astype(np.float32)
+    H = rand_c(rng, (K, D))
+    cpu = gtm_api.gtm_solve(Phi, G, H, lam)
+    gpu = gtm_api.gtm_solve(cp.asarray(Phi), cp.asarray(G), cp.asarray(H), lam, chunk=chunk)
+    assert isinstance(gpu, cp.ndarray) and gpu.shape == (M, D) and gpu.dtype == np.complex64
+    g = cp.asnumpy(gpu)
+    assert np.isfinite(g).all()
+    assert np.abs(g - cpu).max() <= 1e-4 * np.abs(cpu).max()
+
+
+def test_gtm_solve_cuda_against_numpy():
+    K, M, D, lam = 50, 12, 20, 0.05
+    rng = np.random.default_rng(11)
+    Phi = rng.random((K, M)).astype(np.float32)
+    G = rng.random((K, D)).astype(np.float32)
+    H = rand_c(rng, (K, D))
+    W = cp.asnumpy(gtm_api.gtm_solve(cp.asarray(Phi), cp.asarray(G), cp.asarray(H), lam))
+    P = Phi.astype(np.float64)
+    ref = np.stack([np.linalg.solve(P.T @ (G[:, d, None] * P) + lam * np.eye(M), P.T @ H[:, d])
+                    for d in range(D)], axis=1)
+    assert np.abs(W - ref).max() <= 2e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("N,L,K", [(1, 1, 1), (70, 33, 5), (300, 129, 65)])
+def test_gtm_distances_and_accumulate_cuda_match_cpu(N, L, K):
+    rng = np.random.default_rng(N + L + K)
+    Z = rng.normal(size=(N, L)).astype(np.float32)
+    Y = rng.normal(size=(K, L)).astype(np.float32)
+    R = rng.random((N, K)).astype(np.float32)
+    d_cpu = gtm_api.gtm_distances(Z, Y)
+    d_gpu = gtm_api.gtm_distances(cp.asarray(Z), cp.asarray(Y))
+    assert d_gpu.dtype == np.float32 and d_gpu.shape == (N, K)
+    scale = np.abs(Z).max() * np.abs(Y).max() * L
+    assert np.abs(cp.asnumpy(d_gpu) - d_cpu).max() <= 1e-5 * scale
+    a_cpu = gtm_api.gtm_accumulate(R, Z)
+    a_gpu = gtm_api.gtm_accumulate(cp.asarray(R), cp.asarray(Z))
+    assert a_gpu.dtype == np.float64 and a_gpu.shape == (K, L)
+    exact = R.astype(np.float64).T @ Z.astype(np.float64)
+    assert np.abs(cp.asnumpy(a_gpu) - exact).max() <= 1e-9 * np.abs(R).max() * np.abs(Z).max() * N
+    assert np.abs(cp.asnumpy(a_gpu) - a_cpu).max() <= 1e-5 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("N,K", [(5, 1), (40, 30), (17, 300)])
+def test_gtm_responsibilities_cuda_matches_cpu(N, K):
+    rng = np.random.default_rng(N * K)
+    delta = rng.normal(scale=20.0, size=(N, K)).astype(np.float32)
+    a = rng.normal(size=N)
+    dg = cp.asarray(delta)
+    out_cpu = gtm_api.gtm_responsibilities(delta, a, 0.3)
+    out_gpu = gtm_api.gtm_responsibilities(dg, cp.asarray(a), 0.3)
+    assert np.abs(cp.asnumpy(dg) - delta).max() <= 1e-6
+    np.testing.assert_allclose(cp.asnumpy(out_gpu[0]), out_cpu[0], rtol=1e-10, atol=1e-8)
+    np.testing.assert_allclose(cp.asnumpy(out_gpu[1]), out_cpu[1], rtol=1e-8, atol=1e-6)
+    np.testing.assert_array_equal(cp.asnumpy(out_gpu[2]), out_cpu[2])
+    np.testing.assert_allclose(cp.asnumpy(out_gpu[3]), out_cpu[3], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- marginalisation
+def _marg_inputs(rng, B, T, J, M):
+    X = rand_c(rng, (B, M))
+    ctf = rng.uniform(-1, 1, (B, M)).astype(np.float32)
+    s = rng.uniform(0.2, 1.0, (B, M)).astype(np.float32)
+    ang = rng.uniform(0, 2 * np.pi, (T, M))
+    ph = np.exp(1j * ang).astype(np.complex64)
+    R = rand_c(rng, (J, M))
+    return X, ctf, s, ph, R
+
+
+def _gpu(*arrays):
+    return [cp.asarray(a) for a in arrays]
+
+
+@pytest.mark.parametrize("B,T,J,M", [(1, 1, 1, 1), (3, 5, 70, 40), (9, 2, 130, 77)])
+def test_coarse_diff2_cuda_matches_cpu(B, T, J, M):
+    rng = np.random.default_rng(B * T + J + M)
+    args = _marg_inputs(rng, B, T, J, M)
+    cpu = marg.coarse_diff2(*args)
+    gpu = marg.coarse_diff2(*_gpu(*args))
+    assert isinstance(gpu, cp.ndarray) and gpu.shape == (B, T, J) and gpu.dtype == np.float32
+    assert np.abs(cp.asnumpy(gpu) - cpu).max() <= 2e-5 * np.abs(cpu).max()
+
+
+def _pairs(rng, B, T, J, P):
+    return rng.integers(0, B, P), rng.integers(0, T, P), rng.integers(0, J, P)
+
+
+@pytest.mark.parametrize("B,T,J,M,P", [(2, 3, 4, 5, 17), (6, 4, 20, 100, 500)])
+def test_pair_diff2_cuda_matches_cpu(B, T, J, M, P):
+    rng = np.random.default_rng(P + M)
+    args = _marg_inputs(rng, B, T, J, M)
+    pi, pt, pj = _pairs(rng, B, T, J, P)
+    cpu = marg.pair_diff2(*args, pi, pt, pj)
+    gpu = marg.pair_diff2(*_gpu(*args), *_gpu(pi, pt, pj))
+    assert isinstance(gpu, cp.ndarray) and gpu.shape == (P,)
+    np.testing.assert_allclose(cp.asnumpy(gpu), cpu, rtol=3e-5)
+    # and the coarse grid agrees with the explicit pairs
+    full = marg.coarse_diff2(*args)
+    np.testing.assert_allclose(cpu, full[pi, pt, pj], rtol=1e-3, atol=1e-4 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("acc", [(np.complex128, np.float64), (np.complex64, np.float32),
+                                 (np.complex128, np.float32)])
+def test_marg_accumulate_cuda_matches_cpu(acc):
+    B, T, J, M, P = 5, 3, 7, 60, 200
+    rng = np.random.default_rng(3)
+    args = _marg_inputs(rng, B, T, J, M)
+    pi, pt, pj = _pairs(rng, B, T, J, P)
+    w = rng.random(P).astype(np.float32)
+    w[::7] = 0.0
+    ddt, wdt = acc
+    D, W, N = np.zeros((J, M), ddt), np.zeros((J, M), wdt), np.zeros((B, M), np.float32)
+    marg.accumulate(*args, pi, pt, pj, w, D, W, N)
+    Dg, Wg, Ng = cp.zeros((J, M), ddt), cp.zeros((J, M), wdt), cp.zeros((B, M), np.float32)
+    marg.accumulate(*_gpu(*args), *_gpu(pi, pt, pj), cp.asarray(w), Dg, Wg, Ng)
+    for g, c in ((Dg, D), (Wg, W), (Ng, N)):
+        assert np.abs(cp.asnumpy(g) - c).max() <= 1e-5 * np.abs(c).max()
+
+
+def test_marg_posteriors_cuda_roundtrip():
+    B, T, J = 3, 4, 9
+    rng = np.random.default_rng(8)
+    d = rng.uniform(0, 10, (B, T, J)).astype(np.float32)
+    lt = rng.normal(size=(B, T)).astype(np.float32)
+    lj = rng.normal(size=J).astype(np.float32)
+    cpu = marg.posteriors(d, lt, lj, 0.99)
+    gpu = marg.posteriors(*_gpu(d, lt, lj), 0.99)
+    for f in cpu.__dataclass_fields__:
+        assert isinstance(getattr(gpu, f), cp.ndarray)
+        np.testing.assert_array_equal(cp.asnumpy(getattr(gpu, f)), getattr(cpu, f))
+    np.testing.assert_array_equal(cp.asnumpy(gpu.pair_i), cpu.pair_i)
+    off = np.array([0, 3, 3, 10])
+    m = rng.uniform(0, 5, 10)
+    sc, sg = marg.segment_posteriors(m, off), marg.segment_posteriors(*_gpu(m, off))
+    for f in sc.__dataclass_fields__:
+        np.testing.assert_array_equal(cp.asnumpy(getattr(sg, f)), getattr(sc, f))
