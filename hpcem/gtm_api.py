@@ -24,46 +24,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from .kernels import _backend, _cuda, is_cupy  # noqa: F401  (_cuda: None without CUDA build)
+from .kernels import (_cuda, check_exact as _arr, check_exact_gpu as _garr,  # noqa: F401
+                      cupy_stream as _stream, is_cupy, on_gpu as _gpu)  # (_cuda: None without CUDA build)
 
 __all__ = ["gtm_solve", "gtm_distances", "gtm_responsibilities", "gtm_accumulate",
            "gtm_solve_flops"]
-
-
-def _gpu(*arrays) -> bool:
-    """True for cupy inputs (all of them, else KernelArgumentError), False for numpy."""
-    if not any(is_cupy(a) for a in arrays):
-        return False
-    return _backend(*arrays) == "cuda"
-
-
-def _garr(a, name: str, dtype, ndim: int):
-    """The cupy twin of :func:`_arr`: exact dtype, ndim, C-contiguous (copied if strided)."""
-    import cupy
-
-    if not is_cupy(a):
-        raise TypeError(f"{name}: expected a cupy array, got {type(a).__name__}")
-    if a.dtype != np.dtype(dtype):
-        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim}-D, got shape {a.shape}")
-    return cupy.ascontiguousarray(a)
-
-
-def _stream():
-    import cupy
-
-    return cupy.cuda.get_current_stream().ptr
-
-
-def _arr(a, name: str, dtype, ndim: int) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
-    if a.dtype != np.dtype(dtype):
-        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim}-D, got shape {a.shape}")
-    return np.ascontiguousarray(a)
 
 
 def gtm_solve(Phi: np.ndarray, G: np.ndarray, H: np.ndarray, lam: float, chunk: int = 0) -> np.ndarray:

@@ -249,3 +249,60 @@ def symmetrise3d(data_acc, weight_acc, ops, r_pad=None):
     _cuda.symmetrise3d(data_acc.data.ptr, weight_acc.data.ptr, D.data.ptr, W.data.ptr, P, R.data.ptr, R.shape[0],
                        r, bool(dbl), _stream(xp))
     return D, W
+
+
+# ----------------------------------------------------------------------------- shared checks
+# Used by the marginalisation (hpcem.marginalise_api) and GTM (hpcem.gtm_api) families, whose
+# wrappers take exact dtypes (no silent casts of large arrays) on numpy or cupy inputs.
+def check_exact(a, name: str, dtype, ndim: int) -> np.ndarray:
+    """A numpy array of exactly ``dtype`` and ``ndim``, C-contiguous (copied only if strided)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
+    if a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim}-D, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def check_exact_gpu(a, name: str, dtype, ndim: int):
+    """The cupy twin of :func:`check_exact`."""
+    import cupy
+
+    if not is_cupy(a):
+        raise TypeError(f"{name}: expected a cupy array, got {type(a).__name__}")
+    if a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim}-D, got shape {a.shape}")
+    return cupy.ascontiguousarray(a)
+
+
+def check_index(a, name: str) -> np.ndarray:
+    """A 1-D int64 index array (any integer input)."""
+    a = np.asarray(a)
+    if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+        raise TypeError(f"{name}: expected a 1-D integer array, got {a.dtype} {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def check_index_gpu(a, name: str):
+    import cupy
+
+    a = cupy.asarray(a)
+    if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+        raise TypeError(f"{name}: expected a 1-D integer array, got {a.dtype} {a.shape}")
+    return cupy.ascontiguousarray(a, dtype=cupy.int64)
+
+
+def on_gpu(*arrays) -> bool:
+    """True when the inputs are cupy arrays (all of them, else KernelArgumentError)."""
+    if not any(is_cupy(a) for a in arrays):
+        return False
+    return _backend(*arrays) == "cuda"
+
+
+def cupy_stream():
+    import cupy
+
+    return cupy.cuda.get_current_stream().ptr

@@ -41,7 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from .kernels import _backend, _cuda, is_cupy  # noqa: F401  (_cuda: None without CUDA build)
+from .kernels import (_cuda, check_exact as _arr, check_exact_gpu as _garr,  # noqa: F401
+                      check_index as _idx, check_index_gpu as _gidx, cupy_stream as _stream, is_cupy,
+                      on_gpu as _gpu)  # (_cuda: None without CUDA build)
 
 __all__ = [
     "Posteriors",
@@ -56,52 +58,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- checks
-def _arr(a, name: str, dtype, ndim: int) -> np.ndarray:
-    """Check dtype exactly and ndim; return a C-contiguous view (copies only if strided)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
-    if a.dtype != np.dtype(dtype):
-        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim}-D, got shape {a.shape}")
-    return np.ascontiguousarray(a)
-
-
-def _gpu(*arrays) -> bool:
-    """True when the inputs are cupy arrays (all of them, else KernelArgumentError)."""
-    if not any(is_cupy(a) for a in arrays):
-        return False
-    return _backend(*arrays) == "cuda"
-
-
-def _stream():
-    import cupy
-
-    return cupy.cuda.get_current_stream().ptr
-
-
-def _garr(a, name: str, dtype, ndim: int):
-    """The cupy twin of :func:`_arr` (exact dtype, ndim; C-contiguous, copied if strided)."""
-    import cupy
-
-    if not is_cupy(a):
-        raise TypeError(f"{name}: expected a cupy array, got {type(a).__name__}")
-    if a.dtype != np.dtype(dtype):
-        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim}-D, got shape {a.shape}")
-    return cupy.ascontiguousarray(a)
-
-
-def _gidx(a, name: str):
-    import cupy
-
-    a = cupy.asarray(a)
-    if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
-        raise TypeError(f"{name}: expected a 1-D integer array, got {a.dtype} {a.shape}")
-    return cupy.ascontiguousarray(a, dtype=cupy.int64)
-
-
 def _to_host(a):
     return a.get() if is_cupy(a) else a
 
@@ -111,13 +67,6 @@ def _to_device(obj):
     import cupy
 
     return type(obj)(*(cupy.asarray(getattr(obj, f)) for f in obj.__dataclass_fields__))
-
-
-def _idx(a, name: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
-        raise TypeError(f"{name}: expected a 1-D integer array, got {a.dtype} {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.int64)
 
 
 def _common(X, ctf, s, phases, refs, gpu: bool = False):
