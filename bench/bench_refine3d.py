@@ -1,4 +1,4 @@
-"""Benchmark of `hpcem refine3d` on simulated particles (CTF, SNR 0.05, C1, 30 A low-passed truth
+"""Benchmark of `hpcem refine3d` on simulated particles (pseudo-atomic map, CTF, SNR 0.05, C1, 30 A low-passed truth
 as the reference): seconds per iteration (from the run's log), the coarse marginalisation kernel's
 GFLOP/s against numpy's SGEMM on this machine, and 1 -> 2 rank efficiency (one rank per half).
 
@@ -67,7 +67,7 @@ def main():
     from hpcem.simulate.write import write_dataset
 
     d = a.dir or tempfile.mkdtemp(prefix="bench_r3d_")
-    sim = simulate_dataset(n=a.box, n_particles=a.n, snr=0.05, ctf=True, seed=21)
+    sim = simulate_dataset(n=a.box, n_particles=a.n, snr=0.05, ctf=True, seed=21, model="atoms")
     star = write_dataset(sim, d)["particles"]
     ref = os.path.join(d, "ref.mrc")
     write_mrc(ref, lowpass(np.asarray(sim.volumes[0], np.float64), 30.0, sim.angpix, dims=3).astype(np.float32),

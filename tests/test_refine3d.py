@@ -7,11 +7,15 @@ truth as the reference:
 * 1 rank and `mpiexec -n 2` (one rank per half) give the same maps and poses;
 * bad input (box mismatch, missing reference) fails up front naming the file and field.
 
-Size: the recovery test runs the issue's 5,000 particles at 64 px with a reduced search
-(--offset_range 2, HEALPix order 1 start, local searches from order 3). On the 2-core CI machine it
-takes well over the few minutes a test may take, so it runs only with HPCEM_LONG_TESTS=1 (at
-3,000 particles / 48 px the data only support ~10 A and ~10 deg median pose error, so a smaller
-size cannot meet the issue's thresholds).
+Size: the recovery test runs the issue's 5,000 particles at 64 px of a pseudo-atomic map
+(simulate model 'atoms', Wilson-like spectrum: the blob maps hold too little high-resolution power
+for 3 x pixel) with a reduced search (--offset_range 2, HEALPix order 1 start, local searches from
+order 3). Known poses give 6.4 A (FSC 0.5 to the truth) on these data; refine3d reaches ~7.3 A,
+gold-standard within 13% of it, median shift error ~0.35 px, but a median orientation error of
+~3.8 deg: ~11% of the particles stay > 20 deg off (at SNR 0.05 a global search at order 2 leaves
+~10% of them misaligned even against the true map) and the rest reach ~3.5 deg (1.7 deg against
+the true map), so the < 3 deg assertion fails for now. It takes ~4.5 min on 2 idle cores, above
+what a CI test may take, so it runs only with HPCEM_LONG_TESTS=1.
 """
 import os
 
@@ -27,11 +31,11 @@ from hpcem.io.star import read_star
 BOX, N_PARTICLES = 64, 5000
 
 
-def _dataset(tmp, n, N, seed, snr=0.05):
+def _dataset(tmp, n, N, seed, snr=0.05, model="blobs"):
     from hpcem.simulate.particles import simulate_dataset
     from hpcem.simulate.write import write_dataset
 
-    d = simulate_dataset(n=n, n_particles=N, snr=snr, ctf=True, seed=seed)
+    d = simulate_dataset(n=n, n_particles=N, snr=snr, ctf=True, seed=seed, model=model)
     paths = write_dataset(d, tmp)
     ref = lowpass(np.asarray(d.volumes[0], np.float64), 30.0, d.angpix, dims=3).astype(np.float32)
     write_mrc(os.path.join(tmp, "ref.mrc"), ref, d.angpix)
@@ -55,7 +59,7 @@ def _poses(star):
 @pytest.mark.skipif(os.environ.get("HPCEM_LONG_TESTS") != "1", reason="long (5,000 particles at 64 px): set HPCEM_LONG_TESTS=1")
 def test_refine3d_recovers_poses_and_resolution(tmp_path, run_hpcem):
     tmp = str(tmp_path)
-    d, star, ref = _dataset(tmp, BOX, N_PARTICLES, seed=11)
+    d, star, ref = _dataset(tmp, BOX, N_PARTICLES, seed=11, model="atoms")
     out = os.path.join(tmp, "Refine3D")
     p = run_hpcem(_flags(star, ref, out))
     print(p.stdout[-3000:])
@@ -67,7 +71,7 @@ def test_refine3d_recovers_poses_and_resolution(tmp_path, run_hpcem):
     _, c_true = fsc(vol, d.volumes[0])
     res_true = resolution_at(c_true, 0.5, BOX, d.angpix)
     blocks = read_star(os.path.join(out, "run_model.star"))
-    res_gold = float(blocks["model_general"]["rlnFinalResolution"])
+    res_gold = float(np.asarray(blocks["model_general"]["rlnFinalResolution"]).ravel()[0])
     print("median orientation error %.2f deg, median shift error %.2f px, gold-standard %.2f A, "
           "FSC(truth)=0.5 at %.2f A" % (np.median(ang), np.median(shift), res_gold, res_true))
     assert np.median(ang) < 3.0

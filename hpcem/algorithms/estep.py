@@ -129,7 +129,7 @@ class EStepResult:
 
 def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, children_t, children_j,
                 lpt_c, lpt_f, lpj_c, lpj_f, extra_c=None, candidates=None, frac=0.999, maxsig=200,
-                remap_j=None, acc_dtype=np.complex64) -> EStepResult:
+                remap_j=None, acc_dtype=np.complex64, groups=1) -> EStepResult:
     """E-step of one batch (see the module docstring).
 
     ``X`` complex64 (B, M), ``ctf`` float32 (B, M), ``s_e`` float32 (B, M) likelihood weights
@@ -138,7 +138,9 @@ def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, childre
     ``lpj_c`` (Jc,), ``lpj_f`` (Jf,) log priors; ``extra_c`` (B, Jc) optional (dense mode);
     ``candidates`` = (offsets (B+1,), t_idx, j_idx, extra) switches to sparse mode;
     ``remap_j(pair_i, pair_j) -> pair_j`` optionally redirects the accumulation (e.g. to the
-    particle's initial random class) after the posteriors are computed."""
+    particle's initial random class) after the posteriors are computed; ``groups`` (dense mode)
+    splits the hypotheses into that many equal consecutive groups (classes), ``maxsig`` applying
+    to each."""
     B, M = X.shape
     lpt_c = np.asarray(lpt_c)
     if candidates is None:                                   # ---- dense coarse pass
@@ -154,16 +156,23 @@ def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, childre
         nsig = np.asarray(post.nsig, np.int64)
         T, J = d2.shape[1], d2.shape[2]
         if maxsig > 0 and nsig.max(initial=0) > maxsig:
-            lp = (lt[:, :, None] + lj[None, None, :] - d2).reshape(B, T * J)
-            m = min(maxsig, T * J)
-            top = np.argpartition(lp, T * J - m, axis=1)[:, T * J - m:]
+            # the cap applies per group of hypotheses (e.g. per class): a particle's posterior over
+            # groups is a sum over each group's hypotheses, and a cap over all of them would keep
+            # the group holding the single best hypotheses and drop the others' mass
+            G = int(groups) if groups and J % int(groups) == 0 else 1
+            Jg = J // G
+            lp = (lt[:, :, None] + lj[None, None, :] - d2).reshape(B, T, G, Jg).transpose(0, 2, 1, 3)
+            lp = lp.reshape(B * G, T * Jg)
+            m = min(maxsig, T * Jg)
+            top = np.argpartition(lp, T * Jg - m, axis=1)[:, T * Jg - m:]
             order = np.argsort(-np.take_along_axis(lp, top, axis=1), axis=1, kind="stable")
             top = np.take_along_axis(top, order, axis=1)
-            keep = np.minimum(nsig, m)
+            keep = np.minimum(np.repeat(nsig, G), m)
             sel = np.arange(m)[None, :] < keep[:, None]
             flat = top[sel]
-            ci = np.repeat(np.arange(B, dtype=np.int64), keep)
-            ct, cj = flat // J, flat % J
+            row = np.repeat(np.arange(B * G, dtype=np.int64), keep)
+            ci = row // G
+            ct, cj = flat // Jg, (row % G) * Jg + flat % Jg
         else:
             ci = post.pair_i
             ct, cj = post.t_idx.astype(np.int64), post.j_idx.astype(np.int64)

@@ -11,7 +11,8 @@ translation grid is centred on each particle's current origin (RELION), the part
 pre-shifted by it.  The E-step is :func:`hpcem.algorithms.estep.estep_batch`: a coarse pass (dense
 SGEMM over the whole grid, or, for local searches, exact pairs over the orientations within
 3 sigma_ang of the current pose with a Gaussian angular prior), the significant set, its children
-(HEALPix order + 1 directions x psi +/- step/4 x translations +/- step/4) evaluated exactly, and the
+(HEALPix order + 1 directions x psi +/- step/4, psi corrected for the child's rot change, x
+translations +/- step/4) evaluated exactly, and the
 accumulated sums ``sum w c X conj(ph)/sigma2``, ``sum w c^2/sigma2`` of every fine orientation, which
 are back-projected per batch (``BackProjector`` per class, padding 2).
 
@@ -29,7 +30,8 @@ per voxel), masked by a soft sphere of the particle diameter.
     ``tau2 = SSNR / <W>`` (noise power of a half map per voxel = ``1/<W>``), which regularises the
     half references.  Resolution = FSC 0.143; next ``r_cur`` = that shell + margin.  HEALPix order +1
     when the resolution stalls while the mean pose changes are below the angular step, or when the
-    step exceeds twice the resolution-driven accuracy ``deg(res / R_particle)``; local searches (sigma_ang = step) from ``auto_local_healpix_order``;
+    step exceeds twice the resolution-driven accuracy ``deg(res / R_particle)`` (but into local searches
+    only once the global search has stalled, or after 5 iterations at that order); local searches (sigma_ang = step) from ``auto_local_healpix_order``;
     converged after two iterations at the finest order without resolution gain and with mean
     changes below the step; then a final iteration at Nyquist combines both halves (SSNR of the
     full map ``2 FSC/(1-FSC)``) into ``run_class001.mrc``.
@@ -41,7 +43,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .estep import RegularChildren, estep_batch
+from .estep import RegularChildren, estep_batch, ragged_arange
 from .map_em import CTF_KEYS, available_memory
 from ..core.ctf import ctf2d
 from ..core.euler import angular_distance, euler_to_matrix
@@ -130,6 +132,14 @@ class Sampling3D:
             self.frot, self.ftilt = self.rot.copy(), self.tilt.copy()
             pdk = np.arange(self.nd)
         self.nfd = self.frot.size
+        # in-plane correction of each fine direction e relative to its parent d: with ZYZ angles a
+        # small change of direction by drot turns the image by ~drot cos(tilt), so the child
+        # (rot_e, tilt_e, psi + dpsi_e) with dpsi_e = (rot_d - rot_e) cos(tilt_e) stays next to its
+        # parent (rot_d, tilt_d, psi) in SO(3); without it, children near the poles are turned
+        # in-plane by up to the rot difference and do not tile the parent's neighbourhood
+        prot = self.rot[pdk]
+        self.dpsi_f = (_wrap180(prot - self.frot) * np.cos(np.deg2rad(self.ftilt))) if oversampling > 0 \
+            else np.zeros(self.nfd)
         self.dchild = np.arange(self.nfd, dtype=np.int64)
         self.dchild_off = np.concatenate([[0], np.cumsum(np.bincount(pdk, minlength=self.nd))]).astype(np.int64)
         self.Jf1 = self.nfd * 2 * self.npsi
@@ -150,7 +160,7 @@ class Sampling3D:
     def fine_euler(self, jf1):
         jf1 = np.asarray(jf1, np.int64)
         e, q = jf1 // (2 * self.npsi), jf1 % (2 * self.npsi)
-        return self.frot[e], self.ftilt[e], self.psi_f[q]
+        return self.frot[e], self.ftilt[e], self.psi_f[q] + self.dpsi_f[e]
 
 
 # ----------------------------------------------------------------------------- one model (a half, or all)
@@ -246,8 +256,9 @@ class Model3D:
         def proj(k, eul):
             A = euler_to_matrix(*eul).astype(np.float32)
             out = np.empty((A.shape[0], M), np.complex64)
-            for s in range(0, A.shape[0], 2048):
-                out[s:s + 2048] = projs[k].project(A[s:s + 2048], r_max=rmax).reshape(-1, n * self.nh)[:, kidx]
+            for s in range(0, A.shape[0], 2048):  # chunks of slices
+                full = projs[k].project(A[s:s + 2048], r_max=rmax).reshape(-1, n * self.nh)
+                np.take(full, kidx, axis=1, out=out[s:s + full.shape[0]])
             return out
 
         def refs_by(idx, J1, euler_of):
@@ -282,11 +293,24 @@ class Model3D:
         t2sum = np.zeros(1)
         r = self.res
         nb = self.X.shape[0]
-        bs = self.batch_size(samp.T, K * samp.Jc1) if local_sigma <= 0 else 256
-        nacc_shell = np.zeros((0,))
+        bs = self.batch_size(samp.T, K * samp.Jc1) if local_sigma <= 0 else 512
+        onehot = np.zeros((M, int(r_cur) + 1), np.float32)   # coefficient -> shell sums
+        onehot[np.arange(M), sh] = 1.0
+        porder = np.arange(nb)
+        if local_sigma > 0:
+            # candidates of every particle at once (the grid's rotation matrices are built once),
+            # and the particles ordered by their nearest grid orientation, so that a batch's
+            # particles share candidate orientations (each projected once per batch)
+            off_all, oi_all, dist_all = local_neighbours(r["rot"], r["tilt"], r["psi"], local_sigma, samp.order,
+                                                         cfg.sym, samp.psi_step, nsigma=3.0)
+            cnt_all = np.diff(off_all)
+            seg = np.repeat(np.arange(nb), cnt_all)
+            o_ = np.lexsort((dist_all, seg))
+            nearest = oi_all[o_[off_all[:-1]]] if nb else np.zeros(0, np.int64)
+            porder = np.argsort(nearest, kind="stable")
         for s0 in range(0, nb, bs):
-            sl = slice(s0, min(nb, s0 + bs))
-            B = sl.stop - sl.start
+            sl = porder[s0:s0 + bs]   # this batch's particles (indices into the rank's block)
+            B = sl.size
             g = self.g_loc[sl]
             o_px = np.stack([r["ox"][sl], r["oy"][sl]], 1) / self.angpix
             X = self.X[sl][:, kidx] * shift_phases(n, o_px).reshape(B, -1)[:, kidx]
@@ -298,9 +322,10 @@ class Model3D:
             lpt_f = -(dt_f ** 2).sum(2) * self.angpix ** 2 / so2
             cand = None
             if local_sigma > 0:
-                off, oi, dist = local_neighbours(r["rot"][sl], r["tilt"][sl], r["psi"][sl], local_sigma,
-                                                 samp.order, cfg.sym, samp.psi_step, nsigma=3.0)
-                cnt = np.diff(off) * samp.T
+                cb = cnt_all[sl]
+                pos = ragged_arange(off_all[sl], cb)
+                off, oi, dist = np.concatenate([[0], np.cumsum(cb)]), oi_all[pos], dist_all[pos]
+                cnt = cb * samp.T
                 pj = np.repeat(oi, samp.T)
                 pt = np.tile(np.arange(samp.T), oi.size)
                 ex = np.repeat(-dist ** 2 / (2.0 * local_sigma ** 2), samp.T)
@@ -311,8 +336,8 @@ class Model3D:
                               phases_c=phc, phases_f=phf, refs_c=refs_c, refs_f=refs_f,
                               children_t=samp.children_t, children_j=samp.children_j,
                               lpt_c=lpt_c.astype(np.float32), lpt_f=lpt_f, lpj_c=lpj_c, lpj_f=lpj_f,
-                              candidates=cand, frac=cfg.frac, maxsig=cfg.maxsig,
-                              remap_j=(None if remap is None else (lambda pi, pj, _s=s0: remap(self.lo + _s + pi, pj))))
+                              candidates=cand, frac=cfg.frac, maxsig=cfg.maxsig, groups=K,
+                              remap_j=(None if remap is None else (lambda pi, pj, _s=sl: remap(self.lo + _s[pi], pj))))
             # back-project the fine sums of this batch
             for k in range(K):  # classes
                 m = np.flatnonzero(res.uniq_j // samp.Jf1 == k)
@@ -325,13 +350,9 @@ class Model3D:
                     A = euler_to_matrix(*samp.fine_euler(res.uniq_j[mm] % samp.Jf1)).astype(np.float32)
                     self.bps[k].insert(D.reshape(-1, n, self.nh), W.reshape(-1, n, self.nh), A, r_max=rmax)
             # statistics
-            per_shell = np.zeros((B, self.nsh))
-            for q in range(int(r_cur) + 1):  # shells
-                mq = sh == q
-                if mq.any():
-                    per_shell[:, q] = res.noise[:, mq].sum(1, dtype=np.float64)
-            np.add.at(noise, g, per_shell)
-            pj_acc = res.pair_j if remap is None else remap(self.lo + s0 + res.pair_i, res.pair_j)
+            per_shell = (res.noise @ onehot).astype(np.float64)
+            np.add.at(noise[:, :onehot.shape[1]], g, per_shell)
+            pj_acc = res.pair_j if remap is None else remap(self.lo + sl[res.pair_i], res.pair_j)
             csum += np.bincount(pj_acc // samp.Jf1, weights=res.weight, minlength=K)[:K]
             dd = o_px[res.pair_i] - samp.t_f[res.pair_t]
             t2sum += np.dot(res.weight.astype(np.float64), (dd ** 2).sum(1) * self.angpix ** 2)
@@ -342,7 +363,7 @@ class Model3D:
             newo = (o_px - samp.t_f[bt]) * self.angpix
             r["ox"][sl], r["oy"][sl] = newo[:, 0], newo[:, 1]
             r["pmax"][sl], r["nsig"][sl], r["loglik"][sl] = res.pmax, res.nsig, res.logZ
-        del nacc_shell, P
+        del P
         return {"noise": noise, "csum": csum, "t2sum": t2sum, "r_cur": r_cur}
 
     def reduce(self, acc):
@@ -556,11 +577,11 @@ def refine_3d(ps, ref, cfg: Map3DConfig, world, outdir, restart=None, log=print,
     for m in models.values():
         m.prepare()
     st = {"iteration": 0, "order": cfg.healpix_order, "r_cur": r0, "resolution": np.inf, "best_shell": 0.0,
-          "n_wo_res": 0, "n_wo_change": 0, "converged": 0}
+          "n_wo_res": 0, "n_wo_change": 0, "converged": 0, "n_at_order": 0}
     mask3 = m0.mask3
     if restart is not None:
         for k in st:
-            st[k] = type(st[k])(restart["global"][k])
+            st[k] = type(st[k])(restart["global"].get(k, st[k]))
         for h, m in models.items():
             hh = restart["half%d" % h]
             m.refs = np.asarray(hh["refs"], np.float32)
@@ -628,10 +649,17 @@ def refine_3d(ps, ref, cfg: Map3DConfig, world, outdir, restart=None, log=print,
         st["n_wo_res"] = 0 if gain else st["n_wo_res"] + 1
         st["n_wo_change"] = st["n_wo_change"] + 1 if small else 0
         need = np.rad2deg(res / radius_A) if np.isfinite(res) else 90.0
+        stalled = st["n_wo_res"] >= 1 and st["n_wo_change"] >= 1
         if order < max_order:
-            if step > 2.0 * need or (st["n_wo_res"] >= 1 and st["n_wo_change"] >= 1):
+            # finer sampling when the step is much coarser than the accuracy the resolution
+            # supports, or when the resolution stalls; but the switch from global to local searches
+            # only once global searching has stalled: a particle still misaligned then stays
+            # misaligned for the rest of the run (local searches cannot bring it back)
+            to_local = order + 1 >= cfg.auto_local_healpix_order and order < cfg.auto_local_healpix_order
+            st["n_at_order"] = st.get("n_at_order", 0) + 1
+            if stalled or (step > 2.0 * need and (not to_local or st["n_at_order"] >= 5)):
                 st["order"] = order + 1
-                st["n_wo_res"] = st["n_wo_change"] = 0
+                st["n_wo_res"] = st["n_wo_change"] = st["n_at_order"] = 0
         elif st["n_wo_res"] >= 2 and st["n_wo_change"] >= 2:
             st["converged"] = 1
         stats = {"iteration": st["iteration"], "r_cur": r_used, "resolution": res, "order": order,
