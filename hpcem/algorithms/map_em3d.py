@@ -19,7 +19,11 @@ are back-projected per batch (``BackProjector`` per class, padding 2).
 M-step: one Allreduce per accumulator (within the half group for refine3d), then
 ``V = data / (weight + 1 / (pad^3 tau2_fudge tau2))`` (the padded accumulators hold pad^3 less weight
 per voxel), masked by a soft sphere of the particle diameter.
-  * class3d: ``tau2`` from the reconstructed references' power (RELION), class priors,
+  * class3d: ``tau2`` of each class estimated from this iteration's sums: power of the
+    unregularised masked reconstruction less its noise power (``<mask^2> / <W>`` per shell, n-box
+    units), zero beyond the E-step's resolution limit (the previous map's power is no estimate
+    there: it had no data beyond the previous limit, so using it kept those shells regularised to
+    zero and the resolution limit could not rise), class priors,
     sigma_offset, sigma2, next resolution limit where ``tau2_fudge tau2 <W>`` (SSNR) drops below 1.
     Initialisation: the first iteration aligns every particle to the low-passed reference and
     back-projects it into a random class (seeded by particle index), so the K starting maps are
@@ -486,11 +490,25 @@ def classify_3d(ps, ref, cfg: Map3DConfig, comm, outdir, restart=None, log=print
             remap = lambda gi, pj: subset[m.idx_all[gi]] * samp.Jf1 + pj % samp.Jf1  # noqa: E731
         if first:
             m.pclass = np.full(K, 1.0 / K)
-        acc = m.e_step(samp, st["r_cur"], remap=remap)
+        r_used_e = int(st["r_cur"])
+        acc = m.e_step(samp, r_used_e, remap=remap)
         t1 = time.time()
         m.reduce(acc)
         m.update_noise_priors(acc)
-        refs = np.stack([m.reconstruct(k, tau2=m.tau2[k], fudge=fudge) * m.mask3 for k in range(K)]).astype(np.float32)
+        # tau2 of each class from this iteration's data: power of the unregularised (masked)
+        # reconstruction less its noise power (1/<W> per n-box voxel, times the mask's mean square).
+        # The previous map's power is no estimate beyond the previous resolution limit (no data was
+        # inserted there, so its power is ~0 and would regularise those shells to zero for ever:
+        # the resolution limit could not rise to where the conformations differ)
+        msq = float(np.mean(m.mask3.astype(np.float64) ** 2))
+        t2 = []
+        for k in range(K):
+            pu = m.power3([m.reconstruct(k, unfil=True) * m.mask3])[0]
+            wn = m.mean_weight(k) * PAD ** 3
+            t2.append(np.where(wn > 0, np.maximum(pu - msq / np.maximum(wn, 1e-300), 0.0), 0.0))
+        t2 = np.asarray(t2)
+        t2[:, r_used_e + 1:] = 0.0
+        refs = np.stack([m.reconstruct(k, tau2=t2[k], fudge=fudge) * m.mask3 for k in range(K)]).astype(np.float32)
         tau2 = m.power3(refs)
         ssnr = cfg.tau2_fudge * tau2 * np.stack([m.mean_weight(k) for k in range(K)]) * PAD ** 3
         res_shell = 0
