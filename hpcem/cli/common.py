@@ -39,3 +39,24 @@ def stamp(path: str, args, extra: dict | None = None) -> None:
 def log(comm, *msg) -> None:
     if comm.rank == 0:
         print(*msg, flush=True)
+
+
+def resolve_continue(args, load_checkpoint_of):
+    """``--continue OPTIMISER_STAR``: load the checkpoint it names (``load_checkpoint_of(path)``),
+    default ``--o`` to its folder and ``--i`` to the run's input; then require both.
+    Returns the checkpoint dict, or None when not continuing."""
+    import os
+
+    from ..errors import InputError
+
+    restart = None
+    if args.continue_:
+        restart = load_checkpoint_of(args.continue_)
+        job = restart.get("job") or {}
+        args.o = args.o or os.path.dirname(os.path.abspath(args.continue_))
+        args.i = args.i or job.get("input")
+    if not args.i:
+        raise InputError("required (or --continue)", field="--i")
+    if not args.o:
+        raise InputError("required (or --continue)", field="--o")
+    return restart

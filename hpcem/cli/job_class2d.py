@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ..errors import InputError
-from .common import add_threads, log, set_threads, stamp
+from .common import add_threads, log, resolve_continue, set_threads, stamp
 
 
 def add_arguments(p):
@@ -79,16 +79,7 @@ def run(args, comm):
 
     set_threads(args.j)
     _validate(args)
-    restart = None
-    if args.continue_:
-        restart = load_checkpoint(checkpoint_of_optimiser(args.continue_))
-        job = restart.get("job") or {}
-        args.o = args.o or os.path.dirname(os.path.abspath(args.continue_))
-        args.i = args.i or job.get("input")
-    if not args.i:
-        raise InputError("required (or --continue)", field="--i")
-    if not args.o:
-        raise InputError("required (or --continue)", field="--o")
+    restart = resolve_continue(args, lambda p: load_checkpoint(checkpoint_of_optimiser(p)))
     cfg = _config(args, restart)
     ps = ParticleSet.read(args.i, angpix=args.angpix or None)
     ps.validate(ctf=cfg.ctf)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ..errors import InputError
-from .common import add_threads, log, set_threads, stamp
+from .common import add_threads, log, resolve_continue, set_threads, stamp
 
 
 def add_common(p, refine: bool):
@@ -138,16 +138,7 @@ def prepare(args, comm, refine):
 
     set_threads(args.j)
     validate(args, refine)
-    restart = None
-    if args.continue_:
-        restart = load_state(checkpoint_of_optimiser(args.continue_))
-        job = restart.get("job") or {}
-        args.o = args.o or os.path.dirname(os.path.abspath(args.continue_))
-        args.i = args.i or job.get("input")
-    if not args.i:
-        raise InputError("required (or --continue)", field="--i")
-    if not args.o:
-        raise InputError("required (or --continue)", field="--o")
+    restart = resolve_continue(args, lambda p: load_state(checkpoint_of_optimiser(p)))
     cfg = make_config(args, restart, refine)
     ps, ref = load_inputs(args, cfg, restart)
     return cfg, ps, ref, restart
