@@ -6,7 +6,6 @@ the target folder and renamed, so a killed run never leaves half a PNG.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import matplotlib
 
@@ -14,20 +13,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .io.atomic import atomic_write  # noqa: E402
+
 
 def _save(fig, path) -> str:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:   # .<name>.tmp-<pid>: --continue removes a killed run's
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -55,6 +55,12 @@ def resolve_continue(args, load_checkpoint_of):
         job = restart.get("job") or {}
         args.o = args.o or os.path.dirname(os.path.abspath(args.continue_))
         args.i = args.i or job.get("input")
+        # a killed run may have left temporary files (never under an output name): remove them
+        # (rank 0 only, the one writer; a live writer's files are kept)
+        from ..io.atomic import remove_stale_temps
+        from ..parallel.comm import get_comm
+        if get_comm().rank == 0:
+            remove_stale_temps(args.o)
     if not args.i:
         raise InputError("required (or --continue)", field="--i")
     if not args.o:
