@@ -129,7 +129,7 @@ class EStepResult:
 
 def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, children_t, children_j,
                 lpt_c, lpt_f, lpj_c, lpj_f, extra_c=None, candidates=None, frac=0.999, maxsig=200,
-                remap_j=None, acc_dtype=np.complex64, groups=1) -> EStepResult:
+                remap_j=None, acc_dtype=np.complex64, groups=1, mc=None) -> EStepResult:
     """E-step of one batch (see the module docstring).
 
     ``X`` complex64 (B, M), ``ctf`` float32 (B, M), ``s_e`` float32 (B, M) likelihood weights
@@ -140,12 +140,28 @@ def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, childre
     ``remap_j(pair_i, pair_j) -> pair_j`` optionally redirects the accumulation (e.g. to the
     particle's initial random class) after the posteriors are computed; ``groups`` (dense mode)
     splits the hypotheses into that many equal consecutive groups (classes), ``maxsig`` applying
-    to each."""
+    to each.  ``mc``: the coarse pass uses only the first ``mc`` coefficients (the caller orders
+    them by resolution shell): beyond the frequency where the coarse angular step moves the
+    particle's edge by more than about a resolution element, the coarse hypotheses nearest the
+    true pose decorrelate from the data and those coefficients only add noise to the coarse
+    scores (RELION's coarse image size); ``refs_c`` / ``phases_c`` may hold just ``mc`` columns."""
     B, M = X.shape
     lpt_c = np.asarray(lpt_c)
+    mc = M if mc is None else int(min(max(mc, 1), M))
+    if mc < M:
+        Xc = np.ascontiguousarray(X[:, :mc])
+        ctfc = np.ascontiguousarray(ctf[:, :mc])
+        s_ec = np.ascontiguousarray(s_e[:, :mc])
+        phc = np.ascontiguousarray(np.asarray(phases_c)[:, :mc])
+    else:
+        Xc, ctfc, s_ec, phc = X, ctf, s_e, phases_c
+
+    def coarse_rows(idx):
+        R = _rows(refs_c, idx)
+        return np.ascontiguousarray(R[:, :mc]) if R.shape[1] > mc else R
     if candidates is None:                                   # ---- dense coarse pass
-        Rc = _rows(refs_c, slice(None)) if not callable(refs_c) else _rows(refs_c, np.arange(len(lpj_c)))
-        d2 = marg.coarse_diff2(X, ctf, s_e, phases_c, Rc)
+        Rc = coarse_rows(slice(None)) if not callable(refs_c) else coarse_rows(np.arange(len(lpj_c)))
+        d2 = marg.coarse_diff2(Xc, ctfc, s_ec, phc, Rc)
         del Rc
         if extra_c is not None:
             d2 -= np.asarray(extra_c, np.float32)[:, None, :]
@@ -185,8 +201,8 @@ def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, childre
         extra = np.zeros(t_idx.size) if extra is None else np.asarray(extra, np.float64)
         pi0 = np.repeat(np.arange(B, dtype=np.int64), np.diff(off))
         uj, inv = np.unique(j_idx, return_inverse=True)
-        Rc = _rows(refs_c, uj)
-        d2 = marg.pair_diff2(X, ctf, s_e, phases_c, Rc, pi0, t_idx, inv.astype(np.int64))
+        Rc = coarse_rows(uj)
+        d2 = marg.pair_diff2(Xc, ctfc, s_ec, phc, Rc, pi0, t_idx, inv.astype(np.int64))
         del Rc
         mlp = d2.astype(np.float64) - lpt_c[pi0, t_idx] - np.asarray(lpj_c, np.float64)[j_idx] - extra
         sp = marg.segment_posteriors(mlp, off, frac)

@@ -215,10 +215,10 @@ def write_refine_iteration(outdir, ps, models, half, sub, world, st, subsets, cu
     save_state(ck, state, job)
     _optimiser(base, outdir, it, cfg.iters, ck, os.path.basename(base + "_half1_model.star"),
                os.path.basename(base + "_data.star"))
-    log("it %3d  order %d%s  r_cur %2d  res %6.2f A  dang %6.2f deg  doff %5.2f A  sig_off %5.2f/%5.2f A  "
+    log("it %3d  order %d%s  T %d  r_cur %2d  res %6.2f A  dang %6.2f deg  doff %5.2f A  sig_off %5.2f/%5.2f A  "
         "nsig %6.1f  (%.1f s, E-step %.1f s)%s" % (
             it, stats["order"], " local %.2f" % stats["local_sigma"] if stats["local_sigma"] > 0 else "",
-            stats["r_cur"], stats["resolution"], stats["changes_orient"], stats["changes_offsets"],
+            stats["n_trans"], stats["r_cur"], stats["resolution"], stats["changes_orient"], stats["changes_offsets"],
             hs[1]["sigma_offset"], hs[2]["sigma_offset"], float(results["nsig"].mean()), stats["t_iter"],
             stats["t_estep"], "  -> converged, final iteration next" if st["converged"] else ""))
 
