@@ -59,6 +59,7 @@ def main():
     ap.add_argument("--healpix_order", type=int, default=2)
     ap.add_argument("--auto_local", type=int, default=4)
     ap.add_argument("--offset_range", type=float, default=5)
+    ap.add_argument("--particle_diameter", type=float, default=120)
     ap.add_argument("--dir", default=None)
     a = ap.parse_args()
     from hpcem.core.filters import lowpass
@@ -80,7 +81,8 @@ def main():
         out = os.path.join(d, "R%d" % nr)
         cmd = hpcem_cmd() + ["refine3d", "--i", star, "--ref", ref, "--o", out, "--ctf", "--ini_high", "30",
                              "--healpix_order", str(a.healpix_order), "--auto_local_healpix_order", str(a.auto_local),
-                             "--offset_range", str(a.offset_range), "--offset_step", "1"]
+                             "--offset_range", str(a.offset_range), "--offset_step", "1",
+                             "--particle_diameter", str(a.particle_diameter)]
         if a.iter:
             cmd += ["--iter", str(a.iter)]
         env = dict(os.environ)
