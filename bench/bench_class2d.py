@@ -4,7 +4,8 @@ Defaults follow the issue: 10,000 particles, 64 px, 3 A/px, CTF (defocus 1-3 um)
 volumes, SNR 0.05, K = 10, 50, 100, --psi_step 10 --offset_range 5 --offset_step 1
 --oversampling 1.  Prints seconds per iteration per K, the coarse_diff2 kernel's GFLOP/s
 against a numpy SGEMM measured here, and the adjusted Rand index after --ari_iter iterations
-at K = 10.  Shrink with --n, --iter, --Ks.
+at K = 10.  Shrink with --n, --iter, --Ks.  For the 1 -> 2 rank efficiency run it again under
+`OMP_NUM_THREADS=1 mpiexec -n 2` and divide the s/iter figures (particles are split across ranks).
 
     python bench/bench_class2d.py --n 2000 --iter 2 --Ks 10,50
 """
@@ -54,6 +55,7 @@ def main(argv=None):
     p.add_argument("--offset_step", type=float, default=1.0)
     a = p.parse_args(argv)
     comm = get_comm()
+    say = print if comm.rank == 0 else (lambda *x, **k: None)   # rank 0 reports
 
     t = time.time()
     d = simulate_dataset(n=a.box, n_particles=a.n, mode="2d", n_views=10, n_volumes=3, snr=0.05, ctf=True,
@@ -64,9 +66,9 @@ def main(argv=None):
     ps = ParticleSet.from_arrays(d.images, d.angpix, defocus_u=c["defocus_u"], defocus_v=c["defocus_v"],
                                  defocus_angle=c["defocus_angle"], voltage=one(c["voltage"]), cs=one(c["cs"]),
                                  amp_contrast=one(c["amp_contrast"]))
-    print("simulated %d particles at %d px in %.1f s" % (a.n, a.box, time.time() - t))
+    say("simulated %d particles at %d px in %.1f s" % (a.n, a.box, time.time() - t))
     sg = sgemm_gflops()
-    print("numpy SGEMM: %.1f GFLOP/s" % sg)
+    say("numpy SGEMM: %.1f GFLOP/s" % sg)
 
     rows = []
     for K in [int(k) for k in a.Ks.split(",")]:
@@ -81,7 +83,7 @@ def main(argv=None):
         for it in range(iters):
             st = m.iterate()
             times.append(st["t_iter"])
-            print("K=%d it %d: %.1f s (E-step %.1f s), r_cur %d, nsig %.0f" % (
+            say("K=%d it %d: %.1f s (E-step %.1f s), r_cur %d, nsig %.0f" % (
                 K, it + 1, st["t_iter"], st["t_estep"], st["r_cur"], st["mean_nsig"]), flush=True)
             if K == 10 and it + 1 == a.ari_iter:
                 score = ari(m.gather_results()["class"], d.classes)
@@ -89,14 +91,14 @@ def main(argv=None):
         rows.append((K, np.mean(times[:a.iter]), np.mean(times[1:a.iter]) if a.iter > 1 else times[0], gf, M,
                      score))
 
-    print("\n%5s %12s %16s %14s %6s %10s %8s" % ("K", "s/iter", "s/iter (it>=2)", "diff2 GFLOP/s", "M",
+    say("\n%5s %12s %16s %14s %6s %10s %8s" % ("K", "s/iter", "s/iter (it>=2)", "diff2 GFLOP/s", "M",
                                                 "of SGEMM", "ARI"))
     for K, tm, tm2, gf, M, score in rows:
-        print("%5d %12.1f %16.1f %14.1f %6d %9.0f%% %8s" % (K, tm, tm2, gf, M, 100 * gf / sg,
+        say("%5d %12.1f %16.1f %14.1f %6d %9.0f%% %8s" % (K, tm, tm2, gf, M, 100 * gf / sg,
                                                         "%.3f" % score if np.isfinite(score) else "-"))
     k10 = [r for r in rows if r[0] == 10]
     if k10:
-        print("headline: K=10 %.1f s/iteration (RELION 5 CPU reference: ~200 s), ARI %.3f, kernel at %.0f%% of SGEMM"
+        say("headline: K=10 %.1f s/iteration (RELION 5 CPU reference: ~200 s), ARI %.3f, kernel at %.0f%% of SGEMM"
               % (k10[0][1], k10[0][5], 100 * k10[0][3] / sg))
 
 
