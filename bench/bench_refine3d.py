@@ -44,6 +44,18 @@ def kernel_gflops(B=128, T=13, J=4608, M=600):
     return marg.coarse_flops(B, T, J, M) / (time.perf_counter() - t) / 1e9
 
 
+def pose_errors(data_star, sim):
+    """Median orientation error (deg) and shift error (px) of a run against the simulated truth."""
+    from hpcem.core.euler import angular_distance, euler_to_matrix
+    from hpcem.io.star import read_star
+
+    p = read_star(data_star)["particles"]
+    A = euler_to_matrix(p["rlnAngleRot"].to_numpy(), p["rlnAngleTilt"].to_numpy(), p["rlnAnglePsi"].to_numpy())
+    ang = angular_distance(A, euler_to_matrix(sim.rot, sim.tilt, sim.psi))
+    o = np.stack([p["rlnOriginXAngst"].to_numpy(), p["rlnOriginYAngst"].to_numpy()], 1)
+    return float(np.median(ang)), float(np.median(np.hypot(*(o - sim.origins_A).T)) / sim.angpix)
+
+
 def hpcem_cmd():
     import shutil
     exe = shutil.which("hpcem", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
@@ -98,8 +110,9 @@ def main():
         its = [float(x) for x in re.findall(r"\((\d+\.\d+) s, E-step", p.stdout)]
         fin = re.findall(r"final: resolution (\S+) A", p.stdout)
         rows[nr] = (wall, len(its), np.mean(its) if its else np.nan, fin[0] if fin else "?")
-        print("%d rank(s): %.1f s total, %d iterations + final, %.1f s per iteration, resolution %s A"
-              % ((nr,) + rows[nr]))
+        ang, sh = pose_errors(os.path.join(out, "run_data.star"), sim)
+        print("%d rank(s): %.1f s total, %d iterations + final, %.1f s per iteration, resolution %s A; "
+              "median orientation error %.2f deg, shift error %.2f px" % ((nr,) + rows[nr] + (ang, sh)))
     if 1 in rows and 2 in rows:
         eff = rows[1][0] / (2 * rows[2][0])
         print("headline: 1->2 rank efficiency %.2f; kernel %.2f of SGEMM" % (eff, kg / sg))
