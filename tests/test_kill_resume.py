@@ -172,17 +172,10 @@ C2D_ITERS, C2D_N = 6, 1200
 
 @pytest.fixture(scope="module")
 def c2d_data(tmp_path_factory):
-    from hpcem.io.particles import write_particle_stack
-    from hpcem.simulate.particles import simulate_dataset
+    from test_class2d import _write   # the class2d tests' data set (10 projection classes, CTF)
 
     tmp = str(tmp_path_factory.mktemp("kill_c2d"))
-    d = simulate_dataset(n=48, n_particles=C2D_N, mode="2d", n_views=10, n_volumes=3, snr=0.05, ctf=True, seed=5)
-    c = d.ctf
-    one = lambda v: float(np.atleast_1d(v)[0])  # noqa: E731
-    star = os.path.join(tmp, "particles.star")
-    write_particle_stack(star, d.images, d.angpix, defocus_u=c["defocus_u"], defocus_v=c["defocus_v"],
-                         defocus_angle=c["defocus_angle"], voltage=one(c["voltage"]), cs=one(c["cs"]),
-                         amp_contrast=one(c["amp_contrast"]))
+    _, star = _write(tmp, 48, C2D_N, seed=5)
     return tmp, star
 
 

@@ -104,7 +104,6 @@ class Children3D:
         k, r = idx // s.Jc1, idx % s.Jc1
         d, p = r // s.npsi, r % s.npsi
         cnt_d = s.dchild_off[d + 1] - s.dchild_off[d]
-        from .estep import ragged_arange
         e = s.dchild[ragged_arange(s.dchild_off[d], cnt_d)]
         rep = np.repeat(np.arange(idx.size), cnt_d)
         base = k[rep] * s.Jf1 + e * 2 * s.npsi + 2 * p[rep]
@@ -308,7 +307,6 @@ class Model3D:
         s_e = (self.hw[kidx][None, :] * 0.5 * inv_s2).astype(np.float32)
         s_a = inv_s2.astype(np.float32)
         so2 = 2.0 * self.sigma_offset ** 2
-        P = PAD * n
         self.bps = [BackProjector(n, pad=PAD) for _ in range(K)]
         noise = np.zeros((self.G, self.nsh))
         csum = np.zeros(K)
@@ -385,7 +383,6 @@ class Model3D:
             newo = (o_px - samp.t_f[bt]) * self.angpix
             r["ox"][sl], r["oy"][sl] = newo[:, 0], newo[:, 1]
             r["pmax"][sl], r["nsig"][sl], r["loglik"][sl] = res.pmax, res.nsig, res.logZ
-        del P
         return {"noise": noise, "csum": csum, "t2sum": t2sum, "r_cur": r_cur}
 
     def reduce(self, acc):
@@ -398,7 +395,6 @@ class Model3D:
 
     def update_noise_priors(self, acc):
         """sigma2 (shells <= r_cur), class priors, sigma_offset from reduced accumulators."""
-        n = self.n
         r_cur = acc["r_cur"]
         cnt = np.bincount(self.shell[self.shell < self.nsh], minlength=self.nsh).astype(np.float64)
         s2 = self.img_power.copy()
@@ -409,7 +405,6 @@ class Model3D:
         self.sigma2 = s2
         self.pclass = acc["csum"] / max(acc["csum"].sum(), 1e-300)
         self.sigma_offset = float(np.sqrt(max(acc["t2sum"][0], 1e-12) / (2.0 * max(self.idx_all.size, 1))))
-        del n
 
     def mean_weight(self, k):
         """Mean back-projected weight per shell (n-box units), symmetry included."""
@@ -696,7 +691,7 @@ def refine_3d(ps, ref, cfg: Map3DConfig, world, outdir, restart=None, log=print,
             # only once global searching has stalled: a particle still misaligned then stays
             # misaligned for the rest of the run (local searches cannot bring it back)
             to_local = order + 1 >= cfg.auto_local_healpix_order and order < cfg.auto_local_healpix_order
-            st["n_at_order"] = st.get("n_at_order", 0) + 1
+            st["n_at_order"] += 1
             if stalled or (step > 2.0 * need and (not to_local or st["n_at_order"] >= 5)):
                 st["order"] = order + 1
                 # the translation grid is centred on each particle's current origin: once the
