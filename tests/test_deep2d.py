@@ -108,20 +108,35 @@ def test_deep2d_strategy1_purer_than_class2d(tmp_path, run_hpcem):
                "--sml_iter", 20, "--ctf", "--offset_range", 3, "--particle_diameter", 0.8 * n * 3.0])
     t_deep = time.time() - t
     for f in ("run_classes.mrcs", "run_data.star", "run_model.star", "run_classes.png", "run_loglik.txt",
-              "map2d/run_it%03d_data.star" % iters, "sml/run_it020_gtm.h5"):
+              "map2d/run_it%03d_data.star" % iters):
         assert os.path.exists(os.path.join(out, f)), f
     data = _star(os.path.join(out, "run_data.star"))
     deep = data["rlnClassNumber"].to_numpy()
     map_data = _star(os.path.join(out, "map2d", "run_it%03d_data.star" % iters))
+    map_cls = map_data["rlnClassNumber"].to_numpy()
     assert np.allclose(data["rlnAnglePsi"], map_data["rlnAnglePsi"])       # GTM ran on the MAP poses
-    assert np.array_equal(data["hpcemMapClassNumber"], map_data["rlnClassNumber"])
+    assert np.array_equal(data["hpcemMapClassNumber"], map_cls)
+    # per-class mode: one GTM per MAP class, its K share proportional to the class size
+    model = _star(os.path.join(out, "run_model.star"), "model_classes")
+    assert len(model) == K and model["rlnClassNumberOfParticles"].sum() == len(deep)
+    for c in np.unique(map_cls):
+        assert os.path.exists(os.path.join(out, "sml", "class%03d" % c, "run_it020_gtm.h5"))
+        mine = model["hpcemMapClassNumber"].to_numpy() == c
+        assert set(deep[map_cls == c]) <= set(np.flatnonzero(mine) + 1)   # sub-classes stay inside
+        assert abs(mine.sum() - K * np.mean(map_cls == c)) <= 1.0
     c2d, t_c2d = _class2d(run_hpcem, star, str(tmp_path / "c2d"), K, iters, n)
+    # ROME's strategy I as printed: one GTM over all the MAP-aligned particles
+    glob_out = str(tmp_path / "global")
+    run_hpcem(["sml", "--i", os.path.join(out, "aligned.star"), "--o", glob_out, "--K", K, "--iter", 20,
+               "--ctf", "--particle_diameter", 0.8 * n * 3.0])
+    p_glob = purity(_star(os.path.join(glob_out, "run_data.star"))["rlnClassNumber"].to_numpy(), label)
     p_deep, p_c2d = purity(deep, label), purity(c2d, label)
-    p_map = purity(map_data["rlnClassNumber"].to_numpy(), label)
+    p_map = purity(map_cls, label)
     print("K=%d, 2400 particles at %d px, 9 (conformation, view) labels: purity deep2d %.3f (%d classes, "
-          "%.1f s: MAP K=10 + GTM) vs class2d %.3f (%d classes, %.1f s, %d it); MAP stage alone %.3f; "
-          "time ratio class2d/deep2d %.2f" % (K, n, p_deep, len(np.unique(deep)), t_deep, p_c2d,
-                                              len(np.unique(c2d)), t_c2d, iters, p_map, t_c2d / t_deep))
+          "%.1f s: MAP K=10 + GTM per MAP class) vs class2d %.3f (%d classes, %.1f s, %d it); MAP stage alone "
+          "%.3f; one global GTM on the same alignment %.3f; time ratio class2d/deep2d %.2f" % (
+              K, n, p_deep, len(np.unique(deep)), t_deep, p_c2d, len(np.unique(c2d)), t_c2d, iters, p_map,
+              p_glob, t_c2d / t_deep))
     assert p_deep > p_c2d + 0.03
     assert p_deep > p_map + 0.02
 
@@ -167,16 +182,32 @@ def test_deep2d_ranks_continue_and_strategy2(tmp_path, run_hpcem):
             for f in os.listdir(os.path.join(oc, "map2d")):
                 if f.startswith(("run_it003", "run_it004")):
                     os.remove(os.path.join(oc, "map2d", f))
-        else:
-            for f in os.listdir(os.path.join(oc, "sml")):
-                if f.startswith(("run_it004", "run_it005", "run_it006", "run_classes", "run_data", "run_model")):
-                    os.remove(os.path.join(oc, "sml", f))
+        else:        # per-class GTM: every MAP class's run cut back to its iteration 3
+            subs = sorted(os.listdir(os.path.join(oc, "sml")))
+            assert subs and all(sd.startswith("class") for sd in subs)
+            for sd in subs:
+                for f in os.listdir(os.path.join(oc, "sml", sd)):
+                    if f.startswith(("run_it004", "run_it005", "run_it006", "run_classes", "run_data", "run_model")):
+                        os.remove(os.path.join(oc, "sml", sd, f))
         p = run_hpcem(["deep2d", "--o", oc, "--continue"])
         assert ("from iteration 2" if cut == "map" else "stage 1 already done") in p.stdout
+        if cut == "sml":
+            assert "resumed at iteration 3" in p.stdout
         cc, _ = _classes(oc)
         ac, _ = read_mrc(os.path.join(oc, "run_classes.mrcs"))
         assert np.array_equal(cc, c1), cut
         assert np.allclose(ac, a1, rtol=1e-4, atol=1e-4 * np.abs(a1).max()), cut
+
+    # --sml_mode global (ROME's strategy I as printed): one GTM over all MAP-aligned particles,
+    # the same as `hpcem sml` on aligned.star with the same settings
+    og = str(tmp_path / "global")
+    run_hpcem(["deep2d", "--i", star, "--o", og, "--sml_mode", "global"] + SMALL)
+    assert os.path.exists(os.path.join(og, "sml", "run_it006_gtm.h5"))
+    assert np.array_equal(_star(os.path.join(og, "aligned.star"))["rlnAnglePsi"], d1["rlnAnglePsi"])
+    cg, _ = _classes(og)
+    run_hpcem(["sml", "--i", os.path.join(og, "aligned.star"), "--o", str(tmp_path / "g2"), "--K", 16, "--iter", 6,
+               "--ctf", "--particle_diameter", 0.8 * 32 * 3.0, "--random_seed", 2])
+    assert np.array_equal(cg, _classes(str(tmp_path / "g2"))[0])
 
     # strategy II on the deep2d output: each selected class alone, only its particles
     sizes = np.bincount(c1)
@@ -199,5 +230,21 @@ def test_deep2d_bad_input(tmp_path, run_hpcem):
     star, _, _ = views_conformations(str(tmp_path), n=16, N=40, with_poses=False)
     p = run_hpcem(["deep2d", "--i", star, "--o", str(tmp_path / "x"), "--sml_K", 1000], check=False)
     assert p.returncode == 2 and "--sml_K" in p.stderr and "40 particles" in p.stderr
+    p = run_hpcem(["deep2d", "--i", star, "--o", str(tmp_path / "y"), "--map2d_K", 8, "--sml_K", 4], check=False)
+    assert p.returncode == 2 and "--sml_K" in p.stderr and "per_class" in p.stderr
     p = run_hpcem(["deep2d", "--o", str(tmp_path / "nothing"), "--continue"], check=False)
     assert p.returncode == 2 and "--continue" in p.stderr
+
+
+def test_allocate_classes():
+    from hpcem.algorithms.deep2d import allocate_classes
+
+    k = allocate_classes([700, 200, 100], 10)
+    assert k.tolist() == [7, 2, 1]
+    k = allocate_classes([5000, 3, 1, 996], 200)        # tiny classes keep one class, sum stays K
+    assert k.sum() == 200 and k[1] == 1 and k[2] == 1 and k[0] > 4 * k[3] - 5
+    k = allocate_classes([2, 1, 1], 50)                 # never more classes than particles
+    assert k.tolist() == [2, 1, 1]
+    assert allocate_classes([10, 10, 10], 3).tolist() == [1, 1, 1]
+    with pytest.raises(ValueError):
+        allocate_classes([10, 10, 10], 2)

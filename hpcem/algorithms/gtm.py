@@ -51,9 +51,11 @@ Class averages (eq 17)
 
 Parallelism
     Coefficients are split over ranks (``block_range``); every rank holds all N particles
-    for its block.  Per iteration one ``allreduce_`` sums the partial distances (N x K);
-    responsibilities are then identical everywhere and the per-pixel solves need no
-    communication.
+    for its block.  Per iteration the partial distances (N x K) are summed by one
+    Reduce_scatter into particle-row blocks, each rank computes the responsibilities of its
+    rows, and one Allgatherv gives every rank all of them (together the volume of one
+    Allreduce, with the softmax split rather than repeated); responsibilities are then
+    identical everywhere and the per-pixel solves need no communication.
 """
 from __future__ import annotations
 
@@ -282,7 +284,7 @@ class GTM:
         Xf -= mean
         tot = np.array([float((Xf.astype(np.float64) ** 2).sum()) / max(len(sub) - 1, 1)])
         comm.allreduce_(tot)
-        p = rank_L + 6
+        p = max(1, min(rank_L + 6, len(sub)))      # a class of a few particles has fewer directions
         Vfull = np.random.default_rng(cfg.seed + 1).normal(size=(2 * self.D, p)).astype(np.float32)
         V = np.ascontiguousarray(Vfull[2 * self.d0:2 * self.d1])
         for _ in range(6):
@@ -292,13 +294,16 @@ class GTM:
             V = (Xf.T @ U.astype(np.float32)).astype(np.float64)
             Gm = np.ascontiguousarray(V.T @ V)
             comm.allreduce_(Gm)
-            Lc = np.linalg.cholesky(Gm + 1e-12 * np.trace(Gm) * np.eye(p))
+            Lc = np.linalg.cholesky(Gm + (1e-12 * np.trace(Gm) + 1e-30) * np.eye(p))
             V = np.linalg.solve(Lc, V.T).T.astype(np.float32)
         U = np.ascontiguousarray(Xf @ V, dtype=np.float64)
         comm.allreduce_(U)
         Uu, S, Vt = np.linalg.svd(U, full_matrices=False)
         V = V.astype(np.float64) @ Vt.T                      # principal directions (this block)
         lam = S ** 2 / max(len(sub) - 1, 1)
+        if p < rank_L + 1:                                   # pad: no variance along missing directions
+            V = np.concatenate([V, np.zeros((V.shape[0], rank_L + 1 - p))], axis=1)
+            lam = np.concatenate([lam, np.zeros(rank_L + 1 - p)])
         return mean, sw, V, lam, float(tot[0])
 
     def initialise(self) -> GTMState:
@@ -325,7 +330,7 @@ class GTM:
         G1 = np.ones((self.K, Dl), np.float32)
         lam_ls = 1e-3 * float(self.K) / self.M
         W = gtm_solve(self.Phi, G1, np.ascontiguousarray(Y, dtype=np.complex64), lam_ls)
-        resid = max(total - float(lam[:L].sum()), 1e-6 * total)
+        resid = max(total - float(lam[:L].sum()), 1e-6 * total, 1e-6 * self.D_eff)
         beta = self.D_eff / resid
         self.log("  PCA: top eigenvalues %s, 1/beta0 = %.4g" % (
             np.array2string(lam[:L + 1] / self.D_eff, precision=3), 1.0 / beta))
@@ -336,7 +341,8 @@ class GTM:
         return self.Phi.astype(np.complex64) @ W           # (K, Dl)
 
     def e_step(self, st: GTMState):
-        """Distances (one allreduce) -> responsibilities R (N, K) float32 in place."""
+        """Distances (summed over the pixel blocks of all ranks) -> responsibilities R (N, K)
+        float32, identical on every rank."""
         Dl = self.d1 - self.d0
         Y = self.predictions(st.W)
         Ymat = np.empty((self.K, 3 * Dl), np.float32)
@@ -344,9 +350,18 @@ class GTM:
         Ymat[:, 1:2 * Dl:2] = -2.0 * Y.imag
         Ymat[:, 2 * Dl:] = Y.real ** 2 + Y.imag ** 2
         delta = gtm_distances(self.Z, Ymat)
-        self.comm.allreduce_(delta)
-        logZ, rdelta, kmax, rmax = gtm_responsibilities(delta, self.a, st.beta)
-        N = len(logZ)
+        comm, N = self.comm, delta.shape[0]
+        if comm.size == 1:
+            logZ, rdelta, kmax, rmax = gtm_responsibilities(delta, self.a, st.beta)
+        else:
+            # partial distances summed straight into row blocks (Reduce_scatter); every rank
+            # turns its block into responsibilities; Allgatherv gives all ranks all of R (the
+            # volume of one Allreduce, and the softmax is split instead of repeated)
+            r0, r1 = block_range(N, comm.size, comm.rank)
+            mine = comm.reduce_scatter_rows(delta)
+            part = gtm_responsibilities(mine, self.a[r0:r1], st.beta)
+            comm.allgather_rows(mine, delta)
+            logZ, rdelta, kmax, rmax = (comm.allgather_rows(x) for x in part)
         ll = float(logZ.sum()) - N * math.log(self.K) + 0.5 * N * self.D_eff * math.log(st.beta / (2 * math.pi))
         return delta, logZ, rdelta, kmax, rmax, ll
 

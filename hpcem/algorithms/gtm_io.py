@@ -202,5 +202,5 @@ def run_gtm(ps, comm, cfg: GTMConfig, outdir: str, log=print, resume: dict | Non
         paths = write_outputs(outdir, ps, model, st, averages, kmax, rmax, logZ)
         write_loglik(outdir, st.history)
     comm.barrier()
-    return {"classes": kmax + 1, "rmax": rmax, "loglik": ll, "history": st.history,
+    return {"classes": kmax + 1, "rmax": rmax, "logZ": logZ, "loglik": ll, "history": st.history,
             "averages": averages, "paths": paths, "K": model.K}

@@ -43,6 +43,9 @@ def add_arguments(p):
     g = p.add_argument_group("stage 2: statistical manifold learning (GTM)")
     g.add_argument("--sml_K", type=int, default=1000, help="number of GTM classes (latent grid points)")
     g.add_argument("--sml_iter", type=int, default=None, help="GTM iterations (default 30)")
+    g.add_argument("--sml_mode", choices=("per_class", "global"), default=None,
+                   help="per_class (default): one GTM inside each MAP class, --sml_K shared in proportion "
+                        "to the class sizes; global: ROME's strategy I as printed, one GTM over all particles")
     g.add_argument("--dimension", type=int, default=2, choices=(1, 2, 3), help="latent grid dimension")
     g.add_argument("--basis", type=int, default=0,
                    help="Gaussian basis functions along the longest latent axis (0: 1.5 sqrt(side))")
@@ -67,6 +70,9 @@ def _configs(args, ps):
     for flag, ok in checks:
         if not ok:
             raise InputError("invalid value", field=flag)
+    if (args.sml_mode or "per_class") == "per_class" and args.sml_K < args.map2d_K:
+        raise InputError("--sml_mode per_class needs at least one GTM class per MAP class (--map2d_K %d)"
+                         % args.map2d_K, field="--sml_K")
     if args.sml_K > ps.n or args.map2d_K > ps.n:
         raise InputError("more classes than the %d particles" % ps.n, file=args.i,
                          field="--sml_K" if args.sml_K > ps.n else "--map2d_K")
@@ -118,19 +124,22 @@ def run(args, comm):
             mc = replace(mc, iters=max(mc.iters, args.map2d_iter))
         if args.sml_iter is not None:
             sc.iters = max(sc.iters, args.sml_iter)
+        mode = stored.get("sml_mode", "global")      # runs from before the per-class mode were global
     else:
         mc, sc = _configs(args, ps)
+        mode = args.sml_mode or "per_class"
     ps.validate(ctf=mc.ctf)
     if ps.box < 8:
         raise InputError("box %d is too small" % ps.box, file=args.i, field="rlnImageSize")
     log(comm, "hpcem deep2d: %d particles, box %d, %.3f A/px, MAP K %d x %d iterations -> GTM K %d x %d "
-        "iterations, ctf %s, %d rank(s)" % (ps.n, ps.box, ps.angpix, mc.K, mc.iters, sc.K, sc.iters,
-                                            "on" if mc.ctf else "off", comm.size))
+        "iterations (%s), ctf %s, %d rank(s)" % (ps.n, ps.box, ps.angpix, mc.K, mc.iters, sc.K, sc.iters,
+                                                 mode, "on" if mc.ctf else "off", comm.size))
     job = {"input": os.path.abspath(args.i), "angpix": args.angpix, "argv": getattr(args, "_argv", None)}
     if comm.rank == 0 and stored is None:
         stamp(os.path.join(args.o, "job.json"), args, dict(input=job["input"], angpix=args.angpix,
-                                                          map2d_config=asdict(mc), sml_config=sc.to_dict()))
+                                                          map2d_config=asdict(mc), sml_config=sc.to_dict(),
+                                                          sml_mode=mode))
     comm.barrier()
     deep_classify_2d(ps, mc, sc, comm, args.o, resume=stored is not None, log=lambda *m: log(comm, *m),
-                     job=job, memory_limit_gb=args.memory_gb)
+                     job=job, memory_limit_gb=args.memory_gb, sml_mode=mode)
     return 0
