@@ -1,8 +1,11 @@
-"""Deep 2D classification, ROME strategy I: reference-free MAP alignment with the class2d
-engine (--map2d_K classes, --map2d_iter iterations, into --o/map2d/), then statistical
-manifold learning (GTM, --sml_K classes, --sml_iter iterations, into --o/sml/) of the
-particles put into their MAP class frames (rlnAnglePsi, rlnOriginXAngst/YAngst of the
-final MAP iteration).  Final files in --o: run_classes.mrcs (CTF-corrected Wiener-type
+"""Deep 2D classification (ROME): reference-free MAP alignment with the class2d engine
+(--map2d_K classes, --map2d_iter iterations, into --o/map2d/), then statistical manifold
+learning (GTM, --sml_K classes, --sml_iter iterations) of the particles put into their MAP
+class frames (rlnAnglePsi, rlnOriginXAngst/YAngst of the final MAP iteration).  By default
+(--sml_mode per_class) one GTM runs inside each MAP class, into --o/sml/classNNN/, with the
+--sml_K classes shared in proportion to the class populations; --sml_mode global is ROME's
+strategy I as printed, one GTM over all particles into --o/sml/ (see DESIGN_NOTES.md for
+the purity measured with each).  Final files in --o: run_classes.mrcs (CTF-corrected Wiener-type
 averages, ROME eq 17), run_data.star (MAP poses, rlnClassNumber of the GTM class,
 rlnMaxValueProbDistribution; the MAP class as hpcemMapClassNumber), run_model.star (class
 sizes), run_classes.png (montage sorted by class size), run_loglik.txt, aligned.star.
