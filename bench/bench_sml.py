@@ -5,6 +5,8 @@ per-pixel solve kernel's throughput, and GFLOP/s against a measured SGEMM/DGEMM 
     python bench/bench_sml.py --n 4000 --K 100,300  # reduced
     mpiexec -n 2 python bench/bench_sml.py --n 4000 # pixel split over 2 ranks (rank 0 prints)
     python bench/bench_sml.py --n 2000 --class2d    # + class2d at K = 100, 300 (K = 1000 extrapolated)
+    python bench/bench_sml.py --K 100,300,1000 --class2d --class2d_iters 2 --class2d_offset_range 3
+                                                    # the issue's comparison on the same 20,000 particles
 
 Prints one table; its last line is the headline: growth of the iteration time from the
 smallest to the largest K (exponent of a power-law fit).
@@ -38,8 +40,13 @@ def main(argv=None) -> int:
     p.add_argument("--K", default="100,300,1000", help="comma-separated class counts")
     p.add_argument("--iters", type=int, default=2, help="timed iterations per K")
     p.add_argument("--j", type=int, default=0, help="OpenMP threads")
+    p.add_argument("--scaling", action="store_true",
+                   help="run this benchmark (GTM part) on 1 rank and under mpiexec -n 2, one OpenMP thread "
+                        "per rank, and print the 1 -> 2 rank efficiency per K")
     add_class2d_flags(p)
     args = p.parse_args(argv)
+    if args.scaling:
+        return scaling(args)
 
     from hpcem import _core
     from hpcem.algorithms.gtm import GTM, GTMConfig, GTMState
@@ -130,11 +137,42 @@ def main(argv=None) -> int:
 
 
 
+# ----------------------------------------------------------------------------- rank scaling
+def scaling(args) -> int:
+    """GTM seconds per iteration on 1 rank and on 2 ranks (pixels split), 1 thread each."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    base = [sys.executable, os.path.abspath(__file__), "--n", str(args.n), "--box", str(args.box), "--K", args.K,
+            "--iters", str(args.iters), "--j", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    per = {}
+    for nr in (1, 2):
+        cmd = base if nr == 1 else ["mpiexec", "-n", "2"] + base
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if p.returncode:
+            print(p.stdout[-2000:], p.stderr[-2000:])
+            return 1
+        per[nr] = {int(m.group(1)): float(m.group(2))
+                   for m in re.finditer(r"^\s*(\d+)\s+\d+\s+([0-9.]+)\s", p.stdout, re.M)}
+        print("%d rank(s), 1 thread each: %s" % (nr, ", ".join("K=%d %.3f s/iter" % kv for kv in sorted(per[nr].items()))),
+              flush=True)
+    for K in sorted(per[1]):
+        if K in per[2]:
+            print("headline: K=%d, 1 -> 2 ranks: %.3f -> %.3f s/iter, speed-up %.2f, efficiency %.2f" % (
+                K, per[1][K], per[2][K], per[1][K] / per[2][K], per[1][K] / (2 * per[2][K])))
+    return 0
+
+
 # ----------------------------------------------------------------------------- class2d comparison
 def add_class2d_flags(p) -> None:
     g = p.add_argument_group("comparison with class2d (MAP-EM) on the same particles")
     g.add_argument("--class2d", action="store_true", help="also time class2d and compare purity")
     g.add_argument("--class2d_K", default="100,300", help="class2d class counts (K = 1000 is extrapolated)")
+    g.add_argument("--class2d_offset_range", type=float, default=5.0,
+                   help="class2d translation search range in pixels (step 1; RELION's default 5)")
     g.add_argument("--class2d_iters", type=int, default=3,
                    help="class2d iterations per K; iteration 1 (all hypotheses significant) is not timed")
     g.add_argument("--purity_iters", type=int, default=15,
@@ -183,7 +221,8 @@ def class2d_comparison(args, ps, sim, comm, say, gtm_s_per_iter: dict) -> None:
             if hit:
                 times.append(float(hit.group(1)))
 
-        cfg = Class2DConfig(K=K, iters=args.class2d_iters, ctf=True, psi_step=10.0, offset_range=5.0,
+        cfg = Class2DConfig(K=K, iters=args.class2d_iters, ctf=True, psi_step=10.0,
+                            offset_range=args.class2d_offset_range,
                             offset_step=1.0, ini_high=ini_high, particle_diameter=0.8 * args.box * sim.angpix)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
@@ -200,9 +239,9 @@ def class2d_comparison(args, ps, sim, comm, say, gtm_s_per_iter: dict) -> None:
         p_gtm = _purity(g["classes"], label)
         rows.append((K, per_it, p_c2d, p_gtm, t_g / max(args.purity_iters, 1)))
     say("")
-    say("class2d on the same %d particles (%d px, poses dropped; psi 10 deg, offsets +/-5 px step 1, "
+    say("class2d on the same %d particles (%d px, poses dropped; psi 10 deg, offsets +/-%g px step 1, "
         "oversampling 1; resolution limit %.1f shells = the GTM's), purity against the %d (volume, view) labels"
-        % (ps.n, args.box, gtm_shell, len(np.unique(label))))
+        % (ps.n, args.box, args.class2d_offset_range, gtm_shell, len(np.unique(label))))
     say("%6s %14s %14s %10s %16s %12s" % ("K", "class2d s/it", "GTM s/it", "ratio", "class2d purity",
                                           "GTM purity"))
     for K, c, pc, pg, tg in rows:

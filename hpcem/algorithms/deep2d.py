@@ -120,6 +120,7 @@ def _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_dir: str, outdir: st
     assign, rmax, logZ = np.zeros(N, np.int64), np.zeros(N), np.zeros(N)
     averages, history, model_rows = [], {}, []
     offset, total_ll = 0, 0.0
+    biggest = int(labels[np.argmax(sizes)])   # its run logs in full: memory plan, PCA, iterations
     for c, n_c, K_c in zip(labels, sizes, Ks):
         idx = np.flatnonzero(map_classes == c)
         sub_dir = os.path.join(sml_dir, "class%03d" % c)
@@ -129,7 +130,9 @@ def _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_dir: str, outdir: st
             gres = read_checkpoint(gck) if gck is not None else None
         cfg = replace(sml_cfg, K=int(K_c))
         t = time.time()
-        out = run_gtm(aligned.subset(idx), comm, cfg, sub_dir, log=lambda *m: None, resume=gres,
+        sub_log = (lambda *m, c=c: log("   [MAP class %d] %s" % (c, " ".join(str(x) for x in m)))) \
+            if c == biggest else (lambda *m: None)
+        out = run_gtm(aligned.subset(idx), comm, cfg, sub_dir, log=sub_log, resume=gres,
                       memory_limit_gb=memory_limit_gb, extra=dict(extra, map_class=int(c)))
         log("   MAP class %3d: %5d particles -> %3d GTM classes, %d non-empty, loglik %.6e%s (%.1f s)" % (
             c, n_c, K_c, len(np.unique(out["classes"])), out["loglik"],
@@ -153,8 +156,8 @@ def _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_dir: str, outdir: st
     if comm.rank == 0:
         _write_combined(outdir, aligned, assign, rmax, logZ, averages, model_rows, hist)
     comm.barrier()
-    return {"classes": assign + 1, "rmax": rmax, "loglik": total_ll, "history": hist, "averages": averages, "K": offset,
-        "class_sizes": sizes, "gtm_classes_per_map_class": Ks}
+    return {"classes": assign + 1, "rmax": rmax, "loglik": total_ll, "history": hist, "averages": averages,
+            "K": offset, "class_sizes": sizes, "gtm_classes_per_map_class": Ks}
 
 
 def _write_combined(outdir, aligned, assign, rmax, logZ, averages, model_rows, hist) -> None:
