@@ -21,18 +21,25 @@ def hpcem_command():
     return [exe] if exe else [sys.executable, "-m", "hpcem.cli.main"]
 
 
+def hpcem_cli(args, n_ranks=1):
+    """(command, environment) of `hpcem ARGS`, under `mpiexec -n N` when N > 1, with one OpenMP
+    thread per rank under MPI (two on one rank) unless the caller's environment sets it."""
+    cmd = hpcem_command() + [str(a) for a in args]
+    if n_ranks > 1:
+        exe = mpiexec_path()
+        if exe is None:
+            pytest.fail("mpiexec not found: install hpcem with the [mpich] extra")
+        cmd = [exe, "-n", str(n_ranks)] + cmd
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1" if n_ranks > 1 else "2")
+    return cmd, env
+
+
 @pytest.fixture
 def run_hpcem():
     """Run the real `hpcem` CLI (optionally under `mpiexec -n N`) and return the CompletedProcess."""
     def _run(args, n_ranks=1, cwd=None, check=True, env=None):
-        cmd = hpcem_command() + [str(a) for a in args]
-        if n_ranks > 1:
-            exe = mpiexec_path()
-            if exe is None:
-                pytest.fail("mpiexec not found: install hpcem with the [mpich] extra")
-            cmd = [exe, "-n", str(n_ranks)] + cmd
-        e = dict(os.environ)
-        e.setdefault("OMP_NUM_THREADS", "1" if n_ranks > 1 else "2")
+        cmd, e = hpcem_cli(args, n_ranks)
         if env:
             e.update(env)
         p = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=1200)

@@ -28,7 +28,7 @@ import h5py
 import mrcfile
 import numpy as np
 import pytest
-from conftest import hpcem_command, mpiexec_path
+from conftest import hpcem_cli
 
 from hpcem.io.mrc import read_mrc
 from hpcem.io.star import read_star
@@ -39,23 +39,12 @@ PNG_END = b"IEND\xaeB`\x82"
 
 
 # --------------------------------------------------------------------------- helpers
-def _env(n_ranks):
-    e = dict(os.environ)
-    e.setdefault("OMP_NUM_THREADS", "1" if n_ranks > 1 else "2")
-    return e
-
-
 def _start(args, n_ranks, cwd, log):
     """Start `hpcem ARGS` (under `mpiexec -n N` when N > 1) in a new session (its own process group)."""
-    cmd = hpcem_command() + [str(a) for a in args]
-    if n_ranks > 1:
-        exe = mpiexec_path()
-        if exe is None:
-            pytest.fail("mpiexec not found: install hpcem with the [mpich] extra")
-        cmd = [exe, "-n", str(n_ranks)] + cmd
+    cmd, env = hpcem_cli(args, n_ranks)
     f = open(log, "w")
     try:
-        return subprocess.Popen(cmd, cwd=cwd, env=_env(n_ranks), stdout=f, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     finally:
         f.close()
@@ -189,8 +178,8 @@ def _c2d_result(outdir, it):
 def c2d_straight(c2d_data):
     tmp, star = c2d_data
     out = os.path.join(tmp, "straight")
-    cmd = hpcem_command() + [str(a) for a in ["class2d", "--i", star, "--o", out, "--iter", C2D_ITERS] + C2D]
-    p = subprocess.run(cmd, cwd=tmp, env=_env(1), capture_output=True, text=True, timeout=1200)
+    cmd, env = hpcem_cli(["class2d", "--i", star, "--o", out, "--iter", C2D_ITERS] + C2D)
+    p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return out
 

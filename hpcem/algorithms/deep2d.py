@@ -113,8 +113,7 @@ def _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_dir: str, outdir: st
 
     from .gtm_io import read_checkpoint, run_gtm
 
-    labels = np.unique(map_classes)
-    sizes = np.array([np.sum(map_classes == c) for c in labels])
+    labels, sizes = np.unique(map_classes, return_counts=True)
     Ks = allocate_classes(sizes, sml_cfg.K)
     N = aligned.n
     assign, rmax, logZ = np.zeros(N, np.int64), np.zeros(N), np.zeros(N)
@@ -202,6 +201,8 @@ def deep_classify_2d(ps, map_cfg, sml_cfg, comm, outdir: str, resume: bool = Fal
     from .map_em import Class2DConfig, classify_2d
     from .map_em_io import load_checkpoint
 
+    if sml_mode not in ("per_class", "global"):
+        raise ValueError("sml_mode must be 'per_class' or 'global'")
     map_dir, sml_dir = os.path.join(outdir, "map2d"), os.path.join(outdir, "sml")
     if comm.rank == 0:
         os.makedirs(map_dir, exist_ok=True)
@@ -239,38 +240,34 @@ def deep_classify_2d(ps, map_cfg, sml_cfg, comm, outdir: str, resume: bool = Fal
 
     # ---------------------------------------------------------------- stage 2: GTM
     t0 = time.time()
+    # GTM checkpoints only count when the alignment they were made from was already final
+    gtm_resume = resume and map_done
+    extra = dict(job or {}, stage="deep2d/sml")
     if sml_mode == "per_class":
         log("== stage 2: GTM inside each of the %d MAP classes, K = %d in all, %d iterations -> %s/classNNN" % (
             len(np.unique(map_classes)), sml_cfg.K, sml_cfg.iters, sml_dir))
-        # GTM checkpoints only count when the alignment they were made from was already final
-        out = _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_dir, outdir, resume and map_done, log,
-                             dict(job or {}, stage="deep2d/sml"), memory_limit_gb)
+        # writes the combined final files to outdir itself
+        out = _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_dir, outdir, gtm_resume, log, extra,
+                             memory_limit_gb)
         t_sml = time.time() - t0
-        log("== deep2d: %d particles -> %d non-empty of %d classes (MAP %.1f s, GTM %.1f s); wrote %s/run_*" % (
-            ps.n, len(np.unique(out["classes"])), out["K"], t_map, t_sml, outdir))
-        out.update(map_classes=map_classes, t_map=t_map, t_sml=t_sml, map_iterations=it)
-        return out
-    if sml_mode != "global":
-        raise ValueError("sml_mode must be 'per_class' or 'global'")
-    # GTM checkpoints only count when the alignment they were made from was already final
-    git, gck = newest(os.path.join(sml_dir, "run_it*_gtm.h5")) if resume and map_done else (0, None)
-    gres = None
-    if gck is not None:
-        gres = read_checkpoint(gck)
-        sml_cfg = type(sml_cfg)(**dict(gres["config"], iters=max(sml_cfg.iters, gres["iteration"])))
-    log("== stage 2: GTM, K = %d, %d iterations%s -> %s" % (
-        sml_cfg.K, sml_cfg.iters, " (from iteration %d)" % git if gres else "", sml_dir))
-    out = run_gtm(aligned, comm, sml_cfg, sml_dir, log=log, resume=gres, memory_limit_gb=memory_limit_gb,
-                  extra=dict(job or {}, stage="deep2d/sml"))
-    t_sml = time.time() - t0
-
-    # ---------------------------------------------------------------- stage 3: final files
-    if comm.rank == 0:
-        for name in FINAL_FILES:
-            src = os.path.join(sml_dir, name)
-            if os.path.exists(src):
-                _copy(src, os.path.join(outdir, name))
-    comm.barrier()
+    else:
+        git, gck = newest(os.path.join(sml_dir, "run_it*_gtm.h5")) if gtm_resume else (0, None)
+        gres = None
+        if gck is not None:
+            gres = read_checkpoint(gck)
+            sml_cfg = type(sml_cfg)(**dict(gres["config"], iters=max(sml_cfg.iters, gres["iteration"])))
+        log("== stage 2: GTM, K = %d, %d iterations%s -> %s" % (
+            sml_cfg.K, sml_cfg.iters, " (from iteration %d)" % git if gres else "", sml_dir))
+        out = run_gtm(aligned, comm, sml_cfg, sml_dir, log=log, resume=gres, memory_limit_gb=memory_limit_gb,
+                      extra=extra)
+        t_sml = time.time() - t0
+        # ------------------------------------------------------------ stage 3: final files
+        if comm.rank == 0:
+            for name in FINAL_FILES:
+                src = os.path.join(sml_dir, name)
+                if os.path.exists(src):
+                    _copy(src, os.path.join(outdir, name))
+        comm.barrier()
     log("== deep2d: %d particles -> %d non-empty of %d classes (MAP %.1f s, GTM %.1f s); wrote %s/run_*" % (
         ps.n, len(np.unique(out["classes"])), out["K"], t_map, t_sml, outdir))
     out.update(map_classes=map_classes, t_map=t_map, t_sml=t_sml, map_iterations=it)
