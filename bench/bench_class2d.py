@@ -22,24 +22,36 @@ from hpcem.metrics import adjusted_rand_index as ari
 
 def kernel_gflops(model, r_cur: int, B: int = 256) -> tuple[float, int]:
     """coarse_diff2 GFLOP/s on the model's sampling at radius r_cur; returns (rate, M)."""
-    from hpcem import marginalise_api as marg
+    from hpcem import kernels
+    from hpcem.estep import coefficients
 
-    model.r_cur = r_cur
-    kidx = np.flatnonzero(model.shell <= r_cur)
-    Rc, _, phc, _ = model._hypotheses(kidx)
-    B = min(B, model.X.shape[0])
-    X = np.ascontiguousarray(model.X[:B][:, kidx])
-    c = np.ascontiguousarray(model.C[:B][:, kidx])
+    kidx = coefficients(model.parts.shell, r_cur)
+    model.space.refs = model.refs
+    Rc, _ = model.space.begin(kidx, kidx.size, r_cur + 1.0, r_cur + 1.0)
+    phc, _ = model.trans.phases(model.n, kidx)
+    B = min(B, model.parts.size)
+    X, c = model.parts.batch(np.arange(B), kidx, np.zeros((B, 2)))
     s = np.ones(X.shape, np.float32)
-    marg.coarse_diff2(X, c, s, phc, Rc)
+    kernels.coarse_diff2(X, c, s, phc, Rc)
     t = time.perf_counter()
-    marg.coarse_diff2(X, c, s, phc, Rc)
+    kernels.coarse_diff2(X, c, s, phc, Rc)
     dt = time.perf_counter() - t
-    return marg.coarse_flops(B, phc.shape[0], Rc.shape[0], len(kidx)) / dt / 1e9, len(kidx)
+    return kernels.coarse_flops(B, phc.shape[0], Rc.shape[0], len(kidx)) / dt / 1e9, len(kidx)
+
+
+def iterate(model) -> dict:
+    """One iteration as the job driver runs it (E-step, reduce, M-step), timed."""
+    t0 = time.time()
+    acc = model.e_step()
+    t1 = time.time()
+    model.reduce(acc)
+    st = model.m_step(acc)
+    st.update(t_estep=t1 - t0, t_iter=time.time() - t0, mean_nsig=st["mean_nsig"])
+    return st
 
 
 def main(argv=None):
-    from hpcem.algorithms.map_em import Class2D, Class2DConfig
+    from hpcem.algorithms.map_em.class2d import Class2D, Class2DConfig
     from hpcem.io.particles import ParticleSet
     from hpcem.parallel import get_comm
     from hpcem.simulate.particles import simulate_dataset
@@ -81,12 +93,12 @@ def main(argv=None):
         m.initialise()
         times, score = [], float("nan")
         for it in range(iters):
-            st = m.iterate()
+            st = iterate(m)
             times.append(st["t_iter"])
             say("K=%d it %d: %.1f s (E-step %.1f s), r_cur %d, nsig %.0f" % (
                 K, it + 1, st["t_iter"], st["t_estep"], st["r_cur"], st["mean_nsig"]), flush=True)
             if K == 10 and it + 1 == a.ari_iter:
-                score = ari(m.gather_results()["class"], d.classes)
+                score = ari(m.state()["results"]["class"], d.classes)
         gf, M = kernel_gflops(m, r_cur=a.box // 4)
         rows.append((K, np.mean(times[:a.iter]), np.mean(times[1:a.iter]) if a.iter > 1 else times[0], gf, M,
                      score))

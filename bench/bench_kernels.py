@@ -16,7 +16,7 @@ import time
 import numpy as np
 from common import best_time, sgemm_gflops
 
-from hpcem import _core, kernels
+from hpcem import kernels
 from hpcem.core.euler import random_rotations
 
 
@@ -116,7 +116,7 @@ def main():
     args = ap.parse_args()
     scale = 0.25 if args.quick else 1.0
     batches = {64: 5000, 128: 2000, 256: 500}
-    print(f"hpcem kernels: CPU threads {_core.max_threads()}")
+    print(f"hpcem kernels: CPU threads {kernels.max_threads()}")
     g = sgemm_gflops()
     print(f"numpy SGEMM 2048^3 float32: {g:.1f} GFLOP/s (reference ceiling)")
     bw = stream_gbs()
@@ -124,7 +124,7 @@ def main():
     rows = [bench_box(n, max(8, int(B * scale))) for n, B in batches.items()]
     table(rows, "CPU (C++/OpenMP), r_max = n/2, pad 2, complex128 accumulators")
     gpu_rows = None
-    if kernels._cuda is not None and kernels._cuda.device_count() > 0:
+    if kernels.has_cuda():
         try:
             import cupy as cp
 

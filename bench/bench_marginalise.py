@@ -1,4 +1,4 @@
-"""Benchmark of the marginalisation kernels (hpcem.marginalise_api) on class2d shapes.
+"""Benchmark of the marginalisation kernels (hpcem.kernels.marginalise) on class2d shapes.
 
 Prints numpy's float32 matmul rate (2048^3) as the SGEMM yardstick, then coarse_diff2
 GFLOP/s (flops = 2*(B*T)*(2M)*J + 2*B*M*J) with the ratio to that yardstick, then the
@@ -12,8 +12,7 @@ import time
 
 import numpy as np
 
-from hpcem import _core
-from hpcem import marginalise_api as mg
+from hpcem import kernels as mg
 
 
 def best_of(fn, reps=3):
@@ -49,7 +48,7 @@ def main(quick: bool = False):
     b = rng.random((n, n), dtype=np.float32)
     sg_flops = 2 * n**3
     sgemm = sg_flops / best_of(lambda: a @ b, 5) / 1e9
-    print(f"threads: {_core.max_threads()} (OpenMP)")
+    print(f"threads: {mg.max_threads()} (OpenMP)")
     print(f"numpy float32 matmul {n}^3: {sgemm:.1f} GFLOP/s")
     print("(per row: SGEMM re-measured alternately with the kernel, best of 3 each, so a")
     print(" drifting machine load affects both sides of the ratio alike)")

@@ -30,7 +30,7 @@ def sgemm_gflops(m=2048, k=2048, n=2048, reps=3):
 
 
 def kernel_gflops(B=128, T=13, J=4608, M=600):
-    from hpcem import marginalise_api as marg
+    from hpcem import kernels as marg
 
     rng = np.random.default_rng(0)
     X = (rng.standard_normal((B, M)) + 1j * rng.standard_normal((B, M))).astype(np.complex64)

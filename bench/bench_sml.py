@@ -48,16 +48,16 @@ def main(argv=None) -> int:
     if args.scaling:
         return scaling(args)
 
-    from hpcem import _core
-    from hpcem.algorithms.gtm import GTM, GTMConfig, GTMState
-    from hpcem.gtm_api import gtm_accumulate, gtm_solve, gtm_solve_flops
+    from hpcem import kernels
+    from hpcem.algorithms.rome.gtm import GTM, GTMConfig, GTMState
+    from hpcem.kernels import gtm_accumulate, gtm_solve, gtm_solve_flops
     from hpcem.io.particles import ParticleSet
     from hpcem.parallel import get_comm
     from hpcem.simulate import simulate_dataset
 
     comm = get_comm()
     if args.j > 0:
-        _core.set_threads(args.j)
+        kernels.set_threads(args.j)
     say = (lambda *m: print(*m, flush=True)) if comm.rank == 0 else (lambda *m: None)
     Ks = [int(k) for k in args.K.split(",")]
     t = time.perf_counter()
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
                                  defocus_v=sim.ctf["defocus_v"], defocus_angle=sim.ctf["defocus_angle"],
                                  rot=sim.rot, tilt=sim.tilt, psi=sim.psi, origins=sim.origins_A)
     say("simulated %d particles at %d px in %.1f s; %d rank(s), %d OpenMP threads" % (
-        args.n, args.box, time.perf_counter() - t, comm.size, _core.max_threads()))
+        args.n, args.box, time.perf_counter() - t, comm.size, kernels.max_threads()))
     sg, dg = gemm_rate(np.float32), gemm_rate(np.float64)
     say("BLAS (scipy) SGEMM %.1f GFLOP/s, DGEMM %.1f GFLOP/s (2048^3)" % (sg, dg))
 
@@ -179,12 +179,6 @@ def add_class2d_flags(p) -> None:
                    help="GTM iterations for the purity comparison (class2d purity is after --class2d_iters)")
 
 
-def _purity(assign, truth) -> float:
-    assign, truth = np.asarray(assign), np.asarray(truth)
-    return float(np.mean([np.bincount(truth[assign == k]).max() / np.sum(assign == k)
-                          for k in np.unique(assign)]))
-
-
 def _powerlaw(xs, ys, x):
     """Least-squares power law through (xs, ys) evaluated at x; returns (value, exponent)."""
     lx, ly = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
@@ -201,10 +195,13 @@ def class2d_comparison(args, ps, sim, comm, say, gtm_s_per_iter: dict) -> None:
     import re
     import tempfile
 
-    from hpcem.algorithms.gtm import GTMConfig
-    from hpcem.algorithms.gtm_io import run_gtm
-    from hpcem.algorithms.map_em import Class2DConfig, classify_2d
+    from hpcem.algorithms.map_em.class2d import Class2D, Class2DConfig
+    from hpcem.algorithms.rome.gtm import GTMConfig
+    from hpcem.algorithms.rome.sml import run_sml
     from hpcem.io.particles import ParticleSet
+    from hpcem.metrics import purity
+    from hpcem.runtime.driver import run_iterations
+    from hpcem.runtime.output import OutputRoot
 
     label = np.asarray(sim.classes)
     raw = ParticleSet.from_arrays(sim.images, sim.angpix, defocus_u=sim.ctf["defocus_u"],
@@ -226,17 +223,18 @@ def class2d_comparison(args, ps, sim, comm, say, gtm_s_per_iter: dict) -> None:
                             offset_step=1.0, ini_high=ini_high, particle_diameter=0.8 * args.box * sim.angpix)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            model = classify_2d(raw, cfg, comm, tmp, log=grab)
+            model = run_iterations(Class2D(raw, cfg, comm, grab), OutputRoot(tmp), comm, grab)
             wall = time.perf_counter() - t
-            res = model.gather_results()
+            res = model.state()["results"]
         timed = times[1:] if len(times) > 1 else times
         per_it = float(np.median(timed)) if timed else wall / max(args.class2d_iters, 1)
-        p_c2d = _purity(res["class"], label)
+        p_c2d = purity(res["class"], label)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            g = run_gtm(ps, comm, GTMConfig(K=K, iters=args.purity_iters, ctf=True), tmp, log=lambda *m: None)
+            g = run_sml(ps, comm, GTMConfig(K=K, iters=args.purity_iters, ctf=True), OutputRoot(tmp),
+                        log=lambda *m: None)
             t_g = time.perf_counter() - t
-        p_gtm = _purity(g["classes"], label)
+        p_gtm = purity(g["classes"], label)
         rows.append((K, per_it, p_c2d, p_gtm, t_g / max(args.purity_iters, 1)))
     say("")
     say("class2d on the same %d particles (%d px, poses dropped; psi 10 deg, offsets +/-%g px step 1, "

@@ -11,16 +11,13 @@
 #include <algorithm>
 #include <cmath>
 
+#include "fourier_index.hpp"  // fft_freq, fft_index, freq_min, freq_max
+
 namespace py = pybind11;
 using cfloat = std::complex<float>;
 
 template <typename T>
 using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-// frequency of row/slice index i in an FFT-ordered axis of length n
-inline int fft_freq(int i, int n) { return i <= (n - 1) / 2 ? i : i - n; }
-// index of frequency f in an FFT-ordered axis of length n
-inline int fft_index(int f, int n) { return f >= 0 ? f : f + n; }
 
 inline void require(bool ok, const std::string& msg) {
   if (!ok) throw std::invalid_argument(msg);
@@ -30,6 +27,7 @@ inline void require(bool ok, const std::string& msg) {
 void register_project(py::module_& m);
 void register_backproject(py::module_& m);
 void register_marginalise(py::module_& m);
+void register_marginalise_posteriors(py::module_& m);  // called by register_marginalise
 void register_gtm(py::module_& m);
 
 // ---------------------------------------------------------------------------
@@ -39,9 +37,7 @@ void register_gtm(py::module_& m);
 // (P, P/2+1) [y, x] (2D). Representable frequencies along the FFT-ordered axes
 // are fmin(P) .. fmax(P); along x, 0 .. P/2. A trilinear corner outside these
 // ranges holds zero (project) and receives nothing (backproject), so the two
-// kernels stay exact adjoints.
-inline int freq_min(int P) { return -(P / 2); }
-inline int freq_max(int P) { return (P - 1) / 2; }
+// kernels stay exact adjoints (freq_min / freq_max: fourier_index.hpp).
 
 // Sample position of the 2D frequency (kx, ky) under a pose: p = pad * A^T (kx, ky, 0).
 // Coefficients precomputed per slice: px = cx0*kx + cx1*ky, etc.

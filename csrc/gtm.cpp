@@ -17,7 +17,8 @@
 //     the most likely latent point and its responsibility.
 //   gtm_accumulate: RZ = R^T Z (K x 3D), the M-step sums G and H (SGEMM, double accumulation
 //     over particle blocks).
-// The GEMMs are OpenBLAS's, borrowed from scipy.linalg.cython_blas (no link-time BLAS).
+// The GEMMs are OpenBLAS's, borrowed from scipy.linalg.cython_blas (csrc/blas.hpp).
+#include "blas.hpp"
 #include "common.hpp"
 
 #include <omp.h>
@@ -28,43 +29,7 @@
 
 namespace {
 
-using sgemm_fn = void (*)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
-                          float*, float*, int*);
-using dgemm_fn = void (*)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
-                          double*, double*, int*);
-
-void* blas_symbol(const char* name) {
-  py::object capi = py::module_::import("scipy.linalg.cython_blas").attr("__pyx_capi__");
-  py::object cap = capi[name];
-  PyObject* c = cap.ptr();
-  void* p = PyCapsule_GetPointer(c, PyCapsule_GetName(c));
-  if (!p) throw py::error_already_set();
-  return p;
-}
-
-sgemm_fn gtm_sgemm() {
-  static sgemm_fn f = nullptr;  // resolved under the GIL
-  if (!f) f = reinterpret_cast<sgemm_fn>(blas_symbol("sgemm"));
-  return f;
-}
-
-dgemm_fn gtm_dgemm() {
-  static dgemm_fn f = nullptr;
-  if (!f) f = reinterpret_cast<dgemm_fn>(blas_symbol("dgemm"));
-  return f;
-}
-
-// Row-major C (m x n) = alpha * op(A) * op(B) + beta * C via the column-major BLAS:
-// C^T = op(B)^T op(A)^T. ta/tb: whether A (m x k stored as k x m) / B (k x n stored as n x k)
-// are transposed in row-major terms.
-template <typename T, typename F>
-void gemm_rm(F f, bool ta, bool tb, int m, int n, int k, T alpha, const T* A, int lda,
-             const T* B, int ldb, T beta, T* C, int ldc) {
-  if (m <= 0 || n <= 0) return;
-  char opb = tb ? 'T' : 'N', opa = ta ? 'T' : 'N';
-  f(&opb, &opa, &n, &m, &k, &alpha, const_cast<T*>(B), &ldb, const_cast<T*>(A), &lda, &beta,
-    C, &ldc);
-}
+using hpcem_blas::gemm_rm;
 
 // In-place Cholesky of the lower triangle of a (M x M row-major, double). false if not SPD.
 bool cholesky(double* a, int M) {
@@ -120,7 +85,7 @@ py::array_t<cfloat> gtm_solve(const carray<float>& Phi, const carray<float>& G,
   const float* g = G.data();
   const float* h = reinterpret_cast<const float*>(H.data());
   float* w = reinterpret_cast<float*>(Wout.mutable_data());
-  const dgemm_fn f = gtm_dgemm();
+  const hpcem_blas::dgemm_t f = hpcem_blas::blas().dgemm;
   int n_fail = 0;
   {
     py::gil_scoped_release nogil;
@@ -211,7 +176,7 @@ py::array_t<float> gtm_distances(const carray<float>& Z, const carray<float>& Y,
   const float* z = Z.data();
   const float* y = Y.data();
   float* o = out.mutable_data();
-  const sgemm_fn f = gtm_sgemm();
+  const hpcem_blas::sgemm_t f = hpcem_blas::blas().sgemm;
   {
     py::gil_scoped_release nogil;
     if (L == 0) {
@@ -286,7 +251,7 @@ py::array_t<double> gtm_accumulate(const carray<float>& R, const carray<float>& 
   double* o = out.mutable_data();
   const float* r = R.data();
   const float* z = Z.data();
-  const sgemm_fn f = gtm_sgemm();
+  const hpcem_blas::sgemm_t f = hpcem_blas::blas().sgemm;
   {
     py::gil_scoped_release nogil;
     std::fill(o, o + (size_t)K * L, 0.0);

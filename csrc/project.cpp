@@ -1,6 +1,6 @@
 // project: padded 3D Fourier volume + poses -> 2D Fourier slices (trilinear),
 // and padded 2D references + in-plane rotations -> rotated 2D transforms (bilinear).
-// Layout and conventions: csrc/common.hpp, hpcem/core/fourier.py, hpcem/kernels.py.
+// Layout and conventions: csrc/common.hpp, hpcem/core/fourier.py, hpcem/kernels/projection.py.
 #include "common.hpp"
 #include <omp.h>
 

@@ -1,6 +1,6 @@
 // CUDA twin of csrc/gtm.cpp (GTM / ROME manifold-learning kernels). Device pointers in
 // (cupy .data.ptr), sizes as plain integers, a cudaStream_t as uintptr_t; every entry point
-// returns "" on success, else the CUDA error (see cuda/gtm_bind.cpp, hpcem/gtm_api.py).
+// returns "" on success, else the CUDA error (see cuda/gtm_bind.cpp, hpcem/kernels/gtm.py).
 // No cuBLAS: the products run in one register-tiled GEMM kernel (templated on operand and
 // accumulator types and on the operand layouts).
 //
@@ -13,26 +13,25 @@
 //   gtm_distances:        out (N x K) float = Z (N x L) @ Ymat^T (K x L)
 //   gtm_responsibilities: in place, one block per particle, log-sum-exp in double
 //   gtm_accumulate:       out (K x L) double = R^T (K x N) @ Z (N x L), double accumulation
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <string>
 
+#include "cuda_common.cuh"
+
 namespace hpcem_gtm {
 namespace {
+
+using hpcem_cu::err;
+using hpcem_cu::last;
+using hpcem_cu::P_;
+using hpcem_cu::stream_of;
 
 constexpr int TM = 64, TN = 64, TK = 16;  // tile rows, cols, k per step
 constexpr int THREADS = 256;              // 16 x 16 threads, 4 x 4 outputs each
 constexpr long MAX_GRID_Y = 65535;
-
-std::string err(cudaError_t e) { return e == cudaSuccess ? std::string() : cudaGetErrorString(e); }
-std::string last() { return err(cudaGetLastError()); }
-
-template <typename T>
-T* P_(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 // C[m, n] = sum_k opA(m, k) opB(k, n) for m < rows, n < cols, accumulated in TC.
 //   opA(m, k) = AT ? A[k*lda + m] : A[m*lda + k]
@@ -301,7 +300,7 @@ __global__ void k_responsibilities(float* __restrict__ dl, const double* __restr
 // W (M, D) complex64 = per pixel (Phi^T diag(G[:,d]) Phi + lam I)^{-1} Phi^T H[:,d]
 std::string gtm_solve(uintptr_t Phi, uintptr_t G, uintptr_t H, long K, long M, long D, double lam,
                       long chunk, uintptr_t Wout, uintptr_t stream) {
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  cudaStream_t st = stream_of(stream);
   if (D == 0 || M == 0) return "";
   const long Mp = M * (M + 1) / 2;
   // auto: packed A and B chunks near 256 MiB
@@ -353,7 +352,7 @@ std::string gtm_solve(uintptr_t Phi, uintptr_t G, uintptr_t H, long K, long M, l
 // out (N, K) float32 = Z (N, L) @ Ymat^T
 std::string gtm_distances(uintptr_t Z, uintptr_t Y, long N, long L, long K, uintptr_t out,
                           uintptr_t stream) {
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  cudaStream_t st = stream_of(stream);
   if (N == 0 || K == 0) return "";
   if (L == 0) return err(cudaMemsetAsync(P_<void>(out), 0, sizeof(float) * N * K, st));
   gemm<float, float, float, false, true>(N, K, L, P_<const float>(Z), L, P_<const float>(Y), L,
@@ -365,7 +364,7 @@ std::string gtm_distances(uintptr_t Z, uintptr_t Y, long N, long L, long K, uint
 std::string gtm_responsibilities(uintptr_t delta, uintptr_t a, long N, long K, double beta,
                                  uintptr_t logZ, uintptr_t rdelta, uintptr_t kmax, uintptr_t rmax,
                                  uintptr_t stream) {
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  cudaStream_t st = stream_of(stream);
   if (N == 0) return "";
   const int nt = K >= 256 ? 256 : (K >= 64 ? 128 : 32);
   k_responsibilities<<<(unsigned)N, nt, 0, st>>>(P_<float>(delta), P_<const double>(a), (int)K,
@@ -377,7 +376,7 @@ std::string gtm_responsibilities(uintptr_t delta, uintptr_t a, long N, long K, d
 // out (K, L) float64 = R^T (K, N) @ Z (N, L), accumulated in double
 std::string gtm_accumulate(uintptr_t R, uintptr_t Z, long N, long K, long L, uintptr_t out,
                            uintptr_t stream) {
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  cudaStream_t st = stream_of(stream);
   if (K == 0 || L == 0) return "";
   if (N == 0) return err(cudaMemsetAsync(P_<void>(out), 0, sizeof(double) * K * L, st));
   gemm<float, float, double, true, false>(K, L, N, P_<const float>(R), K, P_<const float>(Z), L,

@@ -1,6 +1,6 @@
 // pybind11 registration of the CUDA GTM kernels (cuda/gtm.cu). module_cuda.cpp calls
 // register_gtm_cuda(m); arguments are device pointers (cupy .data.ptr), sizes and a stream
-// handle, like the other _cuda entry points. hpcem/gtm_api.py checks the arrays first.
+// handle, like the other _cuda entry points. hpcem/kernels/gtm.py checks the arrays first.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>

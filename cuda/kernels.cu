@@ -1,17 +1,18 @@
 // CUDA twins of csrc/project.cpp and csrc/backproject.cpp: same geometry, same
 // interpolation weights, device pointers in. Back-projection uses atomicAdd
 // (float or double accumulators; double atomics need sm_60+).
-#include <cuda_runtime.h>
 #include <cstdint>
 #include <string>
+
+#include "cuda_common.cuh"
 #include "launchers.hpp"
 
 namespace {
 
-__host__ __device__ inline int fft_freq(int i, int n) { return i <= (n - 1) / 2 ? i : i - n; }
-__host__ __device__ inline int fft_index(int f, int n) { return f >= 0 ? f : f + n; }
-__host__ __device__ inline int fmin_of(int P) { return -(P / 2); }
-__host__ __device__ inline int fmax_of(int P) { return (P - 1) / 2; }
+using hpcem_cu::blocks;
+using hpcem_cu::last;
+using hpcem_cu::P_;
+using hpcem_cu::stream_of;
 
 // p = pad * A^T (kx, ky, 0) (3D) or pad * A^T (kx, ky) (2D); returns false outside r_max
 __device__ inline bool slice_point(const double* A, bool three_d, float pad, int kx, int ky, double r_max,
@@ -40,7 +41,7 @@ __global__ void k_project(const float2* __restrict__ vol, int P, int K_or_0, con
   const int iy = int((t / nh) % n);
   const long b = t / (long(nh) * n);
   const int ky = fft_freq(iy, n);
-  const int Ph = P / 2 + 1, fmin = fmin_of(P), fmax = fmax_of(P);
+  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
   float px, py, pz;
   float2 acc = make_float2(0.f, 0.f);
   if (slice_point(rot + (three_d ? 9 : 4) * b, three_d, pad, kx, ky, r_max, px, py, pz)) {
@@ -86,7 +87,7 @@ __global__ void k_backproject(const float2* __restrict__ S, const float* __restr
   const int iy = int((t / nh) % n);
   const long b = t / (long(nh) * n);
   const int ky = fft_freq(iy, n);
-  const int Ph = P / 2 + 1, fmin = fmin_of(P), fmax = fmax_of(P);
+  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
   float px, py, pz;
   if (!slice_point(rot + (three_d ? 9 : 4) * b, three_d, pad, kx, ky, r_max, px, py, pz)) return;
   float2 v = S[t];
@@ -127,7 +128,7 @@ __global__ void k_symmetrise(const T* __restrict__ D, const T* __restrict__ Wt, 
   const int iy = int((t / Ph) % P);
   const int iz = int(t / (long(Ph) * P));
   const double kz = fft_freq(iz, P), ky = fft_freq(iy, P);
-  const int fmin = fmin_of(P), fmax = fmax_of(P);
+  const int fmin = freq_min(P), fmax = freq_max(P);
   double dr = 0, di = 0, ws = 0;
   if (kx * kx + ky * ky + kz * kz <= r_pad * r_pad) {
     for (int g = 0; g < G; ++g) {
@@ -168,14 +169,6 @@ __global__ void k_symmetrise(const T* __restrict__ D, const T* __restrict__ Wt, 
   Wo[t] = T(ws);
 }
 
-std::string check(const char* what) {
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return std::string(what) + ": " + cudaGetErrorString(e);
-  return {};
-}
-
-inline unsigned blocks(long total, int threads) { return unsigned((total + threads - 1) / threads); }
-
 }  // namespace
 
 namespace hpcem_cuda {
@@ -184,40 +177,49 @@ std::string project(uintptr_t vol, int P, uintptr_t rot, uintptr_t idx, long B, 
                     bool three_d, uintptr_t out, uintptr_t stream) {
   const long total = B * n * long(n / 2 + 1);
   if (total == 0) return {};
-  k_project<<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
-      (const float2*)vol, P, 0, (const double*)rot, (const int64_t*)idx, B, n, r_max, float(pad), three_d,
-      (float2*)out);
-  return check("project");
+  k_project<<<blocks(total, 256), 256, 0, stream_of(stream)>>>(
+      P_<const float2>(vol), P, 0, P_<const double>(rot), P_<const int64_t>(idx), B, n, r_max, float(pad),
+      three_d, P_<float2>(out));
+  return last("project");
+}
+
+template <typename T>
+static void launch_backproject(uintptr_t slices, uintptr_t weights, uintptr_t rot, uintptr_t idx, long B, int n,
+                               uintptr_t data, uintptr_t weight, int P, double r_max, double pad, bool three_d,
+                               uintptr_t stream) {
+  const long total = B * n * long(n / 2 + 1);
+  k_backproject<T><<<blocks(total, 256), 256, 0, stream_of(stream)>>>(
+      P_<const float2>(slices), P_<const float>(weights), P_<const double>(rot), P_<const int64_t>(idx), B, n,
+      P_<T>(data), P_<T>(weight), P, r_max, float(pad), three_d);
 }
 
 std::string backproject(uintptr_t slices, uintptr_t weights, uintptr_t rot, uintptr_t idx, long B, int n,
                         uintptr_t data, uintptr_t weight, int P, bool dbl, double r_max, double pad, bool three_d,
                         uintptr_t stream) {
-  const long total = B * n * long(n / 2 + 1);
-  if (total == 0) return {};
+  if (B * n * long(n / 2 + 1) == 0) return {};
   if (dbl)
-    k_backproject<double><<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
-        (const float2*)slices, (const float*)weights, (const double*)rot, (const int64_t*)idx, B, n, (double*)data,
-        (double*)weight, P, r_max, float(pad), three_d);
+    launch_backproject<double>(slices, weights, rot, idx, B, n, data, weight, P, r_max, pad, three_d, stream);
   else
-    k_backproject<float><<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
-        (const float2*)slices, (const float*)weights, (const double*)rot, (const int64_t*)idx, B, n, (float*)data,
-        (float*)weight, P, r_max, float(pad), three_d);
-  return check("backproject");
+    launch_backproject<float>(slices, weights, rot, idx, B, n, data, weight, P, r_max, pad, three_d, stream);
+  return last("backproject");
+}
+
+template <typename T>
+static void launch_symmetrise(uintptr_t data, uintptr_t weight, uintptr_t out_data, uintptr_t out_weight, int P,
+                              uintptr_t ops, int G, double r_pad, uintptr_t stream) {
+  const long total = long(P) * P * (P / 2 + 1);
+  k_symmetrise<T><<<blocks(total, 256), 256, 0, stream_of(stream)>>>(
+      P_<const T>(data), P_<const T>(weight), P_<T>(out_data), P_<T>(out_weight), P, P_<const double>(ops), G,
+      r_pad);
 }
 
 std::string symmetrise3d(uintptr_t data, uintptr_t weight, uintptr_t out_data, uintptr_t out_weight, int P,
                          uintptr_t ops, int G, double r_pad, bool dbl, uintptr_t stream) {
-  const long total = long(P) * P * (P / 2 + 1);
   if (dbl)
-    k_symmetrise<double><<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
-        (const double*)data, (const double*)weight, (double*)out_data, (double*)out_weight, P, (const double*)ops, G,
-        r_pad);
+    launch_symmetrise<double>(data, weight, out_data, out_weight, P, ops, G, r_pad, stream);
   else
-    k_symmetrise<float><<<blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
-        (const float*)data, (const float*)weight, (float*)out_data, (float*)out_weight, P, (const double*)ops, G,
-        r_pad);
-  return check("symmetrise3d");
+    launch_symmetrise<float>(data, weight, out_data, out_weight, P, ops, G, r_pad, stream);
+  return last("symmetrise3d");
 }
 
 int device_count() {

@@ -1,27 +1,30 @@
-// CUDA twin of csrc/marginalise.cpp (marginalisation kernels of the MAP-EM E-step).
+// CUDA twin of csrc/marginalise.cpp and csrc/posteriors.cpp (marginalisation kernels of the
+// MAP-EM E-step).
 // Device pointers in (cupy .data.ptr), sizes as plain integers; every launcher returns an
 // empty string on success, else the CUDA error. No cuBLAS: the cross term runs in a
 // register-tiled GEMM whose operand loader forms y = (s c X) conj(ph_t) on the fly, so the
 // (B*T) x 2M operand is never stored. Same maths as the CPU file:
 //   diff2(i,t,j) = A_i + Q_ij - 2 Re sum_k y_itk conj(R_jk),  A_i = sum s|X|^2,
 //   Q = (s c^2) @ |R|^2.
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <string>
 
+#include "cuda_common.cuh"
 #include "marginalise_cuda.hpp"
 
 namespace hpcem_marg {
 namespace {
 
+using hpcem_cu::err;
+using hpcem_cu::last;
+using hpcem_cu::P_;
+using hpcem_cu::stream_of;
+
 constexpr int TM = 64, TN = 64, TKF = 16;  // tile rows, cols, k (floats) per step
 constexpr int THREADS = 256;               // 16 x 16 threads, 4 x 4 outputs each
-
-std::string err(cudaError_t e) { return e == cudaSuccess ? std::string() : cudaGetErrorString(e); }
-std::string last() { return err(cudaGetLastError()); }
 
 // prep: W = s c X (B,M) complex, SC2 = s c^2 (B,M), A_i = sum s |X|^2 (one block per particle)
 __global__ void k_prep_particles(const float2* __restrict__ X, const float* __restrict__ c,
@@ -179,11 +182,14 @@ __global__ void k_accumulate(const float2* __restrict__ X, const float* __restri
 }
 
 // per particle (one block): log posterior lp = -diff2 + lpt + lpj over n = T*J;
-// logZ (double), pmax, flat argmax; optional dense probabilities (B, T*J) float.
+// logZ (double), pmax, flat argmax (first maximum); optional dense probabilities (B, T*J)
+// double. As csrc/posteriors.cpp summarise(): p = exp(lp - max) / sum, 0 where
+// lp - max <= -50; a particle whose maximum is not finite (all -inf / NaN, or +inf) gets
+// logZ = -inf, pmax = 0 and p = 0 (argmax still the first maximum, -1 if none).
 __global__ void k_logsumexp(const float* __restrict__ d, const float* __restrict__ lpt,
                             const float* __restrict__ lpj, int T, int J,
                             double* __restrict__ logZ, double* __restrict__ pmax,
-                            int64_t* __restrict__ arg, float* __restrict__ prob) {
+                            int64_t* __restrict__ arg, double* __restrict__ prob) {
   const int i = blockIdx.x;
   const long n = (long)T * J;
   const float* di = d + (size_t)i * n;
@@ -224,28 +230,26 @@ __global__ void k_logsumexp(const float* __restrict__ d, const float* __restrict
     __syncthreads();
   }
   sum = sv[0];
-  const double lz = mx + log(sum);
+  const bool ok = am >= 0 && isfinite(mx);
+  const double inv = ok ? 1.0 / sum : 0.0;
   if (threadIdx.x == 0) {
-    logZ[i] = lz;
-    pmax[i] = 1.0 / sum;
+    logZ[i] = ok ? mx + log(sum) : -INFINITY;
+    pmax[i] = inv;
     arg[i] = am;
   }
   if (prob) {
     for (long q = threadIdx.x; q < n; q += blockDim.x) {
-      const double v = (double)lpt[(size_t)i * T + q / J] + lpj[q % J] - di[q] - lz;
-      prob[(size_t)i * n + q] = v > -100.0 ? (float)exp(v) : 0.f;
+      const double v = (double)lpt[(size_t)i * T + q / J] + lpj[q % J] - di[q] - mx;
+      prob[(size_t)i * n + q] = (ok && v > -50.0) ? exp(v) * inv : 0.0;
     }
   }
 }
-
-template <typename T>
-T* P_(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 }  // namespace
 
 std::string coarse_diff2(uintptr_t X, uintptr_t ctf, uintptr_t s, uintptr_t ph, uintptr_t R,
                          long B, long T, long J, long M, uintptr_t out, uintptr_t stream) {
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  cudaStream_t st = stream_of(stream);
   if (B == 0 || T == 0 || J == 0) return "";
   float2 *W = nullptr;
   float *SC2 = nullptr, *R2 = nullptr, *A = nullptr, *Q = nullptr;
@@ -285,7 +289,7 @@ std::string pair_diff2(uintptr_t X, uintptr_t ctf, uintptr_t s, uintptr_t ph, ui
                        uintptr_t pi, uintptr_t pt, uintptr_t pj, long P, uintptr_t out,
                        uintptr_t stream) {
   if (P == 0) return "";
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  cudaStream_t st = stream_of(stream);
   const long threads = P * 32;
   k_pair_diff2<<<(unsigned)((threads + THREADS - 1) / THREADS), THREADS, 0, st>>>(
       P_<const float2>(X), P_<const float>(ctf), P_<const float>(s), P_<const float2>(ph),
@@ -299,7 +303,7 @@ std::string accumulate(uintptr_t X, uintptr_t ctf, uintptr_t s, uintptr_t ph, ui
                        uintptr_t data, bool data_double, uintptr_t weight, bool weight_double,
                        uintptr_t noise, uintptr_t stream) {
   if (P == 0) return "";
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  cudaStream_t st = stream_of(stream);
   const int th = M >= 256 ? 256 : 128;
 #define HPCEM_MARG_ACC(TD, TW)                                                                   \
   k_accumulate<TD, TW><<<(unsigned)P, th, 0, st>>>(                                             \
@@ -318,11 +322,11 @@ std::string logsumexp(uintptr_t diff2, uintptr_t lpt, uintptr_t lpj, long B, lon
                       uintptr_t logZ, uintptr_t pmax, uintptr_t arg, uintptr_t prob,
                       uintptr_t stream) {
   if (B == 0) return "";
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  cudaStream_t st = stream_of(stream);
   k_logsumexp<<<(unsigned)B, THREADS, 0, st>>>(P_<const float>(diff2), P_<const float>(lpt),
                                                P_<const float>(lpj), (int)T, (int)J,
                                                P_<double>(logZ), P_<double>(pmax),
-                                               P_<int64_t>(arg), P_<float>(prob));
+                                               P_<int64_t>(arg), P_<double>(prob));
   return last();
 }
 

@@ -1,6 +1,7 @@
 // Host entry points of cuda/marginalise.cu (plain types: device pointers as uintptr_t,
 // sizes, a cudaStream_t as uintptr_t). Each returns "" on success, else the CUDA error.
-// Same maths and layouts as csrc/marginalise.cpp (see hpcem/marginalise_api.py).
+// Same maths and layouts as csrc/marginalise.cpp and csrc/posteriors.cpp (see
+// hpcem/kernels/marginalise.py).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -19,7 +20,7 @@ std::string accumulate(uintptr_t X, uintptr_t ctf, uintptr_t s, uintptr_t ph, ui
                        uintptr_t data, bool data_double, uintptr_t weight, bool weight_double,
                        uintptr_t noise, uintptr_t stream);
 // per particle: logZ (B,) f64, pmax (B,) f64, flat argmax (B,) int64 over T*J; prob (B,T*J)
-// float32 dense posteriors if prob != 0
+// float64 dense posteriors if prob != 0 (the CPU summarise()'s: 0 below exp(-50) of the max)
 std::string logsumexp(uintptr_t diff2, uintptr_t lpt, uintptr_t lpj, long B, long T, long J,
                       uintptr_t logZ, uintptr_t pmax, uintptr_t arg, uintptr_t prob,
                       uintptr_t stream);

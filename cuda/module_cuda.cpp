@@ -1,5 +1,5 @@
 // hpcem._cuda: CUDA twins of the CPU kernels. Arguments are raw device pointers
-// (cupy's .data.ptr) and sizes; hpcem/kernels.py checks the arrays first.
+// (cupy's .data.ptr) and sizes; hpcem/kernels/ checks the arrays first.
 #include <pybind11/pybind11.h>
 #include <stdexcept>
 #include "launchers.hpp"
@@ -15,7 +15,7 @@ static void ok(const std::string& err) {
 }
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "hpcem CUDA kernels (device pointers in; see hpcem/kernels.py)";
+  m.doc() = "hpcem CUDA kernels (device pointers in; see hpcem/kernels/)";
   m.def("device_count", &hpcem_cuda::device_count);
   m.def("project3d", [](uintptr_t vol, int P, uintptr_t rot, long B, int n, double r_max, double pad, uintptr_t out,
                         uintptr_t stream) { ok(project(vol, P, rot, 0, B, n, r_max, pad, true, out, stream)); });

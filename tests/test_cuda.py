@@ -9,13 +9,8 @@ from hpcem.core.euler import random_rotations, rotation_2d  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
-if kernels._cuda is None:
-    pytest.skip("hpcem._cuda not built", allow_module_level=True)
-try:
-    if cp.cuda.runtime.getDeviceCount() < 1 or kernels._cuda.device_count() < 1:
-        pytest.skip("no CUDA device", allow_module_level=True)
-except cp.cuda.runtime.CUDARuntimeError:
-    pytest.skip("no CUDA device", allow_module_level=True)
+if not kernels.has_cuda():
+    pytest.skip("hpcem._cuda not built or no CUDA device", allow_module_level=True)
 
 
 def rand_c(rng, shape):
@@ -91,9 +86,6 @@ def test_symmetrise3d_cuda_matches_cpu():
 
 
 # ----------------------------------------------------------------------------- GTM twins
-from hpcem import gtm_api, marginalise_api as marg  # noqa: E402
-
-
 @pytest.mark.parametrize("K,M,D,lam,chunk", [(7, 3, 5, 0.5, 0), (64, 17, 300, 1e-3, 128),
                                              (40, 9, 33, 0.01, 7), (150, 120, 6, 0.1, 0)])
 def test_gtm_solve_cuda_matches_cpu(K, M, D, lam, chunk):
@@ -103,8 +95,8 @@ def test_gtm_solve_cuda_matches_cpu(K, M, D, lam, chunk):
     Phi[:, -1] = 1.0
     G = rng.random((K, D)).astype(np.float32)
     H = rand_c(rng, (K, D))
-    cpu = gtm_api.gtm_solve(Phi, G, H, lam)
-    gpu = gtm_api.gtm_solve(cp.asarray(Phi), cp.asarray(G), cp.asarray(H), lam, chunk=chunk)
+    cpu = kernels.gtm_solve(Phi, G, H, lam)
+    gpu = kernels.gtm_solve(cp.asarray(Phi), cp.asarray(G), cp.asarray(H), lam, chunk=chunk)
     assert isinstance(gpu, cp.ndarray) and gpu.shape == (M, D) and gpu.dtype == np.complex64
     g = cp.asnumpy(gpu)
     assert np.isfinite(g).all()
@@ -117,7 +109,7 @@ def test_gtm_solve_cuda_against_numpy():
     Phi = rng.random((K, M)).astype(np.float32)
     G = rng.random((K, D)).astype(np.float32)
     H = rand_c(rng, (K, D))
-    W = cp.asnumpy(gtm_api.gtm_solve(cp.asarray(Phi), cp.asarray(G), cp.asarray(H), lam))
+    W = cp.asnumpy(kernels.gtm_solve(cp.asarray(Phi), cp.asarray(G), cp.asarray(H), lam))
     P = Phi.astype(np.float64)
     ref = np.stack([np.linalg.solve(P.T @ (G[:, d, None] * P) + lam * np.eye(M), P.T @ H[:, d])
                     for d in range(D)], axis=1)
@@ -130,13 +122,13 @@ def test_gtm_distances_and_accumulate_cuda_match_cpu(N, L, K):
     Z = rng.normal(size=(N, L)).astype(np.float32)
     Y = rng.normal(size=(K, L)).astype(np.float32)
     R = rng.random((N, K)).astype(np.float32)
-    d_cpu = gtm_api.gtm_distances(Z, Y)
-    d_gpu = gtm_api.gtm_distances(cp.asarray(Z), cp.asarray(Y))
+    d_cpu = kernels.gtm_distances(Z, Y)
+    d_gpu = kernels.gtm_distances(cp.asarray(Z), cp.asarray(Y))
     assert d_gpu.dtype == np.float32 and d_gpu.shape == (N, K)
     scale = np.abs(Z).max() * np.abs(Y).max() * L
     assert np.abs(cp.asnumpy(d_gpu) - d_cpu).max() <= 1e-5 * scale
-    a_cpu = gtm_api.gtm_accumulate(R, Z)
-    a_gpu = gtm_api.gtm_accumulate(cp.asarray(R), cp.asarray(Z))
+    a_cpu = kernels.gtm_accumulate(R, Z)
+    a_gpu = kernels.gtm_accumulate(cp.asarray(R), cp.asarray(Z))
     assert a_gpu.dtype == np.float64 and a_gpu.shape == (K, L)
     exact = R.astype(np.float64).T @ Z.astype(np.float64)
     assert np.abs(cp.asnumpy(a_gpu) - exact).max() <= 1e-9 * np.abs(R).max() * np.abs(Z).max() * N
@@ -149,8 +141,8 @@ def test_gtm_responsibilities_cuda_matches_cpu(N, K):
     delta = rng.normal(scale=20.0, size=(N, K)).astype(np.float32)
     a = rng.normal(size=N)
     dg = cp.asarray(delta)
-    out_cpu = gtm_api.gtm_responsibilities(delta, a, 0.3)
-    out_gpu = gtm_api.gtm_responsibilities(dg, cp.asarray(a), 0.3)
+    out_cpu = kernels.gtm_responsibilities(delta, a, 0.3)
+    out_gpu = kernels.gtm_responsibilities(dg, cp.asarray(a), 0.3)
     assert np.abs(cp.asnumpy(dg) - delta).max() <= 1e-6
     np.testing.assert_allclose(cp.asnumpy(out_gpu[0]), out_cpu[0], rtol=1e-10, atol=1e-8)
     np.testing.assert_allclose(cp.asnumpy(out_gpu[1]), out_cpu[1], rtol=1e-8, atol=1e-6)
@@ -177,8 +169,8 @@ def _gpu(*arrays):
 def test_coarse_diff2_cuda_matches_cpu(B, T, J, M):
     rng = np.random.default_rng(B * T + J + M)
     args = _marg_inputs(rng, B, T, J, M)
-    cpu = marg.coarse_diff2(*args)
-    gpu = marg.coarse_diff2(*_gpu(*args))
+    cpu = kernels.coarse_diff2(*args)
+    gpu = kernels.coarse_diff2(*_gpu(*args))
     assert isinstance(gpu, cp.ndarray) and gpu.shape == (B, T, J) and gpu.dtype == np.float32
     assert np.abs(cp.asnumpy(gpu) - cpu).max() <= 2e-5 * np.abs(cpu).max()
 
@@ -192,12 +184,12 @@ def test_pair_diff2_cuda_matches_cpu(B, T, J, M, P):
     rng = np.random.default_rng(P + M)
     args = _marg_inputs(rng, B, T, J, M)
     pi, pt, pj = _pairs(rng, B, T, J, P)
-    cpu = marg.pair_diff2(*args, pi, pt, pj)
-    gpu = marg.pair_diff2(*_gpu(*args), *_gpu(pi, pt, pj))
+    cpu = kernels.pair_diff2(*args, pi, pt, pj)
+    gpu = kernels.pair_diff2(*_gpu(*args), *_gpu(pi, pt, pj))
     assert isinstance(gpu, cp.ndarray) and gpu.shape == (P,)
     np.testing.assert_allclose(cp.asnumpy(gpu), cpu, rtol=3e-5)
     # and the coarse grid agrees with the explicit pairs
-    full = marg.coarse_diff2(*args)
+    full = kernels.coarse_diff2(*args)
     np.testing.assert_allclose(cpu, full[pi, pt, pj], rtol=1e-3, atol=1e-4 * np.abs(full).max())
 
 
@@ -212,27 +204,62 @@ def test_marg_accumulate_cuda_matches_cpu(acc):
     w[::7] = 0.0
     ddt, wdt = acc
     D, W, N = np.zeros((J, M), ddt), np.zeros((J, M), wdt), np.zeros((B, M), np.float32)
-    marg.accumulate(*args, pi, pt, pj, w, D, W, N)
+    kernels.accumulate(*args, pi, pt, pj, w, D, W, N)
     Dg, Wg, Ng = cp.zeros((J, M), ddt), cp.zeros((J, M), wdt), cp.zeros((B, M), np.float32)
-    marg.accumulate(*_gpu(*args), *_gpu(pi, pt, pj), cp.asarray(w), Dg, Wg, Ng)
+    kernels.accumulate(*_gpu(*args), *_gpu(pi, pt, pj), cp.asarray(w), Dg, Wg, Ng)
     for g, c in ((Dg, D), (Wg, W), (Ng, N)):
         assert np.abs(cp.asnumpy(g) - c).max() <= 1e-5 * np.abs(c).max()
 
 
-def test_marg_posteriors_cuda_roundtrip():
-    B, T, J = 3, 4, 9
-    rng = np.random.default_rng(8)
-    d = rng.uniform(0, 10, (B, T, J)).astype(np.float32)
+def _same_posteriors(gpu, cpu):
+    """Device posteriors against the CPU kernel's: the same significant sets (no ties or
+    borderline masses in these inputs), logZ / probabilities up to summation order."""
+    for f in cpu.__dataclass_fields__:
+        assert isinstance(getattr(gpu, f), cp.ndarray), f
+        assert getattr(gpu, f).dtype == getattr(cpu, f).dtype, f
+    for f in ("argmax_t", "argmax_j", "nsig", "offsets", "t_idx", "j_idx"):
+        np.testing.assert_array_equal(cp.asnumpy(getattr(gpu, f)), getattr(cpu, f), err_msg=f)
+    np.testing.assert_allclose(cp.asnumpy(gpu.logZ), cpu.logZ, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cp.asnumpy(gpu.pmax), cpu.pmax, rtol=1e-12)
+    np.testing.assert_allclose(cp.asnumpy(gpu.weight), cpu.weight, rtol=1e-6)
+    np.testing.assert_array_equal(cp.asnumpy(gpu.pair_i), cpu.pair_i)
+
+
+@pytest.mark.parametrize("B,T,J,frac", [(3, 4, 9, 0.99), (5, 25, 400, 0.95), (4, 3, 7, 1.0),
+                                        (2, 1, 1, 0.5)])
+def test_marg_posteriors_cuda_matches_cpu(B, T, J, frac):
+    """posteriors() with cupy inputs runs on the device (marg_logsumexp + cupy selection)."""
+    rng = np.random.default_rng(8 + B * T * J)
+    d = (rng.uniform(0, 10, (B, T, J)) * (1 + (T * J > 100) * 2)).astype(np.float32)
     lt = rng.normal(size=(B, T)).astype(np.float32)
     lj = rng.normal(size=J).astype(np.float32)
-    cpu = marg.posteriors(d, lt, lj, 0.99)
-    gpu = marg.posteriors(*_gpu(d, lt, lj), 0.99)
-    for f in cpu.__dataclass_fields__:
-        assert isinstance(getattr(gpu, f), cp.ndarray)
-        np.testing.assert_array_equal(cp.asnumpy(getattr(gpu, f)), getattr(cpu, f))
-    np.testing.assert_array_equal(cp.asnumpy(gpu.pair_i), cpu.pair_i)
+    cpu = kernels.posteriors(d, lt, lj, frac)
+    _same_posteriors(kernels.posteriors(*_gpu(d, lt, lj), frac), cpu)
+    # host priors are moved to the device
+    _same_posteriors(kernels.posteriors(cp.asarray(d), lt, lj, frac), cpu)
+
+
+def test_marg_posteriors_cuda_ties_and_empty_rows():
+    B, T, J = 4, 5, 8
+    d = np.full((B, T, J), 5.0, np.float32)      # all tied: ceil(frac * T * J), index order
+    d[1, 2, 3] = -40.0                           # one dominant hypothesis
+    d[2] = np.inf                                # no posterior: logZ -inf, pmax 0, nsig 0
+    lt, lj = np.zeros((B, T), np.float32), np.zeros(J, np.float32)
+    for frac in (0.33, 0.77, 1.0):  # frac * T * J not an integer: no borderline sums
+        cpu = kernels.posteriors(d, lt, lj, frac)
+        gpu = kernels.posteriors(*_gpu(d, lt, lj), frac)
+        for f in ("argmax_t", "argmax_j", "nsig", "offsets", "t_idx", "j_idx"):
+            np.testing.assert_array_equal(cp.asnumpy(getattr(gpu, f)), getattr(cpu, f), err_msg=f)
+        np.testing.assert_allclose(cp.asnumpy(gpu.weight), cpu.weight, rtol=1e-6)
+        assert np.isneginf(cp.asnumpy(gpu.logZ)[2]) and cp.asnumpy(gpu.pmax)[2] == 0.0
+
+
+def test_marg_segment_posteriors_cuda_roundtrip():
+    """segment_posteriors() with cupy inputs copies to the host and returns cupy arrays."""
+    rng = np.random.default_rng(8)
     off = np.array([0, 3, 3, 10])
     m = rng.uniform(0, 5, 10)
-    sc, sg = marg.segment_posteriors(m, off), marg.segment_posteriors(*_gpu(m, off))
+    sc, sg = kernels.segment_posteriors(m, off), kernels.segment_posteriors(*_gpu(m, off))
     for f in sc.__dataclass_fields__:
+        assert isinstance(getattr(sg, f), cp.ndarray)
         np.testing.assert_array_equal(cp.asnumpy(getattr(sg, f)), getattr(sc, f))

@@ -238,7 +238,7 @@ def test_deep2d_bad_input(tmp_path, run_hpcem):
 
 
 def test_allocate_classes():
-    from hpcem.algorithms.deep2d import allocate_classes
+    from hpcem.algorithms.rome.deep2d import allocate_classes
 
     k = allocate_classes([700, 200, 100], 10)
     assert k.tolist() == [7, 2, 1]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hpcem.metrics import purity
-from hpcem.gtm_api import gtm_accumulate, gtm_distances, gtm_responsibilities, gtm_solve
+from hpcem.kernels import gtm_accumulate, gtm_distances, gtm_responsibilities, gtm_solve
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -42,7 +42,7 @@ def test_estep_distances_and_responsibilities_match_numpy():
     c = rng.uniform(-1, 1, (N, D)).astype(np.float32)
     y = (rng.normal(size=(K, D)) + 1j * rng.normal(size=(K, D))).astype(np.complex64) * 0.5
     h = rng.choice([1.0, 2.0], D).astype(np.float32)
-    # layouts documented in hpcem.gtm_api
+    # layouts documented in hpcem.kernels.gtm
     Z = np.empty((N, 3 * D), np.float32)
     Z[:, 0:2 * D:2], Z[:, 1:2 * D:2], Z[:, 2 * D:] = (h * c * t).real, (h * c * t).imag, h * c * c
     Y = np.empty((K, 3 * D), np.float32)
@@ -67,7 +67,7 @@ def test_estep_distances_and_responsibilities_match_numpy():
 
 
 def test_latent_grid_and_basis():
-    from hpcem.algorithms.gtm import basis_functions, latent_shape
+    from hpcem.algorithms.rome.gtm_data import basis_functions, latent_shape
 
     assert latent_shape(50, 2) == (5, 10) and latent_shape(1000, 2) == (25, 40)
     assert latent_shape(27, 3) == (3, 3, 3) and latent_shape(7, 1) == (7,)
@@ -78,7 +78,7 @@ def test_latent_grid_and_basis():
 
 def test_class_frame_alignment_and_ctf():
     """Aligned noise-free particles equal CTF(class frame) x the true centred projection."""
-    from hpcem.algorithms.gtm import aligned_ctf, aligned_transforms
+    from hpcem.algorithms.rome.gtm_data import aligned_ctf, aligned_transforms
     from hpcem.core.ctf import ctf2d
     from hpcem.core.fourier import ft2, radius2
     from hpcem.io.particles import ParticleSet

@@ -7,7 +7,7 @@ from scipy.ndimage import map_coordinates
 from hpcem import kernels
 from hpcem.core.euler import euler_to_matrix, random_rotations, rotation_2d
 from hpcem.core.fourier import ft2, ft3, ift2, shell_index3
-from hpcem.core.projector import BackProjector, BackProjector2D, Projector, Projector2D
+from hpcem.recon.projector import BackProjector, BackProjector2D, Projector, Projector2D
 
 SIZES = [7, 8, 16, 33]
 
@@ -159,23 +159,21 @@ def test_backproject2d_is_adjoint(n):
 
 
 def test_backproject_is_thread_count_independent():
-    from hpcem import _core
-
     rng = np.random.default_rng(5)
     n = 16
     y = rand_c(rng, (40, n, n // 2 + 1))
     A = random_rotations(40, rng)
     res = []
-    t0 = _core.max_threads()
+    t0 = kernels.max_threads()
     try:
         for t in (1, 2, 3):
-            _core.set_threads(t)
+            kernels.set_threads(t)
             D = np.zeros((32, 32, 17), np.complex128)
             W = np.zeros((32, 32, 17))
             kernels.backproject3d(y, None, A, D, W, n / 2, 2)
             res.append(D)
     finally:
-        _core.set_threads(t0)
+        kernels.set_threads(t0)
     assert np.array_equal(res[0], res[1]) and np.array_equal(res[0], res[2])
 
 

@@ -1,8 +1,8 @@
-"""Marginalisation kernels (hpcem.marginalise_api) against float64 numpy references."""
+"""Marginalisation kernels (hpcem.kernels.marginalise) against float64 numpy references."""
 import numpy as np
 import pytest
 
-from hpcem import marginalise_api as mg
+from hpcem import kernels as mg
 from hpcem.core import fourier
 
 
@@ -279,15 +279,14 @@ def test_planted_truth_recovers_translation_and_reference():
 
 
 def test_coarse_diff2_single_thread_same_result():
-    from hpcem import _core
     rng = np.random.default_rng(10)
     X, c, s, ph, R = make_inputs(rng, 7, 5, 9, 50)
     D2 = mg.coarse_diff2(X, c, s, ph, R, block_particles=2)
-    n = _core.max_threads()
+    n = mg.max_threads()
     try:
-        _core.set_threads(1)
+        mg.set_threads(1)
         D1 = mg.coarse_diff2(X, c, s, ph, R, block_particles=3)
     finally:
-        _core.set_threads(n)
+        mg.set_threads(n)
     np.testing.assert_allclose(D1, D2, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(D1, ref_diff2_full(X, c, s, ph, R), rtol=1e-4, atol=1e-3)

@@ -1,68 +1,112 @@
-"""Shared CLI helpers: flag groups, output-directory stamping."""
+"""What every job's command line shares: the I/O flags, threads, the job record (job.json) and the
+one ``--continue`` resolution (:mod:`hpcem.runtime.resume`)."""
 from __future__ import annotations
 
 import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 
 from .. import __version__
+from ..errors import InputError
+from ..runtime.output import OutputRoot
+from ..runtime.params import NON_NEGATIVE, Params, param
+
+# flags that may change when a run is continued (everything else is the run's own)
+CONTINUABLE = frozenset({"i", "o", "continue_", "iters", "batch", "j", "angpix"})
 
 
-def add_threads(p):
-    p.add_argument("--j", type=int, default=0,
-                   help="threads per MPI rank (0: all cores of this rank / $OMP_NUM_THREADS)")
+@dataclass(frozen=True)
+class JobContext:
+    """How a job was called: its name, the communicator, the parameters given explicitly (the
+    rest took defaults) and the command line (None from a workflow)."""
+
+    name: str
+    comm: object
+    given: frozenset = frozenset()
+    argv: list | None = None
+
+    def log(self, *msg):
+        if self.comm.rank == 0:
+            print(*msg, flush=True)
+
+
+@dataclass(frozen=True)
+class JobIO(Params):
+    i: str = param(None, "input particle STAR file (RELION 3.0/3.1+)", group="I/O")
+    o: str = param(None, "output rootname, e.g. Class2D/job001/run (files run_it001_*), or a folder "
+                   "(files <folder>/run_*)", group="I/O")
+    angpix: float = param(0.0, "pixel size in A (only for STAR files without one)", check=NON_NEGATIVE, group="I/O")
+    j: int = param(0, "threads per MPI rank (0: all cores of this rank / $OMP_NUM_THREADS)", check=NON_NEGATIVE,
+                   group="compute")
+
+
+@dataclass(frozen=True)
+class IterativeJobIO(JobIO):
+    continue_: str = param(None, "resume: a run_itNNN_optimiser.star, a checkpoint (.h5), the run's rootname "
+                           "or folder; alone: the run in --o", flag="--continue", nargs="?", const="",
+                           metavar="RUN", group="I/O")
 
 
 def set_threads(j: int) -> None:
     if j and j > 0:
-        from .. import _core
-        _core.set_threads(int(j))
+        from .. import kernels
+        kernels.set_threads(int(j))
 
 
-def stamp(path: str, args, extra: dict | None = None) -> None:
-    """Write the job's configuration (version, argv, flags) to ``path`` (JSON, atomically)."""
+def job_record(name: str, p, argv=None) -> dict:
+    """What a checkpoint and job.json keep of a job: its name, parameters (input as an absolute
+    path), the command line, hpcem's version, host and time."""
+    d = p.to_dict()
+    if d.get("i"):
+        d["i"] = os.path.abspath(d["i"])
+    return {"job": name, "params": d, "argv": argv, "hpcem_version": __version__,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node()}
+
+
+def stamp(path: str, record: dict) -> None:
+    """Write a job record (JSON, atomically)."""
     from ..io.atomic import atomic_write
 
-    cfg = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    rec = {"hpcem_version": __version__, "argv": getattr(args, "_argv", None), "config": cfg,
-           "time": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node()}
-    if extra:
-        rec.update(extra)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path) as tmp:
         with open(tmp, "w") as f:
-            json.dump(rec, f, indent=1, default=str)
+            json.dump(record, f, indent=1, default=str)
 
 
-def log(comm, *msg) -> None:
-    if comm.rank == 0:
-        print(*msg, flush=True)
+def ref_param():
+    return param(None, "initial reference map (MRC), same box and pixel size as the particles", group="I/O")
 
 
-def resolve_continue(args, load_checkpoint_of):
-    """``--continue OPTIMISER_STAR``: load the checkpoint it names (``load_checkpoint_of(path)``),
-    default ``--o`` to its folder and ``--i`` to the run's input; then require both.
-    Returns the checkpoint dict, or None when not continuing."""
-    import os
+def continued(p, stored: dict, given, log, may_change=CONTINUABLE):
+    """The stored run's parameters with the flags given again that may change; ``--iter`` may only
+    grow past the iterations done (handled by the caller)."""
+    cls = type(p)
+    base = cls.from_dict({k: v for k, v in stored.items() if k in cls.__dataclass_fields__})
+    keep = {k: getattr(p, k) for k in given if k in may_change}
+    ignored = sorted(set(given) - set(may_change))
+    if ignored:
+        log("note: --continue keeps the run's settings; ignored: %s" % ", ".join("--" + k for k in ignored))
+    return base.replace(**keep)
 
-    from ..errors import InputError
 
-    restart = None
-    if args.continue_:
-        restart = load_checkpoint_of(args.continue_)
-        job = restart.get("job") or {}
-        args.o = args.o or os.path.dirname(os.path.abspath(args.continue_))
-        args.i = args.i or job.get("input")
-        # a killed run may have left temporary files (never under an output name): remove them
-        # (rank 0 only, the one writer; a live writer's files are kept)
-        from ..io.atomic import remove_stale_temps
-        from ..parallel.comm import get_comm
-        if get_comm().rank == 0:
-            remove_stale_temps(args.o)
-    if not args.i:
-        raise InputError("required (or --continue)", field="--i")
-    if not args.o:
-        raise InputError("required (or --continue)", field="--o")
-    return restart
+def resolve_run(p, ctx: JobContext):
+    """(parameters, output root, checkpoint or None) of an iterative job: a fresh start needs
+    --i and --o; ``--continue`` takes the run's parameters from its checkpoint."""
+    from ..runtime.resume import clean_stale, resolve_checkpoint
+
+    given, comm, log = ctx.given, ctx.comm, ctx.log
+    if p.continue_ is None:
+        for name in ("i", "o"):
+            if not getattr(p, name):
+                raise InputError("required (or --continue)", field="--" + name)
+        return p, OutputRoot.parse(p.o), None
+    root, ck = resolve_checkpoint(p.continue_, p.o if "o" in given else None, ctx.name)
+    q = continued(p, ck.job.get("params", {}), given, log)
+    if "iters" in given:
+        q = q.replace(iters=max(int(p.iters), ck.iteration))
+    if not q.i:
+        raise InputError("no input recorded in the checkpoint; give --i", file=ck.path, field="--i")
+    clean_stale(root, comm)
+    return q.replace(o=root.rootname), root, ck

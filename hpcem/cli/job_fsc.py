@@ -3,53 +3,55 @@ FSC = 0.143 and 0.5, and writes a PNG plot (and optionally a RELION-style STAR t
 from __future__ import annotations
 
 import os
-
-import numpy as np
+from dataclasses import dataclass
 
 from ..errors import InputError
+from ..runtime.params import NON_NEGATIVE, Params as Base, param
 
 
-def add_arguments(p):
-    p.add_argument("map1", help="first map (MRC)")
-    p.add_argument("map2", help="second map (MRC)")
-    p.add_argument("--angpix", type=float, default=0.0, help="pixel size in A (default: from the MRC header)")
-    p.add_argument("--mask", default=None, help="optional mask (MRC) applied to both maps")
-    p.add_argument("--o", default=None, help="PNG plot to write (default: fsc_<map1>_<map2>.png in the current folder)")
-    p.add_argument("--o_star", default=None, help="also write the FSC table as a STAR file")
+@dataclass(frozen=True)
+class Params(Base):
+    map1: str = param(None, "first map (MRC)", positional=True)
+    map2: str = param(None, "second map (MRC)", positional=True)
+    angpix: float = param(0.0, "pixel size in A (default: from the MRC header)", check=NON_NEGATIVE)
+    mask: str = param(None, "optional mask (MRC) applied to both maps")
+    o: str = param(None, "PNG plot to write (default: fsc_<map1>_<map2>.png in the current folder)")
+    o_star: str = param(None, "also write the FSC table as a STAR file")
 
 
-def run(args, comm):
+def run(p: Params, ctx):
     from ..core.fsc import fsc, fsc_table, resolution_at
     from ..io.mrc import read_mrc
     from ..io.star import write_star
     from ..plots import plot_fsc
 
-    if comm.rank != 0:
+    if ctx.comm.rank != 0:
         return 0
-    a, apa = read_mrc(args.map1)
-    b, apb = read_mrc(args.map2)
+    if not p.map1 or not p.map2:
+        raise InputError("two maps are required", field="map1/map2")
+    a, apa = read_mrc(p.map1)
+    b, apb = read_mrc(p.map2)
     if a.shape != b.shape:
-        raise InputError("shape %s differs from %s's %s" % (b.shape, args.map1, a.shape), file=args.map2, field="nx/ny/nz")
-    angpix = args.angpix or apa or apb
+        raise InputError("shape %s differs from %s's %s" % (b.shape, p.map1, a.shape), file=p.map2, field="nx/ny/nz")
+    angpix = p.angpix or apa or apb
     if not angpix or angpix <= 0:
-        raise InputError("no pixel size in the header; give --angpix", file=args.map1, field="voxel size")
+        raise InputError("no pixel size in the header; give --angpix", file=p.map1, field="voxel size")
     mask = None
-    if args.mask:
-        mask, _ = read_mrc(args.mask)
+    if p.mask:
+        mask, _ = read_mrc(p.mask)
         if mask.shape != a.shape:
-            raise InputError("mask shape %s differs from the maps' %s" % (mask.shape, a.shape), file=args.mask, field="nx/ny/nz")
+            raise InputError("mask shape %s differs from the maps' %s" % (mask.shape, a.shape), file=p.mask,
+                             field="nx/ny/nz")
     n = a.shape[-1]
     shells, curve = fsc(a, b, mask=mask)
     print("%6s %10s %8s" % ("shell", "res(A)", "FSC"))
     for s, c in zip(shells, curve):
         print("%6d %10.2f %8.4f" % (s, (n * angpix / s) if s > 0 else float("inf"), c))
-    r143 = resolution_at(curve, 0.143, n, angpix)
-    r05 = resolution_at(curve, 0.5, n, angpix)
-    print("resolution at FSC=0.143: %.2f A" % r143)
-    print("resolution at FSC=0.5:   %.2f A" % r05)
-    out = args.o or "fsc_%s_%s.png" % tuple(os.path.splitext(os.path.basename(x))[0] for x in (args.map1, args.map2))
-    plot_fsc(out, {"%s vs %s" % (os.path.basename(args.map1), os.path.basename(args.map2)): (shells, curve)}, n, angpix)
+    print("resolution at FSC=0.143: %.2f A" % resolution_at(curve, 0.143, n, angpix))
+    print("resolution at FSC=0.5:   %.2f A" % resolution_at(curve, 0.5, n, angpix))
+    out = p.o or "fsc_%s_%s.png" % tuple(os.path.splitext(os.path.basename(x))[0] for x in (p.map1, p.map2))
+    plot_fsc(out, {"%s vs %s" % (os.path.basename(p.map1), os.path.basename(p.map2)): (shells, curve)}, n, angpix)
     print("plot: %s" % out)
-    if args.o_star:
-        write_star(args.o_star, {"fsc": fsc_table(shells, curve, n, angpix)})
+    if p.o_star:
+        write_star(p.o_star, {"fsc": fsc_table(shells, curve, n, angpix)})
     return 0

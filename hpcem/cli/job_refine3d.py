@@ -8,24 +8,19 @@ Input poses are ignored. Under `mpiexec -n N` the ranks form two groups, one per
 works); one rank refines both halves in turn. Resume with --continue run_itNNN_optimiser.star."""
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
-from .common import log, stamp
-from .job_class3d import add_common, prepare
-
-
-def add_arguments(p):
-    add_common(p, refine=True)
+from ..algorithms.map_em.config3d import Refine3DConfig
+from .common import IterativeJobIO, ref_param
+from .job_class3d import run_map3d
 
 
-def run(args, comm):
-    from ..algorithms.map_em3d import refine_3d
+@dataclass(frozen=True)
+class Params(IterativeJobIO, Refine3DConfig):
+    ref: str = ref_param()
 
-    cfg, ps, ref, restart = prepare(args, comm, refine=True)
-    log(comm, "hpcem refine3d: %d particles, box %d, %.3f A/px, sym %s, ctf %s, %d rank(s)" % (
-        ps.n, ps.box, ps.angpix, cfg.sym, "on" if cfg.ctf else "off", comm.size))
-    if comm.rank == 0:
-        stamp(os.path.join(args.o, "job.json"), args)
-    refine_3d(ps, ref, cfg, comm, args.o, restart=restart, log=lambda *m: log(comm, *m),
-              job={"input": os.path.abspath(args.i), "argv": getattr(args, "_argv", None)})
-    return 0
+
+def run(p: Params, ctx):
+    from ..algorithms.map_em.refine3d import Refine3D
+
+    return run_map3d(p, ctx, Refine3D, Refine3DConfig, "gold-standard halves")

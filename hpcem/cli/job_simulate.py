@@ -6,58 +6,59 @@ optics group + an MRC stack, the true map(s), the true poses and classes (truth.
 with random in-plane rotations (a 2D classification test set)."""
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
 from ..errors import InputError
-from .common import log, stamp
+from ..runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Params as Base, param
+from .common import job_record, stamp
 
 
-def add_arguments(p):
-    p.add_argument("--o", required=True, help="output folder")
-    p.add_argument("--mode", choices=("3d", "2d"), default="3d", help="3D poses or 2D projection classes")
-    p.add_argument("--n", type=int, default=2000, help="number of particles")
-    p.add_argument("--box", type=int, default=64, help="box size in pixels")
-    p.add_argument("--angpix", type=float, default=3.0, help="pixel size in A")
-    p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio (0 or inf: no noise)")
-    p.add_argument("--K", type=int, default=1, help="3D mode: number of conformations")
-    p.add_argument("--views", type=int, default=10, help="2D mode: number of projection classes")
-    p.add_argument("--volumes", type=int, default=3, help="2D mode: number of different volumes the views come from")
-    p.add_argument("--no_ctf", action="store_true", help="no CTF")
-    p.add_argument("--defocus", type=float, nargs=2, default=(5000.0, 25000.0), metavar=("MIN", "MAX"),
-                   help="defocus range in A")
-    p.add_argument("--astig", type=float, default=1000.0, help="maximum astigmatism (dU - dV) in A")
-    p.add_argument("--voltage", type=float, default=300.0, help="kV")
-    p.add_argument("--cs", type=float, default=2.7, help="spherical aberration in mm")
-    p.add_argument("--amp_contrast", type=float, default=0.1, help="amplitude contrast")
-    p.add_argument("--max_shift", type=float, default=0.0, help="maximum particle shift in A (0: 2 pixels)")
-    p.add_argument("--model", choices=("blobs", "atoms"), default="blobs",
-                   help="maps of smooth Gaussian blobs, or pseudo-atomic maps with a protein-like spectrum")
-    p.add_argument("--bfactor", type=float, default=100.0, help="--model atoms: B-factor of the pseudo-atoms (A^2)")
-    p.add_argument("--blobs", type=int, default=60, help="--model blobs: Gaussian blobs per volume")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+@dataclass(frozen=True)
+class Params(Base):
+    o: str = param(None, "output folder")
+    mode: str = param("3d", "3D poses or 2D projection classes", choices=("3d", "2d"))
+    n: int = param(2000, "number of particles", check=AT_LEAST_1)
+    box: int = param(64, "box size in pixels", check=(lambda v: v >= 8, ">= 8"))
+    angpix: float = param(3.0, "pixel size in A", check=POSITIVE)
+    snr: float = param(0.1, "signal-to-noise ratio (0 or inf: no noise)", check=NON_NEGATIVE)
+    K: int = param(1, "3D mode: number of conformations", check=AT_LEAST_1)
+    views: int = param(10, "2D mode: number of projection classes", check=AT_LEAST_1)
+    volumes: int = param(3, "2D mode: number of different volumes the views come from", check=AT_LEAST_1)
+    no_ctf: bool = param(False, "no CTF", action="store_true")
+    defocus: tuple[float, float] = param((5000.0, 25000.0), "defocus range in A", nargs=2, type=float,
+                                         metavar=("MIN", "MAX"))
+    astig: float = param(1000.0, "maximum astigmatism (dU - dV) in A", check=NON_NEGATIVE)
+    voltage: float = param(300.0, "kV", check=POSITIVE)
+    cs: float = param(2.7, "spherical aberration in mm", check=NON_NEGATIVE)
+    amp_contrast: float = param(0.1, "amplitude contrast", check=(lambda v: 0 <= v < 1, "in [0, 1)"))
+    max_shift: float = param(0.0, "maximum particle shift in A (0: 2 pixels)", check=NON_NEGATIVE)
+    model: str = param("blobs", "maps of smooth Gaussian blobs, or pseudo-atomic maps with a protein-like spectrum",
+                       choices=("blobs", "atoms"))
+    bfactor: float = param(100.0, "--model atoms: B-factor of the pseudo-atoms (A^2)", check=NON_NEGATIVE)
+    blobs: int = param(60, "--model blobs: Gaussian blobs per volume", check=AT_LEAST_1)
+    seed: int = param(0, "random seed")
 
 
-def run(args, comm):
+def run(p: Params, ctx):
+    import os
+
     from ..simulate import simulate_dataset
     from ..simulate.write import write_dataset
 
-    for name, v, ok in (("--n", args.n, args.n > 0), ("--box", args.box, args.box >= 8),
-                        ("--angpix", args.angpix, args.angpix > 0), ("--snr", args.snr, args.snr >= 0),
-                        ("--K", args.K, args.K >= 1), ("--views", args.views, args.views >= 1)):
-        if not ok:
-            raise InputError("invalid value %r" % (v,), field=name)
-    if comm.rank != 0:
+    if not p.o:
+        raise InputError("required", field="--o")
+    if ctx.comm.rank != 0:
         return 0
-    snr = args.snr if args.snr > 0 else float("inf")
-    sim = simulate_dataset(n=args.box, n_particles=args.n, angpix=args.angpix, snr=snr, mode=args.mode,
-                           n_classes=args.K, n_views=args.views, n_volumes=args.volumes, ctf=not args.no_ctf,
-                           defocus=tuple(args.defocus), astig=args.astig, voltage=args.voltage, cs=args.cs,
-                           amp_contrast=args.amp_contrast, max_shift_A=args.max_shift or None,
-                           n_blobs=args.blobs, seed=args.seed, model=args.model, bfactor=args.bfactor)
-    paths = write_dataset(sim, args.o)
-    stamp(os.path.join(args.o, "job.json"), args)
-    log(comm, "hpcem simulate: %d particles (%s mode), box %d, %.2f A/px, SNR %g, noise sigma %.4g" % (
-        args.n, args.mode, args.box, args.angpix, args.snr, sim.noise_sigma))
+    snr = p.snr if p.snr > 0 else float("inf")
+    sim = simulate_dataset(n=p.box, n_particles=p.n, angpix=p.angpix, snr=snr, mode=p.mode, n_classes=p.K,
+                           n_views=p.views, n_volumes=p.volumes, ctf=not p.no_ctf, defocus=tuple(p.defocus),
+                           astig=p.astig, voltage=p.voltage, cs=p.cs, amp_contrast=p.amp_contrast,
+                           max_shift_A=p.max_shift or None, n_blobs=p.blobs, seed=p.seed, model=p.model,
+                           bfactor=p.bfactor)
+    paths = write_dataset(sim, p.o)
+    stamp(os.path.join(p.o, "job.json"), job_record(ctx.name, p, ctx.argv))
+    ctx.log("hpcem simulate: %d particles (%s mode), box %d, %.2f A/px, SNR %g, noise sigma %.4g" % (
+        p.n, p.mode, p.box, p.angpix, p.snr, sim.noise_sigma))
     for k, v in paths.items():
-        log(comm, "  %-12s %s" % (k, v if isinstance(v, str) else ", ".join(v)))
+        ctx.log("  %-12s %s" % (k, v if isinstance(v, str) else ", ".join(v)))
     return 0

@@ -4,131 +4,124 @@ Classifies already aligned particles: each particle's pose from the input STAR f
 (rlnAnglePsi and rlnOriginXAngst/YAngst, e.g. from a previous class2d or refine run) is
 applied, as ROME does, then K latent points on a regular 1/2/3-D grid are fitted by EM
 (Gaussian basis functions plus a constant, CTF per particle, mean noise precision, Gaussian
-prior alpha on the weights).  Outputs in --o: run_classes.mrcs (CTF-corrected, Wiener-type
-averages, ROME eq 17), run_data.star (rlnClassNumber, rlnMaxValueProbDistribution),
-run_model.star (class sizes), run_classes.png (montage sorted by class size),
-run_loglik.txt, and a checkpoint run_itNNN_gtm.h5 per iteration for --continue.
+prior alpha on the weights).  Outputs under the rootname --o: run_classes.mrcs (CTF-corrected,
+Wiener-type averages, ROME eq 17), run_data.star (rlnClassNumber, rlnMaxValueProbDistribution),
+run_model.star (class sizes), run_classes.png (montage sorted by class size), run_loglik.txt,
+and a checkpoint run_itNNN_gtm.h5 (+ run_itNNN_optimiser.star) per iteration for --continue.
 
 Strategy II: --classes 3,17 sub-classifies only the particles whose rlnClassNumber is in
 the list, each selected class independently, into --o/classNNN/.
 
 Under `mpiexec -n N` the Fourier coefficients are split across ranks (every rank reads all
-particles); one Allreduce of the N x K distances per iteration.
+particles); one Reduce_scatter + Allgatherv of the N x K distances per iteration.
 """
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import InputError
-from .common import add_threads, log, set_threads, stamp
+from ..runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, param
+from .common import IterativeJobIO, continued, job_record, set_threads, stamp
+from .inputs import read_particles
 
 
-def add_arguments(p):
-    g = p.add_argument_group("I/O")
-    g.add_argument("--i", default=None, help="input particle STAR file with poses (aligned particles)")
-    g.add_argument("--o", default=None, help="output directory")
-    g.add_argument("--continue", dest="continue_from", default=None,
-                   help="resume from a checkpoint run_itNNN_gtm.h5 (its configuration is used; "
-                        "--iter may be raised)")
-    g.add_argument("--angpix", type=float, default=0.0, help="pixel size in A (only for STAR files without one)")
-    g = p.add_argument_group("GTM")
-    g.add_argument("--K", type=int, default=100, help="number of classes (latent grid points)")
-    g.add_argument("--iter", type=int, default=30, help="number of EM iterations")
-    g.add_argument("--dimension", type=int, default=2, choices=(1, 2, 3), help="latent grid dimension")
-    g.add_argument("--basis", type=int, default=0,
-                   help="Gaussian basis functions along the longest latent axis (0: 1.5 sqrt(side))")
-    g.add_argument("--basis_width", type=float, default=1.0, help="basis width sigma in units of the basis spacing")
-    g.add_argument("--alpha", type=float, default=1.0,
-                   help="Gaussian prior on W (eq 11), in units of the normalised data (mean power 1)")
-    g.add_argument("--ctf", action="store_true", help="model the CTF (eq 2) and CTF-correct the averages")
-    g.add_argument("--maxres", type=float, default=0.0, help="highest resolution used (A); 0: 4 pixels (n/4 shells)")
-    g.add_argument("--max_shell", type=float, default=0.0, help="highest Fourier shell used (overridden by --maxres)")
-    g.add_argument("--particle_diameter", type=float, default=0.0,
-                   help="soft circular mask diameter (A); 0: 90%% of the box")
-    g.add_argument("--classes", default="",
-                   help="strategy II: comma-separated rlnClassNumber values to sub-classify, each on its own")
-    g.add_argument("--random_seed", type=int, default=0, help="seed of the PCA initialisation")
-    g.add_argument("--pca_particles", type=int, default=4000, help="particles used for the PCA initialisation")
-    g.add_argument("--memory_gb", type=float, default=0.0,
-                   help="memory per rank to plan with (GB); 0: this machine's available memory / ranks")
-    add_threads(p)
+@dataclass(frozen=True)
+class Params(IterativeJobIO):
+    K: int = param(100, "number of classes (latent grid points)", check=AT_LEAST_1, group="GTM")
+    iters: int = param(30, "number of EM iterations", flag="--iter", check=NON_NEGATIVE, group="GTM")
+    dimension: int = param(2, "latent grid dimension", choices=(1, 2, 3), group="GTM")
+    basis: int = param(0, "Gaussian basis functions along the longest latent axis (0: 1.5 sqrt(side))",
+                       check=NON_NEGATIVE, group="GTM")
+    basis_width: float = param(1.0, "basis width sigma in units of the basis spacing", check=POSITIVE, group="GTM")
+    alpha: float = param(1.0, "Gaussian prior on W (eq 11), in units of the normalised data (mean power 1)",
+                         check=NON_NEGATIVE, group="GTM")
+    ctf: bool = param(False, "model the CTF (eq 2) and CTF-correct the averages", action="store_true", group="GTM")
+    maxres: float = param(0.0, "highest resolution used (A); 0: 4 pixels (n/4 shells)", check=NON_NEGATIVE,
+                          group="GTM")
+    max_shell: float = param(0.0, "highest Fourier shell used (overridden by --maxres)", check=NON_NEGATIVE,
+                             group="GTM")
+    particle_diameter: float = param(0.0, "soft circular mask diameter (A); 0: 90%% of the box", check=NON_NEGATIVE,
+                                     group="GTM")
+    classes: str = param("", "strategy II: comma-separated rlnClassNumber values to sub-classify, each on its own",
+                         group="GTM")
+    random_seed: int = param(0, "seed of the PCA initialisation", group="GTM")
+    pca_particles: int = param(4000, "particles used for the PCA initialisation", check=AT_LEAST_1, group="GTM")
+    memory_gb: float = param(0.0, "memory per rank to plan with (GB); 0: this node's available memory / ranks",
+                             check=NON_NEGATIVE, group="compute")
 
 
-def _config(args, ps):
-    from ..algorithms.gtm import GTMConfig
+def gtm_config(p, ps):
+    """The GTM settings of an sml-style job on the particle set ``ps`` (resolution and mask in
+    pixels); ``p`` has the fields of :class:`Params` (deep2d's flags map onto them)."""
+    from ..algorithms.rome.gtm import GTMConfig
 
-    if args.K < 1:
-        raise InputError("must be >= 1", field="--K")
-    if args.iter < 0:
-        raise InputError("must be >= 0", field="--iter")
-    if args.alpha < 0:
-        raise InputError("must be >= 0", field="--alpha")
-    if args.basis_width <= 0:
-        raise InputError("must be > 0", field="--basis_width")
-    max_shell = args.max_shell
-    if args.maxres and args.maxres > 0:
-        if args.maxres < 2 * ps.angpix:
-            raise InputError("%.3g A is beyond Nyquist (%.3g A)" % (args.maxres, 2 * ps.angpix), field="--maxres")
-        max_shell = ps.box * ps.angpix / args.maxres
-    radius = args.particle_diameter / (2 * ps.angpix) if args.particle_diameter > 0 else 0.0
-    return GTMConfig(K=args.K, dimension=args.dimension, basis=args.basis, basis_width=args.basis_width,
-                     alpha=args.alpha, max_shell=max_shell, iters=args.iter, ctf=bool(args.ctf),
-                     mask_radius_px=radius, seed=args.random_seed, pca_particles=args.pca_particles)
+    max_shell = p.max_shell
+    if p.maxres > 0:
+        if p.maxres < 2 * ps.angpix:
+            raise InputError("%.3g A is beyond Nyquist (%.3g A)" % (p.maxres, 2 * ps.angpix), field="--maxres")
+        max_shell = ps.box * ps.angpix / p.maxres
+    radius = p.particle_diameter / (2 * ps.angpix) if p.particle_diameter > 0 else 0.0
+    return GTMConfig(K=p.K, dimension=p.dimension, basis=p.basis, basis_width=p.basis_width, alpha=p.alpha,
+                     max_shell=max_shell, iters=p.iters, ctf=bool(p.ctf), mask_radius_px=radius, seed=p.random_seed,
+                     pca_particles=p.pca_particles)
 
 
-def run(args, comm):
-    from ..algorithms.gtm import GTMConfig
-    from ..algorithms.gtm_io import read_checkpoint, run_gtm
-    from ..io.particles import ParticleSet
+def _resolve(p, ctx):
+    """(params, root, checkpoint, sub-class or None) of a fresh or continued run."""
+    from ..runtime.output import OutputRoot
+    from ..runtime.resume import clean_stale, resolve_checkpoint
 
-    set_threads(args.j)
-    resume = None
-    if args.continue_from:
-        resume = read_checkpoint(args.continue_from)
-        ex = resume["extra"]
-        args.i = args.i or ex.get("input")
-        args.o = args.o or os.path.dirname(os.path.abspath(args.continue_from))
-        if args.i is None:
-            raise InputError("no input STAR file recorded; give --i", field="--continue")
-    if not args.i or not args.o:
-        raise InputError("--i and --o are required (or --continue)", field="--i/--o")
-    ps = ParticleSet.read(args.i, angpix=args.angpix or None)
-    ps.validate(ctf=args.ctf)
-    if resume is not None:
-        cfg = GTMConfig(**resume["config"])
-        cfg.iters = max(args.iter, resume["iteration"])
-    else:
-        cfg = _config(args, ps)
+    if p.continue_ is None:
+        if not p.i or not p.o:
+            raise InputError("--i and --o are required (or --continue)", field="--i/--o")
+        return p, OutputRoot.parse(p.o), None, None
+    root, ck = resolve_checkpoint(p.continue_, p.o if "o" in ctx.given else None, "sml")
+    q = continued(p, ck.job.get("params", {}), ctx.given, ctx.log)
+    if "iters" in ctx.given:
+        q = q.replace(iters=max(p.iters, ck.iteration))
+    clean_stale(root, ctx.comm)
+    return q, root, ck, ck.job.get("subclass")
+
+
+def _jobs(p, ps, root, subclass):
+    """(particles, output root, class) of each GTM run: all particles, or each selected class."""
+    if not p.classes and subclass is None:
+        return [(ps, root, None)]
+    cn = ps.class_numbers()
+    if cn is None:
+        raise InputError("--classes needs rlnClassNumber in the input", file=p.i, field="rlnClassNumber")
+    wanted = [int(subclass)] if subclass is not None else [int(c) for c in str(p.classes).split(",") if c.strip()]
+    out = []
+    for c in wanted:
+        idx = np.flatnonzero(cn == c)
+        if idx.size < 2:
+            raise InputError("class %d has %d particles" % (c, idx.size), file=p.i, field="--classes")
+        out.append((ps.subset(idx), root if subclass is not None else root.sub("class%03d" % c), c))
+    return out
+
+
+def run(p: Params, ctx):
+    from ..algorithms.rome.sml import run_sml
+
+    set_threads(p.j)
+    p, root, restart, subclass = _resolve(p, ctx)
+    ps = read_particles(p.i, p.angpix, ctf=p.ctf)
     if ps.box < 8:
         raise InputError("box %d is too small" % ps.box, field="rlnImageSize")
-    jobs = [(ps, args.o, None)]
-    sel = resume["extra"].get("subclass") if resume is not None else None
-    if args.classes or sel:
-        cn = ps.class_numbers()
-        if cn is None:
-            raise InputError("--classes needs rlnClassNumber in the input", file=args.i, field="rlnClassNumber")
-        wanted = [int(sel)] if sel else [int(c) for c in str(args.classes).split(",") if c.strip()]
-        jobs = []
-        for c in wanted:
-            idx = np.flatnonzero(cn == c)
-            if idx.size < 2:
-                raise InputError("class %d has %d particles" % (c, idx.size), file=args.i, field="--classes")
-            out = args.o if sel else os.path.join(args.o, "class%03d" % c)
-            jobs.append((ps.subset(idx), out, c))
-    log(comm, "hpcem sml: %d particles, box %d, %.3f A/px, %d job(s), %d rank(s)" % (
-        ps.n, ps.box, ps.angpix, len(jobs), comm.size))
+    cfg = gtm_config(p, ps)
+    jobs = _jobs(p, ps, root, subclass)
+    ctx.log("hpcem sml: %d particles, box %d, %.3f A/px, %d job(s), %d rank(s)" % (
+        ps.n, ps.box, ps.angpix, len(jobs), ctx.comm.size))
     for sub, out, c in jobs:
         if c is not None:
-            log(comm, "== sub-classifying class %d (%d particles) into %s" % (c, sub.n, out))
-        if comm.rank == 0:
-            os.makedirs(out, exist_ok=True)
-            stamp(os.path.join(out, "job.json"), args, {"gtm_config": cfg.to_dict()})
-        comm.barrier()
-        run_gtm(sub, comm, cfg, out, log=lambda *m: log(comm, *m), resume=resume,
-                memory_limit_gb=args.memory_gb,
-                extra={"input": os.path.abspath(args.i), "subclass": c})
-        log(comm, "wrote %s/run_classes.mrcs, run_data.star, run_model.star" % out)
+            ctx.log("== sub-classifying class %d (%d particles) into %s" % (c, sub.n, out.folder))
+        job = dict(job_record(ctx.name, p, ctx.argv), subclass=c)
+        if ctx.comm.rank == 0:
+            stamp(out.file("job.json"), job)
+        ctx.comm.barrier()
+        run_sml(sub, ctx.comm, cfg, out, log=ctx.log, restart=restart, job=job,
+                memory_limit=p.memory_gb * 2 ** 30 if p.memory_gb > 0 else None)
+        ctx.log("wrote %s_classes.mrcs, run_data.star, run_model.star" % out.rootname)
     return 0
-

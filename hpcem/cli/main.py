@@ -1,9 +1,11 @@
 """``hpcem <job> --flags``: one explicit, grouped registry of jobs.
 
-Each job module provides ``add_arguments(parser)`` and ``run(args, comm)``; the
-CLI parses, validates, stamps the configuration and calls one library
-function.  Bad input (:class:`hpcem.errors.InputError`) prints one line and
-exits with status 2 on every rank, before any compute.
+Each job module provides ``Params`` (a frozen, validated :class:`hpcem.runtime.params.Params`
+dataclass whose fields are the job's flags) and ``run(params, comm, given)``.  The CLI only parses:
+the flags given become a dictionary, :func:`run_job` builds the job's parameters from it (as a
+Schemes workflow does, without argparse) and runs the job.  Bad input
+(:class:`hpcem.errors.InputError`) prints one line and exits with status 2 on every rank, before
+any compute; a failing rank takes the job down instead of hanging the others.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 
 from .. import __version__
 from ..errors import InputError
+from .params import add_arguments, given
 
 # group -> [(job name, module, one-line help)]
 REGISTRY = {
@@ -36,11 +39,30 @@ REGISTRY = {
 }
 
 
-def _available():
+def _jobs():
     for group, jobs in REGISTRY.items():
         for name, mod, helptext in jobs:
             if importlib.util.find_spec(mod) is not None:  # jobs still being built are left out
                 yield group, name, mod, helptext
+
+
+def job_module(name: str):
+    for _, n, mod, _ in _jobs():
+        if n == name:
+            return importlib.import_module(mod)
+    raise InputError("unknown job (hpcem --help lists them)", field=name)
+
+
+def run_job(name: str, values: dict, comm=None, argv=None) -> int:
+    """Build job ``name``'s parameters from ``values`` (field names or flags without dashes to
+    values, strings allowed) and run it; the entry point of the CLI and of workflows."""
+    from ..parallel.comm import get_comm
+    from .common import JobContext
+
+    mod = job_module(name)
+    named = mod.Params.named(values)
+    ctx = JobContext(name, comm if comm is not None else get_comm(), frozenset(named), argv)
+    return int(mod.run(mod.Params(**named), ctx) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,17 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hpcem",
         description="hpcem %s: distributed cryo-EM processing. Run any job under `mpiexec -n N` or "
                     "`srun` to split the work over ranks." % __version__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version="hpcem %s" % __version__)
     sub = p.add_subparsers(dest="job", metavar="<job>")
     epilog = []
-    for group, name, mod, helptext in _available():
+    for group, name, mod, helptext in _jobs():
         m = importlib.import_module(mod)
         sp = sub.add_parser(name, help=helptext, description=(m.__doc__ or helptext).strip(),
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        m.add_arguments(sp)
-        sp.set_defaults(_module=m)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        (m.add_arguments if hasattr(m, "add_arguments") else lambda s: add_arguments(s, m.Params))(sp)
         epilog.append("  %-12s %s  [%s]" % (name, helptext, group))
     p.epilog = "jobs:\n" + "\n".join(epilog)
     return p
@@ -74,9 +94,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 1
     comm = get_comm()
-    args._argv = ["hpcem"] + argv
     try:
-        rc = args._module.run(args, comm)
+        return run_job(args.job, given(args), comm, argv=["hpcem"] + argv)
     except InputError as exc:
         if comm.rank == 0:
             sys.stderr.write("hpcem %s: error: %s\n" % (args.job, exc))
@@ -86,7 +105,6 @@ def main(argv=None) -> int:
     except Exception as exc:  # a failing rank takes the job down instead of hanging the others
         abort_on_error(comm, exc)
         raise
-    return int(rc or 0)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,21 @@ def ctf2d(n: int, angpix: float, defocus_u, defocus_v, defocus_angle, voltage, c
     return out if batched else out[0]
 
 
+# the keys of ParticleSet.ctf_params() that ctf2d takes, in its argument order
+CTF_ARGS = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amp_contrast", "phase_shift",
+            "bfactor")
+
+
+def ctf_from_params(n: int, angpix: float, params: dict, angle_offset=0.0, dtype=np.float32) -> np.ndarray:
+    """Batched CTFs ``(B, n, n//2+1)`` from per-particle parameters (``ParticleSet.ctf_params``);
+    ``angle_offset`` (deg, scalar or (B,)) is added to the astigmatism angle, which puts the CTF
+    into a frame rotated in-plane by that angle (a particle rotated by psi has its CTF's
+    astigmatism at angle + psi)."""
+    p = dict(params)
+    p["defocus_angle"] = np.asarray(p["defocus_angle"], np.float64) + angle_offset
+    return ctf2d(n, angpix, *(p[k] for k in CTF_ARGS), dtype=dtype)
+
+
 # RELION STAR column -> ctf2d argument, with the default when the column is absent
 STAR_CTF_COLUMNS = {
     "rlnDefocusU": ("defocus_u", None),

@@ -29,6 +29,11 @@ def euler_to_matrix(rot, tilt, psi) -> np.ndarray:
     return A
 
 
+def wrap180(angle_deg):
+    """Angles in degrees wrapped to [-180, 180)."""
+    return (np.asarray(angle_deg) + 180.0) % 360.0 - 180.0
+
+
 def matrix_to_euler(A) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inverse of :func:`euler_to_matrix`: (..., 3, 3) -> (rot, tilt, psi) in degrees.
 

@@ -94,10 +94,17 @@ def fsc_table(shells, curve, n: int, angpix: float):
     })
 
 
-def fsc_to_snr(curve) -> np.ndarray:
-    """Per-shell SNR of the full data set from a half-set FSC: 2 FSC / (1 - FSC)."""
-    c = np.clip(np.asarray(curve, np.float64), -0.999999, 0.999999)
-    return 2.0 * c / (1.0 - c)
+def fsc_to_ssnr(curve, full: bool = False) -> np.ndarray:
+    """Per-shell SSNR from a half-map FSC: FSC / (1 - FSC) of one half map, 2 FSC / (1 - FSC) of
+    the map of both halves (``full``); zero from the first shell where the FSC falls to 0 on (FSC
+    clipped to [0, 0.999]); shell 0 at least as large as shell 1."""
+    c = np.clip(np.asarray(curve, np.float64), 0.0, 0.999)
+    ssnr = (2.0 if full else 1.0) * c / (1.0 - c)
+    z = np.flatnonzero(c[1:] <= 0.0)
+    if z.size:
+        ssnr[z[0] + 1:] = 0.0
+    ssnr[0] = max(ssnr[0], ssnr[1] if ssnr.size > 1 else 1.0)
+    return ssnr
 
 
 def fsc_half_to_full(curve) -> np.ndarray:

@@ -59,6 +59,10 @@ class SerialComm:
     def split(self, color: int, key: int = 0) -> "SerialComm":
         return self
 
+    def node_size(self) -> int:
+        """Ranks of this communicator on this rank's node (shared memory)."""
+        return 1
+
     def abort(self, code: int = 1) -> None:
         sys.exit(code)
 
@@ -73,9 +77,14 @@ class Comm(SerialComm):
     is_mpi = True
 
     def __init__(self, mpicomm):
+        from mpi4py import MPI
+
         self._c = mpicomm
         self.rank = mpicomm.Get_rank()
         self.size = mpicomm.Get_size()
+        node = mpicomm.Split_type(MPI.COMM_TYPE_SHARED)   # collective, like the constructor's callers
+        self._node_size = node.Get_size()
+        node.Free()
 
     def allreduce_(self, arr: np.ndarray) -> np.ndarray:
         """Sum ``arr`` over all ranks, in place (contiguous arrays), in chunks."""
@@ -163,6 +172,11 @@ class Comm(SerialComm):
 
     def split(self, color: int, key: int = 0) -> "Comm":
         return Comm(self._c.Split(color, key))
+
+    def node_size(self) -> int:
+        """Ranks of this communicator on this rank's node (MPI's shared-memory split, made
+        collectively when the communicator is)."""
+        return self._node_size
 
     def abort(self, code: int = 1) -> None:
         sys.stdout.flush()

@@ -15,7 +15,7 @@ import numpy as np
 from ..core.ctf import ctf2d
 from ..core.euler import euler_to_matrix, matrix_to_euler, random_rotations
 from ..core.fourier import ift2, shift_phases
-from ..core.projector import Projector
+from ..recon.projector import Projector
 
 
 @dataclass

@@ -11,14 +11,12 @@ import time
 
 import numpy as np
 
-from ..core.ctf import ctf2d
+from ..core.ctf import ctf_from_params
 from ..core.euler import euler_to_matrix
 from ..core.fourier import ft2, shift_phases
-from ..core.projector import BackProjector
 from ..core.symmetry import symmetry_ops
 from ..parallel.decomp import block_range
-
-CTF_KEYS = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amp_contrast", "phase_shift", "bfactor")
+from .projector import BackProjector
 
 
 def particle_slices(ps, idx, ctf: bool):
@@ -27,10 +25,7 @@ def particle_slices(ps, idx, ctf: bool):
     F = ft2(ps.read_images(idx))
     F *= shift_phases(n, ps.origins_px(idx))          # particle sits at -origin: shift by +origin
     A = euler_to_matrix(*ps.poses(idx)).astype(np.float32)
-    c = None
-    if ctf:
-        p = ps.ctf_params(idx)
-        c = ctf2d(n, ps.angpix, *(p[k] for k in CTF_KEYS))
+    c = ctf_from_params(n, ps.angpix, ps.ctf_params(idx)) if ctf else None
     return F, c, A
 
 

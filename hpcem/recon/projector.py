@@ -103,28 +103,51 @@ def _divide(D, W, reg, zero):
     return F
 
 
-# ---------------------------------------------------------------- 3D
-class Projector:
-    """Padded Fourier transform of a volume, ready for :func:`hpcem.kernels.project3d`."""
+def _padded_transform(arr, pad, ndim: int):
+    """``(complex64 half transform of the gridding-corrected, zero-padded array, n)`` of a volume
+    (``ndim`` 3) or a stack of images (``ndim`` 2, leading axis); origin at P//2."""
+    n = arr.shape[-1]
+    P = int(round(pad * n))
+    o = P // 2 - n // 2
+    padded = np.zeros(arr.shape[:arr.ndim - ndim] + (P,) * ndim, dtype=np.float32)
+    padded[(Ellipsis,) + (slice(o, o + n),) * ndim] = arr / gridding_correction(n, P, ndim)
+    return np.ascontiguousarray((ft3 if ndim == 3 else ft2)(padded), dtype=np.complex64), n
 
-    def __init__(self, vol_ft_pad, n: int, pad=2, r_max=None):
-        self.data = vol_ft_pad
+
+class _Padded:
+    """A padded half transform of box ``pad * n`` with the default radius of its slices."""
+
+    def __init__(self, ft_pad, n: int, pad=2, r_max=None):
+        self.data = ft_pad
         self.n = int(n)
         self.pad = pad
         self.P = int(round(pad * n))
         self.r_max = n / 2.0 if r_max is None else float(r_max)
+
+
+def _accumulators(bp, n: int, pad, dtype, lead: tuple, three_d: bool = True) -> None:
+    """Zeroed data (complex128 or complex64) and weight (float64 / float32) accumulators of a
+    padded half grid, ``lead + (P, P, P//2+1)`` (3D) or ``lead + (P, P//2+1)`` (2D)."""
+    bp.n, bp.pad, bp.P = int(n), pad, int(round(pad * n))
+    dt = np.dtype(dtype)
+    if dt not in (np.complex128, np.complex64):
+        raise ValueError(f"{type(bp).__name__}: dtype must be complex128 or complex64, got {dt}")
+    P = bp.P
+    shape = lead + ((P, P, P // 2 + 1) if three_d else (P, P // 2 + 1))
+    bp.data = np.zeros(shape, dtype=dt)
+    bp.weight = np.zeros(shape, dtype=np.float64 if dt == np.complex128 else np.float32)
+
+
+# ---------------------------------------------------------------- 3D
+class Projector(_Padded):
+    """Padded Fourier transform of a volume, ready for :func:`hpcem.kernels.project3d`."""
 
     @classmethod
     def from_volume(cls, vol, pad=2, r_max=None) -> "Projector":
         v = np.asarray(vol, dtype=np.float64)
         if v.ndim != 3 or len(set(v.shape)) != 1:
             raise ValueError(f"Projector.from_volume: volume must be a cube (n, n, n), got {v.shape}")
-        n = v.shape[0]
-        P = int(round(pad * n))
-        vp = np.zeros((P, P, P), dtype=np.float32)
-        o = P // 2 - n // 2
-        vp[o:o + n, o:o + n, o:o + n] = v / gridding_correction(n, P, 3)
-        return cls(np.ascontiguousarray(ft3(vp), dtype=np.complex64), n, pad, r_max)
+        return cls(*_padded_transform(v, pad, 3), pad, r_max)
 
     def project(self, rotations, r_max=None):
         """Slices ``(B, n, n//2+1)`` complex64 for poses ``(B, 3, 3)`` (or one ``(3, 3)``)."""
@@ -139,20 +162,7 @@ class BackProjector:
     """Accumulates Fourier slices into padded 3D accumulators and reconstructs."""
 
     def __init__(self, n: int, pad=2, dtype=np.complex128):
-        self.n = int(n)
-        self.pad = pad
-        self.P = int(round(pad * n))
-        dt = np.dtype(dtype)
-        if dt not in (np.complex128, np.complex64):
-            raise ValueError(f"BackProjector: dtype must be complex128 or complex64, got {dt}")
-        wdt = np.float64 if dt == np.complex128 else np.float32
-        shape = (self.P, self.P, self.P // 2 + 1)
-        self.data = np.zeros(shape, dtype=dt)
-        self.weight = np.zeros(shape, dtype=wdt)
-
-    def reset(self):
-        self.data[...] = 0
-        self.weight[...] = 0
+        _accumulators(self, n, pad, dtype, ())
 
     def insert(self, slices, weights=None, rotations=None, r_max=None):
         """Back-project slices ``(B, n, n//2+1)`` with weights (broadcastable; None: 1) at poses ``(B, 3, 3)``."""
@@ -185,15 +195,8 @@ class BackProjector:
 
 
 # ---------------------------------------------------------------- 2D
-class Projector2D:
+class Projector2D(_Padded):
     """Padded transforms of K 2D references, for :func:`hpcem.kernels.project2d`."""
-
-    def __init__(self, refs_ft_pad, n: int, pad=2, r_max=None):
-        self.data = refs_ft_pad
-        self.n = int(n)
-        self.pad = pad
-        self.P = int(round(pad * n))
-        self.r_max = n / 2.0 if r_max is None else float(r_max)
 
     @classmethod
     def from_images(cls, refs, pad=2, r_max=None) -> "Projector2D":
@@ -202,12 +205,7 @@ class Projector2D:
             r = r[None]
         if r.ndim != 3 or r.shape[1] != r.shape[2]:
             raise ValueError(f"Projector2D.from_images: references must be (K, n, n), got {np.shape(refs)}")
-        K, n = r.shape[0], r.shape[1]
-        P = int(round(pad * n))
-        rp = np.zeros((K, P, P), dtype=np.float32)
-        o = P // 2 - n // 2
-        rp[:, o:o + n, o:o + n] = r / gridding_correction(n, P, 2)
-        return cls(np.ascontiguousarray(ft2(rp), dtype=np.complex64), n, pad, r_max)
+        return cls(*_padded_transform(r, pad, 2), pad, r_max)
 
     def project(self, rotations2d, ref_index=None, r_max=None):
         """Rotated references ``(B, n, n//2+1)``: output b is reference ``ref_index[b]`` under
@@ -220,19 +218,8 @@ class BackProjector2D:
     """K 2D accumulators (class averages)."""
 
     def __init__(self, n: int, n_classes: int = 1, pad=2, dtype=np.complex128):
-        self.n = int(n)
-        self.pad = pad
         self.K = int(n_classes)
-        self.P = int(round(pad * n))
-        dt = np.dtype(dtype)
-        wdt = np.float64 if dt == np.complex128 else np.float32
-        shape = (self.K, self.P, self.P // 2 + 1)
-        self.data = np.zeros(shape, dtype=dt)
-        self.weight = np.zeros(shape, dtype=wdt)
-
-    def reset(self):
-        self.data[...] = 0
-        self.weight[...] = 0
+        _accumulators(self, n, pad, dtype, (self.K,), three_d=False)
 
     def insert(self, slices, weights=None, rotations2d=None, ref_index=None, r_max=None):
         s = np.ascontiguousarray(slices, dtype=np.complex64)

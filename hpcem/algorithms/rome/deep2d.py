@@ -1,9 +1,9 @@
 """Deep 2D classification: reference-free MAP alignment, then GTM (ROME).
 
-Stage 1 (``<outdir>/map2d/``): :func:`hpcem.algorithms.map_em.classify_2d` with a small
+Stage 1 (``<outdir>/map2d/``): 2D classification (:class:`hpcem.algorithms.map_em.class2d.Class2D`) with a small
 number of classes aligns every particle in-plane (rlnAnglePsi, rlnOriginXAngst/YAngst of
 its most probable class); under MPI the particles are split across ranks.
-Stage 2 (``<outdir>/sml/``): :func:`hpcem.algorithms.gtm_io.run_gtm` classifies the
+Stage 2 (``<outdir>/sml/``): GTM (:func:`hpcem.algorithms.rome.sml.run_sml`) classifies the
 particles, put into their MAP class frames with those poses (as ROME applies the MAP
 alignment), into many classes; under MPI the Fourier coefficients are split across ranks.
 Two modes:
@@ -30,28 +30,24 @@ where an uninterrupted one does (up to float reduction order).
 """
 from __future__ import annotations
 
-import glob
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..io.atomic import atomic_write
+from ...io.atomic import atomic_write
+from ...runtime.checkpoint import load_checkpoint
+from ...runtime.resume import newest_checkpoint
 
-FINAL_FILES = ("run_classes.mrcs", "run_data.star", "run_model.star", "run_classes.png", "run_loglik.txt")
+FINAL_FILES = ("classes.mrcs", "data.star", "model.star", "classes.png", "loglik.txt")
 
 
-def newest(pattern: str):
-    """(iteration, path) of the newest ``run_itNNN_*`` file matching ``pattern``, or (0, None)."""
-    best = (0, None)
-    for p in glob.glob(pattern):
-        m = re.search(r"run_it(\d+)_", os.path.basename(p))
-        if m and int(m.group(1)) > best[0]:
-            best = (int(m.group(1)), p)
-    return best
+def newest(root, kind):
+    """The newest checkpoint of ``kind`` written under ``root``, or None."""
+    path = newest_checkpoint(root)
+    return load_checkpoint(path, kind) if path else None
 
 
 def portable_names(ps):
@@ -102,16 +98,14 @@ def allocate_classes(sizes, K: int) -> np.ndarray:
     return k
 
 
-def _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_dir: str, outdir: str, resume: bool, log,
-                   extra: dict, memory_limit_gb: float) -> dict:
+def _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_root, root, resume: bool, log, job: dict,
+                   memory_limit) -> dict:
     """GTM inside every MAP class (ROME strategy II applied to all classes): class c gets
     K_c of the sml_cfg.K classes in proportion to its size (:func:`allocate_classes`) and
-    its own run in ``sml_dir/classNNN`` (checkpoints, files; pixels split across ranks as
+    its own run in ``sml/classNNN`` (checkpoints, files; pixels split across ranks as
     always).  The combined classes are numbered MAP class by MAP class; the combined files
-    are written to ``outdir``."""
-    from dataclasses import replace
-
-    from .gtm_io import read_checkpoint, run_gtm
+    are written to ``root``."""
+    from .sml import run_sml
 
     labels, sizes = np.unique(map_classes, return_counts=True)
     Ks = allocate_classes(sizes, sml_cfg.K)
@@ -122,20 +116,16 @@ def _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_dir: str, outdir: st
     biggest = int(labels[np.argmax(sizes)])   # its run logs in full: memory plan, PCA, iterations
     for c, n_c, K_c in zip(labels, sizes, Ks):
         idx = np.flatnonzero(map_classes == c)
-        sub_dir = os.path.join(sml_dir, "class%03d" % c)
-        gres = None
-        if resume:
-            _, gck = newest(os.path.join(sub_dir, "run_it*_gtm.h5"))
-            gres = read_checkpoint(gck) if gck is not None else None
-        cfg = replace(sml_cfg, K=int(K_c))
+        sub_root = sml_root.sub("class%03d" % c)
+        gres = newest(sub_root, "sml") if resume else None
         t = time.time()
         sub_log = (lambda *m, c=c: log("   [MAP class %d] %s" % (c, " ".join(str(x) for x in m)))) \
             if c == biggest else (lambda *m: None)
-        out = run_gtm(aligned.subset(idx), comm, cfg, sub_dir, log=sub_log, resume=gres,
-                      memory_limit_gb=memory_limit_gb, extra=dict(extra, map_class=int(c)))
+        out = run_sml(aligned.subset(idx), comm, sml_cfg.replace(K=int(K_c)), sub_root, log=sub_log, restart=gres,
+                      job=dict(job, map_class=int(c)), memory_limit=memory_limit)
         log("   MAP class %3d: %5d particles -> %3d GTM classes, %d non-empty, loglik %.6e%s (%.1f s)" % (
             c, n_c, K_c, len(np.unique(out["classes"])), out["loglik"],
-            " (resumed at iteration %d)" % gres["iteration"] if gres else "", time.time() - t))
+            " (resumed at iteration %d)" % gres.iteration if gres else "", time.time() - t))
         assign[idx] = offset + out["classes"] - 1
         rmax[idx] = out["rmax"]
         logZ[idx] = out["logZ"]
@@ -147,128 +137,116 @@ def _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_dir: str, outdir: st
             h["loglik"] += r["loglik"]
             h["beta"] += r["beta"] * n_c / N          # particle-weighted mean noise precision
             h["nonempty"] += r["nonempty"]
-            h["seconds"] += r["seconds"]
+            h["seconds"] += r.get("seconds", 0.0)
         model_rows += [(int(c), k + 1) for k in range(K_c)]
         offset += int(K_c)
-    averages = np.concatenate(averages, axis=0) if comm.rank == 0 else None   # run_gtm: rank 0 only
+    averages = np.concatenate(averages, axis=0) if comm.rank == 0 else None   # rank 0 only
     hist = [history[i] for i in sorted(history)]
     if comm.rank == 0:
-        _write_combined(outdir, aligned, assign, rmax, logZ, averages, model_rows, hist)
+        _write_combined(root, aligned, assign, rmax, logZ, averages, model_rows, hist)
     comm.barrier()
     return {"classes": assign + 1, "rmax": rmax, "loglik": total_ll, "history": hist, "averages": averages,
             "K": offset, "class_sizes": sizes, "gtm_classes_per_map_class": Ks}
 
 
-def _write_combined(outdir, aligned, assign, rmax, logZ, averages, model_rows, hist) -> None:
+def _write_combined(root, aligned, assign, rmax, logZ, averages, model_rows, hist) -> None:
     import pandas as pd
 
-    from ..io.mrc import write_mrc
-    from ..io.star import write_star
-    from ..plots import montage
-    from .gtm_io import write_loglik
+    from ...io.mrc import write_mrc
+    from ...io.star import write_star
+    from ...plots import montage
+    from .sml import write_loglik
 
     K = averages.shape[0]
-    write_mrc(os.path.join(outdir, "run_classes.mrcs"), averages, aligned.angpix, stack=True)
+    classes = root.path("classes.mrcs")
+    write_mrc(classes, averages, aligned.angpix, stack=True)
     aligned.with_columns(rlnClassNumber=assign + 1, rlnMaxValueProbDistribution=rmax,
-                         rlnLogLikeliContribution=logZ).write(os.path.join(outdir, "run_data.star"))
+                         rlnLogLikeliContribution=logZ).write(root.path("data.star"))
     sizes = np.bincount(assign, minlength=K)
-    tab = pd.DataFrame({"rlnReferenceImage": ["%06d@run_classes.mrcs" % (k + 1) for k in range(K)],
+    tab = pd.DataFrame({"rlnReferenceImage": ["%06d@%s" % (k + 1, os.path.basename(classes)) for k in range(K)],
                         "rlnClassDistribution": sizes / max(aligned.n, 1),
                         "rlnClassNumberOfParticles": sizes.astype(np.int64),
                         "hpcemMapClassNumber": [r[0] for r in model_rows],
                         "hpcemGtmSubClass": [r[1] for r in model_rows]})
     general = pd.DataFrame({"rlnNrClasses": [K], "rlnLogLikelihood": [hist[-1]["loglik"] if hist else 0.0],
                             "hpcemSmlMode": ["per_class"], "hpcemMapClasses": [len(set(r[0] for r in model_rows))]})
-    write_star(os.path.join(outdir, "run_model.star"), {"model_general": general, "model_classes": tab})
+    write_star(root.path("model.star"), {"model_general": general, "model_classes": tab})
     order = [k for k in np.argsort(-sizes, kind="stable") if sizes[k] > 0]
-    montage(os.path.join(outdir, "run_classes.png"), averages[order],
-            labels=["%d (%d)" % (k + 1, sizes[k]) for k in order])
-    write_loglik(outdir, hist)
+    montage(root.path("classes.png"), averages[order], labels=["%d (%d)" % (k + 1, sizes[k]) for k in order])
+    write_loglik(root, hist)
 
 
-def deep_classify_2d(ps, map_cfg, sml_cfg, comm, outdir: str, resume: bool = False, log=print,
-                     job: dict | None = None, memory_limit_gb: float = 0.0, sml_mode: str = "per_class") -> dict:
+def _map_alignment(ps, map_cfg, comm, map_root, resume: bool, log, job):
+    """Stage 1: run (or resume) the MAP alignment; returns (its final checkpoint, seconds, done before)."""
+    from ...runtime.driver import run_iterations
+    from ..map_em.class2d import Class2D, Class2DConfig
+
+    t0 = time.time()
+    ck = newest(map_root, "class2d") if resume else None
+    if ck is not None:
+        map_cfg = Class2DConfig.from_dict(ck.config).replace(iters=max(map_cfg.iters, ck.iteration))
+    if ck is not None and ck.iteration >= map_cfg.iters:
+        log("== stage 1 already done (%s)" % ck.path)
+        return ck, time.time() - t0, True
+    log("== stage 1: MAP alignment, K = %d, %d iterations%s -> %s" % (
+        map_cfg.K, map_cfg.iters, " (from iteration %d)" % ck.iteration if ck else "", map_root.folder))
+    run_iterations(Class2D(ps, map_cfg, comm, log), map_root, comm, log, restart=ck, job=job)
+    comm.barrier()
+    return newest(map_root, "class2d"), time.time() - t0, False
+
+
+def deep_classify_2d(ps, map_cfg, sml_cfg, comm, root, resume: bool = False, log=print,
+                     job: dict | None = None, memory_limit=None, sml_mode: str = "per_class") -> dict:
     """Deep classification of ``ps``: MAP alignment (``map_cfg``, a Class2DConfig) into
-    ``outdir/map2d``, GTM (``sml_cfg``, a GTMConfig) into ``outdir/sml``, final files in
-    ``outdir``.  ``sml_mode="global"`` is ROME's strategy I as printed (one GTM over all
-    aligned particles); ``"per_class"`` runs one GTM inside each MAP class with K shared
-    in proportion to the class sizes (strategy II over every class, automatically).
-    Returns the GTM summary plus ``map_classes`` (N,), ``t_map``, ``t_sml`` (seconds of this
-    call's stages) and ``map_iterations``."""
-    from dataclasses import replace
-
-    from .gtm_io import read_checkpoint, run_gtm
-    from .map_em import Class2DConfig, classify_2d
-    from .map_em_io import load_checkpoint
+    ``<folder>/map2d``, GTM (``sml_cfg``, a GTMConfig) into ``<folder>/sml``, final files under
+    ``root`` (an OutputRoot).  ``sml_mode="global"`` is ROME's strategy I as printed (one GTM over
+    all aligned particles); ``"per_class"`` runs one GTM inside each MAP class with K shared in
+    proportion to the class sizes (strategy II over every class, automatically).  Returns the
+    GTM summary plus ``map_classes`` (N,), ``t_map``, ``t_sml`` (seconds of this call's stages)
+    and ``map_iterations``."""
+    from .sml import run_sml
 
     if sml_mode not in ("per_class", "global"):
         raise ValueError("sml_mode must be 'per_class' or 'global'")
-    map_dir, sml_dir = os.path.join(outdir, "map2d"), os.path.join(outdir, "sml")
+    map_root, sml_root = root.sub("map2d"), root.sub("sml")
     if comm.rank == 0:
-        os.makedirs(map_dir, exist_ok=True)
-        os.makedirs(sml_dir, exist_ok=True)
+        map_root.makedirs()
+        sml_root.makedirs()
     comm.barrier()
-
-    # ---------------------------------------------------------------- stage 1: MAP alignment
-    t0 = time.time()
-    it, ck = newest(os.path.join(map_dir, "run_it*_checkpoint.h5")) if resume else (0, None)
-    restart, map_done = None, False
-    if ck is not None:
-        restart = load_checkpoint(ck)
-        stored = Class2DConfig(**restart["config"])
-        map_cfg = replace(stored, iters=max(map_cfg.iters, int(restart["iteration"])))
-    if restart is None or int(restart["iteration"]) < map_cfg.iters:
-        log("== stage 1: MAP alignment, K = %d, %d iterations%s -> %s" % (
-            map_cfg.K, map_cfg.iters, " (from iteration %d)" % it if restart else "", map_dir))
-        classify_2d(ps, map_cfg, comm, map_dir, restart=restart, log=log, job=job)
-        comm.barrier()
-        it, ck = newest(os.path.join(map_dir, "run_it*_checkpoint.h5"))
-        restart = load_checkpoint(ck)
-    else:
-        map_done = True
-        log("== stage 1 already done (%s)" % ck)
-    t_map = time.time() - t0
-    res = restart["results"]
+    job = dict(job or {})
+    ck, t_map, map_done = _map_alignment(ps, map_cfg, comm, map_root, resume, log, job)
+    res = ck.state["results"]
     map_classes = np.asarray(res["class"], np.int64)
     aligned = portable_names(ps).with_columns(
         rlnAnglePsi=np.asarray(res["psi"], np.float64), rlnOriginXAngst=np.asarray(res["ox"], np.float64),
         rlnOriginYAngst=np.asarray(res["oy"], np.float64), hpcemMapClassNumber=map_classes)
     if comm.rank == 0:
-        aligned.write(os.path.join(outdir, "aligned.star"))
+        aligned.write(root.file("aligned.star"))
     log("   MAP alignment: %d particles in %d non-empty classes (iteration %d, %.1f s)" % (
-        ps.n, len(np.unique(map_classes)), it, t_map))
+        ps.n, len(np.unique(map_classes)), ck.iteration, t_map))
 
-    # ---------------------------------------------------------------- stage 2: GTM
     t0 = time.time()
-    # GTM checkpoints only count when the alignment they were made from was already final
-    gtm_resume = resume and map_done
-    extra = dict(job or {}, stage="deep2d/sml")
+    gtm_resume = resume and map_done   # GTM checkpoints count only when made from the final alignment
+    job_sml = dict(job, stage="deep2d/sml")
     if sml_mode == "per_class":
         log("== stage 2: GTM inside each of the %d MAP classes, K = %d in all, %d iterations -> %s/classNNN" % (
-            len(np.unique(map_classes)), sml_cfg.K, sml_cfg.iters, sml_dir))
-        # writes the combined final files to outdir itself
-        out = _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_dir, outdir, gtm_resume, log, extra,
-                             memory_limit_gb)
-        t_sml = time.time() - t0
+            len(np.unique(map_classes)), sml_cfg.K, sml_cfg.iters, sml_root.folder))
+        out = _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_root, root, gtm_resume, log, job_sml,
+                             memory_limit)
     else:
-        git, gck = newest(os.path.join(sml_dir, "run_it*_gtm.h5")) if gtm_resume else (0, None)
-        gres = None
-        if gck is not None:
-            gres = read_checkpoint(gck)
-            sml_cfg = type(sml_cfg)(**dict(gres["config"], iters=max(sml_cfg.iters, gres["iteration"])))
+        gres = newest(sml_root, "sml") if gtm_resume else None
+        if gres is not None:
+            sml_cfg = type(sml_cfg).from_dict(gres.config).replace(iters=max(sml_cfg.iters, gres.iteration))
         log("== stage 2: GTM, K = %d, %d iterations%s -> %s" % (
-            sml_cfg.K, sml_cfg.iters, " (from iteration %d)" % git if gres else "", sml_dir))
-        out = run_gtm(aligned, comm, sml_cfg, sml_dir, log=log, resume=gres, memory_limit_gb=memory_limit_gb,
-                      extra=extra)
-        t_sml = time.time() - t0
-        # ------------------------------------------------------------ stage 3: final files
-        if comm.rank == 0:
+            sml_cfg.K, sml_cfg.iters, " (from iteration %d)" % gres.iteration if gres else "", sml_root.folder))
+        out = run_sml(aligned, comm, sml_cfg, sml_root, log=log, restart=gres, job=job_sml, memory_limit=memory_limit)
+        if comm.rank == 0:   # stage 3: the final files
             for name in FINAL_FILES:
-                src = os.path.join(sml_dir, name)
-                if os.path.exists(src):
-                    _copy(src, os.path.join(outdir, name))
+                if os.path.exists(sml_root.path(name)):
+                    _copy(sml_root.path(name), root.path(name))
         comm.barrier()
-    log("== deep2d: %d particles -> %d non-empty of %d classes (MAP %.1f s, GTM %.1f s); wrote %s/run_*" % (
-        ps.n, len(np.unique(out["classes"])), out["K"], t_map, t_sml, outdir))
-    out.update(map_classes=map_classes, t_map=t_map, t_sml=t_sml, map_iterations=it)
+    t_sml = time.time() - t0
+    log("== deep2d: %d particles -> %d non-empty of %d classes (MAP %.1f s, GTM %.1f s); wrote %s_*" % (
+        ps.n, len(np.unique(out["classes"])), out["K"], t_map, t_sml, root.rootname))
+    out.update(map_classes=map_classes, t_map=t_map, t_sml=t_sml, map_iterations=ck.iteration)
     return out

@@ -1,0 +1,65 @@
+"""Settings of 3D classification and 3D auto-refinement (RELION's flag names and defaults)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...core.symmetry import symmetry_ops
+from ...errors import InputError
+from ...estep import EStepOptions
+from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Params, param
+
+
+def _known_symmetry(name) -> bool:
+    try:
+        symmetry_ops(name)
+    except (InputError, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Map3DConfig(Params):
+    K: int = param(1, cli=False)
+    iters: int = param(25, "iterations", flag="--iter", check=AT_LEAST_1, group="model")
+    sym: str = param("C1", "point-group symmetry (Cn, Dn, T, O, I)", check=(_known_symmetry, "a point group"),
+                     group="model")
+    particle_diameter: float = param(0.0, "mask diameter in A (0: 80%% of the box)", check=NON_NEGATIVE,
+                                     group="model")
+    ctf: bool = param(False, "CTF-aware likelihood and reconstruction", action="store_true", group="model")
+    ini_high: float = param(40.0, "low-pass (A) of the reference, first resolution limit", check=POSITIVE,
+                            group="model")
+    tau2_fudge: float = param(4.0, "regularisation parameter T", check=POSITIVE, group="model")
+    random_seed: int = param(0, "seed (initial classes / half sets)", group="model")
+    healpix_order: int = param(2, "HEALPix order of the (first) angular sampling",
+                               check=(lambda v: 0 <= v <= 6, "in 0..6"), group="sampling")
+    psi_step: float = param(0.0, cli=False)
+    offset_range: float = param(5.0, "translation search range (pixels)", check=NON_NEGATIVE, group="sampling")
+    offset_step: float = param(1.0, "translation step (pixels)", check=POSITIVE, group="sampling")
+    oversampling: int = param(1, "adaptive oversampling order", choices=(0, 1), group="sampling")
+    maxsig: int = param(30, "most significant coarse hypotheses oversampled per particle (0: all)",
+                        check=NON_NEGATIVE, group="sampling")
+    batch: int = param(0, "particles per kernel call (0: automatic)", check=NON_NEGATIVE, group="compute")
+    frac: float = param(0.999, cli=False)
+    margin_shells: int = param(4, cli=False)
+    mask_width: float = param(5.0, cli=False)
+    coarse_factor: float = param(1.2, cli=False)   # coarse pass up to (angular step arc at the radius)/factor
+
+    def estep_options(self) -> EStepOptions:
+        return EStepOptions(self.frac, self.maxsig, self.batch, self.coarse_factor, self.oversampling)
+
+
+@dataclass(frozen=True)
+class Class3DConfig(Map3DConfig):
+    K: int = param(4, "number of classes", check=AT_LEAST_1, group="model")
+    psi_step: float = param(0.0, "in-plane step (deg; 0: the HEALPix step)",
+                            check=(lambda v: 0 <= v <= 180, "in [0, 180]"), group="sampling")
+
+
+@dataclass(frozen=True)
+class Refine3DConfig(Map3DConfig):
+    iters: int = param(50, "most iterations before the final one", flag="--iter", check=AT_LEAST_1, group="model")
+    tau2_fudge: float = param(1.0, "regularisation parameter T", check=POSITIVE, group="model")
+    auto_local_healpix_order: int = param(4, "local angular searches from this HEALPix order on",
+                                          check=NON_NEGATIVE, group="sampling")
+    max_healpix_order: int = param(0, "finest HEALPix order (0: from the Nyquist-limited accuracy)",
+                                   check=NON_NEGATIVE, group="sampling")

@@ -1,0 +1,130 @@
+"""One 3D model over one particle set (a gold-standard half, or all particles for class3d) on the
+ranks of a communicator: the class volumes, the noise and prior model, the per-particle results,
+and its E-step / reduction / noise update / reconstruction (seed 000, section 3.1.1).
+
+M-step reconstruction: ``V = data / (weight + 1 / (pad^3 T tau2))`` (the padded accumulators hold
+pad^3 less weight per voxel than the n-box), masked by a soft sphere of the particle diameter.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...core.filters import lowpass, radial_average
+from ...core.fourier import ft3
+from ...core.masks import soft_circular_mask, soft_spherical_mask
+from ...core.symmetry import symmetry_ops
+from ...estep import FourierParticles, run_estep
+from ...parallel.decomp import block_range
+from ...recon import mstep
+from .results import gather_results, new_results
+from .space3d import PAD, ProjectionSpace
+
+
+class Model3D:
+    def __init__(self, ps, idx, cfg, comm, log=print):
+        self.ps, self.cfg, self.comm, self.log = ps, cfg, comm, log
+        self.idx_all = np.asarray(idx, np.int64)
+        self.n, self.angpix = ps.box, float(ps.angpix)
+        n = self.n
+        self.nsh = n // 2 + 1
+        self.lo, self.hi = block_range(self.idx_all.size, comm.size, comm.rank)
+        self.idx = self.idx_all[self.lo:self.hi]
+        self.radius_px = (cfg.particle_diameter / 2.0 / self.angpix) if cfg.particle_diameter > 0 else 0.4 * n
+        self.mask3 = soft_spherical_mask(n, self.radius_px, cfg.mask_width)
+        self.parts = FourierParticles(ps, self.idx, soft_circular_mask(n, self.radius_px, cfg.mask_width),
+                                      cfg.ctf, comm)
+        self.ops = symmetry_ops(cfg.sym)
+        self.reconstructor = mstep.WienerMAP()
+        self.refs = self.sigma2 = self.tau2 = None
+        self.pclass = np.full(cfg.K, 1.0 / cfg.K)
+        self.sigma_offset = max(cfg.offset_range, 1.0) * self.angpix / 2.0
+        self.res = new_results(self.idx.size, ProjectionSpace.pose_keys, first_class=1)
+        self.bps = None
+
+    # ------------------------------------------------------------ data
+    def memory_items(self, samp, T: int, r_cur: int) -> dict:
+        from ...estep.rank import batch_size
+
+        n, K = self.n, self.cfg.K
+        M = int(np.sum(self.parts.shell <= r_cur))
+        J = K * samp.Jc1
+        b = batch_size(self.cfg.estep_options(), T, J, True)
+        P = PAD * n
+        return {"particles (transforms + CTFs)": self.parts.nbytes(),
+                "coarse diff2 of one batch": b * T * J * 4,
+                "coarse references": J * M * 8,
+                "projectors and back-projectors": K * P * P * (P // 2 + 1) * 24 * 2,
+                "batch work arrays": b * n * (n // 2 + 1) * 40 + 4 * T * M * 8,
+                "fine references and sums": min(b * max(self.cfg.maxsig, 1) * 8, K * samp.Jf1) * M * 24}
+
+    def prepare(self):
+        self.parts.load()
+        self.img_power = self.parts.img_power
+
+    def power3(self, vols):
+        out = []
+        for v in vols:
+            F = ft3(np.asarray(v, np.float64))
+            out.append(radial_average(F.real ** 2 + F.imag ** 2, dims=3)[:self.nsh])
+        return np.array(out)
+
+    # ------------------------------------------------------------ iteration
+    def e_step(self, samp, trans, r_cur: int, candidates=None, remap=None, uniform_priors=False):
+        """Posteriors of this rank's particles (results updated in place); the fine sums go to
+        ``self.bps`` (rank-local); returns the other sums."""
+        space = ProjectionSpace(samp, self.cfg.K, self.n, self.ops)
+        space.refs = self.refs
+        prior = np.full(self.cfg.K, 1.0 / self.cfg.K) if uniform_priors else self.pclass
+        sums = run_estep(self.parts, space, trans, self.res, sigma2=self.sigma2, sigma_offset=self.sigma_offset,
+                         log_class_prior=np.log(np.maximum(prior, 1e-30)), r_cur=r_cur,
+                         radius_px=self.radius_px, opts=self.cfg.estep_options(), candidates=candidates,
+                         remap=remap)
+        self.bps = space.bps
+        return sums
+
+    def reduce(self, sums):
+        """One Allreduce per accumulator over this model's ranks."""
+        for bp in self.bps:
+            self.comm.allreduce_(bp.data)
+            self.comm.allreduce_(bp.weight)
+        sums.reduce(self.comm)
+
+    def update_noise_priors(self, sums):
+        """sigma2 (shells <= r_cur), class priors, sigma_offset from reduced sums."""
+        counts = mstep.shell_counts(self.parts.shell, self.nsh)
+        self.sigma2 = mstep.sigma2_update(self.img_power, sums.noise, counts, self.parts.group_counts, sums.r_cur)
+        self.pclass = mstep.class_priors(sums.class_weight)
+        self.sigma_offset = mstep.sigma_offset(sums.offset2, self.idx_all.size)
+
+    def mean_weight(self, k):
+        """Mean back-projected weight per shell (n-box units), symmetry included."""
+        return self.bps[k].shell_mean_weight()[:self.nsh] * len(self.ops)
+
+    def reconstruct(self, k, tau2=None, fudge=1.0, unfil=False):
+        return self.reconstructor.reconstruct(self.bps[k], None if unfil else tau2, fudge, self.ops)
+
+    # ------------------------------------------------------------ state
+    def gather_results(self):
+        return gather_results(self.comm, self.res)
+
+    def set_results(self, full):
+        for k in self.res:
+            self.res[k] = np.asarray(full[k])[self.lo:self.hi].astype(self.res[k].dtype)
+
+    def load_state(self, st):
+        self.refs = np.asarray(st["refs"], np.float32)
+        self.sigma2 = np.asarray(st["sigma2"])
+        self.img_power = np.asarray(st["img_power"])
+        self.sigma_offset = float(st["sigma_offset"])
+        if "tau2" in st:
+            self.tau2 = np.asarray(st["tau2"])
+        if "pclass" in st:
+            self.pclass = np.asarray(st["pclass"])
+
+
+def initial_reference(ref, angpix, ini_high, mask3):
+    return (lowpass(np.asarray(ref, np.float64), ini_high, float(angpix), dims=3) * mask3).astype(np.float32)
+
+
+def shell_of(res_A, n, angpix):
+    return n * angpix / res_A if np.isfinite(res_A) and res_A > 0 else 0.0

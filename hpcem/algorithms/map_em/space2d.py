@@ -1,0 +1,79 @@
+"""The hypotheses of 2D classification: class k x in-plane angle psi (seed 000, section 3.1.1).
+
+Coarse hypothesis ``j = k * npsi + p`` (psi_c[p]); its two fine children ``k * 2 npsi + 2p + s``
+are psi -/+ step/4 (``psi_f``).  A hypothesis predicts the class reference rotated in-plane,
+``ref_k(A_psi^T r)`` (``rotation_2d(psi)``), through the padded 2D projector; all of them are
+projected once per iteration (2D references are small), and their M-step sums are kept dense,
+(K 2npsi, M), then rotated back into the class frames (:mod:`hpcem.recon.average2d`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...core.euler import rotation_2d, wrap180
+from ...core.sampling import inplane_angles
+from ...estep.xp import namespace
+from ...recon.projector import Projector2D
+
+PAD = 2
+
+
+class PsiChildren:
+    """Fine children ``k * 2npsi + 2p + s`` (s = 0, 1) of coarse ``j = k * npsi + p``."""
+
+    def __init__(self, npsi: int):
+        self.npsi = int(npsi)
+
+    def expand(self, idx):
+        xp = namespace(idx)
+        idx = xp.asarray(idx, dtype=xp.int64)
+        base = (idx // self.npsi) * (2 * self.npsi) + 2 * (idx % self.npsi)
+        return xp.full(idx.size, 2, dtype=xp.int64), (base[:, None] + xp.arange(2)[None, :]).reshape(-1)
+
+
+class InPlaneSpace:
+    pose_keys = ("psi",)
+    cap_groups = 1      # the maxsig cap over all hypotheses: with hundreds of classes a cap per
+                        # class would oversample thousands of hypotheses per particle
+
+    def __init__(self, K: int, psi_step: float, oversampling: int, n: int):
+        self.K, self.n = int(K), int(n)
+        self.psi_c = inplane_angles(psi_step)
+        self.npsi = self.psi_c.size
+        o = psi_step / 4.0 if oversampling > 0 else 0.0
+        self.psi_f = (self.psi_c[:, None] + np.array([-o, o])[None, :]).ravel()
+        self.Jc1, self.Jf1 = self.npsi, 2 * self.npsi
+        self.coarse_step_deg = float(psi_step)
+        self.children = PsiChildren(self.npsi)
+        self.refs = None            # (K, n, n) float32, set by the algorithm
+        self.data = self.wsum = None
+
+    def begin(self, kidx, mc, r_max, r_max_coarse, dense=True):
+        """Rotated references of every coarse (mc coefficients) and fine hypothesis, and zeroed
+        dense sums (K 2npsi, M) complex128 / float64."""
+        K = self.K
+        proj = Projector2D.from_images(self.refs, pad=PAD)
+        Rc = proj.project(rotation_2d(np.tile(self.psi_c, K)), np.repeat(np.arange(K), self.npsi),
+                          r_max=r_max_coarse)
+        Rf = proj.project(rotation_2d(np.tile(self.psi_f, K)), np.repeat(np.arange(K), self.Jf1), r_max=r_max)
+        Rc = np.ascontiguousarray(Rc.reshape(len(Rc), -1)[:, kidx[:mc]])
+        Rf = np.ascontiguousarray(Rf.reshape(len(Rf), -1)[:, kidx])
+        self.data = np.zeros((K * self.Jf1, kidx.size), np.complex128)
+        self.wsum = np.zeros((K * self.Jf1, kidx.size), np.float64)
+        return Rc, Rf
+
+    def dense_sums(self):
+        return self.data, self.wsum
+
+    def insert(self, res, kidx, r_max):
+        raise AssertionError("2D sums are dense")
+
+    def class_of(self, jf):
+        return np.asarray(jf) // self.Jf1
+
+    def poses(self, jf):
+        return {"psi": wrap180(self.psi_f[np.asarray(jf) % self.Jf1])}
+
+    def pose_change(self, prev, new):
+        """In-plane angle change (deg) per particle."""
+        return np.abs(wrap180(np.asarray(new["psi"]) - np.asarray(prev["psi"])))

@@ -1,0 +1,182 @@
+"""The hypotheses of 3D classification and refinement: class k x HEALPix direction (asymmetric unit
+of the symmetry group) x in-plane angle (seed 000, section 3.1.1).
+
+Coarse orientation ``j1 = d * npsi + p`` of class k is hypothesis ``k * Jc1 + j1``.  Its fine
+children (adaptive oversampling) are the HEALPix order + 1 directions ``e`` whose nearest
+order-``order`` direction is ``d``, times psi -/+ step/4: ``k * Jf1 + e * 2 npsi + 2p + s``, the
+psi corrected for the child's rot change (so that children tile the parent's neighbourhood in
+SO(3)).  A hypothesis predicts the Fourier slice of the class volume at its pose (``V(A^T r)``,
+padded projector); coarse slices are projected once per iteration (global searches) or per batch
+(local searches), fine ones per batch, and each batch's fine sums are back-projected into one
+:class:`BackProjector` per class.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...core.euler import angular_distance, euler_to_matrix, wrap180
+from ...core.sampling import (angular_step, asymmetric_directions, inplane_angles, local_neighbours,
+                              oversample_directions)
+from ...estep import ragged_arange
+from ...recon.projector import BackProjector, Projector
+
+PAD = 2
+CHUNK = 2048      # slices per projection call
+
+
+class Sampling3D:
+    """Directions x psi of one HEALPix order and their oversampled children."""
+
+    def __init__(self, order, sym, psi_step, oversampling=1):
+        self.order, self.sym = int(order), sym
+        step = angular_step(order)
+        self.psi_step = float(psi_step) if psi_step and psi_step > 0 else step
+        self.rot, self.tilt, hp = asymmetric_directions(order, sym)
+        self.nd = self.rot.size
+        self.psi_c = inplane_angles(self.psi_step)
+        self.npsi = self.psi_c.size
+        self.Jc1 = self.nd * self.npsi
+        o = self.psi_step / 4.0 if oversampling > 0 else 0.0
+        self.psi_f = (self.psi_c[:, None] + np.array([-o, o])[None, :]).ravel()
+        if oversampling > 0:
+            frot, ftilt, parent = oversample_directions(order)
+            loc = np.full(12 * 4 ** order, -1, np.int64)
+            loc[hp] = np.arange(self.nd)
+            pd = loc[parent]
+            keep = np.flatnonzero(pd >= 0)
+            order_ = keep[np.argsort(pd[keep], kind="stable")]
+            self.frot, self.ftilt, pdk = frot[order_], ftilt[order_], pd[order_]
+        else:
+            self.frot, self.ftilt, pdk = self.rot.copy(), self.tilt.copy(), np.arange(self.nd)
+        self.nfd = self.frot.size
+        # in-plane correction of each fine direction e relative to its parent d: with ZYZ angles a
+        # small change of direction by drot turns the image by ~drot cos(tilt), so the child
+        # (rot_e, tilt_e, psi + dpsi_e) with dpsi_e = (rot_d - rot_e) cos(tilt_e) stays next to its
+        # parent (rot_d, tilt_d, psi) in SO(3); without it, children near the poles are turned
+        # in-plane by up to the rot difference and do not tile the parent's neighbourhood
+        self.dpsi_f = (wrap180(self.rot[pdk] - self.frot) * np.cos(np.deg2rad(self.ftilt))) if oversampling > 0 \
+            else np.zeros(self.nfd)
+        self.dchild_off = np.concatenate([[0], np.cumsum(np.bincount(pdk, minlength=self.nd))]).astype(np.int64)
+        self.Jf1 = self.nfd * 2 * self.npsi
+        self.coarse_step_deg = max(step, self.psi_step)
+
+    def coarse_euler(self, j1):
+        j1 = np.asarray(j1, np.int64)
+        d, p = j1 // self.npsi, j1 % self.npsi
+        return self.rot[d], self.tilt[d], self.psi_c[p]
+
+    def fine_euler(self, jf1):
+        jf1 = np.asarray(jf1, np.int64)
+        e, q = jf1 // (2 * self.npsi), jf1 % (2 * self.npsi)
+        return self.frot[e], self.ftilt[e], self.psi_f[q] + self.dpsi_f[e]
+
+
+class Children3D:
+    """Children of coarse hypotheses j = k*Jc1 + d*npsi + p: fine j = k*Jf1 + e*2npsi + 2p + s for
+    the fine directions e of direction d and s in {0, 1} (psi -/+ step/4)."""
+
+    def __init__(self, samp: Sampling3D):
+        self.s = samp
+
+    def expand(self, idx):
+        s = self.s
+        idx = np.asarray(idx, np.int64)
+        k, r = idx // s.Jc1, idx % s.Jc1
+        d, p = r // s.npsi, r % s.npsi
+        cnt_d = s.dchild_off[d + 1] - s.dchild_off[d]
+        e = ragged_arange(s.dchild_off[d], cnt_d)     # fine directions are numbered by parent
+        rep = np.repeat(np.arange(idx.size), cnt_d)
+        base = k[rep] * s.Jf1 + e * 2 * s.npsi + 2 * p[rep]
+        return 2 * cnt_d, (base[:, None] + np.arange(2)[None, :]).reshape(-1)
+
+
+class ProjectionSpace:
+    """The hypothesis space of :func:`hpcem.estep.run_estep` for K class volumes (see the module
+    docstring); ``refs`` (K, n, n, n) are set by the caller, ``bps`` hold the iteration's sums."""
+
+    pose_keys = ("rot", "tilt", "psi")
+
+    def __init__(self, samp: Sampling3D, K: int, n: int, ops):
+        self.samp, self.K, self.n, self.ops = samp, int(K), int(n), ops
+        self.Jc1, self.Jf1 = samp.Jc1, samp.Jf1
+        self.children = Children3D(samp)
+        self.cap_groups = self.K   # the maxsig cap per class (a few classes)
+        self.coarse_step_deg = samp.coarse_step_deg
+        self.refs = None
+        self.bps = None
+
+    def _project(self, k, eul, kidx, r_max):
+        A = euler_to_matrix(*eul).astype(np.float32)
+        out = np.empty((A.shape[0], kidx.size), np.complex64)
+        nn = self.n * (self.n // 2 + 1)
+        for s in range(0, A.shape[0], CHUNK):  # chunks of slices
+            full = self._projs[k].project(A[s:s + CHUNK], r_max=r_max).reshape(-1, nn)
+            np.take(full, kidx, axis=1, out=out[s:s + full.shape[0]])
+        return out
+
+    def _refs_by(self, idx, J1, euler_of, kidx, r_max):
+        idx = np.asarray(idx, np.int64)
+        if self.K == 1:
+            return self._project(0, euler_of(idx), kidx, r_max)
+        out = np.empty((idx.size, kidx.size), np.complex64)
+        kk = idx // J1
+        for k in np.unique(kk):  # classes
+            sel = kk == k
+            out[sel] = self._project(int(k), euler_of(idx[sel] % J1), kidx, r_max)
+        return out
+
+    def begin(self, kidx, mc, r_max, r_max_coarse, dense=True):
+        s = self.samp
+        self._projs = [Projector.from_volume(self.refs[k], pad=PAD) for k in range(self.K)]
+        self.bps = [BackProjector(self.n, pad=PAD) for _ in range(self.K)]
+        kc = kidx[:mc]
+        refs_f = lambda idx: self._refs_by(idx, s.Jf1, s.fine_euler, kidx, r_max)  # noqa: E731
+        if not dense:
+            return (lambda idx: self._refs_by(idx, s.Jc1, s.coarse_euler, kc, r_max_coarse)), refs_f
+        return np.concatenate([self._project(k, s.coarse_euler(np.arange(s.Jc1)), kc, r_max_coarse)
+                               for k in range(self.K)]), refs_f
+
+    def dense_sums(self):
+        return None
+
+    def insert(self, res, kidx, r_max):
+        """Back-project a batch's compacted fine sums into the class accumulators."""
+        n, nn = self.n, self.n * (self.n // 2 + 1)
+        for k in range(self.K):  # classes
+            m = np.flatnonzero(res.uniq_j // self.Jf1 == k)
+            for c0 in range(0, m.size, 1024):
+                mm = m[c0:c0 + 1024]
+                D = np.zeros((mm.size, nn), np.complex64)
+                W = np.zeros((mm.size, nn), np.float32)
+                D[:, kidx] = res.data[mm]
+                W[:, kidx] = res.wsum[mm]
+                A = euler_to_matrix(*self.samp.fine_euler(res.uniq_j[mm] % self.Jf1)).astype(np.float32)
+                self.bps[k].insert(D.reshape(-1, n, n // 2 + 1), W.reshape(-1, n, n // 2 + 1), A, r_max=r_max)
+
+    def class_of(self, jf):
+        return np.asarray(jf) // self.Jf1
+
+    def poses(self, jf):
+        rot, tilt, psi = self.samp.fine_euler(np.asarray(jf) % self.Jf1)
+        return {"rot": rot, "tilt": tilt, "psi": wrap180(psi)}
+
+    def pose_change(self, prev, new):
+        return pose_distance(prev, new, self.ops)
+
+    def neighbours(self, results, sigma, nsigma):
+        s = self.samp
+        return local_neighbours(results["rot"], results["tilt"], results["psi"], sigma, s.order, s.sym,
+                                s.psi_step, nsigma=nsigma)
+
+    def coarse_index(self, cls, j1):
+        return np.asarray(cls, np.int64) * self.Jc1 + np.asarray(j1, np.int64)
+
+
+def pose_distance(prev, new, ops):
+    """Per-particle angular distance (deg) between two poses, the closest symmetry mate."""
+    A0 = euler_to_matrix(prev["rot"], prev["tilt"], prev["psi"])
+    A1 = euler_to_matrix(new["rot"], new["tilt"], new["psi"])
+    d = np.full(A0.shape[0], np.inf)
+    for R in ops:  # symmetry operators (a handful)
+        d = np.minimum(d, angular_distance(A0 @ R, A1))
+    return d

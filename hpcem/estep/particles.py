@@ -1,0 +1,84 @@
+"""A rank's particles as the E-step reads them: masked, Fourier transformed, with their CTFs,
+optics groups and the images' power spectra (one place for 2D and 3D, and for the coming
+gradient and stochastic methods).
+
+Each particle is multiplied by a soft circular mask (zero outside), transformed (hpcem's ft2)
+and kept whole as a complex64 half transform; its CTF (when used) as float32.  A batch is read
+with :meth:`FourierParticles.batch`: restricted to the coefficients ``kidx`` and shifted by
+``+origin`` (RELION: the particle sits at ``-origin``), so that the E-step searches translations
+around each particle's current origin.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.ctf import ctf_from_params
+from ..core.filters import radial_average
+from ..core.fourier import ft2, hermitian_weights2, shell_index2, shift_phases
+
+CHUNK = 512   # particles read at a time
+
+
+class FourierParticles:
+    """Particles ``idx`` (global indices into ``ps``) of this rank, in Fourier space."""
+
+    def __init__(self, ps, idx, mask2, use_ctf: bool, comm):
+        self.ps, self.comm = ps, comm
+        self.idx = np.asarray(idx, np.int64)
+        self.mask2 = mask2
+        self.use_ctf = bool(use_ctf)
+        self.n = ps.box
+        self.nh = self.n // 2 + 1
+        self.nsh = self.n // 2 + 1
+        self.shell = shell_index2(self.n).ravel()       # shell of every half-grid coefficient
+        self.hw = hermitian_weights2(self.n).ravel()    # its multiplicity in the full grid
+        self.groups_all = ps.optics_group_index()
+        self.G = int(self.groups_all.max()) + 1 if ps.n else 1
+        self.groups = self.groups_all[self.idx]
+        self.X = self.C = None
+        self.img_power = self.group_counts = None
+
+    @property
+    def size(self) -> int:
+        return self.idx.size
+
+    def nbytes(self) -> int:
+        """Memory the transformed particles (and CTFs) take on this rank."""
+        return int(self.idx.size * self.n * self.nh * (8 + (4 if self.use_ctf else 0)))
+
+    def load(self) -> None:
+        """Read, mask and transform this rank's particles; the mean power spectrum of each optics
+        group over all ranks (collective: one Allreduce each for the sums and counts)."""
+        ps, n, idx = self.ps, self.n, self.idx
+        self.X = np.empty((idx.size, n * self.nh), np.complex64)
+        self.C = np.empty((idx.size, n * self.nh), np.float32) if self.use_ctf else None
+        power = np.zeros((self.G, self.nsh))
+        counts = np.zeros(self.G)
+        for s in range(0, idx.size, CHUNK):
+            b = idx[s:s + CHUNK]
+            F = ft2(ps.read_images(b) * self.mask2)
+            self.X[s:s + b.size] = F.reshape(b.size, -1)
+            if self.C is not None:
+                self.C[s:s + b.size] = ctf_from_params(n, ps.angpix, ps.ctf_params(b)).reshape(b.size, -1)
+            pw = radial_average((F.real ** 2 + F.imag ** 2).astype(np.float64), dims=2)
+            np.add.at(power, self.groups[s:s + b.size], pw)
+            np.add.at(counts, self.groups[s:s + b.size], 1.0)
+        self.comm.allreduce_(power)
+        self.comm.allreduce_(counts)
+        self.img_power = power / np.maximum(counts, 1.0)[:, None]
+        self.group_counts = counts
+
+    def batch(self, sel, kidx, o_px):
+        """(X, ctf) of the rank-local particles ``sel`` on coefficients ``kidx``, complex64 /
+        float32 (B, M), shifted by ``+o_px`` (B, 2) pixels."""
+        B = len(sel)
+        X = self.X[sel][:, kidx] * shift_phases(self.n, o_px).reshape(B, -1)[:, kidx]
+        c = (np.ascontiguousarray(self.C[sel][:, kidx]) if self.C is not None
+             else np.ones((B, len(kidx)), np.float32))
+        return np.ascontiguousarray(X, np.complex64), c
+
+    def images(self, sel) -> np.ndarray:
+        """Masked real-space images (B, n, n) of rank-local particles (from the transforms)."""
+        from ..core.fourier import ift2
+
+        return ift2(self.X[sel].reshape(len(sel), self.n, self.nh), self.n)

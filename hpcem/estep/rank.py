@@ -1,0 +1,136 @@
+"""The E-step over all of a rank's particles, for any hypothesis space (2D in-plane or 3D
+projections): batches, noise weights, priors, the per-batch E-step, the per-particle results and
+the M-step statistics.
+
+A *space* (``hpcem.algorithms.map_em.space2d.InPlaneSpace``, ``...space3d.ProjectionSpace``)
+describes the hypotheses j = class x orientation: ``K``, ``Jc1`` / ``Jf1`` (coarse / fine
+orientations per class), ``children`` (fine children of a coarse j), ``cap_groups`` (groups of
+the maxsig cap), ``coarse_step_deg``, ``pose_keys``, and the methods ``begin(kidx, mc, r_max,
+r_max_coarse, dense) -> (refs_c, refs_f)``, ``dense_sums()`` (accumulators (Jf, M) or None), ``insert(res,
+kidx, r_max)`` (compacted sums), ``class_of(jf)``, ``poses(jf)`` (dict of pose columns) and, for
+local searches, ``neighbours(results, sigma, nsigma)`` and ``coarse_index(class, j1)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .batch import estep_batch
+from .candidates import FullGrid
+
+
+@dataclass(frozen=True)
+class EStepOptions:
+    frac: float = 0.999          # posterior mass of the significant set
+    maxsig: int = 200            # most significant coarse hypotheses oversampled (0: all)
+    batch: int = 0               # particles per batch (0: from the coarse diff2 budget)
+    coarse_factor: float = 1.2   # coarse pass up to (angular step arc at the radius) / factor; 0: all
+    oversampling: int = 1
+
+
+@dataclass
+class EStepSums:
+    """Rank-local M-step statistics besides the data sums (one Allreduce each)."""
+
+    noise: np.ndarray           # (G, nsh) sum w |X conj(ph) - c R|^2 per optics group and shell
+    class_weight: np.ndarray    # (K,) posterior mass per class
+    offset2: np.ndarray         # (1,) sum w |new origin|^2 (A^2)
+    r_cur: int                  # the E-step's resolution limit (shell)
+
+    def reduce(self, comm) -> None:
+        for a in (self.noise, self.class_weight, self.offset2):
+            comm.allreduce_(a)
+
+
+def coefficients(shell, r_cur: int):
+    """Half-grid coefficients within shell ``r_cur``, ordered by shell (coarse pass: a prefix)."""
+    kidx = np.flatnonzero(shell <= r_cur)
+    return kidx[np.argsort(shell[kidx], kind="stable")]
+
+
+def coarse_shell(n: int, angpix: float, radius_px: float, step_deg: float, factor: float) -> int:
+    """Highest shell the coarse pass scores: the arc an angular step moves the particle's edge,
+    over ``factor``, is the finest resolution the coarse grid can score (RELION's adaptive
+    oversampling coarse size); ``factor`` 0 disables the limit (see DESIGN_NOTES)."""
+    if factor <= 0:
+        return n // 2
+    arc = np.deg2rad(step_deg) * radius_px * angpix
+    return int(min(n // 2, np.ceil(n * angpix * factor / arc)))
+
+
+def batch_size(opts: EStepOptions, T: int, Jc: int, dense: bool) -> int:
+    """Particles per batch: the dense coarse diff2 (B x T x Jc float32) within 256 MB."""
+    if opts.batch > 0:
+        return int(opts.batch)
+    if not dense:
+        return 512
+    return int(max(8, min(512, 256e6 // max(T * Jc * 4.0, 1.0))))
+
+
+def noise_weights(sigma2, hw, sh):
+    """Likelihood weights h / (2 sigma2) and accumulation weights 1 / sigma2, (G, M) float32."""
+    inv = 1.0 / np.asarray(sigma2)[:, sh]
+    return (hw[None, :] * 0.5 * inv).astype(np.float32), inv.astype(np.float32)
+
+
+def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_class_prior,
+              r_cur: int, radius_px: float, opts: EStepOptions, candidates=None, remap=None) -> EStepSums:
+    """E-step of every particle of ``parts`` (a :class:`FourierParticles`); updates ``results``
+    (rank-local dict of (nb,) arrays: class, the space's pose keys, ox, oy [A], pmax, nsig,
+    loglik) in place and returns the :class:`EStepSums`; the data sums go to the space.
+    ``remap(local_index, pj) -> pj`` redirects the sums (class3d's random initial classes)."""
+    candidates = candidates or FullGrid()
+    n, angpix = parts.n, float(parts.ps.angpix)
+    kidx = coefficients(parts.shell, r_cur)
+    sh = parts.shell[kidx]
+    r_c = min(int(r_cur), coarse_shell(n, angpix, radius_px, space.coarse_step_deg,
+                                       opts.coarse_factor if opts.oversampling else 0))
+    mc = int(np.searchsorted(sh, r_c, side="right"))
+    refs_c, refs_f = space.begin(kidx, mc, r_cur + 1.0, r_c + 1.0, candidates.dense)
+    phc, phf = trans.phases(n, kidx, mc)
+    lpk = np.asarray(log_class_prior, np.float64)
+    lpj_c, lpj_f = np.repeat(lpk, space.Jc1), np.repeat(lpk, space.Jf1)
+    s_e, s_a = noise_weights(sigma2, parts.hw[kidx], sh)
+    sums = EStepSums(np.zeros((parts.G, parts.nsh)), np.zeros(space.K), np.zeros(1), int(r_cur))
+    onehot = np.zeros((kidx.size, int(r_cur) + 1))   # coefficient -> shell sums (double: the sums must not
+    #                                                  depend on how the particles are batched over ranks)
+    onehot[np.arange(kidx.size), sh] = 1.0
+    order = candidates.plan(space, results, trans.T)
+    order = np.arange(parts.size) if order is None else order
+    bs = batch_size(opts, trans.T, space.K * space.Jc1, candidates.dense)
+    acc_into = space.dense_sums()
+    for s0 in range(0, order.size, bs):
+        sel = order[s0:s0 + bs]
+        o_px = np.stack([results["ox"][sel], results["oy"][sel]], 1) / angpix
+        X, c = parts.batch(sel, kidx, o_px)
+        lpt_c, lpt_f = trans.log_prior(o_px, sigma_offset, angpix)
+        g = parts.groups[sel]
+        rmap = None if remap is None else (lambda pi, pj, _s=sel: remap(_s[pi], pj))
+        res = estep_batch(X, c, np.ascontiguousarray(s_e[g]), np.ascontiguousarray(s_a[g]),
+                          phases_c=phc, phases_f=phf, refs_c=refs_c, refs_f=refs_f,
+                          children_t=trans.children, children_j=space.children, lpt_c=lpt_c, lpt_f=lpt_f,
+                          lpj_c=lpj_c, lpj_f=lpj_f, candidates=candidates.for_batch(sel, trans.T),
+                          frac=opts.frac, maxsig=opts.maxsig, groups=space.cap_groups, mc=mc,
+                          remap_j=rmap, acc_into=acc_into)
+        if acc_into is None:
+            space.insert(res, kidx, r_cur + 1.0)
+        _add_statistics(sums, res, sel, g, o_px, onehot, space, trans, angpix, rmap)
+        _store_results(results, res, sel, o_px, space, trans, angpix)
+    return sums
+
+
+def _add_statistics(sums, res, sel, g, o_px, onehot, space, trans, angpix, rmap):
+    np.add.at(sums.noise[:, :onehot.shape[1]], g, res.noise.astype(np.float64) @ onehot)
+    pj = res.pair_j if rmap is None else rmap(res.pair_i, res.pair_j)
+    sums.class_weight += np.bincount(space.class_of(pj), weights=res.weight, minlength=space.K)[:space.K]
+    sums.offset2 += np.dot(res.weight.astype(np.float64), trans.origin_power(o_px, res.pair_i, res.pair_t, angpix))
+
+
+def _store_results(results, res, sel, o_px, space, trans, angpix):
+    results["class"][sel] = space.class_of(res.best_j) + 1
+    for k, v in space.poses(res.best_j).items():
+        results[k][sel] = v
+    o = trans.new_origins_A(o_px, res.best_t, angpix)
+    results["ox"][sel], results["oy"][sel] = o[:, 0], o[:, 1]
+    results["pmax"][sel], results["nsig"][sel], results["loglik"][sel] = res.pmax, res.nsig, res.logZ

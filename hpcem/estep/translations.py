@@ -1,0 +1,53 @@
+"""Translation sampling of the E-step: the coarse grid, its oversampled children, the phases and
+the Gaussian prior on each particle's origin (the same for 2D and 3D).
+
+Translations ``t`` (pixels) are searched around each particle's current origin ``o`` (RELION):
+the particle is shifted by ``+o`` before the search, and a particle found at ``t`` gets the new
+origin ``o - t`` (RELION: the particle sits at ``-origin``), on which the prior is a Gaussian of
+width ``sigma_offset`` (Angstrom) centred on the box centre.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.fourier import shift_phases
+from ..core.sampling import translation_grid
+from .children import RegularChildren
+
+
+class TranslationSampling:
+    """Coarse grid ``coarse`` (T, 2) px within ``offset_range`` at ``offset_step``; each coarse
+    point has 4 fine children at +-step/4 in x and y (``fine`` (4T, 2), children of coarse
+    ``t``: ``4t .. 4t+3``); without oversampling the children coincide with their parent."""
+
+    def __init__(self, offset_range: float, offset_step: float, oversampling: int = 1):
+        self.coarse = translation_grid(offset_range, offset_step)
+        self.T = len(self.coarse)
+        d = offset_step / 4.0 if oversampling > 0 else 0.0
+        child = np.array([[-d, -d], [d, -d], [-d, d], [d, d]])
+        self.fine = (self.coarse[:, None, :] + child[None]).reshape(-1, 2)
+        self.children = RegularChildren(np.arange(4 * self.T).reshape(self.T, 4))
+
+    def phases(self, n: int, kidx, mc: int | None = None):
+        """Phase factors (coarse (T, mc), fine (4T, M)) on the coefficients ``kidx``."""
+        mc = len(kidx) if mc is None else mc
+        phc = shift_phases(n, self.coarse).reshape(self.T, -1)[:, kidx[:mc]]
+        phf = shift_phases(n, self.fine).reshape(4 * self.T, -1)[:, kidx]
+        return np.ascontiguousarray(phc), np.ascontiguousarray(phf)
+
+    def log_prior(self, o_px, sigma_offset_A: float, angpix: float):
+        """Log priors of the new origins ``o - t``: coarse (B, T) float32, fine (B, 4T) float64."""
+        c = angpix ** 2 / (2.0 * sigma_offset_A ** 2)
+        o = np.asarray(o_px, np.float64)[:, None, :]
+        lpt_c = -((o - self.coarse[None]) ** 2).sum(-1) * c
+        lpt_f = -((o - self.fine[None]) ** 2).sum(-1) * c
+        return lpt_c.astype(np.float32), lpt_f
+
+    def new_origins_A(self, o_px, t_fine, angpix: float):
+        """Origins (B, 2) in Angstrom of particles found at fine translations ``t_fine``."""
+        return (np.asarray(o_px) - self.fine[np.asarray(t_fine)]) * angpix
+
+    def origin_power(self, o_px, pair_i, pair_t, angpix: float):
+        """|new origin|^2 in A^2 of fine pairs (particle ``pair_i``, translation ``pair_t``)."""
+        d = np.asarray(o_px)[pair_i] - self.fine[pair_t]
+        return (d ** 2).sum(1) * angpix ** 2

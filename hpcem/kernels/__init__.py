@@ -1,0 +1,41 @@
+"""The one dispatch point for hpcem's kernels.
+
+numpy arrays go to ``hpcem._core`` (C++/OpenMP), cupy arrays to ``hpcem._cuda`` (CUDA,
+same maths, device pointers, cupy's current stream).  Arrays are checked here once
+(dtype, shape, contiguity, index ranges) and every bad argument raises
+:class:`KernelArgumentError` (a TypeError and a ValueError) naming the kernel and the
+argument; the compiled code trusts what passes.
+
+Families, each documented in its module (Fourier layout and notation there):
+
+* :mod:`hpcem.kernels.projection`  project3d, project2d, backproject3d, backproject2d,
+  symmetrise3d (padded half transforms, trilinear / bilinear, exact adjoints)
+* :mod:`hpcem.kernels.marginalise`  coarse_diff2, pair_diff2, posteriors,
+  segment_posteriors, accumulate (the MAP-EM E-step over class x orientation x translation)
+* :mod:`hpcem.kernels.gtm`  gtm_solve, gtm_distances, gtm_responsibilities, gtm_accumulate
+  (the ROME GTM E- and M-step)
+
+Helpers: :func:`is_cupy`, :func:`array_namespace`, :func:`to_host`, :func:`has_cuda`,
+:func:`set_threads` / :func:`max_threads` (OpenMP threads of the CPU kernels).
+"""
+from __future__ import annotations
+
+from ._backend import array_namespace, has_cuda, max_threads, set_threads, to_host
+from ._checks import KernelArgumentError, is_cupy
+from .gtm import gtm_accumulate, gtm_distances, gtm_responsibilities, gtm_solve, gtm_solve_flops
+from .marginalise import (Posteriors, SegmentPosteriors, accumulate, coarse_diff2, coarse_flops,
+                          pair_diff2, posteriors, segment_posteriors)
+from .projection import backproject2d, backproject3d, project2d, project3d, symmetrise3d
+
+__all__ = [
+    # projection
+    "project3d", "project2d", "backproject3d", "backproject2d", "symmetrise3d",
+    # marginalisation
+    "coarse_diff2", "coarse_flops", "posteriors", "pair_diff2", "segment_posteriors",
+    "accumulate", "Posteriors", "SegmentPosteriors",
+    # GTM
+    "gtm_solve", "gtm_solve_flops", "gtm_distances", "gtm_responsibilities", "gtm_accumulate",
+    # dispatch helpers
+    "KernelArgumentError", "is_cupy", "array_namespace", "to_host", "set_threads",
+    "max_threads", "has_cuda",
+]

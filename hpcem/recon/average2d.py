@@ -1,0 +1,70 @@
+"""The M-step of 2D classification: class averages from the E-step's sums per (class, in-plane
+angle), MAP-regularised (seed 000 eq 5).
+
+Each (class, psi) accumulator holds sums in the frame of its rotated reference.  It is rotated
+back into the class frame by resampling its real-space image through the padded 2D projector
+(the weights through an unpadded one: a gather, so discrete psi never leaves gaps in the Fourier
+grid), and the rotated sums are added over psi.  Then ``A = data / (weight + 1/(T tau2))``.
+
+The rotation runs in single precision, so it is applied to sums already reduced over ranks
+(each rank rotating its share of the rows, :meth:`Comm.reduce_scatter_rows`): rotating each
+rank's partial sums would round them separately, and 1 and N ranks would then differ by ~1e-7,
+enough to flip the class of a particle whose posterior is flat.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.euler import rotation_2d
+from ..core.fourier import ift2
+from .projector import Projector2D
+
+PAD = 2
+
+
+def rotate_back(data, wsum, kidx, psi_f, K: int, n: int, r_cur: int, row0: int = 0):
+    """Sums over psi of (class, psi) accumulators rotated into the class frames:
+    ``(D (K, n, n//2+1) complex128, W float64)``, zero beyond shell ``r_cur``.  ``data`` /
+    ``wsum`` (R, M) hold rows ``row0 .. row0 + R`` of the (K * len(psi_f), M) accumulators (row
+    ``k * len(psi_f) + q`` is class k at psi_f[q]); any row range works, so that ranks can each
+    rotate their share of the reduced rows."""
+    from ..core.fourier import shell_index2
+
+    nh = n // 2 + 1
+    npsi = len(psi_f)
+    r_max = r_cur + 1.0
+    D = np.zeros((K, n, nh), np.complex128)
+    W = np.zeros((K, n, nh), np.float64)
+    R = data.shape[0]
+    for a in range(0, R, 64):                  # chunks of rows, for memory
+        b = min(R, a + 64)
+        rows = np.arange(row0 + a, row0 + b)
+        A_inv = np.swapaxes(rotation_2d(psi_f[rows % npsi]), 1, 2)
+        full = np.zeros((b - a, n * nh), np.complex128)
+        full[:, kidx] = data[a:b]
+        idx = np.arange(b - a)
+        rot = Projector2D.from_images(ift2(full.reshape(-1, n, nh), n), pad=PAD).project(A_inv, idx, r_max=r_max)
+        wf = np.zeros((b - a, n * nh), np.complex64)
+        wf[:, kidx] = wsum[a:b]
+        wrot = Projector2D(np.ascontiguousarray(wf.reshape(-1, n, nh)), n, pad=1).project(A_inv, idx,
+                                                                                          r_max=r_max).real
+        cls = rows // npsi
+        first = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])      # the chunk's class segments
+        D[cls[first]] += np.add.reduceat(rot.astype(np.complex128), first, axis=0)
+        W[cls[first]] += np.add.reduceat(wrot.astype(np.float64), first, axis=0)
+    inside = shell_index2(n) <= r_cur
+    return D * inside, W * inside
+
+
+def class_averages(D, W, tau2, fudge: float, shell2, inside, mask) -> np.ndarray:
+    """Real-space class averages (K, n, n) float32: ``D / (W + 1/(fudge tau2))`` inside the
+    resolution limit (shells with no prior power are zero), masked."""
+    K, n = D.shape[0], D.shape[1]
+    nsh = tau2.shape[1]
+    refs = np.empty((K, n, n), np.float32)
+    for k in range(K):  # classes
+        t2 = fudge * tau2[k][np.minimum(shell2, nsh - 1)]
+        reg = np.where(t2 > 0, 1.0 / np.maximum(t2, 1e-300), np.inf)
+        F = np.where(inside & np.isfinite(reg), D[k] / (W[k] + reg), 0.0)
+        refs[k] = (ift2(F, n) * mask).astype(np.float32)
+    return refs
