@@ -1,7 +1,8 @@
 """``run_estep`` over a rank's particles, for the 2D in-plane space and the 3D projection space, at
 odd and even boxes, against a brute-force marginalisation over the space's own fine hypotheses
 (every coarse hypothesis significant, no cap: the children of all coarse hypotheses are the whole
-fine grid), for a global search and a local search."""
+fine grid), for a global search and a local search, with and without oversampling (without, the
+fine grid is the coarse one: each hypothesis once)."""
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ from hpcem.recon.projector import BackProjector
 OPTS = EStepOptions(frac=1.0, maxsig=0, coarse_factor=0.0)
 
 
-def _particles(rng, n, space, B=4, noise=0.5):
+def _particles(rng, n, space, B=4, noise=0.5, oversampling=1):
     """Particles made from the space's own fine hypotheses (a random class, orientation and fine
     translation each, CTF) plus white noise, so that posteriors are peaked at a known truth."""
     from hpcem.core.ctf import ctf_from_params
@@ -30,7 +31,7 @@ def _particles(rng, n, space, B=4, noise=0.5):
     c = ctf_from_params(n, angpix, ps0.ctf_params()).reshape(B, -1)
     kidx = np.arange(n * nh)
     _, refs_f = space.begin(kidx, kidx.size, n, n, True)
-    trans = TranslationSampling(1.0, 1.0, 1)
+    trans = TranslationSampling(1.0, 1.0, oversampling)
     jt, tt = rng.integers(0, space.K * space.Jf1, B), rng.integers(0, trans.fine.shape[0], B)
     R = refs_f(jt) if callable(refs_f) else refs_f[jt]
     X = c * R * shift_phases(n, trans.fine[tt]).reshape(B, -1)
@@ -85,19 +86,20 @@ def _check_results(res, w, z, space, trans, o_px, angpix):
     np.testing.assert_allclose(np.stack([res["ox"], res["oy"]], 1), o, atol=1e-6)
 
 
-def _setup(rng, n, space):
-    ps, parts, trans, sigma2, truth = _particles(rng, n, space)
+def _setup(rng, n, space, oversampling=1):
+    ps, parts, trans, sigma2, truth = _particles(rng, n, space, oversampling=oversampling)
     res = new_results(parts.size, space.pose_keys, first_class=1)
     res["truth"] = truth
     return ps, parts, trans, res, sigma2
 
 
-@pytest.mark.parametrize("n", [7, 8])
-def test_inplane_space_global_search(rng, n):
-    space = InPlaneSpace(2, 60.0, 1, n)
+@pytest.mark.parametrize("n, oversampling", [(7, 1), (8, 1), (8, 0)])
+def test_inplane_space_global_search(rng, n, oversampling):
+    space = InPlaneSpace(2, 60.0, oversampling, n)
     space.refs = _smooth(rng, (2, n, n), 2)
-    ps, parts, trans, res, sigma2 = _setup(rng, n, space)
+    ps, parts, trans, res, sigma2 = _setup(rng, n, space, oversampling)
     res.pop("truth")
+    assert np.unique(space.psi_f).size == space.psi_f.size and np.unique(trans.fine, axis=0).shape == trans.fine.shape
     lpk = np.log([0.3, 0.7])
     r_cur = n // 2
     w, z, kidx, (D, W), o_px = _brute(parts, space, trans, res, sigma2, 4.0, lpk, r_cur)
@@ -109,8 +111,8 @@ def test_inplane_space_global_search(rng, n):
     np.testing.assert_allclose(sums.class_weight, w.sum((0, 1)).reshape(2, -1).sum(1), rtol=1e-4)
 
 
-def _space3d(rng, n, K=2):
-    samp = Sampling3D(0, "C1", 60.0, 1)
+def _space3d(rng, n, K=2, oversampling=1):
+    samp = Sampling3D(0, "C1", 60.0, oversampling)
     space = ProjectionSpace(samp, K, n, np.eye(3)[None])
     space.refs = _smooth(rng, (K, n, n, n), 3)
     return space
@@ -137,10 +139,10 @@ def _backprojected(space, D, W, kidx, r_max):
     return out
 
 
-@pytest.mark.parametrize("n", [7, 8])
-def test_projection_space_global_search(rng, n):
-    space = _space3d(rng, n)
-    ps, parts, trans, res, sigma2 = _setup(rng, n, space)
+@pytest.mark.parametrize("n, oversampling", [(7, 1), (8, 1), (7, 0)])
+def test_projection_space_global_search(rng, n, oversampling):
+    space = _space3d(rng, n, oversampling=oversampling)
+    ps, parts, trans, res, sigma2 = _setup(rng, n, space, oversampling)
     res.pop("truth")
     lpk = np.log([0.4, 0.6])
     r_cur = n // 2

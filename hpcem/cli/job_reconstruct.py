@@ -24,6 +24,10 @@ class Params(JobIO):
     subset: int = param(0, "only particles with this rlnRandomSubset (0: all)", choices=(0, 1, 2),
                         group="reconstruction")
     pad: int = param(2, "padding factor of the Fourier grid", check=AT_LEAST_1, group="reconstruction")
+    iters: int = param(10, "gridding-correction (density-compensation) iterations", flag="--iter",
+                       check=NON_NEGATIVE, group="reconstruction")
+    skip_gridding: bool = param(False, "divide by the weights voxel by voxel instead of gridding",
+                                action="store_true", group="reconstruction")
     batch: int = param(256, "particles per kernel call", check=AT_LEAST_1, group="compute")
     check_images: bool = param(False, "scan every image for NaN/Inf before starting", action="store_true",
                                group="I/O")
@@ -44,7 +48,7 @@ def run(p: Params, ctx):
     ctx.log("hpcem reconstruct: %d particles, box %d, %.3f A/px, sym %s, ctf %s, %d rank(s)" % (
         ps.n, ps.box, ps.angpix, p.sym, "on" if p.ctf else "off", comm.size))
     vol = reconstruct(ps, comm, sym=p.sym, ctf=p.ctf, pad=p.pad, batch=p.batch, subset=p.subset or None,
-                      maxres=p.maxres or None)
+                      maxres=p.maxres or None, gridding_iters=0 if p.skip_gridding else p.iters)
     if comm.rank == 0:
         write_mrc(p.o, vol, ps.angpix)
         stamp(os.path.splitext(p.o)[0] + ".job.json", job_record(ctx.name, p, ctx.argv))

@@ -18,21 +18,22 @@ from .children import RegularChildren
 class TranslationSampling:
     """Coarse grid ``coarse`` (T, 2) px within ``offset_range`` at ``offset_step``; each coarse
     point has 4 fine children at +-step/4 in x and y (``fine`` (4T, 2), children of coarse
-    ``t``: ``4t .. 4t+3``); without oversampling the children coincide with their parent."""
+    ``t``: ``4t .. 4t+3``); without oversampling the fine grid is the coarse one."""
 
     def __init__(self, offset_range: float, offset_step: float, oversampling: int = 1):
         self.coarse = translation_grid(offset_range, offset_step)
         self.T = len(self.coarse)
-        d = offset_step / 4.0 if oversampling > 0 else 0.0
-        child = np.array([[-d, -d], [d, -d], [-d, d], [d, d]])
+        d = offset_step / 4.0
+        child = np.array([[-d, -d], [d, -d], [-d, d], [d, d]]) if oversampling > 0 else np.zeros((1, 2))
         self.fine = (self.coarse[:, None, :] + child[None]).reshape(-1, 2)
-        self.children = RegularChildren(np.arange(4 * self.T).reshape(self.T, 4))
+        m = len(child)
+        self.children = RegularChildren(np.arange(m * self.T).reshape(self.T, m))
 
     def phases(self, n: int, kidx, mc: int | None = None):
         """Phase factors (coarse (T, mc), fine (4T, M)) on the coefficients ``kidx``."""
         mc = len(kidx) if mc is None else mc
         phc = shift_phases(n, self.coarse).reshape(self.T, -1)[:, kidx[:mc]]
-        phf = shift_phases(n, self.fine).reshape(4 * self.T, -1)[:, kidx]
+        phf = shift_phases(n, self.fine).reshape(len(self.fine), -1)[:, kidx]
         return np.ascontiguousarray(phc), np.ascontiguousarray(phf)
 
     def log_prior(self, o_px, sigma_offset_A: float, angpix: float):

@@ -19,13 +19,16 @@ Reconstruction
        half-grid sample near x = 0 also belongs, conjugated, at -k);
     2. optionally symmetrises both accumulators (``symmetry_ops``: sum over R of
        the accumulator at ``R^T k``, trilinear, in C++);
-    3. divides ``F = data / (weight + reg)`` with, per shell (n-box units,
-       ``round(|k_pad| / pad)``): ``reg = 1/(tau2_fudge * tau2[shell])`` when
-       ``tau2`` is given (MAP; shells with ``tau2 <= 0`` or beyond ``len(tau2)``
-       are set to 0), else ``wiener_const`` if given, else
-       ``1e-3 * mean(weight over the shell)``;
-    4. inverse transforms on the padded grid, crops the centre ``n`` box and
-       divides by the gridding correction.
+    3. estimates the transform from the accumulators, the prior being, per shell (n-box
+       units, ``round(|k_pad| / pad)``), ``reg = 1/(tau2_fudge * tau2[shell])`` when
+       ``tau2`` is given (MAP; shells with ``tau2 <= 0`` or beyond ``len(tau2)`` are set to
+       0), else ``wiener_const`` if given: by default the gridding estimate
+       ``F = w data`` with density-compensation weights ``w`` of ``weight + reg``
+       (:mod:`hpcem.recon.gridding`, RELION's estimator; no floor is needed without a prior),
+       with ``gridding_iters=0`` the voxel-wise ``F = data / (weight + reg)`` (without a
+       prior, ``reg = 1e-3 * mean(weight over the shell)``);
+    4. inverse transforms on the padded grid, crops the centre ``n`` box, divides by the
+       gridding correction and blends the corners beyond n/2 to their mean.
 
     ``tau2`` is in the units of ``|ft3(V)|^2`` on the n box (the padded transform
     has the same values at ``pad*k``), with weights in the units of the inserted
@@ -38,6 +41,9 @@ import numpy as np
 
 from hpcem import kernels
 from hpcem.core.fourier import ft2, ft3, ift2, ift3
+from hpcem.recon.gridding import density_weights, soft_mask_outside
+
+GRIDDING_ITERS = 10   # density-compensation iterations of a 3D reconstruction (RELION's --iter)
 
 
 # ---------------------------------------------------------------- helpers
@@ -57,6 +63,13 @@ def _padded_shells(P: int, pad, ndim: int) -> np.ndarray:
     else:
         r2 = f[:, None] ** 2 + fx[None, :] ** 2
     return np.rint(np.sqrt(r2) / pad).astype(np.int64)
+
+
+def _padded_radius2(P: int) -> np.ndarray:
+    """|k|^2 (padded-grid units) of every voxel of a 3D half grid of box P."""
+    f = np.fft.fftfreq(P, 1.0 / P)
+    fx = np.arange(P // 2 + 1)
+    return f[:, None, None] ** 2 + f[None, :, None] ** 2 + fx[None, None, :] ** 2
 
 
 def _mirror_index(P: int) -> np.ndarray:
@@ -178,19 +191,32 @@ class BackProjector:
         sh = _padded_shells(self.P, self.pad, 3)
         return np.bincount(sh.ravel(), weights=self.weight.ravel()) / np.maximum(np.bincount(sh.ravel()), 1)
 
-    def reconstruct(self, tau2=None, tau2_fudge=1.0, wiener_const=None, symmetry_ops=None) -> np.ndarray:
+    def reconstruct(self, tau2=None, tau2_fudge=1.0, wiener_const=None, symmetry_ops=None,
+                    gridding_iters: int = GRIDDING_ITERS, mask_outside: bool = True) -> np.ndarray:
+        """The map (n, n, n) float32 from the accumulators (see the module docstring); with
+        ``gridding_iters`` > 0 the gridding estimate of :mod:`hpcem.recon.gridding`, else the
+        voxel-wise ``D / (W + reg)``; ``mask_outside`` blends the corners beyond n/2 to their mean."""
         D = self.data.astype(np.complex128, copy=True)
         W = self.weight.astype(np.float64, copy=True)
         _complete_x0(D, W, True)
         if symmetry_ops is not None and len(symmetry_ops) > 1:
             D, W = kernels.symmetrise3d(D, W, np.asarray(symmetry_ops, dtype=np.float64), self.P / 2.0)
         shells = _padded_shells(self.P, self.pad, 3)
-        reg, zero = _regulariser(W, shells, tau2, tau2_fudge, wiener_const)
-        F = _divide(D, W, reg, zero)
-        vp = ift3(F, self.P)
         n, P = self.n, self.P
+        if gridding_iters > 0:
+            if tau2 is None and wiener_const is None:
+                wiener_const = 0.0    # the density compensation needs no floor under W
+            reg, zero = _regulariser(W, shells, tau2, tau2_fudge, wiener_const)
+            inside = (_padded_radius2(P) < (self.pad * n / 2.0) ** 2) & ~zero
+            F = D * density_weights(W + reg, inside, P, self.pad, gridding_iters)
+        else:
+            reg, zero = _regulariser(W, shells, tau2, tau2_fudge, wiener_const)
+            F = _divide(D, W, reg, zero)
+        vp = ift3(F, P)
         o = P // 2 - n // 2
         v = vp[o:o + n, o:o + n, o:o + n] / gridding_correction(n, P, 3)
+        if mask_outside:
+            v = soft_mask_outside(v, n / 2.0)
         return v.astype(np.float32)
 
 

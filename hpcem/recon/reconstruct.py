@@ -6,8 +6,6 @@ accumulator, and rank 0 divides and inverts.
 """
 from __future__ import annotations
 
-import sys
-import time
 
 import numpy as np
 
@@ -16,7 +14,8 @@ from ..core.euler import euler_to_matrix
 from ..core.fourier import ft2, shift_phases
 from ..core.symmetry import symmetry_ops
 from ..parallel.decomp import block_range
-from .projector import BackProjector
+from ..runtime.log import progress_printer
+from .projector import GRIDDING_ITERS, BackProjector
 
 
 def particle_slices(ps, idx, ctf: bool):
@@ -32,7 +31,6 @@ def particle_slices(ps, idx, ctf: bool):
 def backproject_particles(ps, idx, bp: BackProjector, ctf: bool = True, batch: int = 256,
                           r_max: float | None = None, progress=None) -> None:
     """Insert particles ``idx`` of ``ps`` at their poses (CTF x image and CTF^2)."""
-    t0 = time.time()
     for s in range(0, len(idx), batch):
         b = idx[s:s + batch]
         F, c, A = particle_slices(ps, b, ctf)
@@ -41,30 +39,17 @@ def backproject_particles(ps, idx, bp: BackProjector, ctf: bool = True, batch: i
         else:
             bp.insert((F * c).astype(np.complex64), (c * c).astype(np.float32), A, r_max=r_max)
         if progress is not None:
-            progress(min(s + batch, len(idx)), len(idx), time.time() - t0)
-
-
-def _progress_printer(label):
-    last = [0.0]
-
-    def show(done, total, elapsed):
-        if elapsed - last[0] >= 2.0 or done == total:
-            last[0] = elapsed
-            eta = elapsed / done * (total - done) if done else 0.0
-            sys.stdout.write("\r%s: %d/%d particles (%.0f%%), %.0f s, ETA %.0f s" % (
-                label, done, total, 100.0 * done / total, elapsed, eta))
-            if done == total:
-                sys.stdout.write("\n")
-            sys.stdout.flush()
-    return show
+            progress(min(s + batch, len(idx)), len(idx))
 
 
 def reconstruct(ps, comm, sym: str = "C1", ctf: bool = True, pad: int = 2, batch: int = 256,
-                subset: int | None = None, maxres: float | None = None, verbose: bool = True):
+                subset: int | None = None, maxres: float | None = None, verbose: bool = True,
+                gridding_iters: int = GRIDDING_ITERS):
     """Reconstruct a map from ``ps`` (a ParticleSet with poses). Returns the map on rank 0, None elsewhere.
 
     ``subset`` 1 or 2 restricts to rlnRandomSubset == subset; ``maxres`` (A) limits the
-    frequencies inserted."""
+    frequencies inserted; ``gridding_iters`` the density-compensation iterations (0: the
+    voxel-wise division, see :meth:`BackProjector.reconstruct`)."""
     ops = symmetry_ops(sym)
     n = ps.box
     idx = np.arange(ps.n)
@@ -78,10 +63,11 @@ def reconstruct(ps, comm, sym: str = "C1", ctf: bool = True, pad: int = 2, batch
     mine = idx[s:e]
     r_max = n // 2 if maxres is None else min(n // 2, n * ps.angpix / maxres)
     bp = BackProjector(n, pad=pad)
-    prog = _progress_printer("back-projecting (rank 0 of %d)" % comm.size) if (verbose and comm.rank == 0) else None
+    prog = progress_printer("back-projecting (rank 0 of %d) particles" % comm.size) if (verbose and comm.rank == 0) \
+        else None
     backproject_particles(ps, mine, bp, ctf=ctf, batch=batch, r_max=r_max, progress=prog)
     comm.allreduce_(bp.data)
     comm.allreduce_(bp.weight)
     if comm.rank != 0:
         return None
-    return bp.reconstruct(symmetry_ops=ops if len(ops) > 1 else None)
+    return bp.reconstruct(symmetry_ops=ops if len(ops) > 1 else None, gridding_iters=gridding_iters)

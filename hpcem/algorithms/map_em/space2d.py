@@ -1,7 +1,7 @@
 """The hypotheses of 2D classification: class k x in-plane angle psi (seed 000, section 3.1.1).
 
 Coarse hypothesis ``j = k * npsi + p`` (psi_c[p]); its two fine children ``k * 2 npsi + 2p + s``
-are psi -/+ step/4 (``psi_f``).  A hypothesis predicts the class reference rotated in-plane,
+are psi -/+ step/4 (``psi_f``); without oversampling the fine grid is the coarse one.  A hypothesis predicts the class reference rotated in-plane,
 ``ref_k(A_psi^T r)`` (``rotation_2d(psi)``), through the padded 2D projector; all of them are
 projected once per iteration (2D references are small), and their M-step sums are kept dense,
 (K 2npsi, M), then rotated back into the class frames (:mod:`hpcem.recon.average2d`).
@@ -19,16 +19,18 @@ PAD = 2
 
 
 class PsiChildren:
-    """Fine children ``k * 2npsi + 2p + s`` (s = 0, 1) of coarse ``j = k * npsi + p``."""
+    """Fine children ``k * m npsi + m p + s`` (s < m) of coarse ``j = k * npsi + p``: m = 2 with
+    oversampling (psi -/+ step/4), 1 without (the fine grid is the coarse one)."""
 
-    def __init__(self, npsi: int):
-        self.npsi = int(npsi)
+    def __init__(self, npsi: int, m: int = 2):
+        self.npsi, self.m = int(npsi), int(m)
 
     def expand(self, idx):
         xp = namespace(idx)
         idx = xp.asarray(idx, dtype=xp.int64)
-        base = (idx // self.npsi) * (2 * self.npsi) + 2 * (idx % self.npsi)
-        return xp.full(idx.size, 2, dtype=xp.int64), (base[:, None] + xp.arange(2)[None, :]).reshape(-1)
+        m = self.m
+        base = (idx // self.npsi) * (m * self.npsi) + m * (idx % self.npsi)
+        return xp.full(idx.size, m, dtype=xp.int64), (base[:, None] + xp.arange(m)[None, :]).reshape(-1)
 
 
 class InPlaneSpace:
@@ -40,11 +42,11 @@ class InPlaneSpace:
         self.K, self.n = int(K), int(n)
         self.psi_c = inplane_angles(psi_step)
         self.npsi = self.psi_c.size
-        o = psi_step / 4.0 if oversampling > 0 else 0.0
-        self.psi_f = (self.psi_c[:, None] + np.array([-o, o])[None, :]).ravel()
-        self.Jc1, self.Jf1 = self.npsi, 2 * self.npsi
+        o = psi_step / 4.0
+        self.psi_f = (self.psi_c[:, None] + np.array([-o, o])[None, :]).ravel() if oversampling > 0 else self.psi_c
+        self.Jc1, self.Jf1 = self.npsi, self.psi_f.size
         self.coarse_step_deg = float(psi_step)
-        self.children = PsiChildren(self.npsi)
+        self.children = PsiChildren(self.npsi, self.Jf1 // self.npsi)
         self.refs = None            # (K, n, n) float32, set by the algorithm
         self.data = self.wsum = None
 

@@ -36,8 +36,9 @@ class Sampling3D:
         self.psi_c = inplane_angles(self.psi_step)
         self.npsi = self.psi_c.size
         self.Jc1 = self.nd * self.npsi
-        o = self.psi_step / 4.0 if oversampling > 0 else 0.0
-        self.psi_f = (self.psi_c[:, None] + np.array([-o, o])[None, :]).ravel()
+        o = self.psi_step / 4.0
+        self.psi_f = (self.psi_c[:, None] + np.array([-o, o])[None, :]).ravel() if oversampling > 0 else self.psi_c
+        self.mpsi = self.psi_f.size // self.npsi          # psi children of a coarse psi (2, or 1)
         if oversampling > 0:
             frot, ftilt, parent = oversample_directions(order)
             loc = np.full(12 * 4 ** order, -1, np.int64)
@@ -57,7 +58,7 @@ class Sampling3D:
         self.dpsi_f = (wrap180(self.rot[pdk] - self.frot) * np.cos(np.deg2rad(self.ftilt))) if oversampling > 0 \
             else np.zeros(self.nfd)
         self.dchild_off = np.concatenate([[0], np.cumsum(np.bincount(pdk, minlength=self.nd))]).astype(np.int64)
-        self.Jf1 = self.nfd * 2 * self.npsi
+        self.Jf1 = self.nfd * self.psi_f.size
         self.coarse_step_deg = max(step, self.psi_step)
 
     def coarse_euler(self, j1):
@@ -67,13 +68,14 @@ class Sampling3D:
 
     def fine_euler(self, jf1):
         jf1 = np.asarray(jf1, np.int64)
-        e, q = jf1 // (2 * self.npsi), jf1 % (2 * self.npsi)
+        e, q = jf1 // self.psi_f.size, jf1 % self.psi_f.size
         return self.frot[e], self.ftilt[e], self.psi_f[q] + self.dpsi_f[e]
 
 
 class Children3D:
-    """Children of coarse hypotheses j = k*Jc1 + d*npsi + p: fine j = k*Jf1 + e*2npsi + 2p + s for
-    the fine directions e of direction d and s in {0, 1} (psi -/+ step/4)."""
+    """Children of coarse hypotheses j = k*Jc1 + d*npsi + p: fine j = k*Jf1 + e*m npsi + m p + s for
+    the fine directions e of direction d and s < m (m = 2: psi -/+ step/4; 1 without oversampling,
+    when the fine directions are the coarse ones)."""
 
     def __init__(self, samp: Sampling3D):
         self.s = samp
@@ -86,8 +88,9 @@ class Children3D:
         cnt_d = s.dchild_off[d + 1] - s.dchild_off[d]
         e = ragged_arange(s.dchild_off[d], cnt_d)     # fine directions are numbered by parent
         rep = np.repeat(np.arange(idx.size), cnt_d)
-        base = k[rep] * s.Jf1 + e * 2 * s.npsi + 2 * p[rep]
-        return 2 * cnt_d, (base[:, None] + np.arange(2)[None, :]).reshape(-1)
+        m = s.mpsi
+        base = k[rep] * s.Jf1 + e * m * s.npsi + m * p[rep]
+        return m * cnt_d, (base[:, None] + np.arange(m)[None, :]).reshape(-1)
 
 
 class ProjectionSpace:
