@@ -442,18 +442,40 @@ def test_bad_stack_inputs(tmp_path, monkeypatch):
     _raises(p, "rlnImageName")
 
 
-def test_mixed_optics_groups_rejected(tmp_path, monkeypatch):
+def test_mixed_optics_groups(tmp_path, monkeypatch):
+    """Issue 10: optics groups of different pixel and box sizes are read onto the first group's grid
+    (a stack that disagrees with its group's rlnImageSize is still refused)."""
     monkeypatch.chdir(tmp_path)
     two = {"rlnOpticsGroupName": ["a", "b"], "rlnOpticsGroup": [1, 2],
            "rlnImagePixelSize": [1.0, 1.0], "rlnImageSize": [BOX, 2 * BOX], "rlnVoltage": [300, 300],
            "rlnSphericalAberration": [2.7, 2.7], "rlnAmplitudeContrast": [0.1, 0.1]}
     p = _write_simple(tmp_path, two, particles={"rlnOpticsGroup": [1, 2, 1]}, name="boxes.star")
-    msg = _raises(p, "rlnImageSize")
-    assert "not support" in msg
+    msg = _raises(p, "rlnImageSize", file_part="s.mrcs")
+    assert "optics group 2" in msg
     two.update(rlnImageSize=[BOX, BOX], rlnImagePixelSize=[1.0, 1.3])
     p = _write_simple(tmp_path, two, particles={"rlnOpticsGroup": [1, 2, 1]}, name="pix.star")
-    msg = _raises(p, "rlnImagePixelSize")
-    assert "not support" in msg
+    with pytest.warns(UserWarning, match="resampled"):
+        ps = ParticleSet.read(p)
+    assert (ps.box, ps.angpix) == (BOX, 1.0) and ps.read_images().shape == (3, BOX, BOX)
+
+
+def _blob_image(n, angpix):
+    """Two Gaussians (sigma 4 and 2.5 A) well inside a 40 x 1.5 A box: band-limited, no edges."""
+    c = (np.arange(n) - n // 2) * angpix
+    x, y = np.meshgrid(c, c, indexing="xy")
+    return (np.exp(-((x - 3) ** 2 + (y + 5) ** 2) / (2 * 4.0 ** 2))
+            + 0.5 * np.exp(-((x + 7) ** 2 + (y - 2) ** 2) / (2 * 2.5 ** 2))).astype(np.float32)
+
+
+@pytest.mark.parametrize("m, pg, n, p", [(48, 1.24, 48, 1.25), (32, 1.5, 48, 1.0), (60, 1.0, 40, 1.5), (40, 1.25, 48, 1.25)])
+def test_resample_onto_the_common_grid(m, pg, n, p):
+    """A smooth image sampled at (m, pg) resampled to (n, p) equals the image sampled at (n, p)."""
+    from hpcem.io.resample import resample
+
+    got = resample(_blob_image(m, pg)[None], pg, n, p)[0]
+    want = _blob_image(n, p)
+    assert np.abs(got - want).max() <= 0.006 * want.max()
+    assert abs(got.sum() - want.sum()) <= 0.01 * want.sum()
 
 
 def test_ctf_columns(tmp_path, monkeypatch):
@@ -558,3 +580,33 @@ def test_write_particle_stack(tmp_path):
     back = ParticleSet.read(tmp_path / "sim" / "mem.star")
     np.testing.assert_array_equal(back.read_images(), imgs[[1, 3]])
     np.testing.assert_allclose(back.ctf_params()["defocus_u"], du[[1, 3]], rtol=1e-9)
+
+
+def test_pre2014_mrc_without_map_id_is_read_with_one_warning(tmp_path):
+    """Issue 10: stacks written by older programs lack the 'MAP ' identifier; RELION reads them.
+    hpcem reads them with one warning when the header's sizes and mode account for the file size,
+    and still refuses a file whose header does not (field 'header')."""
+    data = np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32)
+    good = tmp_path / "old.mrcs"
+    write_mrc(good, data, 1.5)
+    raw = bytearray(good.read_bytes())
+    raw[208:212] = b"\x00\x00\x00\x00"        # the 'MAP ' identifier
+    raw[212:216] = b"\x00\x00\x00\x00"        # and the machine stamp, as such files have
+    good.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="no 'MAP ' identifier"):
+        got, apix = read_mrc(good)
+    assert np.array_equal(got, data) and apix == pytest.approx(1.5)
+    assert np.array_equal(MrcStack(good).read([2, 0]), data[[2, 0]])
+    bad = tmp_path / "short.mrcs"
+    bad.write_bytes(bytes(raw[:-100]))       # no identifier and 100 bytes missing
+    with pytest.raises(InputError) as ei:
+        read_mrc(bad)
+    assert_input_error(ei, "short.mrcs", "header")
+
+
+def test_non_numeric_value_in_a_numeric_column(tmp_path, monkeypatch):
+    """Issue 10: one line naming the file, the column and the row (no traceback)."""
+    monkeypatch.chdir(tmp_path)
+    p = _write_simple(tmp_path, particles={"rlnAngleTilt": ["10.0", "abc", "30"]}, name="nan.star")
+    msg = _raises(p, "rlnAngleTilt")
+    assert "row 2" in msg and "'abc'" in msg

@@ -184,3 +184,46 @@ def test_pseudo_atomic_model_reconstruction(tmp_path, run_hpcem):
     _, curve = fsc(rec, truth)
     print("pseudo-atomic noiseless FSC:", np.round(curve[:20], 3))
     assert curve[1:int(0.8 * 24) + 1].min() >= 0.9
+
+
+def test_mixed_pixel_sizes_reconstruct_like_one_group(tmp_path, run_hpcem):
+    """Issue 10: 3,000 particles of two optics groups (3 A/px at 48 px, 2.4 A/px at 60 px: the same
+    144 A field of view of the same pseudo-atomic map) reconstruct on the first group's grid as
+    well as 3,000 particles of one group."""
+    import pandas as pd
+
+    from hpcem.io.star import read_star, write_star
+    from hpcem.simulate.particles import simulate_dataset
+    from hpcem.simulate.write import write_dataset
+
+    from hpcem.simulate.volumes import pseudo_atomic_model, render_atoms
+
+    atoms = pseudo_atomic_model(48, 3.0, seed=5)          # one physical map, rendered on both grids
+    sets = {}
+    for name, n, apix, seed, N in (("g1", 48, 3.0, 11, 1500), ("g2", 60, 2.4, 12, 1500), ("one", 48, 3.0, 13, 3000)):
+        vol = render_atoms(n, apix, atoms)
+        sim = simulate_dataset(n=n, n_particles=N, angpix=apix, snr=0.01, seed=seed, volumes=[vol])
+        sets[name] = write_dataset(sim, str(tmp_path / name))
+    blocks = {k: read_star(sets[k]["particles"]) for k in ("g1", "g2")}
+    optics = pd.concat([blocks["g1"]["optics"], blocks["g2"]["optics"]], ignore_index=True)
+    optics["rlnOpticsGroup"] = [1, 2]
+    optics["rlnOpticsGroupName"] = ["g1", "g2"]
+    parts = []
+    for g, k in ((1, "g1"), (2, "g2")):
+        t = blocks[k]["particles"].copy()
+        t["rlnOpticsGroup"] = g
+        t["rlnImageName"] = t["rlnImageName"].str.replace("@", "@%s/" % k)
+        parts.append(t)
+    mixed = tmp_path / "mixed.star"
+    write_star(mixed, {"optics": optics, "particles": pd.concat(parts, ignore_index=True)})
+    truth, apix = read_mrc(sets["g1"]["truth_maps"][0])
+    res = {}
+    for name, star in (("mixed", mixed), ("one", sets["one"]["particles"])):
+        out = tmp_path / ("%s.mrc" % name)
+        run_hpcem(["reconstruct", "--i", star, "--o", out, "--ctf"], cwd=str(tmp_path))
+        vol, _ = read_mrc(out)
+        assert vol.shape == (48, 48, 48)
+        _, c = fsc(vol, truth)
+        res[name] = (resolution_at(c, 0.5, 48, apix), resolution_at(c, 0.143, 48, apix))
+    print("FSC 0.5 / 0.143 to the truth: mixed groups %.2f / %.2f A, one group %.2f / %.2f A" % (res["mixed"] + res["one"]))
+    assert res["mixed"][0] <= 1.05 * res["one"][0] and res["mixed"][1] <= 1.05 * res["one"][1]

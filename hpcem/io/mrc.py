@@ -50,10 +50,29 @@ class MrcHeader:
         return HEADER_BYTES + self.nsymbt + self.nx * self.ny * self.nz * self.dtype.itemsize
 
 
+_WARNED: set = set()
+
+
+def _check_pre2014(p: Path, size: int, nx: int, ny: int, nz: int, mode: int, nsymbt: int) -> None:
+    """A header without MRC2014's 'MAP ' identifier (older programs and converters write such
+    files; RELION reads them) is accepted, with one warning per file, when its mode is known and
+    its sizes account for the file's bytes exactly; anything else is not an MRC file."""
+    ok = mode in MODE_DTYPES and nx > 0 and ny > 0 and nz > 0 and 0 <= nsymbt < size
+    expected = HEADER_BYTES + nsymbt + nx * ny * nz * MODE_DTYPES[mode].itemsize if ok else -1
+    if expected != size:
+        raise InputError("not an MRC file: no 'MAP ' identifier in the header, and its sizes and mode do not "
+                         "account for the file's %d bytes" % size, file=str(p), field="header")
+    if str(p) not in _WARNED:
+        _WARNED.add(str(p))
+        warnings.warn("%s: no 'MAP ' identifier in the MRC header (a pre-2014 MRC file); read as its header "
+                      "describes it: %d x %d x %d, mode %d" % (p, nx, ny, nz, mode), UserWarning, stacklevel=3)
+
+
 def read_header(path: str | os.PathLike, require_square: bool = False) -> MrcHeader:
     """Read and validate an MRC header without touching the data block.
 
-    Raises InputError for: missing file (field 'file'), not an MRC file ('header'),
+    A header without the MRC2014 'MAP ' identifier is read (one warning) when its sizes and mode
+    match the file size.  Raises InputError for: missing file (field 'file'), not an MRC file ('header'),
     unsupported mode ('mode'), bad dimensions ('nx/ny/nz'), file shorter than the
     header says ('size'), and, with ``require_square``, nx != ny ('nx/ny').
     """
@@ -79,8 +98,7 @@ def read_header(path: str | os.PathLike, require_square: bool = False) -> MrcHea
     except Exception as exc:  # mrcfile could not even read a header
         raise InputError(f"cannot read MRC header ({exc})", file=str(p), field="header") from None
     if map_id != b"MAP ":
-        raise InputError("not an MRC2014 file (no 'MAP ' identifier in the header)",
-                         file=str(p), field="header")
+        _check_pre2014(p, size, nx, ny, nz, mode, nsymbt)
     if mode not in MODE_DTYPES:
         raise InputError(f"unsupported MRC mode {mode} (supported: 0 int8, 1 int16, 2 float32, "
                          "6 uint16, 12 float16)", file=str(p), field="mode")
@@ -106,8 +124,10 @@ def read_mrc(path: str | os.PathLike, require_square: bool = False) -> tuple[np.
     """
     hdr = read_header(path, require_square=require_square)
     try:
-        with mrcfile.mmap(path, mode="r", permissive=False) as m:
-            data = np.array(m.data, dtype=np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # the header was checked above; pre-2014 files warn there
+            with mrcfile.mmap(path, mode="r", permissive=True) as m:
+                data = np.array(m.data, dtype=np.float32)
     except Exception as exc:
         raise InputError(f"cannot read MRC data ({exc})", file=str(path), field="data") from None
     return data, hdr.angpix
@@ -156,7 +176,9 @@ class MrcStack:
         self.path = str(path)
         self.header = read_header(self.path, require_square=True)
         try:
-            self._mrc = mrcfile.mmap(self.path, mode="r", permissive=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # checked by read_header
+                self._mrc = mrcfile.mmap(self.path, mode="r", permissive=True)
         except Exception as exc:
             raise InputError(f"cannot map MRC data ({exc})", file=self.path, field="data") from None
         data = self._mrc.data

@@ -42,7 +42,8 @@ def _finite_float(v) -> float | None:
 
 def build_optics(ot: pd.DataFrame, src: str, angpix: float | None):
     """Validated optics groups of a data_optics table: (table, {number: OpticsGroup}, box, pixel
-    size); one box and one pixel size for all groups."""
+    size), box and pixel size of the common grid being the first group's (RELION's reference
+    pixel size; the other groups' images are resampled to it, :mod:`hpcem.io.resample`)."""
     if "rlnOpticsGroup" not in ot.columns:
         if len(ot) == 1:
             ot = ot.copy()
@@ -87,18 +88,20 @@ def build_optics(ot: pd.DataFrame, src: str, angpix: float | None):
         name = str(row["rlnOpticsGroupName"]) if "rlnOpticsGroupName" in ot.columns \
             else f"opticsGroup{num}"
         optics[num] = OpticsGroup(num, name, px, box, ctf_premultiplied=pre, **vals)
-    boxes = {g.box for g in optics.values() if g.box > 0}
-    if len(boxes) > 1:
-        raise InputError(f"optics groups have different box sizes {sorted(boxes)}; hpcem does not "
-                         "support mixed box sizes (re-extract at one size)",
-                         file=src, field="rlnImageSize")
-    pxs = [g.angpix for g in optics.values()]
-    if max(pxs) - min(pxs) > _PIXEL_TOL * max(pxs):
-        raise InputError(f"optics groups have different pixel sizes {sorted(set(pxs))}; hpcem "
-                         "does not support mixed pixel sizes (rescale to one)",
-                         file=src, field="rlnImagePixelSize")
-    return ot, dict(sorted(optics.items())), (boxes.pop() if boxes else 0), float(pxs[0])
+    first = optics[min(optics)]
+    return ot, dict(sorted(optics.items())), first.box, float(first.angpix)
 
+
+def mixed_groups_note(optics: dict, box: int, angpix: float) -> str | None:
+    """A one-line note when optics groups differ in pixel or box size from the common grid (the
+    first group's), or None."""
+    other = [g for g in optics.values()
+             if abs(g.angpix - angpix) > _PIXEL_TOL * angpix or (g.box and box and g.box != box)]
+    if not other:
+        return None
+    return ("optics groups %s differ from group %d's %.4g A/px, %d px: their images are resampled to it"
+            % (", ".join("%d (%.4g A/px, %d px)" % (g.number, g.angpix, g.box) for g in other),
+               min(optics), angpix, box))
 
 
 def convert_relion30(df: pd.DataFrame, path: str, angpix: float | None):

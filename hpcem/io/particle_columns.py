@@ -16,6 +16,32 @@ def column(df: pd.DataFrame, name: str, default=None, dtype=np.float64):
     return np.full(len(df), default, dtype=dtype)
 
 
+# The numeric RELION columns hpcem reads from particle and optics tables.  Only these are checked:
+# other columns pass through untouched (RELION 3.1/5 write text and vector-valued ones, e.g.
+# rlnOddZernike = "[0.07,0.10,...]", that hpcem never interprets).
+NUMERIC_COLUMNS = {"rlnOpticsGroup", "rlnImagePixelSize", "rlnImageSize", "rlnVoltage", "rlnSphericalAberration",
+                   "rlnAmplitudeContrast", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift",
+                   "rlnCtfBfactor", "rlnCtfScalefactor", "rlnClassNumber", "rlnRandomSubset", "rlnOriginXAngst",
+                   "rlnOriginYAngst", "rlnOriginX", "rlnOriginY", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
+                   "rlnDetectorPixelSize", "rlnMagnification", "rlnImageDimensionality",
+                   "rlnCtfDataAreCtfPremultiplied", "rlnNormCorrection", "rlnAngleRotPrior", "rlnAngleTiltPrior",
+                   "rlnAnglePsiPrior", "rlnMicrographOriginalPixelSize"}
+
+
+def check_numeric(table: pd.DataFrame, src: str, block: str) -> None:
+    """One InputError naming the file, the column and the row of the first value of a numeric RELION
+    column that is not a number (STAR readers leave such a column as text)."""
+    for col in table.columns:
+        if col not in NUMERIC_COLUMNS or table[col].dtype.kind in "iufb":
+            continue
+        values = table[col]
+        num = pd.to_numeric(values, errors="coerce")
+        bad = num.isna().to_numpy() & ~values.astype(str).str.strip().str.lower().isin(("nan", "none", "")).to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError("%s row %d: %r is not a number" % (block, i + 1, values.iloc[i]), file=src, field=col)
+
+
 class ParticleColumns:
     """Accessors over ``self._table`` / ``self._optics`` / ``self._group_index`` (set by the particle set)."""
 
@@ -86,10 +112,9 @@ class ParticleColumns:
                         axis=1)
 
     def origins_px(self, indices=None) -> np.ndarray:
-        """(B, 2) origins (x, y) in pixels (rlnOriginX/YAngst / pixel size); zeros where absent."""
-        idx = self._idx(indices)
-        px = np.asarray([g.angpix for g in self._optics.values()], np.float64)[self._group_index[idx]]
-        return self.origins_angst(idx) / px[:, None]
+        """(B, 2) origins (x, y) in pixels of the common grid (rlnOriginX/YAngst / its pixel size);
+        zeros where absent."""
+        return self.origins_angst(self._idx(indices)) / self.angpix
 
     def random_subset(self, indices=None) -> np.ndarray | None:
         t = self._table

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,9 @@ import pandas as pd
 from hpcem.errors import InputError
 from hpcem.io.mrc import MrcStack, read_header, write_mrc
 from hpcem.io.image_names import parse_image_names
-from hpcem.io.optics import OpticsGroup, build_optics, convert_relion30
-from hpcem.io.particle_columns import ParticleColumns
+from hpcem.io.optics import OpticsGroup, build_optics, convert_relion30, mixed_groups_note
+from hpcem.io.particle_columns import ParticleColumns, check_numeric
+from hpcem.io.resample import resample
 from hpcem.io.star import read_star, write_star
 
 _MAX_OPEN_STACKS = 64
@@ -44,6 +46,8 @@ class ParticleSet(ParticleColumns):
         self._table = table.reset_index(drop=True)
         self._optics_table = optics_table.reset_index(drop=True)
         self._memory = None if images is None else np.asarray(images, dtype=np.float32)
+        check_numeric(self._table, self._src, "data_particles")
+        check_numeric(self._optics_table, self._src, "data_optics")
         self._stacks: OrderedDict[str, MrcStack] = OrderedDict()
         self._optics_table, self._optics, self._box, self._angpix = build_optics(self._optics_table, self._src, angpix)
         self._map_groups()
@@ -136,28 +140,33 @@ class ParticleSet(ParticleColumns):
     def _validate_stacks(self) -> None:
         maxidx = np.full(len(self._stack_paths), -1, np.int64)
         np.maximum.at(maxidx, self._stack_id, self._image_index)
+        groups = list(self._optics.values())
+        boxes = {}
         for sid, p in enumerate(self._stack_paths):
             h = read_header(p, require_square=True)
             n = 1 if h.nz < 1 else h.nz
             if maxidx[sid] >= n:
                 raise InputError(f"image index {maxidx[sid] + 1} is beyond the stack's {n} images",
                                  file=p, field="rlnImageName")
-            if self._box == 0:
-                self._box = h.nx
-            elif h.nx != self._box:
-                raise InputError(f"stack images are {h.nx} px but the optics group says rlnImageSize "
-                                 f"{self._box}", file=p, field="rlnImageSize")
+            for gi in np.unique(self._group_index[self._stack_id == sid]):
+                want = groups[gi].box or boxes.get(gi, h.nx)
+                if h.nx != want:
+                    raise InputError(f"stack images are {h.nx} px but optics group {groups[gi].number} says "
+                                     f"rlnImageSize {want}", file=p, field="rlnImageSize")
+                boxes[gi] = h.nx
         if self._box == 0 and not self._stack_paths:
             raise InputError("no particles and no rlnImageSize", file=self._src, field="rlnImageSize")
-        if "rlnImageSize" not in self._optics_table.columns:  # e.g. converted RELION 3.0 files
+        if any(g.box == 0 for g in groups):   # e.g. converted RELION 3.0 files: boxes from the stacks
+            self._optics = {g.number: replace(g, box=boxes.get(i, g.box)) for i, g in enumerate(groups)}
+            self._box = self._optics[min(self._optics)].box
             ot = self._optics_table.copy()
-            ot["rlnImageSize"] = self._box
+            ot["rlnImageSize"] = [g.box for g in self._optics.values()]
             if "rlnImageDimensionality" not in ot.columns:
                 ot["rlnImageDimensionality"] = 2
             self._optics_table = ot
-            self._optics = {k: OpticsGroup(g.number, g.name, g.angpix, self._box, g.voltage, g.cs,
-                                           g.amp_contrast, g.ctf_premultiplied)
-                            for k, g in self._optics.items()}
+        note = mixed_groups_note(self._optics, self._box, self._angpix)
+        if note:
+            warnings.warn(f"{self._src}: {note}", UserWarning, stacklevel=3)
 
     def validate(self, ctf: bool = False, images: bool = False) -> None:
         """Re-run the up-front checks: stacks (exist, box, index range), CTF columns when
@@ -195,6 +204,11 @@ class ParticleSet(ParticleColumns):
 
     def __len__(self) -> int:
         return self.n
+
+    @property
+    def _mixed(self) -> bool:
+        """Whether some optics group's pixel size differs from the common grid's."""
+        return any(abs(g.angpix - self._angpix) > 1e-6 * self._angpix for g in self._optics.values())
 
     @property
     def box(self) -> int:
@@ -245,15 +259,24 @@ class ParticleSet(ParticleColumns):
         return st
 
     def read_images(self, indices=None) -> np.ndarray:
-        """Images of the particles at ``indices`` (0-based rows) as float32 (B, box, box)."""
+        """Images of the particles at ``indices`` (0-based rows) as float32 (B, box, box), on the
+        common grid (images of optics groups with another pixel or box size are resampled)."""
         idx = self._idx(indices)
         if self._memory is not None:
             return np.array(self._memory[idx], dtype=np.float32)
         out = np.empty((idx.size, self.box, self.box), np.float32)
         sids = self._stack_id[idx]
+        groups = list(self._optics.values())
         for sid in np.unique(sids):
             where = np.flatnonzero(sids == sid)
-            out[where] = self._stack(int(sid)).read(self._image_index[idx[where]])
+            imgs = self._stack(int(sid)).read(self._image_index[idx[where]])
+            if imgs.shape[-1] == self.box and not self._mixed:
+                out[where] = imgs
+                continue
+            gi = self._group_index[idx[where]]
+            for g in np.unique(gi):   # a stack's images normally share one group
+                w = gi == g
+                out[where[w]] = resample(imgs[w], groups[g].angpix, self.box, self.angpix)
         return out
 
     def __getstate__(self):  # picklable (e.g. for MPI): open memory maps are not sent

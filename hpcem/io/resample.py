@@ -1,0 +1,47 @@
+"""Images of an optics group put onto the common pixel grid of a particle set (RELION 3.1 merges
+data sets of different pixel and box sizes as optics groups).
+
+The common grid is the first optics group's pixel size ``p`` and box ``n``.  An image of box
+``n_g`` at pixel size ``p_g`` is resampled in Fourier space: the coefficient at frequency ``k`` of
+the n box (physical frequency ``k / (n p)``) is read at ``k n_g p_g / (n p)`` of the image's own
+transform, by the bilinear interpolation of its 2x-padded transform (with the gridding correction:
+:func:`hpcem.kernels.project2d` with the scaling ``p_g / p`` as its 2x2 matrix), zero beyond the
+image's own Nyquist frequency, and scaled by ``(p_g / p)^2`` so that the transforms agree in
+physical units (an area element ``p^2`` per pixel).  With equal pixel sizes and different boxes the
+image is cropped or padded (zeros) about its centre instead, which is exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.fourier import ift2
+
+PAD = 4   # padding of the interpolated transform: the interpolation error falls as 1/PAD^2
+
+
+def window(imgs: np.ndarray, n: int) -> np.ndarray:
+    """Images (B, m, m) cropped or zero-padded about their centres (index m//2) to (B, n, n)."""
+    B, m = imgs.shape[0], imgs.shape[-1]
+    out = np.zeros((B, n, n), np.float32)
+    a, b = max(0, m // 2 - n // 2), max(0, n // 2 - m // 2)   # first source / target index
+    s = min(m - a, n - b)
+    out[:, b:b + s, b:b + s] = imgs[:, a:a + s, a:a + s]
+    return out
+
+
+def resample(imgs: np.ndarray, angpix_from: float, n: int, angpix: float) -> np.ndarray:
+    """Images (B, m, m) at ``angpix_from`` on the (B, n, n) grid of pixel size ``angpix``."""
+    from .. import kernels
+    from ..recon.projector import Projector2D
+
+    imgs = np.asarray(imgs, np.float32)
+    B, m = imgs.shape[0], imgs.shape[-1]
+    if abs(angpix_from - angpix) <= 1e-6 * angpix:
+        return imgs if m == n else window(imgs, n)
+    proj = Projector2D.from_images(imgs, pad=PAD)             # padded box PAD m
+    scale = angpix_from / angpix
+    A = np.broadcast_to(scale * np.eye(2), (B, 2, 2))
+    r_max = min(n / 2.0, (m / 2.0) * (n * angpix) / (m * angpix_from))
+    F = kernels.project2d(proj.data, np.ascontiguousarray(A), n, r_max, PAD * m / n,
+                          ref_index=np.arange(B, dtype=np.int64))
+    return (ift2(F.astype(np.complex128), n) * scale ** 2).astype(np.float32)
