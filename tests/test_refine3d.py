@@ -5,7 +5,7 @@ truth as the reference:
 * the gold-standard resolution (half-map FSC 0.143) within 15% of the resolution where the final
   map's FSC against the truth crosses 0.5, and that resolution better than 3 x the pixel size;
 * 1 rank and `mpiexec -n 2` (one rank per half) give the same maps and poses;
-* bad input (box mismatch, missing reference) fails up front naming the file and field.
+* bad input (a reference that is not a cube, or empty, or missing) fails up front naming the file and field.
 
 Size: the recovery test runs the issue's 5,000 particles at 64 px of a pseudo-atomic map
 (simulate model 'atoms', Wilson-like spectrum: the blob maps hold too little high-resolution power
@@ -124,8 +124,11 @@ def test_refine3d_continue_same_result(small, run_hpcem):
 def test_refine3d_bad_input(small, run_hpcem, tmp_path):
     tmp, star, ref = small
     bad = str(tmp_path / "bad.mrc")
-    write_mrc(bad, np.zeros((24, 24, 24), np.float32), 3.0)
+    write_mrc(bad, np.ones((24, 24, 12), np.float32), 3.0)      # not a cube
     p = run_hpcem(_flags(star, bad, str(tmp_path / "o")), check=False)
     assert p.returncode == 2 and "bad.mrc" in p.stderr and "box" in p.stderr
+    write_mrc(bad, np.zeros((24, 24, 24), np.float32), 3.0)     # empty
+    p = run_hpcem(_flags(star, bad, str(tmp_path / "o")), check=False)
+    assert p.returncode == 2 and "bad.mrc" in p.stderr and "empty" in p.stderr
     p = run_hpcem(_flags(star, str(tmp_path / "missing.mrc"), str(tmp_path / "o")), check=False)
     assert p.returncode == 2 and "missing.mrc" in p.stderr

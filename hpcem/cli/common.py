@@ -76,7 +76,13 @@ def stamp(path: str, record: dict) -> None:
 
 
 def ref_param():
-    return param(None, "initial reference map (MRC), same box and pixel size as the particles", group="I/O")
+    return param(None, "initial reference map (MRC); another box or pixel size is resampled to the particles'",
+                 group="I/O")
+
+
+def ref_angpix_param():
+    return param(0.0, "pixel size of --ref in A (0: its header's, else the particles')", check=NON_NEGATIVE,
+                 group="I/O")
 
 
 def continued(p, stored: dict, given, log, may_change=CONTINUABLE):

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import InputError
 from ..algorithms.map_em.config3d import Class3DConfig
-from .common import IterativeJobIO, ref_param, job_record, resolve_run, set_threads, stamp
-from .inputs import read_particles, read_reference
+from .common import IterativeJobIO, job_record, ref_angpix_param, ref_param, resolve_run, set_threads, stamp
+from .inputs import read_mask, read_particles, read_reference
 
 
 @dataclass(frozen=True)
 class Params(IterativeJobIO, Class3DConfig):
     ref: str = ref_param()
+    ref_angpix: float = ref_angpix_param()
 
 
 def run_map3d(p, ctx, algorithm, config_cls, what: str):
@@ -26,7 +28,12 @@ def run_map3d(p, ctx, algorithm, config_cls, what: str):
     set_threads(p.j)
     p, root, restart = resolve_run(p, ctx)
     ps = read_particles(p.i, p.angpix, ctf=p.ctf, diameter=p.particle_diameter)
-    ref = read_reference(p.ref, ps) if restart is None else None
+    ref = read_reference(p.ref, ps, ref_angpix=p.ref_angpix, log=ctx.log) if restart is None else None
+    if p.solvent_mask:
+        read_mask(p.solvent_mask, ps, "--solvent_mask")
+    if p.sigma_ang > 0 and "rlnAngleRot" not in ps.table:
+        raise InputError("local searches from the start need the particles' poses (rlnAngleRot/Tilt/Psi)",
+                         file=p.i, field="--sigma_ang")
     cfg = config_cls.subset(p)
     ctx.log("hpcem %s: %d particles, box %d, %.3f A/px, %s, sym %s, ctf %s, %d rank(s)" % (
         ctx.name, ps.n, ps.box, ps.angpix, what % cfg.__dict__, cfg.sym, "on" if cfg.ctf else "off", ctx.comm.size))

@@ -17,11 +17,13 @@ import sys
 from .. import __version__
 from ..errors import InputError
 from .params import add_arguments, given
+from .relion_flags import strip_tuning, unknown_flag_error
 
 # group -> [(job name, module, one-line help)]
 REGISTRY = {
     "data": [
         ("simulate", "hpcem.cli.job_simulate", "write a simulated data set with known truth"),
+        ("import", "hpcem.cli.job_import", "convert cryoSPARC particles (.cs) to a RELION 3.1 STAR file"),
     ],
     "reconstruction": [
         ("reconstruct", "hpcem.cli.job_reconstruct", "3D map from particles with known poses (like relion_reconstruct)"),
@@ -77,11 +79,30 @@ def build_parser() -> argparse.ArgumentParser:
     for group, name, mod, helptext in _jobs():
         m = importlib.import_module(mod)
         sp = sub.add_parser(name, help=helptext, description=(m.__doc__ or helptext).strip(),
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
         (m.add_arguments if hasattr(m, "add_arguments") else lambda s: add_arguments(s, m.Params))(sp)
         epilog.append("  %-12s %s  [%s]" % (name, helptext, group))
     p.epilog = "jobs:\n" + "\n".join(epilog)
     return p
+
+
+def _job_flags(parser, job: str) -> list:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [s for a in sub.choices[job]._actions for s in a.option_strings if s.startswith("--")]
+
+
+def parse_command(argv, parser=None):
+    """(job, the flags given by field name, notes) of a command line (without the program name):
+    RELION's tuning flags taken off with a note each, an unknown flag one InputError."""
+    parser = parser or build_parser()
+    job = argv[0] if argv and not argv[0].startswith("-") else None
+    rest, notes = strip_tuning(job, argv[1:]) if job else (list(argv), [])
+    args, unknown = parser.parse_known_args(([job] if job else []) + rest)
+    if args.job and unknown:
+        raise unknown_flag_error(args.job, unknown, _job_flags(parser, args.job))
+    if unknown:
+        parser.error("unrecognized arguments: %s" % " ".join(unknown))
+    return args.job, given(args), notes
 
 
 def main(argv=None) -> int:
@@ -89,16 +110,19 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.job:
-        parser.print_help()
-        return 1
     comm = get_comm()
+    job = argv[0] if argv and not argv[0].startswith("-") else ""
     try:
-        return run_job(args.job, given(args), comm, argv=["hpcem"] + argv)
+        job, values, notes = parse_command(argv, parser)
+        if not job:
+            parser.print_help()
+            return 1
+        for note in notes if comm.rank == 0 else ():
+            print("hpcem %s: %s" % (job, note), flush=True)
+        return run_job(job, values, comm, argv=["hpcem"] + argv)
     except InputError as exc:
         if comm.rank == 0:
-            sys.stderr.write("hpcem %s: error: %s\n" % (args.job, exc))
+            sys.stderr.write("hpcem %s: error: %s\n" % (job, exc))
         return 2
     except KeyboardInterrupt:
         return 130

@@ -38,8 +38,9 @@ def electron_wavelength(voltage_kv) -> np.ndarray:
 
 
 def ctf2d(n: int, angpix: float, defocus_u, defocus_v, defocus_angle, voltage, cs,
-          amp_contrast, phase_shift=0.0, bfactor=0.0, dtype=np.float32) -> np.ndarray:
-    """CTF on the 2D half grid of box ``n`` (pixel size ``angpix`` A).
+          amp_contrast, phase_shift=0.0, bfactor=0.0, dtype=np.float32, intact_first_peak=False) -> np.ndarray:
+    """CTF on the 2D half grid of box ``n`` (pixel size ``angpix`` A).  ``intact_first_peak``:
+    1 below the first peak (``chi < pi/2`` while chi still rises), RELION's --ctf_intact_first_peak.
 
     Scalar parameters give ``(n, n//2+1)``; parameters that are arrays of length
     ``B`` (others broadcast) give ``(B, n, n//2+1)``.  Computed in float64 and
@@ -69,6 +70,9 @@ def ctf2d(n: int, angpix: float, defocus_u, defocus_v, defocus_angle, voltage, c
     out = np.sin(chi)
     if np.any(bf != 0.0):
         out *= np.exp(-bf[col] / 4.0 * s2)
+    if intact_first_peak:
+        rising = np.pi * lam * dz - np.pi * cs_a * lam ** 3 * s2 > 0      # d chi / d s^2 > 0
+        out = np.where(rising & (chi < 0.5 * np.pi), 1.0, out)
     out = out.astype(dtype, copy=False)
     return out if batched else out[0]
 
@@ -78,14 +82,15 @@ CTF_ARGS = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amp_con
             "bfactor")
 
 
-def ctf_from_params(n: int, angpix: float, params: dict, angle_offset=0.0, dtype=np.float32) -> np.ndarray:
+def ctf_from_params(n: int, angpix: float, params: dict, angle_offset=0.0, dtype=np.float32,
+                    intact_first_peak=False) -> np.ndarray:
     """Batched CTFs ``(B, n, n//2+1)`` from per-particle parameters (``ParticleSet.ctf_params``);
     ``angle_offset`` (deg, scalar or (B,)) is added to the astigmatism angle, which puts the CTF
     into a frame rotated in-plane by that angle (a particle rotated by psi has its CTF's
     astigmatism at angle + psi)."""
     p = dict(params)
     p["defocus_angle"] = np.asarray(p["defocus_angle"], np.float64) + angle_offset
-    return ctf2d(n, angpix, *(p[k] for k in CTF_ARGS), dtype=dtype)
+    return ctf2d(n, angpix, *(p[k] for k in CTF_ARGS), dtype=dtype, intact_first_peak=intact_first_peak)
 
 
 # RELION STAR column -> ctf2d argument, with the default when the column is absent

@@ -64,6 +64,8 @@ class EStepResult:
     best_j: object      # (B,) fine hypothesis of the largest posterior
     nsig: object        # (B,) significant coarse hypotheses (before the cap)
     noise: object       # (B, M) float32: sum w |X conj(ph) - c R|^2
+    fit: object = None  # (3, B) at the best pose: sum s_e Re(X conj(ph) conj(c R)), sum s_e |c R|^2,
+    #                     sum s_e |X conj(ph) - c R|^2 (the scale and normalisation corrections)
     uniq_j: object = None   # (U,) fine hypotheses with sums (compacted mode; remapped)
     data: object = None     # (U, M) complex: sum w c X conj(ph) / sigma2
     wsum: object = None     # (U, M) float: sum w c^2 / sigma2
@@ -158,9 +160,26 @@ def _fine_pass(xp, X, ctf, s_e, phf, refs_f, children_t, children_j, lpt_f, lpj_
     best_j = xp.where(ok, pj[xp.maximum(arg, 0)], 0)
     w = xp.asarray(sp.weight, dtype=xp.float32)
     keep = xp.flatnonzero(xp.asarray(sp.significant, dtype=bool) & (w > 0))
+    best_row = xp.where(ok, rows[xp.maximum(arg, 0)], 0) if rows.size else xp.zeros(B, dtype=xp.int64)
     return dict(pairs=(pi[keep], pt[keep], pj[keep], w[keep]), rows=rows[keep], Rf=Rf,
                 uniq_all=uniq_all, logZ=xp.asarray(sp.logZ), pmax=xp.asarray(sp.pmax),
-                best_t=best_t, best_j=best_j)
+                best_t=best_t, best_j=best_j,
+                fit=xp.where(ok[None], _best_fit(xp, X, ctf, s_e, phf, Rf, best_t, best_row), 0.0))
+
+
+def _best_fit(xp, X, ctf, s_e, phf, Rf, best_t, best_row):
+    """(3, B): cross term, prediction power and residual of each particle at its best pose,
+    weighted by ``s_e`` (RELION's scale and normalisation corrections use the same sums)."""
+    if Rf.shape[0] == 0:
+        return xp.zeros((3, X.shape[0]))
+    P = ctf * Rf[best_row]
+    Xs = X * xp.conj(phf[best_t])
+    w = s_e.astype(xp.float64)
+    xa = (w * (Xs.real * P.real + Xs.imag * P.imag)).sum(axis=1)
+    aa = (w * (P.real ** 2 + P.imag ** 2)).sum(axis=1)
+    d = Xs - P
+    rr = (w * (d.real ** 2 + d.imag ** 2)).sum(axis=1)
+    return xp.stack([xa, aa, rr])
 
 
 def _accumulate_compact(xp, X, ctf, s_a, phf, fine, remap_j, acc_dtype, noise):
@@ -235,7 +254,7 @@ def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, childre
     fine = _fine_pass(xp, X, ctf, s_e, phf, refs_f, children_t, children_j, lpt_f, lpj_f, coarse, frac)
     noise = xp.zeros((B, M), dtype=xp.float32)
     res = EStepResult(*fine["pairs"], logZ=fine["logZ"], pmax=fine["pmax"], best_t=fine["best_t"],
-                      best_j=fine["best_j"], nsig=nsig, noise=noise)
+                      best_j=fine["best_j"], nsig=nsig, noise=noise, fit=fine["fit"])
     if acc_into is not None:
         if remap_j is not None:
             raise ValueError("estep_batch: remap_j needs compacted sums (acc_into=None)")

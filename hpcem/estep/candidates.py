@@ -28,12 +28,15 @@ class FullGrid:
 
 
 class LocalSearch:
-    """Local orientation search of width ``sigma_deg`` (the space provides the neighbours)."""
+    """Local orientation search of width ``sigma_deg`` (the space provides the neighbours), in the
+    particle's current class, or with ``all_classes`` in every class of the space (3D
+    classification with local searches)."""
 
     dense = False
 
-    def __init__(self, sigma_deg: float, nsigma: float = 3.0):
+    def __init__(self, sigma_deg: float, nsigma: float = 3.0, all_classes: bool = False):
         self.sigma, self.nsigma = float(sigma_deg), float(nsigma)
+        self.all_classes = bool(all_classes)
 
     def plan(self, space, results, T):
         """Candidates of every particle at once (the grid's rotation matrices are built once), and
@@ -54,7 +57,12 @@ class LocalSearch:
         cb = np.diff(self.off)[sel]
         pos = ragged_arange(self.off[sel], cb)
         oi, dist = self.oi[pos], self.dist[pos]
-        cls = np.repeat(self.results["class"][sel] - 1, cb)
+        if self.all_classes and self.space.K > 1:
+            K = self.space.K
+            oi, dist, cb = np.repeat(oi, K), np.repeat(dist, K), cb * K
+            cls = np.tile(np.arange(K), pos.size)
+        else:
+            cls = np.repeat(self.results["class"][sel] - 1, cb)
         pj = np.repeat(self.space.coarse_index(cls, oi), T)
         pt = np.tile(np.arange(T), oi.size)
         extra = np.repeat(-dist ** 2 / (2.0 * self.sigma ** 2), T)

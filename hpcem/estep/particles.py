@@ -2,8 +2,12 @@
 optics groups and the images' power spectra (one place for 2D and 3D, and for the coming
 gradient and stochastic methods).
 
-Each particle is multiplied by a soft circular mask (zero outside), transformed (hpcem's ft2)
-and kept whole as a complex64 half transform; its CTF (when used) as float32.  A batch is read
+Each particle is multiplied by a soft circular mask (zero outside, or with ``zero_mask=False``
+filled with noise of the image's own background mean and standard deviation, seeded by the
+particle's index), transformed (hpcem's ft2) and kept whole as a complex64 half transform; its CTF
+(when used) as float32.  RELION's normalisation and scale corrections (``--norm``, ``--scale``)
+enter every batch: the image divided by the particle's ``norm``, the CTF multiplied by its optics
+group's ``scale`` (so the prediction, the back-projection and its weights all carry the scale).  A batch is read
 with :meth:`FourierParticles.batch`: restricted to the coefficients ``kidx`` and shifted by
 ``+origin`` (RELION: the particle sits at ``-origin``), so that the E-step searches translations
 around each particle's current origin.
@@ -19,11 +23,26 @@ from ..core.fourier import ft2, hermitian_weights2, shell_index2, shift_phases
 CHUNK = 512   # particles read at a time
 
 
+def fill_with_noise(imgs, mask2, idx) -> np.ndarray:
+    """``imgs * mask + noise * (1 - mask)``: white Gaussian noise of each image's mean and standard
+    deviation outside the mask, seeded by the particle index ``idx`` (reproducible for any rank
+    count)."""
+    out = np.empty(imgs.shape, np.float32)
+    bg = mask2 < 1e-3
+    for i, (img, p) in enumerate(zip(imgs, idx)):
+        v = img[bg]
+        noise = np.random.default_rng([7, int(p)]).normal(v.mean(), v.std(), img.shape)
+        out[i] = img * mask2 + noise * (1.0 - mask2)
+    return out
+
+
 class FourierParticles:
     """Particles ``idx`` (global indices into ``ps``) of this rank, in Fourier space."""
 
-    def __init__(self, ps, idx, mask2, use_ctf: bool, comm):
+    def __init__(self, ps, idx, mask2, use_ctf: bool, comm, *, zero_mask: bool = True,
+                 intact_first_peak: bool = False):
         self.ps, self.comm = ps, comm
+        self.zero_mask, self.intact_first_peak = bool(zero_mask), bool(intact_first_peak)
         self.idx = np.asarray(idx, np.int64)
         self.mask2 = mask2
         self.use_ctf = bool(use_ctf)
@@ -37,6 +56,8 @@ class FourierParticles:
         self.groups = self.groups_all[self.idx]
         self.X = self.C = None
         self.img_power = self.group_counts = None
+        self.norm = None     # (nb,) per-particle normalisation correction (None: 1)
+        self.scale = None    # (G,) per-optics-group intensity scale (None: 1)
 
     @property
     def size(self) -> int:
@@ -56,10 +77,12 @@ class FourierParticles:
         counts = np.zeros(self.G)
         for s in range(0, idx.size, CHUNK):
             b = idx[s:s + CHUNK]
-            F = ft2(ps.read_images(b) * self.mask2)
+            imgs = ps.read_images(b)
+            F = ft2(imgs * self.mask2 if self.zero_mask else fill_with_noise(imgs, self.mask2, b))
             self.X[s:s + b.size] = F.reshape(b.size, -1)
             if self.C is not None:
-                self.C[s:s + b.size] = ctf_from_params(n, ps.angpix, ps.ctf_params(b)).reshape(b.size, -1)
+                self.C[s:s + b.size] = ctf_from_params(n, ps.angpix, ps.ctf_params(b),
+                                                       intact_first_peak=self.intact_first_peak).reshape(b.size, -1)
             pw = radial_average((F.real ** 2 + F.imag ** 2).astype(np.float64), dims=2)
             np.add.at(power, self.groups[s:s + b.size], pw)
             np.add.at(counts, self.groups[s:s + b.size], 1.0)
@@ -73,9 +96,13 @@ class FourierParticles:
         float32 (B, M), shifted by ``+o_px`` (B, 2) pixels."""
         B = len(sel)
         X = self.X[sel][:, kidx] * shift_phases(self.n, o_px).reshape(B, -1)[:, kidx]
+        if self.norm is not None:
+            X /= self.norm[sel].astype(np.float32)[:, None]
         c = (np.ascontiguousarray(self.C[sel][:, kidx]) if self.C is not None
              else np.ones((B, len(kidx)), np.float32))
-        return np.ascontiguousarray(X, np.complex64), c
+        if self.scale is not None:
+            c = c * self.scale[self.groups[sel]].astype(np.float32)[:, None]
+        return np.ascontiguousarray(X, np.complex64), np.ascontiguousarray(c, np.float32)
 
     def images(self, sel) -> np.ndarray:
         """Masked real-space images (B, n, n) of rank-local particles (from the transforms)."""

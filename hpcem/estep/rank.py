@@ -37,9 +37,10 @@ class EStepSums:
     class_weight: np.ndarray    # (K,) posterior mass per class
     offset2: np.ndarray         # (1,) sum w |new origin|^2 (A^2)
     r_cur: int                  # the E-step's resolution limit (shell)
+    scale_fit: np.ndarray = None   # (2, G) per optics group at the best poses: sum s_e Re(X (cR)*), sum s_e |cR|^2
 
     def reduce(self, comm) -> None:
-        for a in (self.noise, self.class_weight, self.offset2):
+        for a in (self.noise, self.class_weight, self.offset2, self.scale_fit):
             comm.allreduce_(a)
 
 
@@ -92,7 +93,9 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     lpk = np.asarray(log_class_prior, np.float64)
     lpj_c, lpj_f = np.repeat(lpk, space.Jc1), np.repeat(lpk, space.Jf1)
     s_e, s_a = noise_weights(sigma2, parts.hw[kidx], sh)
-    sums = EStepSums(np.zeros((parts.G, parts.nsh)), np.zeros(space.K), np.zeros(1), int(r_cur))
+    sums = EStepSums(np.zeros((parts.G, parts.nsh)), np.zeros(space.K), np.zeros(1), int(r_cur),
+                     np.zeros((2, parts.G)))
+    coef_weight = float(parts.hw[kidx].sum())    # E[sum s_e |residual|^2] for a particle the model fits
     onehot = np.zeros((kidx.size, int(r_cur) + 1))   # coefficient -> shell sums (double: the sums must not
     #                                                  depend on how the particles are batched over ranks)
     onehot[np.arange(kidx.size), sh] = 1.0
@@ -117,6 +120,10 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
             space.insert(res, kidx, r_cur + 1.0)
         _add_statistics(sums, res, sel, g, o_px, onehot, space, trans, angpix, rmap)
         _store_results(results, res, sel, o_px, space, trans, angpix)
+        fit = np.asarray(res.fit, np.float64)
+        np.add.at(sums.scale_fit.T, g, fit[:2].T)
+        if "norm_fit" in results:
+            results["norm_fit"][sel] = fit[2] / coef_weight
     return sums
 
 

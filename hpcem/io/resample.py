@@ -45,3 +45,29 @@ def resample(imgs: np.ndarray, angpix_from: float, n: int, angpix: float) -> np.
     F = kernels.project2d(proj.data, np.ascontiguousarray(A), n, r_max, PAD * m / n,
                           ref_index=np.arange(B, dtype=np.int64))
     return (ift2(F.astype(np.complex128), n) * scale ** 2).astype(np.float32)
+
+
+def _window3(a: np.ndarray, n: int) -> np.ndarray:
+    """A cube (m, m, m) cropped or zero-padded about its centre (index m//2) to (n, n, n)."""
+    m = a.shape[0]
+    out = np.zeros((n, n, n), a.dtype)
+    s0, t0 = max(0, m // 2 - n // 2), max(0, n // 2 - m // 2)
+    s = min(m - s0, n - t0)
+    out[t0:t0 + s, t0:t0 + s, t0:t0 + s] = a[s0:s0 + s, s0:s0 + s, s0:s0 + s]
+    return out
+
+
+def resample_volume(vol: np.ndarray, angpix_from: float, n: int, angpix: float) -> np.ndarray:
+    """A map (m, m, m) at ``angpix_from`` on the (n, n, n) grid of pixel size ``angpix``: windowed
+    in real space to the box ``m2 = round(n angpix / angpix_from)`` of the target's physical size,
+    then Fourier cropped or padded from ``m2`` to ``n`` (the new pixel size is ``m2 angpix_from / n``,
+    within half a pixel of ``m2`` of ``angpix``); values keep their scale."""
+    v = np.asarray(vol, np.float64)
+    m2 = max(2, int(round(n * angpix / angpix_from)))
+    v = _window3(v, m2)
+    if m2 == n:
+        return v.astype(np.float32)
+    F = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(v)))
+    G = _window3(F, n)
+    out = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(G))).real * (n / m2) ** 3
+    return out.astype(np.float32)

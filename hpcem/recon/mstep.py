@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .projector import GRIDDING_ITERS
+
 
 class WienerMAP:
     """The MAP reconstruction of RELION's M-step: ``data / (weight + 1/(fudge tau2))`` per
@@ -28,11 +30,15 @@ class WienerMAP:
 
     name = "map"
 
+    def __init__(self, gridding_iters: int = GRIDDING_ITERS):
+        self.gridding_iters = int(gridding_iters)
+
     def reconstruct(self, bp, tau2=None, fudge: float = 1.0, ops=None) -> np.ndarray:
         sym = ops if ops is not None and len(ops) > 1 else None
+        g = self.gridding_iters
         if tau2 is None:
-            return bp.reconstruct(symmetry_ops=sym).astype(np.float32)
-        return bp.reconstruct(tau2=tau2, tau2_fudge=fudge, symmetry_ops=sym).astype(np.float32)
+            return bp.reconstruct(symmetry_ops=sym, gridding_iters=g).astype(np.float32)
+        return bp.reconstruct(tau2=tau2, tau2_fudge=fudge, symmetry_ops=sym, gridding_iters=g).astype(np.float32)
 
 
 def shell_counts(shell, nsh: int) -> np.ndarray:

@@ -186,6 +186,10 @@ class BackProjector:
         kernels.backproject3d(s, weights, rotations, self.data, self.weight,
                               self.n / 2.0 if r_max is None else r_max, self.pad)
 
+    def shell_index(self) -> np.ndarray:
+        """Shell (n-box units) of every padded accumulator voxel."""
+        return _padded_shells(self.P, self.pad, 3)
+
     def shell_mean_weight(self) -> np.ndarray:
         """Mean accumulated weight per shell (n-box units) over the padded grid."""
         sh = _padded_shells(self.P, self.pad, 3)

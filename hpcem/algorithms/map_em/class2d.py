@@ -23,17 +23,19 @@ from ...core.filters import lowpass, radial_average
 from ...core.fourier import ft2, ift2, shell_index2, shift_phases
 from ...core.masks import soft_circular_mask
 from ...estep import EStepOptions, FourierParticles, TranslationSampling, run_estep
+from ...estep.corrections import Corrections
 from ...parallel.decomp import block_range
 from ...recon import mstep
 from ...recon.average2d import PAD, class_averages, rotate_back
 from ...runtime.memory import MemoryPlan
-from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Params, param
+from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, param
+from .options import ImageOptions
 from .results import gather_results, new_results, pose_change_stats
 from .space2d import InPlaneSpace
 
 
 @dataclass(frozen=True)
-class Class2DConfig(Params):
+class Class2DConfig(ImageOptions):
     K: int = param(10, "number of classes", check=AT_LEAST_1, group="model")
     iters: int = param(25, "number of EM iterations", flag="--iter", check=AT_LEAST_1, group="model")
     particle_diameter: float = param(0.0, "mask diameter in A (0: 80%% of the box)", check=NON_NEGATIVE,
@@ -80,7 +82,8 @@ class Class2D:
         self.lo, self.hi = block_range(self.N, comm.size, comm.rank)
         self.radius_px = (cfg.particle_diameter / 2.0 / self.angpix) if cfg.particle_diameter > 0 else 0.4 * n
         self.mask = soft_circular_mask(n, self.radius_px, cfg.mask_width)
-        self.parts = FourierParticles(ps, np.arange(self.lo, self.hi), self.mask, cfg.ctf, comm)
+        self.parts = FourierParticles(ps, np.arange(self.lo, self.hi), self.mask, cfg.ctf, comm,
+                                      zero_mask=cfg.zero_mask, intact_first_peak=cfg.ctf_intact_first_peak)
         self.space = InPlaneSpace(cfg.K, cfg.psi_step, cfg.oversampling, n)
         self.trans = TranslationSampling(cfg.offset_range, cfg.offset_step, cfg.oversampling)
         self.refs = self.sigma2 = self.tau2 = None   # (K, n, n), (G, nsh), (K, nsh)
@@ -88,6 +91,7 @@ class Class2D:
         self.sigma_offset = max(cfg.offset_range, 1.0) * self.angpix / 2.0  # A
         self.r_cur, self.iteration, self.resolution = 0, 0, np.inf
         self.res = new_results(self.hi - self.lo, self.space.pose_keys)
+        self.corr = Corrections(self.parts, self.res, cfg.norm, cfg.scale)
         self.prev = None
 
     # ------------------------------------------------------------ data
@@ -169,6 +173,7 @@ class Class2D:
     def e_step(self):
         self.prev = {k: v.copy() for k, v in self.res.items()}
         self.space.refs = self.refs
+        self.corr.apply(self.parts, self.res)
         sums = run_estep(self.parts, self.space, self.trans, self.res, sigma2=self.sigma2,
                          sigma_offset=self.sigma_offset, log_class_prior=np.log(np.maximum(self.pclass, 1e-30)),
                          r_cur=self.r_cur, radius_px=self.radius_px, opts=self.config.estep_options())
@@ -210,6 +215,7 @@ class Class2D:
         self.refs, self.tau2 = refs, tau2_new
         self.pclass = mstep.class_priors(sums.class_weight)
         self.sigma_offset = mstep.sigma_offset(sums.offset2, self.N)
+        self.corr.update(self.parts, self.res, sums, self.comm)
         self.r_cur = mstep.next_r_cur(res_shell, cfg.margin_shells, n)
         self.D = self.W = None
         self._revive_empty_classes()
@@ -257,7 +263,7 @@ class Class2D:
         return {"refs": self.refs, "sigma2": self.sigma2, "tau2": self.tau2, "pclass": self.pclass,
                 "sigma_offset": self.sigma_offset, "r_cur": self.r_cur, "iteration": self.iteration,
                 "resolution": self.resolution, "img_power": self.parts.img_power,
-                "results": gather_results(self.comm, self.res)}
+                "results": gather_results(self.comm, self.res), **self.corr.state()}
 
     def restore(self, st):
         self.refs = np.asarray(st["refs"], np.float32)
@@ -267,6 +273,7 @@ class Class2D:
         self.iteration, self.resolution = int(st["iteration"]), float(st["resolution"])
         for k in self.res:
             self.res[k] = np.asarray(st["results"][k])[self.lo:self.hi].astype(self.res[k].dtype)
+        self.corr.load(st)
 
     def write(self, root, state, stats):
         from .io2d import write_iteration

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...estep import TranslationSampling
+from ...estep import LocalSearch, TranslationSampling
 from ...recon import mstep
 from ...runtime.memory import MemoryPlan
 from .model3d import Model3D, initial_reference, shell_of
@@ -54,7 +54,7 @@ class Class3D:
 
     def initialise(self):
         m = self.m
-        r = initial_reference(self.ref, self.ps.angpix, self.config.ini_high, m.mask3)
+        r = initial_reference(self.ref, self.ps.angpix, self.config.ini_high, m.solvent)
         m.refs = np.repeat(r[None], self.K, axis=0)
         m.sigma2 = m.img_power.copy()
         m.tau2 = m.power3(m.refs)
@@ -75,7 +75,9 @@ class Class3D:
         if self.first and self.K > 1:
             sub, J = self.subset, self.samp.Jf1
             remap = lambda li, pj: sub[m.idx[li]] * J + pj % J  # noqa: E731
-        return m.e_step(self.samp, self.trans, int(self.st["r_cur"]), remap=remap, uniform_priors=True)
+        cand = LocalSearch(self.config.sigma_ang, all_classes=True) if self.config.sigma_ang > 0 else None
+        return m.e_step(self.samp, self.trans, int(self.st["r_cur"]), candidates=cand, remap=remap,
+                        uniform_priors=True, cc=self.first and self.config.firstiter_cc)
 
     def reduce(self, sums):
         self.m.reduce(sums)
@@ -88,7 +90,7 @@ class Class3D:
                                                     m.mean_weight(k) * PAD ** 3, msq, sums.r_cur)
                          for k in range(K)])
         fudge = cfg.tau2_fudge * PAD ** 3
-        refs = np.stack([m.reconstruct(k, tau2=t2[k], fudge=fudge) * m.mask3 for k in range(K)]).astype(np.float32)
+        refs = np.stack([m.flatten(m.reconstruct(k, tau2=t2[k], fudge=fudge)) for k in range(K)]).astype(np.float32)
         tau2 = m.power3(refs)
         ssnr = cfg.tau2_fudge * tau2 * np.stack([m.mean_weight(k) for k in range(K)]) * PAD ** 3
         res_shell = mstep.resolution_shell(ssnr)
@@ -108,7 +110,7 @@ class Class3D:
         m = self.m
         return {"refs": m.refs, "sigma2": m.sigma2, "tau2": m.tau2, "pclass": m.pclass,
                 "sigma_offset": m.sigma_offset, "img_power": m.img_power, "results": m.gather_results(),
-                **self.st}
+                **m.corr.state(), **self.st}
 
     def write(self, root, state, stats):
         from .io3d import write_class3d_iteration

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from ...core.symmetry import symmetry_ops
 from ...errors import InputError
 from ...estep import EStepOptions
-from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Params, param
+from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, param
+from .options import ImageOptions
 
 
 def _known_symmetry(name) -> bool:
@@ -18,7 +19,7 @@ def _known_symmetry(name) -> bool:
 
 
 @dataclass(frozen=True)
-class Map3DConfig(Params):
+class Map3DConfig(ImageOptions):
     K: int = param(1, cli=False)
     iters: int = param(25, "iterations", flag="--iter", check=AT_LEAST_1, group="model")
     sym: str = param("C1", "point-group symmetry (Cn, Dn, T, O, I)", check=(_known_symmetry, "a point group"),
@@ -38,6 +39,15 @@ class Map3DConfig(Params):
     oversampling: int = param(1, "adaptive oversampling order", choices=(0, 1), group="sampling")
     maxsig: int = param(30, "most significant coarse hypotheses oversampled per particle (0: all)",
                         check=NON_NEGATIVE, group="sampling")
+    firstiter_cc: bool = param(False, "first iteration: each particle hard-assigned to the pose of highest "
+                               "cross-correlation with the reference (for references not on the particles' greyscale)",
+                               action="store_true", group="model")
+    sigma_ang: float = param(0.0, "local angular searches from the start, this many degrees (1 sigma) around each "
+                             "particle's input pose (0: global)", check=NON_NEGATIVE, group="sampling")
+    solvent_mask: str = param(None, "mask (MRC) of the particle for solvent flattening (and the masked FSC of "
+                              "refine3d) instead of the sphere of --particle_diameter", group="model")
+    skip_gridding: bool = param(False, "M-step reconstruction without the gridding correction iterations",
+                                action="store_true", group="compute")
     batch: int = param(0, "particles per kernel call (0: automatic)", check=NON_NEGATIVE, group="compute")
     frac: float = param(0.999, cli=False)
     margin_shells: int = param(4, cli=False)
@@ -63,3 +73,9 @@ class Refine3DConfig(Map3DConfig):
                                           check=NON_NEGATIVE, group="sampling")
     max_healpix_order: int = param(0, "finest HEALPix order (0: from the Nyquist-limited accuracy)",
                                    check=NON_NEGATIVE, group="sampling")
+    low_resol_join_halves: float = param(0.0, "below this resolution (A) both halves' sums are averaged every "
+                                         "iteration (RELION's GUI passes 40; 0: never)", check=NON_NEGATIVE,
+                                         group="model")
+    solvent_correct_fsc: bool = param(False, "gold-standard FSC in --solvent_mask corrected for the mask by phase "
+                                      "randomisation beyond the unmasked FSC's 0.8 point (as relion_postprocess)",
+                                      action="store_true", group="model")

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...io.mrc import write_mrc
 from ...io.star import write_star
-from .iofiles import model_blocks, write_data_star
+from .iofiles import group_names, model_blocks, write_data_star
 
 
 def write_iteration(root, ps, state: dict, stats: dict, cfg, angpix: float) -> dict:
@@ -31,7 +31,8 @@ def write_iteration(root, ps, state: dict, stats: dict, cfg, angpix: float) -> d
     model = root.iteration(it, "model.star")
     write_star(model, model_blocks(2, n, angpix, names, state["pclass"], state["resolution"], state["r_cur"],
                                    state["sigma2"], state["tau2"], state["sigma_offset"], cfg.tau2_fudge,
-                                   stats.get("loglik", np.nan), counts=counts))
+                                   stats.get("loglik", np.nan), counts=counts,
+                                   group_scale=state.get("group_scale"), group_names=group_names(ps)))
     return {"model": model, "data": data}
 
 

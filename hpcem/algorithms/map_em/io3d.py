@@ -16,7 +16,7 @@ import numpy as np
 from ...core.fsc import fsc_table
 from ...io.mrc import write_mrc
 from ...io.star import write_star
-from .iofiles import model_blocks, write_data_star
+from .iofiles import group_names, model_blocks, write_data_star
 
 POSES = ("rot", "tilt", "psi")
 
@@ -34,7 +34,8 @@ def write_class3d_iteration(root, ps, state, stats, cfg) -> dict:
     model = root.iteration(it, "model.star")
     write_star(model, model_blocks(3, n, angpix, names, state["pclass"], state["resolution"], state["r_cur"],
                                    state["sigma2"], state["tau2"], state["sigma_offset"], cfg.tau2_fudge,
-                                   stats.get("loglik", np.nan)))
+                                   stats.get("loglik", np.nan), group_scale=state.get("group_scale"),
+                                   group_names=group_names(ps)))
     return {"model": model, "data": data}
 
 
@@ -49,7 +50,8 @@ def write_refine_iteration(root, ps, state, stats, cfg) -> dict:
         write_star(root.iteration(it, "half%d_model.star" % h), model_blocks(
             3, n, angpix, [os.path.basename(p)], hs["pclass"], g["resolution"], g["r_cur"], hs["sigma2"],
             hs["tau2"], hs["sigma_offset"], cfg.tau2_fudge, float(stats["loglik_half"][h - 1]),
-            extra_class_cols={"rlnGoldStandardFsc": stats["fsc"]}))
+            extra_class_cols={"rlnGoldStandardFsc": stats["fsc"]}, group_scale=hs.get("group_scale"),
+            group_names=group_names(ps)))
     data = write_data_star(root.iteration(it, "data.star"), ps, state["results"], POSES, state["subsets"])
     return {"model": root.iteration(it, "half1_model.star"), "data": data}
 

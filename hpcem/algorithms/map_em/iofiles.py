@@ -3,7 +3,8 @@ by rank 0 (atomically, through :mod:`hpcem.io`).
 
 ``run_itNNN_data.star``: the input particles with rlnClassNumber, the pose columns
 (rlnAnglePsi; rlnAngleRot/Tilt in 3D), rlnOriginXAngst/YAngst, rlnMaxValueProbDistribution,
-rlnNrOfSignificantSamples, rlnLogLikeliContribution (rlnRandomSubset in refine3d).
+rlnNrOfSignificantSamples, rlnLogLikeliContribution (rlnRandomSubset in refine3d, rlnNormCorrection
+with --norm).
 ``run_itNNN_model.star``: data_model_general, data_model_classes, data_model_optics_group_N
 (sigma2 per shell) and data_model_class_N (tau2 per shell, the FSC in refine3d).
 """
@@ -23,15 +24,23 @@ def write_data_star(path, ps, results, pose_keys, subsets=None) -> str:
                  "rlnMaxValueProbDistribution": results["pmax"],
                  "rlnNrOfSignificantSamples": np.asarray(results["nsig"], np.int64),
                  "rlnLogLikeliContribution": results["loglik"]})
+    if "norm" in results:
+        cols["rlnNormCorrection"] = np.asarray(results["norm"], np.float64)
     if subsets is not None:
         cols["rlnRandomSubset"] = np.asarray(subsets, np.int64)
     ps.with_columns(**cols).write(path)
     return path
 
 
+def group_names(ps) -> list:
+    """The optics groups' names, in group order (the groups of sigma2 and the scale corrections)."""
+    return [g.name for _, g in sorted(ps.optics.items())]
+
+
 def model_blocks(dim, n, angpix, names, pclass, resolution, r_cur, sigma2, tau2, sigma_offset, tau2_fudge,
-                 loglik, counts=None, extra_class_cols=None) -> dict:
-    """The blocks of a RELION model STAR (``dim`` 2 or 3 references of box ``n``)."""
+                 loglik, counts=None, extra_class_cols=None, group_scale=None, group_names=None) -> dict:
+    """The blocks of a RELION model STAR (``dim`` 2 or 3 references of box ``n``); with
+    ``group_scale`` (--scale) a data_model_groups table of the optics groups' scale corrections."""
     K = len(names)
     nsh = sigma2.shape[1]
     shell_res = np.arange(nsh) / (n * angpix)         # 1/A
@@ -49,6 +58,12 @@ def model_blocks(dim, n, angpix, names, pclass, resolution, r_cur, sigma2, tau2,
         },
         "model_classes": pd.DataFrame(classes),
     }
+    if group_scale is not None:
+        G = len(group_scale)
+        blocks["model_groups"] = pd.DataFrame({
+            "rlnGroupNumber": np.arange(1, G + 1), "rlnGroupName": list(group_names or
+                                                                        ["group%d" % (g + 1) for g in range(G)]),
+            "rlnGroupScaleCorrection": np.asarray(group_scale, np.float64)})
     for g in range(sigma2.shape[0]):
         blocks["model_optics_group_%d" % (g + 1)] = pd.DataFrame({
             "rlnSpectralIndex": np.arange(nsh), "rlnResolution": shell_res, "rlnSigma2Noise": sigma2[g]})

@@ -3,7 +3,7 @@ ranks of a communicator: the class volumes, the noise and prior model, the per-p
 and its E-step / reduction / noise update / reconstruction (seed 000, section 3.1.1).
 
 M-step reconstruction: ``V = data / (weight + 1 / (pad^3 T tau2))`` (the padded accumulators hold
-pad^3 less weight per voxel than the n-box), masked by a soft sphere of the particle diameter.
+pad^3 less weight per voxel than the n-box), flattened by the solvent mask (:mod:`.solvent`).
 """
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from ...core.filters import lowpass, radial_average
 from ...core.fourier import ft3
 from ...core.masks import soft_circular_mask, soft_spherical_mask
 from ...core.symmetry import symmetry_ops
-from ...estep import FourierParticles, run_estep
+from ...estep import FourierParticles, crosscorr, run_estep
+from ...estep.corrections import Corrections
 from ...parallel.decomp import block_range
 from ...recon import mstep
 from .results import gather_results, new_results
+from .solvent import solvent_mask
 from .space3d import PAD, ProjectionSpace
 
 
@@ -31,15 +33,19 @@ class Model3D:
         self.idx = self.idx_all[self.lo:self.hi]
         self.radius_px = (cfg.particle_diameter / 2.0 / self.angpix) if cfg.particle_diameter > 0 else 0.4 * n
         self.mask3 = soft_spherical_mask(n, self.radius_px, cfg.mask_width)
+        self.solvent = solvent_mask(cfg, self.mask3)
         self.parts = FourierParticles(ps, self.idx, soft_circular_mask(n, self.radius_px, cfg.mask_width),
-                                      cfg.ctf, comm)
+                                      cfg.ctf, comm, zero_mask=cfg.zero_mask,
+                                      intact_first_peak=cfg.ctf_intact_first_peak)
         self.ops = symmetry_ops(cfg.sym)
-        self.reconstructor = mstep.WienerMAP()
+        self.reconstructor = mstep.WienerMAP(gridding_iters=0 if cfg.skip_gridding else mstep.GRIDDING_ITERS)
         self.refs = self.sigma2 = self.tau2 = None
         self.pclass = np.full(cfg.K, 1.0 / cfg.K)
         self.sigma_offset = max(cfg.offset_range, 1.0) * self.angpix / 2.0
         self.res = new_results(self.idx.size, ProjectionSpace.pose_keys, first_class=1)
+        self.corr = Corrections(self.parts, self.res, cfg.norm, cfg.scale)
         self.bps = None
+        self.cc = False
 
     # ------------------------------------------------------------ data
     def memory_items(self, samp, T: int, r_cur: int) -> dict:
@@ -60,6 +66,15 @@ class Model3D:
     def prepare(self):
         self.parts.load()
         self.img_power = self.parts.img_power
+        if self.cfg.sigma_ang > 0:
+            self.start_from_input_poses()
+
+    def start_from_input_poses(self):
+        """This rank's poses and origins from the STAR file (local searches from the start)."""
+        rot, tilt, psi = self.ps.poses(self.idx)
+        o = self.ps.origins_angst(self.idx)
+        self.res.update(rot=np.asarray(rot, np.float64), tilt=np.asarray(tilt, np.float64),
+                        psi=np.asarray(psi, np.float64), ox=o[:, 0].copy(), oy=o[:, 1].copy())
 
     def power3(self, vols):
         out = []
@@ -69,16 +84,21 @@ class Model3D:
         return np.array(out)
 
     # ------------------------------------------------------------ iteration
-    def e_step(self, samp, trans, r_cur: int, candidates=None, remap=None, uniform_priors=False):
+    def e_step(self, samp, trans, r_cur: int, candidates=None, remap=None, uniform_priors=False, cc=False):
         """Posteriors of this rank's particles (results updated in place); the fine sums go to
-        ``self.bps`` (rank-local); returns the other sums."""
+        ``self.bps`` (rank-local); returns the other sums.  ``cc``: the cross-correlation pass of
+        --firstiter_cc (:mod:`hpcem.estep.crosscorr`)."""
         space = ProjectionSpace(samp, self.cfg.K, self.n, self.ops)
         space.refs = self.refs
         prior = np.full(self.cfg.K, 1.0 / self.cfg.K) if uniform_priors else self.pclass
-        sums = run_estep(self.parts, space, trans, self.res, sigma2=self.sigma2, sigma_offset=self.sigma_offset,
+        self.corr.apply(self.parts, self.res)
+        self.cc = bool(cc)
+        sigma2, opts = self.sigma2, self.cfg.estep_options()
+        if cc:
+            sigma2, opts, space.row_norm = crosscorr.setup(self.parts, r_cur, self.sigma2, opts, self.comm)
+        sums = run_estep(self.parts, space, trans, self.res, sigma2=sigma2, sigma_offset=self.sigma_offset,
                          log_class_prior=np.log(np.maximum(prior, 1e-30)), r_cur=r_cur,
-                         radius_px=self.radius_px, opts=self.cfg.estep_options(), candidates=candidates,
-                         remap=remap)
+                         radius_px=self.radius_px, opts=opts, candidates=candidates, remap=remap)
         self.bps = space.bps
         return sums
 
@@ -92,13 +112,20 @@ class Model3D:
     def update_noise_priors(self, sums):
         """sigma2 (shells <= r_cur), class priors, sigma_offset from reduced sums."""
         counts = mstep.shell_counts(self.parts.shell, self.nsh)
-        self.sigma2 = mstep.sigma2_update(self.img_power, sums.noise, counts, self.parts.group_counts, sums.r_cur)
+        if not self.cc:   # the residuals of a cross-correlation pass are not on the noise model's scale
+            self.sigma2 = mstep.sigma2_update(self.img_power, sums.noise, counts, self.parts.group_counts,
+                                              sums.r_cur)
+            self.corr.update(self.parts, self.res, sums, self.comm)
         self.pclass = mstep.class_priors(sums.class_weight)
         self.sigma_offset = mstep.sigma_offset(sums.offset2, self.idx_all.size)
 
     def mean_weight(self, k):
         """Mean back-projected weight per shell (n-box units), symmetry included."""
         return self.bps[k].shell_mean_weight()[:self.nsh] * len(self.ops)
+
+    def flatten(self, vol):
+        """``vol`` times the solvent mask (unchanged with --no-flatten_solvent)."""
+        return vol if self.solvent is None else vol * self.solvent
 
     def reconstruct(self, k, tau2=None, fudge=1.0, unfil=False):
         return self.reconstructor.reconstruct(self.bps[k], None if unfil else tau2, fudge, self.ops)
@@ -120,10 +147,13 @@ class Model3D:
             self.tau2 = np.asarray(st["tau2"])
         if "pclass" in st:
             self.pclass = np.asarray(st["pclass"])
+        self.corr.load(st)
 
 
-def initial_reference(ref, angpix, ini_high, mask3):
-    return (lowpass(np.asarray(ref, np.float64), ini_high, float(angpix), dims=3) * mask3).astype(np.float32)
+def initial_reference(ref, angpix, ini_high, solvent):
+    """The reference low-passed to ``ini_high`` and multiplied by ``solvent`` (None: not masked)."""
+    r = lowpass(np.asarray(ref, np.float64), ini_high, float(angpix), dims=3)
+    return (r if solvent is None else r * solvent).astype(np.float32)
 
 
 def shell_of(res_A, n, angpix):

@@ -13,6 +13,11 @@ only once the global search has stalled, or after 5 iterations at that order); l
 finest order without resolution gain and with mean changes below the step; then a final
 iteration at Nyquist combines both halves (SSNR of the full map ``2 FSC/(1-FSC)``) into
 ``run_class001.mrc``.
+
+relion_refine's options: ``--low_resol_join_halves`` (:mod:`.halves`), ``--solvent_mask`` and
+``--solvent_correct_fsc`` (:mod:`.solvent`), ``--sigma_ang`` (local searches around the input
+poses from the first iteration), ``--firstiter_cc`` (:mod:`hpcem.estep.crosscorr`), ``--norm`` /
+``--scale`` (:mod:`hpcem.estep.corrections`).
 """
 from __future__ import annotations
 
@@ -27,7 +32,9 @@ from ...recon import mstep
 from ...recon.projector import BackProjector
 from ...runtime.memory import MemoryPlan
 from .model3d import Model3D, initial_reference, shell_of
+from .halves import join_low_resolution
 from .results import change_sums
+from .solvent import fsc_mask, masked_fsc
 from .space3d import PAD, ProjectionSpace, Sampling3D
 
 SCHEDULE = {"iteration": 0, "order": 0, "r_cur": 0, "resolution": np.inf, "best_shell": 0.0, "n_wo_res": 0,
@@ -39,6 +46,15 @@ def split_halves(ps, seed: int) -> np.ndarray:
     if s is None or not np.isin(s, (1, 2)).all() or len(np.unique(s)) < 2:
         s = 1 + (np.random.default_rng(seed).permutation(ps.n) % 2)
     return np.asarray(s, np.int64)
+
+
+def local_sigma(cfg, order: int) -> float:
+    """Width (deg) of the local angular searches at HEALPix ``order`` (0: global): 0.75 step from
+    --auto_local_healpix_order on; --sigma_ang from the start (never wider than that)."""
+    auto = angular_step(order) * 0.75 if order >= cfg.auto_local_healpix_order else 0.0
+    if cfg.sigma_ang > 0:
+        return min(cfg.sigma_ang, auto) if auto > 0 else float(cfg.sigma_ang)
+    return auto
 
 
 def max_order_for(cfg, angpix, radius_A):
@@ -86,7 +102,7 @@ class Refine3D:
             m.prepare()
 
     def initialise(self):
-        r = initial_reference(self.ref, self.angpix, self.config.ini_high, self.m0.mask3)
+        r = initial_reference(self.ref, self.angpix, self.config.ini_high, self.m0.solvent)
         for m in self.models.values():
             m.refs = r[None].copy()
             m.sigma2 = m.img_power.copy()
@@ -109,12 +125,13 @@ class Refine3D:
         order = st["order"]
         self.samp = Sampling3D(order, cfg.sym, 0, cfg.oversampling)
         self.trans = TranslationSampling(st["offset_range"], cfg.offset_step, cfg.oversampling)
-        self.local = angular_step(order) * 0.75 if order >= cfg.auto_local_healpix_order else 0.0
+        self.local = local_sigma(cfg, order)
         self.final = bool(st["converged"]) or st["iteration"] >= cfg.iters
         self.r_e = self.n // 2 if self.final else st["r_cur"]
         cand = LocalSearch(self.local) if self.local > 0 else None
         self.prev = {h: {k: v.copy() for k, v in m.res.items()} for h, m in self.models.items()}
-        return {h: m.e_step(self.samp, self.trans, self.r_e, candidates=cand) for h, m in self.models.items()}
+        cc = bool(cfg.firstiter_cc) and st["iteration"] == 0
+        return {h: m.e_step(self.samp, self.trans, self.r_e, candidates=cand, cc=cc) for h, m in self.models.items()}
 
     def reduce(self, acc):
         """Within each half group: the sums; then the pose changes over all ranks."""
@@ -134,13 +151,17 @@ class Refine3D:
         if self.half is not None:
             got = self.world.allgather((self.half, unfil[self.half] if self.sub.rank == 0 else None))
             unfil = {h: v for h, v in got if v is not None}
-        _, curve = fsc(unfil[1], unfil[2], mask=self.m0.mask3)
         _, curve_unmasked = fsc(unfil[1], unfil[2])
+        curve = masked_fsc(unfil[1], unfil[2], fsc_mask(self.config, self.m0.mask3), self.config.solvent_correct_fsc,
+                           curve_unmasked, seed=self.config.random_seed)
         curve[self.r_e + 1:] = 0.0             # no data beyond the E-step's limit (only gridding echoes)
         curve_unmasked[self.r_e + 1:] = 0.0
         return unfil, curve, curve_unmasked
 
     def m_step(self, acc):
+        if not self.final and self.config.low_resol_join_halves > 0:
+            join_low_resolution(self.models, self.half, self.world, self.sub,
+                                shell_of(self.config.low_resol_join_halves, self.n, self.angpix))
         unfil, curve, curve_unmasked = self._half_fsc()
         res = resolution_at(curve, 0.143, self.n, self.angpix)
         if self.final:
@@ -149,7 +170,7 @@ class Refine3D:
         for m in self.models.values():
             tau2 = mstep.tau2_from_ssnr(ssnr, m.mean_weight(0))
             m.tau2 = tau2[None]
-            m.refs = (m.reconstruct(0, tau2=tau2, fudge=self.config.tau2_fudge) * m.mask3)[None].astype(np.float32)
+            m.refs = m.flatten(m.reconstruct(0, tau2=tau2, fudge=self.config.tau2_fudge))[None].astype(np.float32)
         r_used, order = self.st["r_cur"], self.st["order"]
         self._schedule(res)
         s = self.changes
@@ -257,7 +278,8 @@ class Refine3D:
         for h, m in self.models.items():
             mine[h] = {"results": m.gather_results(), "refs": m.refs, "sigma2": m.sigma2,
                        "tau2": m.tau2 if m.tau2 is not None else np.zeros((1, m.nsh)),
-                       "img_power": m.img_power, "sigma_offset": m.sigma_offset, "pclass": m.pclass}
+                       "img_power": m.img_power, "sigma_offset": m.sigma_offset, "pclass": m.pclass,
+                       **m.corr.state()}
         if self.half is None:
             return mine
         out = {}
@@ -282,7 +304,7 @@ class Refine3D:
               "results": self._merge(hs)}
         for h in (1, 2):
             st["half%d" % h] = {k: hs[h][k] for k in ("refs", "sigma2", "tau2", "img_power", "sigma_offset",
-                                                       "pclass")}
+                                                       "pclass", "group_scale") if k in hs[h]}
         return st
 
     def write(self, root, state, stats):

@@ -107,6 +107,7 @@ class ProjectionSpace:
         self.coarse_step_deg = samp.coarse_step_deg
         self.refs = None
         self.bps = None
+        self.row_norm = None   # (weights over the half grid, norm): every slice scaled to that norm
 
     def _project(self, k, eul, kidx, r_max):
         A = euler_to_matrix(*eul).astype(np.float32)
@@ -115,6 +116,10 @@ class ProjectionSpace:
         for s in range(0, A.shape[0], CHUNK):  # chunks of slices
             full = self._projs[k].project(A[s:s + CHUNK], r_max=r_max).reshape(-1, nn)
             np.take(full, kidx, axis=1, out=out[s:s + full.shape[0]])
+        if self.row_norm is not None:
+            from ...estep.crosscorr import normalise_rows
+
+            normalise_rows(out, self.row_norm[0][kidx], self.row_norm[1])
         return out
 
     def _refs_by(self, idx, J1, euler_of, kidx, r_max):
