@@ -40,7 +40,7 @@ def _star_handler_reads(path, cwd):
     """relion_star_handler reads a STAR file (particles: with its optics; others: as plain tables)."""
     import starfile
 
-    blocks = starfile.read(path, always_dict=True)
+    blocks = starfile.read(os.path.join(cwd, path), always_dict=True)
     if "particles" in blocks:
         args = ["--i", path, "--o", path + ".relion.star"]
     else:
@@ -67,9 +67,10 @@ def part_files(tmp, quick, run, hpcem_cmd):
     d = simulate_refine_set(tmp, run, hpcem_cmd, 1000 if quick else 2000)
     out = os.path.join(d, "Refine3D", "job001")
     os.makedirs(out, exist_ok=True)
-    run(hpcem_cmd() + ["refine3d", "--i", "particles.star", "--ref", "ref.mrc", "--o", "Refine3D/job001/run",
-                       "--auto_refine", "--split_random_halves", "--iter", 2, "--norm", "--scale"] + REFINE_FLAGS, d)
     data = "Refine3D/job001/run_data.star"
+    if not os.path.exists(os.path.join(d, data)):
+        run(hpcem_cmd() + ["refine3d", "--i", "particles.star", "--ref", "ref.mrc", "--o", "Refine3D/job001/run",
+                           "--auto_refine", "--split_random_halves", "--iter", 2, "--norm", "--scale"] + REFINE_FLAGS, d)
     t_h = run(hpcem_cmd() + ["reconstruct", "--i", data, "--o", "hpcem_from_run_data.mrc", "--ctf"], d)
     t_r = run(["relion_reconstruct", "--i", data, "--o", "relion_from_run_data.mrc", "--ctf"], d)
     a, apix = read_mrc(os.path.join(d, "hpcem_from_run_data.mrc"))
