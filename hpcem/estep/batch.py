@@ -64,7 +64,7 @@ class EStepResult:
     best_j: object      # (B,) fine hypothesis of the largest posterior
     nsig: object        # (B,) significant coarse hypotheses (before the cap)
     noise: object       # (B, M) float32: sum w |X conj(ph) - c R|^2
-    fit: object = None  # (3, B) at the best pose: sum s_e Re(X conj(ph) conj(c R)), sum s_e |c R|^2,
+    fit: object = None  # with best_fit, (3, B) at the best pose: sum s_e Re(X conj(ph) conj(c R)), sum s_e |c R|^2,
     #                     sum s_e |X conj(ph) - c R|^2 (the scale and normalisation corrections)
     uniq_j: object = None   # (U,) fine hypotheses with sums (compacted mode; remapped)
     data: object = None     # (U, M) complex: sum w c X conj(ph) / sigma2
@@ -143,7 +143,7 @@ def _fine_refs(xp, refs_f, pj):
 
 
 def _fine_pass(xp, X, ctf, s_e, phf, refs_f, children_t, children_j, lpt_f, lpj_f,
-               coarse, frac):
+               coarse, frac, best_fit=False):
     """Children of the kept coarse pairs, their exact diff2 and posteriors per particle."""
     ci, ct, cj, cextra = coarse
     B = X.shape[0]
@@ -160,11 +160,13 @@ def _fine_pass(xp, X, ctf, s_e, phf, refs_f, children_t, children_j, lpt_f, lpj_
     best_j = xp.where(ok, pj[xp.maximum(arg, 0)], 0)
     w = xp.asarray(sp.weight, dtype=xp.float32)
     keep = xp.flatnonzero(xp.asarray(sp.significant, dtype=bool) & (w > 0))
-    best_row = xp.where(ok, rows[xp.maximum(arg, 0)], 0) if rows.size else xp.zeros(B, dtype=xp.int64)
+    fit = None
+    if best_fit:
+        best_row = xp.where(ok, rows[xp.maximum(arg, 0)], 0) if rows.size else xp.zeros(B, dtype=xp.int64)
+        fit = xp.where(ok[None], _best_fit(xp, X, ctf, s_e, phf, Rf, best_t, best_row), 0.0)
     return dict(pairs=(pi[keep], pt[keep], pj[keep], w[keep]), rows=rows[keep], Rf=Rf,
                 uniq_all=uniq_all, logZ=xp.asarray(sp.logZ), pmax=xp.asarray(sp.pmax),
-                best_t=best_t, best_j=best_j,
-                fit=xp.where(ok[None], _best_fit(xp, X, ctf, s_e, phf, Rf, best_t, best_row), 0.0))
+                best_t=best_t, best_j=best_j, fit=fit)
 
 
 def _best_fit(xp, X, ctf, s_e, phf, Rf, best_t, best_row):
@@ -231,14 +233,16 @@ def _accumulate_dense(xp, X, ctf, s_a, phf, fine, acc_into, noise):
 
 def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, children_t, children_j,
                 lpt_c, lpt_f, lpj_c, lpj_f, extra_c=None, candidates=None, frac=0.999, maxsig=200,
-                groups=1, mc=None, remap_j=None, acc_into=None, acc_dtype=np.complex64) -> EStepResult:
+                groups=1, mc=None, remap_j=None, acc_into=None, acc_dtype=np.complex64,
+                best_fit=False) -> EStepResult:
     """E-step of one batch (see the module docstring).
 
     ``X`` complex64 (B, M), ``ctf`` / ``s_e`` / ``s_a`` float32 (B, M); ``phases_c`` (T, >=mc) /
     ``phases_f`` (Tf, M) complex64 translation phases; ``lpt_c`` (B, T), ``lpt_f`` (B, Tf),
     ``lpj_c`` (Jc,), ``lpj_f`` (Jf,) log priors; ``extra_c`` (B, Jc) (dense mode) or the
     ``extra`` of ``candidates`` (sparse mode) particle-specific log priors inherited by the
-    children; ``refs_c`` / ``phases_c`` may hold just ``mc`` columns."""
+    children; ``refs_c`` / ``phases_c`` may hold just ``mc`` columns; ``best_fit``: also the sums of
+    ``EStepResult.fit`` (--norm / --scale)."""
     xp = namespace(X)
     B, M = X.shape
     mc = M if mc is None else int(min(max(mc, 1), M))
@@ -251,7 +255,8 @@ def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, childre
         *coarse, nsig = _sparse_coarse(xp, Xc, ctfc, sec, phc, refs_c, lpt_c, lpj_c, candidates,
                                        frac, maxsig)
     phf = xp.ascontiguousarray(phases_f, dtype=xp.complex64)
-    fine = _fine_pass(xp, X, ctf, s_e, phf, refs_f, children_t, children_j, lpt_f, lpj_f, coarse, frac)
+    fine = _fine_pass(xp, X, ctf, s_e, phf, refs_f, children_t, children_j, lpt_f, lpj_f, coarse, frac,
+                      best_fit)
     noise = xp.zeros((B, M), dtype=xp.float32)
     res = EStepResult(*fine["pairs"], logZ=fine["logZ"], pmax=fine["pmax"], best_t=fine["best_t"],
                       best_j=fine["best_j"], nsig=nsig, noise=noise, fit=fine["fit"])

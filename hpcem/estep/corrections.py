@@ -37,7 +37,8 @@ class Corrections:
         parts.scale = self.group_scale
 
     def update(self, parts, results, sums, comm) -> None:
-        """After the E-step's sums are reduced over ``comm`` (collective)."""
+        """After the E-step's sums are reduced over ``comm`` (collective); the next E-step reads the
+        particles with the new corrections (:meth:`apply`)."""
         if self.norm:
             new = results["norm"] * np.sqrt(np.clip(results["norm_fit"], LIMITS[0] ** 2, LIMITS[1] ** 2))
             tot = np.array([new.sum(), float(new.size)])
@@ -49,7 +50,6 @@ class Corrections:
             s = self.group_scale * np.clip(ratio, *LIMITS)
             cnt = np.asarray(parts.group_counts, np.float64)
             self.group_scale = s / (np.sum(s * cnt) / max(cnt.sum(), 1.0))
-        self.apply(parts, results)
 
     def state(self) -> dict:
         return {"group_scale": self.group_scale} if self.scale else {}

@@ -96,6 +96,7 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     sums = EStepSums(np.zeros((parts.G, parts.nsh)), np.zeros(space.K), np.zeros(1), int(r_cur),
                      np.zeros((2, parts.G)))
     coef_weight = float(parts.hw[kidx].sum())    # E[sum s_e |residual|^2] for a particle the model fits
+    best_fit = parts.norm is not None or parts.scale is not None     # --norm / --scale need the fit
     onehot = np.zeros((kidx.size, int(r_cur) + 1))   # coefficient -> shell sums (double: the sums must not
     #                                                  depend on how the particles are batched over ranks)
     onehot[np.arange(kidx.size), sh] = 1.0
@@ -115,15 +116,16 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
                           children_t=trans.children, children_j=space.children, lpt_c=lpt_c, lpt_f=lpt_f,
                           lpj_c=lpj_c, lpj_f=lpj_f, candidates=candidates.for_batch(sel, trans.T),
                           frac=opts.frac, maxsig=opts.maxsig, groups=space.cap_groups, mc=mc,
-                          remap_j=rmap, acc_into=acc_into)
+                          remap_j=rmap, acc_into=acc_into, best_fit=best_fit)
         if acc_into is None:
             space.insert(res, kidx, r_cur + 1.0)
         _add_statistics(sums, res, sel, g, o_px, onehot, space, trans, angpix, rmap)
         _store_results(results, res, sel, o_px, space, trans, angpix)
-        fit = np.asarray(res.fit, np.float64)
-        np.add.at(sums.scale_fit.T, g, fit[:2].T)
-        if "norm_fit" in results:
-            results["norm_fit"][sel] = fit[2] / coef_weight
+        if best_fit:
+            fit = np.asarray(res.fit, np.float64)
+            np.add.at(sums.scale_fit.T, g, fit[:2].T)
+            if "norm_fit" in results:
+                results["norm_fit"][sel] = fit[2] / coef_weight
     return sums
 
 

@@ -19,13 +19,15 @@ from ..core.fourier import ift2
 PAD = 4   # padding of the interpolated transform: the interpolation error falls as 1/PAD^2
 
 
-def window(imgs: np.ndarray, n: int) -> np.ndarray:
-    """Images (B, m, m) cropped or zero-padded about their centres (index m//2) to (B, n, n)."""
-    B, m = imgs.shape[0], imgs.shape[-1]
-    out = np.zeros((B, n, n), np.float32)
-    a, b = max(0, m // 2 - n // 2), max(0, n // 2 - m // 2)   # first source / target index
-    s = min(m - a, n - b)
-    out[:, b:b + s, b:b + s] = imgs[:, a:a + s, a:a + s]
+def window(a: np.ndarray, n: int, ndim: int = 2) -> np.ndarray:
+    """``a`` cropped or zero-padded about the centre (index m//2) of its last ``ndim`` axes (each of
+    size m) to size ``n``: images (B, m, m) -> (B, n, n), a map (m, m, m) -> (n, n, n) with ndim 3."""
+    m = a.shape[-1]
+    out = np.zeros(a.shape[:a.ndim - ndim] + (n,) * ndim, a.dtype)
+    s0, t0 = max(0, m // 2 - n // 2), max(0, n // 2 - m // 2)   # first source / target index
+    s = min(m - s0, n - t0)
+    lead = (slice(None),) * (a.ndim - ndim)
+    out[lead + (slice(t0, t0 + s),) * ndim] = a[lead + (slice(s0, s0 + s),) * ndim]
     return out
 
 
@@ -47,16 +49,6 @@ def resample(imgs: np.ndarray, angpix_from: float, n: int, angpix: float) -> np.
     return (ift2(F.astype(np.complex128), n) * scale ** 2).astype(np.float32)
 
 
-def _window3(a: np.ndarray, n: int) -> np.ndarray:
-    """A cube (m, m, m) cropped or zero-padded about its centre (index m//2) to (n, n, n)."""
-    m = a.shape[0]
-    out = np.zeros((n, n, n), a.dtype)
-    s0, t0 = max(0, m // 2 - n // 2), max(0, n // 2 - m // 2)
-    s = min(m - s0, n - t0)
-    out[t0:t0 + s, t0:t0 + s, t0:t0 + s] = a[s0:s0 + s, s0:s0 + s, s0:s0 + s]
-    return out
-
-
 def resample_volume(vol: np.ndarray, angpix_from: float, n: int, angpix: float) -> np.ndarray:
     """A map (m, m, m) at ``angpix_from`` on the (n, n, n) grid of pixel size ``angpix``: windowed
     in real space to the box ``m2 = round(n angpix / angpix_from)`` of the target's physical size,
@@ -64,10 +56,10 @@ def resample_volume(vol: np.ndarray, angpix_from: float, n: int, angpix: float) 
     within half a pixel of ``m2`` of ``angpix``); values keep their scale."""
     v = np.asarray(vol, np.float64)
     m2 = max(2, int(round(n * angpix / angpix_from)))
-    v = _window3(v, m2)
+    v = window(v, m2, ndim=3)
     if m2 == n:
         return v.astype(np.float32)
     F = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(v)))
-    G = _window3(F, n)
+    G = window(F, n, ndim=3)
     out = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(G))).real * (n / m2) ** 3
     return out.astype(np.float32)

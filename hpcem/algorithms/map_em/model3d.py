@@ -18,7 +18,7 @@ from ...estep.corrections import Corrections
 from ...parallel.decomp import block_range
 from ...recon import mstep
 from .results import gather_results, new_results
-from .solvent import solvent_mask
+from .solvent import particle_mask
 from .space3d import PAD, ProjectionSpace
 
 
@@ -33,7 +33,8 @@ class Model3D:
         self.idx = self.idx_all[self.lo:self.hi]
         self.radius_px = (cfg.particle_diameter / 2.0 / self.angpix) if cfg.particle_diameter > 0 else 0.4 * n
         self.mask3 = soft_spherical_mask(n, self.radius_px, cfg.mask_width)
-        self.solvent = solvent_mask(cfg, self.mask3)
+        self.fsc_mask = particle_mask(cfg, self.mask3)
+        self.solvent = self.fsc_mask if cfg.flatten_solvent else None    # None: references not flattened
         self.parts = FourierParticles(ps, self.idx, soft_circular_mask(n, self.radius_px, cfg.mask_width),
                                       cfg.ctf, comm, zero_mask=cfg.zero_mask,
                                       intact_first_peak=cfg.ctf_intact_first_peak)

@@ -34,7 +34,7 @@ from ...runtime.memory import MemoryPlan
 from .model3d import Model3D, initial_reference, shell_of
 from .halves import join_low_resolution
 from .results import change_sums
-from .solvent import fsc_mask, masked_fsc
+from .solvent import masked_fsc
 from .space3d import PAD, ProjectionSpace, Sampling3D
 
 SCHEDULE = {"iteration": 0, "order": 0, "r_cur": 0, "resolution": np.inf, "best_shell": 0.0, "n_wo_res": 0,
@@ -152,8 +152,8 @@ class Refine3D:
             got = self.world.allgather((self.half, unfil[self.half] if self.sub.rank == 0 else None))
             unfil = {h: v for h, v in got if v is not None}
         _, curve_unmasked = fsc(unfil[1], unfil[2])
-        curve = masked_fsc(unfil[1], unfil[2], fsc_mask(self.config, self.m0.mask3), self.config.solvent_correct_fsc,
-                           curve_unmasked, seed=self.config.random_seed)
+        curve = masked_fsc(unfil[1], unfil[2], self.m0.fsc_mask, self.config.solvent_correct_fsc, curve_unmasked,
+                           seed=self.config.random_seed)
         curve[self.r_e + 1:] = 0.0             # no data beyond the E-step's limit (only gridding echoes)
         curve_unmasked[self.r_e + 1:] = 0.0
         return unfil, curve, curve_unmasked

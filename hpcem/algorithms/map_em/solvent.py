@@ -16,22 +16,16 @@ from ...core.fsc import fsc, fsc_true, phase_randomise
 RANDOMISE_BELOW = 0.8   # phases randomised from where the unmasked FSC drops below this
 
 
-def solvent_mask(cfg, sphere: np.ndarray) -> np.ndarray | None:
-    """The mask the references are flattened by (None: --no-flatten_solvent)."""
-    if not cfg.flatten_solvent:
-        return None
-    if cfg.solvent_mask:
-        from ...io.mrc import read_mrc
+def particle_mask(cfg, sphere: np.ndarray) -> np.ndarray:
+    """The particle's mask: --solvent_mask (read once), else the sphere of --particle_diameter;
+    the references are flattened by it (unless --no-flatten_solvent) and refine3d's gold-standard
+    FSC is computed in it."""
+    if not cfg.solvent_mask:
+        return sphere
+    from ...io.mrc import read_mrc
 
-        m, _ = read_mrc(cfg.solvent_mask)
-        return np.clip(np.asarray(m, np.float32), 0.0, 1.0)
-    return sphere
-
-
-def fsc_mask(cfg, sphere: np.ndarray) -> np.ndarray:
-    """The mask of the gold-standard FSC: --solvent_mask, else the particle sphere."""
-    m = solvent_mask(cfg, sphere) if cfg.solvent_mask else None
-    return sphere if m is None else m
+    m, _ = read_mrc(cfg.solvent_mask)
+    return np.clip(np.asarray(m, np.float32), 0.0, 1.0)
 
 
 def randomisation_shell(curve_unmasked) -> int:
