@@ -1,5 +1,9 @@
 """Fourier shell correlation between two maps: prints the curve and the resolutions at
-FSC = 0.143 and 0.5, and writes a PNG plot (and optionally a RELION-style STAR table)."""
+FSC = 0.143 and 0.5, and writes a PNG plot (and optionally a RELION-style STAR table).
+
+With ``--align`` the second map is first superposed onto the first (rotation, shift and hand, by
+:func:`hpcem.core.align3d.align_maps`, e.g. for ab-initio models in an arbitrary frame); the
+transform is printed and ``--o_aligned`` writes the superposed map."""
 from __future__ import annotations
 
 import os
@@ -17,6 +21,9 @@ class Params(Base):
     mask: str = param(None, "optional mask (MRC) applied to both maps")
     o: str = param(None, "PNG plot to write (default: fsc_<map1>_<map2>.png in the current folder)")
     o_star: str = param(None, "also write the FSC table as a STAR file")
+    align: bool = param(False, "first superpose map2 onto map1 (global search of rotation, shift and hand)",
+                        action="store_true")
+    o_aligned: str = param(None, "with --align: write the superposed map2 (MRC)")
 
 
 def run(p: Params, ctx):
@@ -42,6 +49,10 @@ def run(p: Params, ctx):
         if mask.shape != a.shape:
             raise InputError("mask shape %s differs from the maps' %s" % (mask.shape, a.shape), file=p.mask,
                              field="nx/ny/nz")
+    if p.o_aligned and not p.align:
+        raise InputError("--o_aligned needs --align", field="--o_aligned")
+    if p.align:
+        b = _align(a, b, angpix, p.o_aligned)
     n = a.shape[-1]
     shells, curve = fsc(a, b, mask=mask)
     print("%6s %10s %8s" % ("shell", "res(A)", "FSC"))
@@ -50,8 +61,31 @@ def run(p: Params, ctx):
     print("resolution at FSC=0.143: %.2f A" % resolution_at(curve, 0.143, n, angpix))
     print("resolution at FSC=0.5:   %.2f A" % resolution_at(curve, 0.5, n, angpix))
     out = p.o or "fsc_%s_%s.png" % tuple(os.path.splitext(os.path.basename(x))[0] for x in (p.map1, p.map2))
-    plot_fsc(out, {"%s vs %s" % (os.path.basename(p.map1), os.path.basename(p.map2)): (shells, curve)}, n, angpix)
+    label = "%s vs %s%s" % (os.path.basename(p.map1), os.path.basename(p.map2), " (aligned)" if p.align else "")
+    plot_fsc(out, {label: (shells, curve)}, n, angpix)
     print("plot: %s" % out)
     if p.o_star:
         write_star(p.o_star, {"fsc": fsc_table(shells, curve, n, angpix)})
     return 0
+
+
+def _align(a, b, angpix: float, out: str | None):
+    """``b`` superposed onto ``a``; prints the transform and writes the result to ``out`` if given."""
+    from ..core.align3d import align_maps, apply_alignment
+    from ..io.mrc import write_mrc
+
+    if a.ndim != 3 or len(set(a.shape)) != 1:
+        raise InputError("--align needs cubic 3D maps, got shape %s" % (a.shape,), field="nx/ny/nz")
+    al = align_maps(a, b)
+    rot, tilt, psi = al.euler
+    sx, sy, sz = (float(v) * angpix for v in al.shift)
+    print("align: rot %.2f tilt %.2f psi %.2f deg, shift x %.2f y %.2f z %.2f A, hand flipped: %s"
+          % (rot, tilt, psi, sx, sy, sz, "yes" if al.flipped else "no"))
+    print("align: correlation %.4f (other hand %.4f); convention: b_aligned(x) = b'(R^T (x - c - t) + c), "
+          "R = euler_to_matrix(rot, tilt, psi), t = shift, c = n//2, b' = b[::-1] (z mirrored) if flipped, else b"
+          % (al.score, al.score_other_hand))
+    b = apply_alignment(b, al)
+    if out:
+        write_mrc(out, b, angpix)
+        print("aligned map: %s" % out)
+    return b
