@@ -7,9 +7,10 @@ the rootname --o.  Resume with --continue run_itNNN_optimiser.star (or the rootn
 `mpiexec -n N` the particles are split across ranks; rank 0 writes."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..algorithms.map_em.class2d import Class2D, Class2DConfig
+from ..algorithms.map_em.class2d_grad import Class2DGrad
 from .common import IterativeJobIO, job_record, resolve_run, set_threads, stamp
 from .inputs import read_particles
 
@@ -26,10 +27,14 @@ def run(p: Params, ctx):
     p, root, restart = resolve_run(p, ctx)
     ps = read_particles(p.i, p.angpix, ctf=p.ctf, diameter=p.particle_diameter)
     cfg = Class2DConfig.subset(p)
-    ctx.log("hpcem class2d: %d particles, box %d, %.3f A/px, K %d, ctf %s, %d rank(s)" % (
-        ps.n, ps.box, ps.angpix, cfg.K, "on" if cfg.ctf else "off", ctx.comm.size))
+    if cfg.grad and restart is None and "iters" not in ctx.given:
+        cfg = replace(cfg, iters=200)    # RELION's VDAM default: 200 mini-batches
+    algo = Class2DGrad if cfg.grad else Class2D
+    ctx.log("hpcem class2d%s: %d particles, box %d, %.3f A/px, K %d, ctf %s, %d rank(s)" % (
+        " (VDAM, %d mini-batches)" % cfg.iters if cfg.grad else "", ps.n, ps.box, ps.angpix, cfg.K,
+        "on" if cfg.ctf else "off", ctx.comm.size))
     job = job_record(ctx.name, p, ctx.argv)
     if ctx.comm.rank == 0:
         stamp(root.file("job.json"), job)
-    run_iterations(Class2D(ps, cfg, ctx.comm, ctx.log), root, ctx.comm, ctx.log, restart=restart, job=job)
+    run_iterations(algo(ps, cfg, ctx.comm, ctx.log), root, ctx.comm, ctx.log, restart=restart, job=job)
     return 0

@@ -76,11 +76,13 @@ def noise_weights(sigma2, hw, sh):
 
 
 def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_class_prior,
-              r_cur: int, radius_px: float, opts: EStepOptions, candidates=None, remap=None) -> EStepSums:
+              r_cur: int, radius_px: float, opts: EStepOptions, candidates=None, remap=None,
+              subset=None) -> EStepSums:
     """E-step of every particle of ``parts`` (a :class:`FourierParticles`); updates ``results``
     (rank-local dict of (nb,) arrays: class, the space's pose keys, ox, oy [A], pmax, nsig,
     loglik) in place and returns the :class:`EStepSums`; the data sums go to the space.
-    ``remap(local_index, pj) -> pj`` redirects the sums (class3d's random initial classes)."""
+    ``remap(local_index, pj) -> pj`` redirects the sums (class3d's random initial classes);
+    ``subset`` (rank-local indices) limits the E-step to those particles (VDAM's mini-batches)."""
     candidates = candidates or FullGrid()
     n, angpix = parts.n, float(parts.ps.angpix)
     kidx = coefficients(parts.shell, r_cur)
@@ -102,6 +104,8 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     onehot[np.arange(kidx.size), sh] = 1.0
     order = candidates.plan(space, results, trans.T)
     order = np.arange(parts.size) if order is None else order
+    if subset is not None:
+        order = order[np.isin(order, subset)]
     bs = batch_size(opts, trans.T, space.K * space.Jc1, candidates.dense)
     acc_into = space.dense_sums()
     for s0 in range(0, order.size, bs):

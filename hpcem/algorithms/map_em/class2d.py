@@ -29,13 +29,14 @@ from ...recon import mstep
 from ...recon.average2d import PAD, class_averages, rotate_back
 from ...runtime.memory import MemoryPlan
 from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, param
+from ..vdam.options import GradOptions
 from .options import ImageOptions
 from .results import gather_results, new_results, pose_change_stats
 from .space2d import InPlaneSpace
 
 
 @dataclass(frozen=True)
-class Class2DConfig(ImageOptions):
+class Class2DConfig(ImageOptions, GradOptions):
     K: int = param(10, "number of classes", check=AT_LEAST_1, group="model")
     iters: int = param(25, "number of EM iterations", flag="--iter", check=AT_LEAST_1, group="model")
     particle_diameter: float = param(0.0, "mask diameter in A (0: 80%% of the box)", check=NON_NEGATIVE,
@@ -180,9 +181,13 @@ class Class2D:
         return sums
 
     def reduce(self, sums):
-        """The (class, psi) sums reduced over ranks into row blocks, each rank rotating its block
-        back into the class frames (see :mod:`hpcem.recon.average2d`), then one Allreduce each of
-        the rotated sums and of the other statistics."""
+        self.D, self.W = self.rotated_sums()
+        sums.reduce(self.comm)
+
+    def rotated_sums(self):
+        """The space's (class, psi) sums of the last E-step reduced over ranks into row blocks, each
+        rank rotating its block back into the class frames (see :mod:`hpcem.recon.average2d`), then
+        one Allreduce each: ``D, W`` (K, n, n//2+1)."""
         from ...estep import coefficients
 
         comm, space = self.comm, self.space
@@ -191,10 +196,10 @@ class Class2D:
         wsum = comm.reduce_scatter_rows(space.wsum)
         row0 = block_range(space.data.shape[0], comm.size, comm.rank)[0]
         space.data = space.wsum = None
-        self.D, self.W = rotate_back(data, wsum, kidx, space.psi_f, self.config.K, self.n, self.r_cur, row0)
-        for a in (self.D, self.W):
+        D, W = rotate_back(data, wsum, kidx, space.psi_f, self.config.K, self.n, self.r_cur, row0)
+        for a in (D, W):
             comm.allreduce_(a)
-        sums.reduce(comm)
+        return D, W
 
     def m_step(self, sums):
         cfg, n, K = self.config, self.n, self.config.K

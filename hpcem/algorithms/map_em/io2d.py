@@ -26,7 +26,8 @@ def write_iteration(root, ps, state: dict, stats: dict, cfg, angpix: float) -> d
     classes = root.iteration(it, "classes.mrcs")
     write_mrc(classes, refs, angpix, stack=True)
     data = write_data_star(root.iteration(it, "data.star"), ps, res, ("psi",))
-    counts = np.bincount(np.asarray(res["class"], np.int64) - 1, minlength=K)[:K]
+    cls = np.asarray(res["class"], np.int64)
+    counts = np.bincount(cls[cls > 0] - 1, minlength=K)[:K]     # 0: not yet in a VDAM mini-batch
     names = ["%06d@%s" % (k + 1, os.path.basename(classes)) for k in range(K)]
     model = root.iteration(it, "model.star")
     write_star(model, model_blocks(2, n, angpix, names, state["pclass"], state["resolution"], state["r_cur"],
