@@ -135,3 +135,23 @@ def test_vdam_ranks_and_continue(vdam_set, run_hpcem):
         print("%s: relative difference %.2e, %d assignments differ" % (other, rel, int((c1 != c2).sum())))
         assert rel < 1e-4
         assert (c1 != c2).sum() == 0
+
+
+def test_vdam_replacement_keeps_classes_busy(vdam_set, run_hpcem):
+    """K = 20 on 5 true classes: no class ends empty, and every true class is the majority of at
+    least one class of purity >= 0.9."""
+    tmp, d, star = vdam_set
+    out = os.path.join(tmp, "K20")
+    flags = list(GRAD)
+    flags[flags.index("--K") + 1] = 20
+    run_hpcem(["class2d", "--i", star, "--o", out + "/run", "--iter", 60, "--grad_write_iter", 60] + flags)
+    c = read_star(os.path.join(out, "run_it060_data.star"))["particles"]["rlnClassNumber"].to_numpy()
+    sizes = np.bincount(c, minlength=21)[1:]
+    found = set()
+    for k in np.flatnonzero(sizes):
+        t = np.bincount(d.classes[c == k + 1])
+        if t.max() >= 0.9 * sizes[k]:
+            found.add(int(np.argmax(t)))
+    print("class sizes %s; true classes found %s" % (sizes.tolist(), sorted(found)))
+    assert sizes.min() >= 1
+    assert found == set(np.unique(d.classes).tolist())
