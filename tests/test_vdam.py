@@ -67,7 +67,7 @@ def test_noise_free_full_step_is_the_wiener_update(rng):
     assert np.allclose(out[0], expect, rtol=1e-9, atol=1e-9)
     assert np.allclose(out[1], out[0])
     # the FSC weights: 1 below the floor shell, T s / (1 + T s) above
-    fsc = half_fsc(np.stack([V[0], V[0] + 0.5 * truth]), shell, n // 2 + 1)
+    fsc = half_fsc(np.stack([V[0], V[0] + 0.5 * truth]))
     w = fsc_weights(fsc, 2.0, floor_shell=2)
     assert np.all(w[:, :3] == 1.0)
     s = np.clip(fsc[:, 5], 0, 0.999) / (1 - np.clip(fsc[:, 5], 0, 0.999))

@@ -144,13 +144,7 @@ def _coarse_candidates(level: _Level, n_keep: int, min_sep: float = 20.0) -> lis
     for i in range(0, len(Rs), BATCH):
         cc = level.correlations(Rs[i:i + BATCH], box)
         scores[i:i + len(cc)] = cc.reshape(len(cc), -1).max(axis=1)
-    kept = []
-    for i in np.argsort(-scores):
-        if all(angular_distance(Rs[i], R) > min_sep for R in kept):
-            kept.append(Rs[i])
-            if len(kept) == n_keep:
-                break
-    return kept
+    return [R for _, R, _ in _distinct(list(zip(scores, Rs, [None] * len(Rs))), n_keep, min_sep, np.inf)]
 
 
 _STEPS = np.concatenate([np.eye(3), -np.eye(3)])     # rotation axes of the pattern search
@@ -181,9 +175,11 @@ def _distinct(results, n_keep: int, min_sep: float = 5.0, margin: float = 0.05):
     results = sorted(results, key=lambda x: -x[0])
     kept = []
     for r in results:
-        if r[0] >= results[0][0] - margin and all(angular_distance(r[1], k[1]) > min_sep for k in kept):
+        if len(kept) == n_keep or r[0] < results[0][0] - margin:
+            break
+        if all(angular_distance(r[1], k[1]) > min_sep for k in kept):
             kept.append(r)
-    return kept[:n_keep]
+    return kept
 
 
 def _align_hand(a: np.ndarray, b: np.ndarray, n_candidates: int = 4, n_fine: int = 2):

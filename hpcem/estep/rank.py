@@ -43,6 +43,14 @@ class EStepSums:
         for a in (self.noise, self.class_weight, self.offset2, self.scale_fit):
             comm.allreduce_(a)
 
+    def add(self, other: "EStepSums") -> None:
+        """Add the sums of another E-step over other particles (same resolution limit)."""
+        self.noise += other.noise
+        self.class_weight += other.class_weight
+        self.offset2 += other.offset2
+        if self.scale_fit is not None:
+            self.scale_fit += other.scale_fit
+
 
 def coefficients(shell, r_cur: int):
     """Half-grid coefficients within shell ``r_cur``, ordered by shell (coarse pass: a prefix)."""

@@ -173,12 +173,16 @@ class Class2D:
 
     def e_step(self):
         self.prev = {k: v.copy() for k, v in self.res.items()}
-        self.space.refs = self.refs
         self.corr.apply(self.parts, self.res)
-        sums = run_estep(self.parts, self.space, self.trans, self.res, sigma2=self.sigma2,
+        return self.estep_on(self.refs)
+
+    def estep_on(self, refs, subset=None):
+        """The shared E-step of this rank's particles (``subset``: only those) against ``refs``."""
+        self.space.refs = refs
+        return run_estep(self.parts, self.space, self.trans, self.res, sigma2=self.sigma2,
                          sigma_offset=self.sigma_offset, log_class_prior=np.log(np.maximum(self.pclass, 1e-30)),
-                         r_cur=self.r_cur, radius_px=self.radius_px, opts=self.config.estep_options())
-        return sums
+                         r_cur=self.r_cur, radius_px=self.radius_px, opts=self.config.estep_options(),
+                         subset=subset)
 
     def reduce(self, sums):
         self.D, self.W = self.rotated_sums()

@@ -19,7 +19,6 @@ import numpy as np
 
 from ...core.filters import lowpass
 from ...core.fourier import ft2, ift2, shell_index2
-from ...estep import run_estep
 from ...recon import mstep
 from ..vdam import Moments, Schedule, fsc_weights, replace_inactive, vdam_step
 from ..vdam.blobs import blob_images, signal_std
@@ -71,9 +70,6 @@ class Class2DGrad(Class2D):
         self.mom = Moments.zeros(K, (n, n // 2 + 1))
         self.start = 0
 
-    def done(self) -> bool:
-        return self.iteration >= self.config.iters
-
     # ------------------------------------------------------------ one mini-batch
     def _batch(self):
         """Rank-local indices of this mini-batch's particles, per half."""
@@ -81,16 +77,6 @@ class Class2DGrad(Class2D):
         g = batch_indices(self.config.random_seed, self.N, self.start, b)
         loc = g[(g >= self.lo) & (g < self.hi)]
         return b, [np.sort(loc[self.half[loc] == h] - self.lo) for h in (0, 1)]
-
-    def _estep(self, refs, subset):
-        self.space.refs = refs
-        return run_estep(self.parts, self.space, self.trans, self.res, sigma2=self.sigma2,
-                         sigma_offset=self.sigma_offset, log_class_prior=self._log_prior(),
-                         r_cur=self.r_cur, radius_px=self.radius_px, opts=self.config.estep_options(),
-                         subset=subset)
-
-    def _log_prior(self):
-        return np.log(np.maximum(self.pclass, 1e-30))
 
     def e_step(self):
         self.prev = {k: v.copy() for k, v in self.res.items()}
@@ -102,16 +88,14 @@ class Class2DGrad(Class2D):
         self.half_scale = np.bincount(self.half, minlength=2) / np.maximum(cnt, 1.0)
         DW, total = [], None
         for h in (0, 1):
-            sums = self._estep(self.halves[h].astype(np.float32), subsets[h])
+            sums = self.estep_on(self.halves[h].astype(np.float32), subsets[h])
             DW.append(self.rotated_sums())
             if total is None:
                 total = sums
             else:
-                for f in ("noise", "class_weight", "offset2"):
-                    setattr(total, f, getattr(total, f) + getattr(sums, f))
-                total.scale_fit = None if total.scale_fit is None else total.scale_fit + sums.scale_fit
-        self.D = np.stack([DW[0][0], DW[1][0]])
-        self.W = np.stack([DW[0][1], DW[1][1]])
+                total.add(sums)
+        self.D = np.stack([d for d, _ in DW])
+        self.W = np.stack([w for _, w in DW])
         return total
 
     def reduce(self, sums):
@@ -122,7 +106,7 @@ class Class2DGrad(Class2D):
         eta, fudge = self.sched.step(it), self.sched.fudge(it)
         self._noise_and_priors(sums)
         V = ft2(self.halves)
-        fsc = half_fsc(V, self.shell, self.nsh)
+        fsc = half_fsc(V)
         sh = np.minimum(self.shell, self.nsh - 1)
         f = np.minimum(fsc_weights(fsc, fudge, self.floor_shell)[:, sh][None],
                        data_weights(self.W, self.half_scale, self.tau2, fudge, self.shell))
@@ -136,7 +120,7 @@ class Class2DGrad(Class2D):
         self.tau2 = self._power(self.refs)
         self.D = self.W = None
         r_used = self.r_cur
-        fsc_new = half_fsc(ft2(self.halves), self.shell, self.nsh)
+        fsc_new = half_fsc(ft2(self.halves))
         res_shell = self._resolution_shell(fsc_new)
         self.resolution = n * self.angpix / max(res_shell, 1)
         self.r_cur = int(min(n // 2, max(self.floor_shell, res_shell + cfg.margin_shells, 3)))
@@ -169,7 +153,7 @@ class Class2DGrad(Class2D):
     def _final_pass(self):
         """Classes and poses of every particle against the final references (no update)."""
         t0 = time.time()
-        sums = self._estep(self.refs, None)
+        sums = self.estep_on(self.refs)
         self.space.data = self.space.wsum = None
         sums.reduce(self.comm)
         self.pclass = mstep.class_priors(sums.class_weight)

@@ -26,26 +26,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...core.filters import radial_average
+from ...core.fsc import shell_sums
+
 BETA1, BETA2 = 0.9, 0.999
 A_MAX = 2.0     # cap of the adaptive metric: where both halves agree (u ~ 0) it would diverge
 
 
-def shell_mean(a, shell, nsh: int):
-    """(K, nsh) means over shells of ``a`` (K, *grid)."""
-    s = shell.ravel()
-    cnt = np.maximum(np.bincount(s, minlength=nsh)[:nsh], 1)
-    return np.stack([np.bincount(s, weights=x.ravel(), minlength=nsh)[:nsh] for x in a.reshape(a.shape[0], -1)]) / cnt
-
-
-def half_fsc(V, shell, nsh: int):
-    """(K, nsh) FSC between the two halves ``V`` (2, K, *grid) of every class."""
-    a, b = V[0].reshape(V.shape[1], -1), V[1].reshape(V.shape[1], -1)
-    s = shell.ravel()
-    out = np.zeros((V.shape[1], nsh))
+def half_fsc(V):
+    """(K, n//2+1) FSC between the two halves ``V`` (2, K, *half grid) of every class
+    (:func:`hpcem.core.fsc.shell_sums`: hermitian-weighted, corners beyond n/2 left out)."""
+    dims, n = V.ndim - 2, V.shape[2]
+    out = np.zeros((V.shape[1], n // 2 + 1))
     for k in range(V.shape[1]):
-        cross = np.bincount(s, weights=(a[k] * np.conj(b[k])).real, minlength=nsh)[:nsh]
-        pa = np.bincount(s, weights=np.abs(a[k]) ** 2, minlength=nsh)[:nsh]
-        pb = np.bincount(s, weights=np.abs(b[k]) ** 2, minlength=nsh)[:nsh]
+        cross, pa, pb = shell_sums(V[0, k], V[1, k], n, dims)
         den = np.sqrt(pa * pb)
         out[k] = np.where(den > 0, cross / np.where(den > 0, den, 1.0), 0.0)
     return out
@@ -97,7 +91,6 @@ def vdam_step(V, D, W, mom: Moments, f, shell, eta: float, inside, replace=None)
     *grid); ``f`` the update weights (broadcastable to V: (K, nsh) FSC weights taken per shell
     must be expanded by the caller), ``inside`` the coefficients the E-step used; ``replace`` =
     (a, b) for eq 15.  Returns V."""
-    nsh = int(shell.max()) + 1
     eps1 = 1e-3 * np.maximum(W.reshape(2, -1).mean(1), 1e-300).reshape(2, 1, *([1] * (W.ndim - 2)))
     G = np.where(inside, (D - W * V) / (W + eps1), 0.0)
     mom.m *= BETA1
@@ -108,7 +101,7 @@ def vdam_step(V, D, W, mom: Moments, f, shell, eta: float, inside, replace=None)
     grid = (slice(None),) + (None,) * (W.ndim - 2)
     mh = mom.m / (1.0 - BETA1 ** mom.t)[grid]
     uh = mom.u / (1.0 - BETA2 ** mom.t)[grid]
-    ubar = shell_mean(uh, shell, nsh)[:, shell]
+    ubar = radial_average(uh, dims=W.ndim - 2)[:, shell]
     a = np.where(ubar > 0, np.sqrt(ubar) / (np.sqrt(uh) + 1e-3 * np.sqrt(ubar) + 1e-300), 1.0)
     np.minimum(a, A_MAX, out=a)
     fk = f
