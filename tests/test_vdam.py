@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from hpcem.algorithms.map_em.class2d_grad import batch_indices
+from hpcem.algorithms.vdam.minibatch import batch_indices
 from hpcem.algorithms.vdam import Moments, Schedule, replace_inactive, vdam_step
 from hpcem.algorithms.vdam.update import fsc_weights, half_fsc
 from hpcem.io.mrc import read_mrc

@@ -28,7 +28,9 @@ def run_map3d(p, ctx, algorithm, config_cls, what: str):
     set_threads(p.j)
     p, root, restart = resolve_run(p, ctx)
     ps = read_particles(p.i, p.angpix, ctf=p.ctf, diameter=p.particle_diameter)
-    ref = read_reference(p.ref, ps, ref_angpix=p.ref_angpix, log=ctx.log) if restart is None else None
+    ref = None
+    if getattr(p, "ref", None) and restart is None:
+        ref = read_reference(p.ref, ps, ref_angpix=p.ref_angpix, log=ctx.log)
     if p.solvent_mask:
         read_mask(p.solvent_mask, ps, "--solvent_mask")
     if p.sigma_ang > 0 and "rlnAngleRot" not in ps.table:

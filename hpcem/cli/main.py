@@ -32,6 +32,8 @@ REGISTRY = {
         ("class2d", "hpcem.cli.job_class2d", "reference-free 2D classification (MAP-EM)"),
         ("class3d", "hpcem.cli.job_class3d", "3D classification (MAP-EM)"),
         ("refine3d", "hpcem.cli.job_refine3d", "3D auto-refine with gold-standard halves"),
+        ("initial_model", "hpcem.cli.job_initial_model", "3D initial model(s) from the particles alone (VDAM, as "
+         "RELION-4)"),
         ("sml", "hpcem.cli.job_sml", "deep 2D classification of aligned particles by statistical manifold learning (ROME GTM)"),
         ("deep2d", "hpcem.cli.job_deep2d", "deep 2D classification, ROME strategy I: MAP alignment then GTM (sml)"),
     ],

@@ -55,7 +55,8 @@ def gridding_correction(n: int, P: int, ndim: int = 3) -> np.ndarray:
     return c[:, None, None] * c[None, :, None] * c[None, None, :]
 
 
-def _padded_shells(P: int, pad, ndim: int) -> np.ndarray:
+def padded_shells(P: int, pad, ndim: int) -> np.ndarray:
+    """Shell (n-box units, rounded |k| / pad) of every coefficient of a padded half grid."""
     f = np.fft.fftfreq(P, 1.0 / P)
     fx = np.arange(P // 2 + 1)
     if ndim == 3:
@@ -188,11 +189,11 @@ class BackProjector:
 
     def shell_index(self) -> np.ndarray:
         """Shell (n-box units) of every padded accumulator voxel."""
-        return _padded_shells(self.P, self.pad, 3)
+        return padded_shells(self.P, self.pad, 3)
 
     def shell_mean_weight(self) -> np.ndarray:
         """Mean accumulated weight per shell (n-box units) over the padded grid."""
-        sh = _padded_shells(self.P, self.pad, 3)
+        sh = padded_shells(self.P, self.pad, 3)
         return np.bincount(sh.ravel(), weights=self.weight.ravel()) / np.maximum(np.bincount(sh.ravel()), 1)
 
     def reconstruct(self, tau2=None, tau2_fudge=1.0, wiener_const=None, symmetry_ops=None,
@@ -200,12 +201,10 @@ class BackProjector:
         """The map (n, n, n) float32 from the accumulators (see the module docstring); with
         ``gridding_iters`` > 0 the gridding estimate of :mod:`hpcem.recon.gridding`, else the
         voxel-wise ``D / (W + reg)``; ``mask_outside`` blends the corners beyond n/2 to their mean."""
-        D = self.data.astype(np.complex128, copy=True)
-        W = self.weight.astype(np.float64, copy=True)
-        _complete_x0(D, W, True)
+        D, W = self.completed()
         if symmetry_ops is not None and len(symmetry_ops) > 1:
             D, W = kernels.symmetrise3d(D, W, np.asarray(symmetry_ops, dtype=np.float64), self.P / 2.0)
-        shells = _padded_shells(self.P, self.pad, 3)
+        shells = padded_shells(self.P, self.pad, 3)
         n, P = self.n, self.P
         if gridding_iters > 0:
             if tau2 is None and wiener_const is None:
@@ -216,12 +215,24 @@ class BackProjector:
         else:
             reg, zero = _regulariser(W, shells, tau2, tau2_fudge, wiener_const)
             F = _divide(D, W, reg, zero)
-        vp = ift3(F, P)
-        o = P // 2 - n // 2
-        v = vp[o:o + n, o:o + n, o:o + n] / gridding_correction(n, P, 3)
-        if mask_outside:
-            v = soft_mask_outside(v, n / 2.0)
-        return v.astype(np.float32)
+        return padded_to_volume(F, n, self.pad, mask_outside).astype(np.float32)
+
+    def completed(self):
+        """Copies of the accumulators (complex128, float64) with the x = 0 plane completed."""
+        D = self.data.astype(np.complex128, copy=True)
+        W = self.weight.astype(np.float64, copy=True)
+        _complete_x0(D, W, True)
+        return D, W
+
+
+def padded_to_volume(F, n: int, pad=2, mask_outside: bool = False) -> np.ndarray:
+    """The n-box map (float64) of a padded half transform: inverse transform, centre crop, divided
+    by the gridding correction; ``mask_outside`` blends the corners beyond n/2 to their mean."""
+    P = int(round(pad * n))
+    vp = ift3(F, P)
+    o = P // 2 - n // 2
+    v = vp[o:o + n, o:o + n, o:o + n] / gridding_correction(n, P, 3)
+    return soft_mask_outside(v, n / 2.0) if mask_outside else v
 
 
 # ---------------------------------------------------------------- 2D
@@ -261,7 +272,7 @@ class BackProjector2D:
         D = self.data.astype(np.complex128, copy=True)
         W = self.weight.astype(np.float64, copy=True)
         _complete_x0(D, W, False)
-        shells = _padded_shells(self.P, self.pad, 2)
+        shells = padded_shells(self.P, self.pad, 2)
         out = np.empty((self.K, self.n, self.n), dtype=np.float32)
         n, P = self.n, self.P
         o = P // 2 - n // 2

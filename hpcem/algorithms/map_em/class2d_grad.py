@@ -2,11 +2,9 @@
 of :class:`~.class2d.Class2D` on mini-batches, the model updated by
 :func:`hpcem.algorithms.vdam.vdam_step` instead of EM's M-step.
 
-Each particle belongs to one of two fixed random half sets; a mini-batch's particles of half h
-are aligned against the half-h references and their sums update those (so the half-set FSC
-measures the references' SNR).  Mini-batch t takes the next ``batch_size(t)`` particles of a
-seeded random order of the whole set (a new order every epoch), so a resumed run draws the same
-batches.  The E-step resolution limit grows from ``--ini_high`` by the half-set FSC (0.143 plus
+A mini-batch's particles of half set h (:mod:`hpcem.algorithms.vdam.minibatch`) are aligned
+against the half-h references and their sums update those (so the half-set FSC measures the
+references' SNR).  The E-step resolution limit grows from ``--ini_high`` by the half-set FSC (0.143 plus
 the margin; never below ``--grad_min_resol``).  After the last mini-batch one pass over all
 particles assigns classes and poses (the final references are not updated by it).  Files and
 checkpoints every ``--grad_write_iter`` mini-batches and at the last.
@@ -22,33 +20,19 @@ from ...core.fourier import ft2, ift2, shell_index2
 from ...recon import mstep
 from ..vdam import Moments, Schedule, fsc_weights, replace_inactive, vdam_step
 from ..vdam.blobs import blob_images, signal_std
-from ..vdam.update import data_weights, half_fsc
+from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
+from ..vdam.update import data_weights, half_fsc, mean_fsc_shell
 from .class2d import Class2D
 from .results import pose_change_stats
 
-PRIOR_MEMORY = 0.9     # running average of the class priors over mini-batches
 
-
-def batch_indices(seed: int, N: int, start: int, size: int) -> np.ndarray:
-    """Global indices of the particles ``start .. start + size`` of the concatenated per-epoch
-    random orders (epoch e: permutation seeded by (seed, e))."""
-    out, pos = [], start
-    while len(out) < size:
-        e, off = divmod(pos, N)
-        perm = np.random.default_rng([seed, 7919, e]).permutation(N)
-        take = perm[off:off + size - len(out)]
-        out.extend(take.tolist())
-        pos += take.size
-    return np.asarray(out, np.int64)
-
-
-class Class2DGrad(Class2D):
+class Class2DGrad(GradFiles, Class2D):
     kind = "class2d"
 
     def __init__(self, ps, cfg, comm, log=print):
         super().__init__(ps, cfg, comm, log)
         self.sched = Schedule.of(cfg, self.N, 2)
-        self.half = np.random.default_rng([cfg.random_seed, 2]).permutation(self.N) % 2
+        self.half = half_sets(cfg.random_seed, self.N)
         self.shell = shell_index2(self.n)
         self.floor_shell = int(self.n * self.angpix / cfg.grad_min_resol) if cfg.grad_min_resol > 0 else 0
         self.halves = self.mom = None
@@ -71,17 +55,11 @@ class Class2DGrad(Class2D):
         self.start = 0
 
     # ------------------------------------------------------------ one mini-batch
-    def _batch(self):
-        """Rank-local indices of this mini-batch's particles, per half."""
-        b = self.sched.batch_size(self.iteration)
-        g = batch_indices(self.config.random_seed, self.N, self.start, b)
-        loc = g[(g >= self.lo) & (g < self.hi)]
-        return b, [np.sort(loc[self.half[loc] == h] - self.lo) for h in (0, 1)]
-
     def e_step(self):
         self.prev = {k: v.copy() for k, v in self.res.items()}
         self.corr.apply(self.parts, self.res)
-        self.bsize, subsets = self._batch()
+        self.bsize = self.sched.batch_size(self.iteration)
+        subsets = split_batch(self.config.random_seed, self.start, self.bsize, self.half, self.lo, self.hi)
         self.sub = np.concatenate(subsets)
         cnt = np.array([s.size for s in subsets], np.float64)
         self.comm.allreduce_(cnt)
@@ -104,7 +82,9 @@ class Class2DGrad(Class2D):
     def m_step(self, sums):
         cfg, n, it = self.config, self.n, self.iteration
         eta, fudge = self.sched.step(it), self.sched.fudge(it)
-        self._noise_and_priors(sums)
+        self.sigma2, self.sigma_offset, batch_pk = batch_noise(self.parts, self.sub, sums, self.comm, self.r_cur,
+                                                               self.bsize)
+        self.pclass = running_priors(self.pclass, batch_pk)
         V = ft2(self.halves)
         fsc = half_fsc(V)
         sh = np.minimum(self.shell, self.nsh - 1)
@@ -121,7 +101,7 @@ class Class2DGrad(Class2D):
         self.D = self.W = None
         r_used = self.r_cur
         fsc_new = half_fsc(ft2(self.halves))
-        res_shell = self._resolution_shell(fsc_new)
+        res_shell = mean_fsc_shell(fsc_new, self.pclass, self.r_cur)
         self.resolution = n * self.angpix / max(res_shell, 1)
         self.r_cur = int(min(n // 2, max(self.floor_shell, res_shell + cfg.margin_shells, 3)))
         self.start += self.bsize
@@ -134,22 +114,6 @@ class Class2DGrad(Class2D):
                      replaced=self.replaced)
         return stats
 
-    def _noise_and_priors(self, sums):
-        """sigma2 and sigma_offset from this mini-batch; class priors as a running average."""
-        g = np.bincount(self.parts.groups[self.sub], minlength=self.parts.G).astype(np.float64)
-        self.comm.allreduce_(g)
-        counts = mstep.shell_counts(self.parts.shell, self.nsh)
-        self.sigma2 = mstep.sigma2_update(self.parts.img_power, sums.noise, counts, g, self.r_cur)
-        self.sigma_offset = mstep.sigma_offset(sums.offset2, self.bsize)
-        self.pclass = PRIOR_MEMORY * self.pclass + (1.0 - PRIOR_MEMORY) * mstep.class_priors(sums.class_weight)
-
-    def _resolution_shell(self, fsc) -> int:
-        """Highest shell (<= r_cur) up to which the class-prior-weighted mean half-set FSC stays
-        >= 0.143 (not the best class's: a class just replaced has two identical halves)."""
-        mean = np.asarray(self.pclass) @ fsc / max(float(np.sum(self.pclass)), 1e-30)
-        below = np.flatnonzero(mean[1:self.r_cur + 1] < 0.143)
-        return int(below[0]) if below.size else self.r_cur
-
     def _final_pass(self):
         """Classes and poses of every particle against the final references (no update)."""
         t0 = time.time()
@@ -160,9 +124,6 @@ class Class2DGrad(Class2D):
         self.log("final pass over all %d particles: %.1f s" % (self.N, time.time() - t0))
 
     # ------------------------------------------------------------ state, files
-    def _writes(self) -> bool:
-        return self.iteration % self.config.grad_write_iter == 0 or self.iteration >= self.config.iters
-
     def state(self):
         if not self._writes():
             return None
@@ -175,17 +136,3 @@ class Class2DGrad(Class2D):
         self.halves = np.asarray(st["halves"], np.float64)
         self.mom = Moments.load(st)
         self.start = int(st["grad_start"])
-
-    def write(self, root, state, stats):
-        return super().write(root, state, stats) if state is not None else {}
-
-    def plot(self, root, state, stats):
-        if state is not None:
-            super().plot(root, state, stats)
-
-    def log_line(self, st):
-        rep = "-" if st["replaced"] is None else "%d<-%d" % (st["replaced"][0] + 1, st["replaced"][1] + 1)
-        return ("batch %3d  size %5d  step %.3f  T %.2f  r_cur %2d  res %6.2f A  replaced %s  dclass %5.3f  "
-                "sig_off %5.2f A  (%.1f s, E-step %.1f s)" % (
-                    st["iteration"], st["batch"], st["step"], st["fudge"], st["r_cur"], st["resolution"], rep,
-                    st["changes_classes"], st["sigma_offset"], st["t_iter"], st["t_estep"]))

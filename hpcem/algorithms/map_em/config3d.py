@@ -7,6 +7,7 @@ from ...core.symmetry import symmetry_ops
 from ...errors import InputError
 from ...estep import EStepOptions
 from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, param
+from ..vdam.options import GradOptions
 from .options import ImageOptions
 
 
@@ -79,3 +80,16 @@ class Refine3DConfig(Map3DConfig):
     solvent_correct_fsc: bool = param(False, "gold-standard FSC in --solvent_mask corrected for the mask by phase "
                                       "randomisation beyond the unmasked FSC's 0.8 point (as relion_postprocess)",
                                       action="store_true", group="model")
+
+
+@dataclass(frozen=True)
+class InitialModelConfig(Class3DConfig, GradOptions):
+    """relion_refine --grad --denovo_3dref (RELION-4's InitialModel job defaults)."""
+    K: int = param(1, "number of 3D classes", check=AT_LEAST_1, group="model")
+    iters: int = param(200, "mini-batches", flag="--iter", check=AT_LEAST_1, group="model")
+    sym: str = param("C1", "point group: the C1 map is aligned to its axes and symmetrised at the end",
+                     check=(_known_symmetry, "a point group"), group="model")
+    healpix_order: int = param(1, "HEALPix order of the angular sampling (1: 15 degrees)",
+                               check=(lambda v: 0 <= v <= 6, "in 0..6"), group="sampling")
+    offset_range: float = param(6.0, "translation search range (pixels)", check=NON_NEGATIVE, group="sampling")
+    offset_step: float = param(2.0, "translation step (pixels)", check=POSITIVE, group="sampling")

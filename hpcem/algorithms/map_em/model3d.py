@@ -85,10 +85,11 @@ class Model3D:
         return np.array(out)
 
     # ------------------------------------------------------------ iteration
-    def e_step(self, samp, trans, r_cur: int, candidates=None, remap=None, uniform_priors=False, cc=False):
+    def e_step(self, samp, trans, r_cur: int, candidates=None, remap=None, uniform_priors=False, cc=False,
+               subset=None):
         """Posteriors of this rank's particles (results updated in place); the fine sums go to
         ``self.bps`` (rank-local); returns the other sums.  ``cc``: the cross-correlation pass of
-        --firstiter_cc (:mod:`hpcem.estep.crosscorr`)."""
+        --firstiter_cc (:mod:`hpcem.estep.crosscorr`); ``subset``: only these rank-local particles."""
         space = ProjectionSpace(samp, self.cfg.K, self.n, self.ops)
         space.refs = self.refs
         prior = np.full(self.cfg.K, 1.0 / self.cfg.K) if uniform_priors else self.pclass
@@ -99,7 +100,8 @@ class Model3D:
             sigma2, opts, space.row_norm = crosscorr.setup(self.parts, r_cur, self.sigma2, opts, self.comm)
         sums = run_estep(self.parts, space, trans, self.res, sigma2=sigma2, sigma_offset=self.sigma_offset,
                          log_class_prior=np.log(np.maximum(prior, 1e-30)), r_cur=r_cur,
-                         radius_px=self.radius_px, opts=opts, candidates=candidates, remap=remap)
+                         radius_px=self.radius_px, opts=opts, candidates=candidates, remap=remap,
+                         subset=subset)
         self.bps = space.bps
         return sums
 

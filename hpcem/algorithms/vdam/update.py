@@ -26,11 +26,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...core.filters import radial_average
 from ...core.fsc import shell_sums
 
 BETA1, BETA2 = 0.9, 0.999
 A_MAX = 2.0     # cap of the adaptive metric: where both halves agree (u ~ 0) it would diverge
+
+
+def shell_mean(x, shell):
+    """(K, shell.max() + 1) mean of ``x`` (K, *grid) over the coefficients of each shell."""
+    s = np.ravel(shell)
+    cnt = np.maximum(np.bincount(s), 1)
+    return np.stack([np.bincount(s, weights=xk.ravel(), minlength=cnt.size) / cnt for xk in x])
+
+
+def mean_fsc_shell(fsc, pclass, r_cur: int) -> int:
+    """Highest shell (<= r_cur) up to which the class-prior-weighted mean half-set FSC stays
+    >= 0.143 (not the best class's: a class just replaced has two identical halves)."""
+    mean = np.asarray(pclass) @ fsc / max(float(np.sum(pclass)), 1e-30)
+    below = np.flatnonzero(mean[1:r_cur + 1] < 0.143)
+    return int(below[0]) if below.size else int(r_cur)
 
 
 def half_fsc(V):
@@ -88,9 +102,9 @@ def data_weights(W, scale, tau2, fudge: float, shell):
 
 def vdam_step(V, D, W, mom: Moments, f, shell, eta: float, inside, replace=None):
     """One update of the halves ``V`` (2, K, *grid) in place from the sums ``D``, ``W`` (2, K,
-    *grid); ``f`` the update weights (broadcastable to V: (K, nsh) FSC weights taken per shell
-    must be expanded by the caller), ``inside`` the coefficients the E-step used; ``replace`` =
-    (a, b) for eq 15.  Returns V."""
+    *grid); ``shell`` the shell of every grid coefficient; ``f`` the update weights
+    (broadcastable to V: (K, nsh) FSC weights taken per shell must be expanded by the caller),
+    ``inside`` the coefficients the E-step used; ``replace`` = (a, b) for eq 15.  Returns V."""
     eps1 = 1e-3 * np.maximum(W.reshape(2, -1).mean(1), 1e-300).reshape(2, 1, *([1] * (W.ndim - 2)))
     G = np.where(inside, (D - W * V) / (W + eps1), 0.0)
     mom.m *= BETA1
@@ -101,7 +115,7 @@ def vdam_step(V, D, W, mom: Moments, f, shell, eta: float, inside, replace=None)
     grid = (slice(None),) + (None,) * (W.ndim - 2)
     mh = mom.m / (1.0 - BETA1 ** mom.t)[grid]
     uh = mom.u / (1.0 - BETA2 ** mom.t)[grid]
-    ubar = radial_average(uh, dims=W.ndim - 2)[:, shell]
+    ubar = shell_mean(uh, shell)[:, shell]
     a = np.where(ubar > 0, np.sqrt(ubar) / (np.sqrt(uh) + 1e-3 * np.sqrt(ubar) + 1e-300), 1.0)
     np.minimum(a, A_MAX, out=a)
     fk = f

@@ -1,0 +1,232 @@
+"""3D initial model by VDAM (relion_refine --grad --denovo_3dref, seed 000 sections 3.1.2-3.1.5):
+the E-step of :class:`~.model3d.Model3D` on mini-batches, the K maps updated by
+:func:`hpcem.algorithms.vdam.vdam_step` instead of EM's M-step, in C1 from random Gaussian blobs.
+
+The model is a pair of half maps per class (the particles' two fixed half sets,
+:mod:`hpcem.algorithms.vdam.minibatch`).  The VDAM step works on the n-box half grid, as in 2D:
+each half's mini-batch accumulators (data and CTF^2 weight on the padded grid) become the
+unregularised estimate ``R_h = ft3(padded_to_volume(D / W))`` with the weight ``W_h`` at the
+padded voxels of the n-box frequencies (n-box units: pad^3 x), and ``vdam_step`` takes
+``(W_h R_h, W_h)`` as its sums.  (Stepping on the padded grid itself, the zero-padding's sinc
+tails of the halves' common low-resolution part, shrunk differently per half, came back through
+the crop as common high-frequency content: half-set FSC 0.27 at every shell beyond the data.)
+The half maps are kept unmasked, the E-step's references masked by the particle sphere (the
+mask's leakage of the common part is common high-frequency content too: FSC 0.9 at shells 20-32
+after 8 mini-batches).  The half-set FSC weights the update and sets the E-step's resolution
+limit (0.143 plus the margin, never below ``--grad_min_resol``).  Below ``--grad_min_resol`` the
+halves are averaged after every step (as refine3d's --low_resol_join_halves): started from blobs,
+two independent halves drift into different solutions (another frame, measured: the same
+structure rotated by 38 degrees) and their FSC never rises.  The data weight's signal power is
+the larger of the references' and EM's estimate from the mini-batch (the references' own power
+alone keeps shells they have not reached empty: FSC 0.5 at 14.4 A from the true map at 20 A,
+10.5 A with the mini-batch's estimate).  After the last mini-batch one pass over all particles assigns
+classes and poses; :meth:`finish` then aligns each map to the symmetry axes of ``--sym`` and
+symmetrises it (:mod:`hpcem.core.symalign`), writing ``initial_model.mrc`` beside the rootname
+(RELION's InitialModel job: VDAM in C1, then relion_align_symmetry).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from ...core.filters import lowpass
+from ...core.fourier import freqs, ft3, ift3, shell_index3
+from ...recon import mstep
+from ...recon.projector import padded_shells, padded_to_volume
+from ..vdam import Moments, Schedule, fsc_weights, replace_inactive, vdam_step
+from ..vdam.blobs import blob_images, signal_std
+from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
+from ..vdam.update import data_weights, half_fsc, mean_fsc_shell
+from .class3d import Class3D
+from .results import pose_change_stats
+from .space3d import PAD
+
+
+class InitialModel(GradFiles, Class3D):
+    kind = "initial_model"
+
+    def __init__(self, ps, ref, cfg, comm, log=print):
+        super().__init__(ps, None, dataclasses.replace(cfg, sym="C1"), comm, log)
+        self.target_sym = cfg.sym
+        self.N, n = ps.n, self.n
+        self.sched = Schedule.of(cfg, self.N, 3)
+        self.half = half_sets(cfg.random_seed, self.N)
+        self.pshell = padded_shells(PAD * n, PAD, 3)
+        self.shell = shell_index3(n)
+        f = (2 * freqs(n)) % (PAD * n)
+        self.box_index = np.ix_(f, f, 2 * np.arange(n // 2 + 1))     # padded voxels of the n-box frequencies
+        self.nsh = n // 2 + 1
+        self.floor_shell = int(n * ps.angpix / cfg.grad_min_resol) if cfg.grad_min_resol > 0 else 0
+        self.st["r_cur"] = max(self.floor_shell, 3)
+        self.halves = self.mom = self.replaced = None
+        self.start = 0
+
+    @property
+    def iteration(self) -> int:
+        return int(self.st["iteration"])
+
+    # ------------------------------------------------------------ start
+    def initialise(self):
+        m, cfg, n, K = self.m, self.config, self.n, self.K
+        if cfg.init_blobs:
+            vols = blob_images(K, n, m.radius_px, cfg.random_seed, dim=3)
+        else:   # a soft sphere of the particle's radius in every class
+            vols = np.repeat(m.mask3[None].astype(np.float64), K, axis=0)
+        if cfg.grad_min_resol > 0:   # no identical high-frequency content in both halves to start with
+            vols = lowpass(vols, cfg.grad_min_resol, m.angpix, dims=3)
+        vols *= m.mask3
+        proj = vols.sum(axis=1)
+        c = np.arange(n) - n // 2
+        inside = (c[:, None] ** 2 + c[None, :] ** 2) < m.radius_px ** 2
+        sd = signal_std(self.ps, m.radius_px, cfg.random_seed)
+        vols *= (sd / np.maximum(proj[:, inside].std(axis=1), 1e-30))[:, None, None, None]
+        self.halves = np.stack([vols, vols])
+        self._set_refs()
+        m.sigma2 = m.img_power.copy()
+        self.mom = Moments.zeros(K, self.shell.shape)
+
+    def _set_refs(self):
+        self.m.refs = (self.halves.mean(0) * self.m.mask3).astype(np.float32)
+        self.m.tau2 = self.m.power3(self.m.refs)
+
+    # ------------------------------------------------------------ one mini-batch
+    def e_step(self):
+        m = self.m
+        self.prev = {k: v.copy() for k, v in m.res.items()}
+        self.first = False
+        self.bsize = self.sched.batch_size(self.iteration)
+        subsets = split_batch(self.config.random_seed, self.start, self.bsize, self.half, m.lo, m.hi)
+        self.sub = np.concatenate(subsets)
+        cnt = np.array([s.size for s in subsets], np.float64)
+        self.comm.allreduce_(cnt)
+        self.half_scale = np.bincount(self.half, minlength=2) / np.maximum(cnt, 1.0)
+        R, W, total = [], [], None
+        for h in (0, 1):
+            m.refs = (self.halves[h] * m.mask3).astype(np.float32)
+            sums = m.e_step(self.samp, self.trans, int(self.st["r_cur"]), subset=subsets[h])
+            for bp in m.bps:
+                self.comm.allreduce_(bp.data)
+                self.comm.allreduce_(bp.weight)
+            r, w = zip(*(self._on_box(*bp.completed()) for bp in m.bps))
+            R.append(np.stack(r))
+            W.append(np.stack(w))
+            if total is None:
+                total = sums
+            else:
+                total.add(sums)
+        m.bps = None
+        self.R, self.W = np.stack(R), np.stack(W)
+        return total
+
+    def _on_box(self, D, W):
+        """The mini-batch's unregularised estimate on the n-box half grid and its weight (n-box
+        units): the padded accumulators' ``D / W`` through :func:`padded_to_volume`, and ``W``
+        at the padded voxels of the n-box frequencies (``pad k``) times pad^3."""
+        sh = self.pshell.ravel()
+        w_shell = np.bincount(sh, weights=W.ravel()) / np.maximum(np.bincount(sh), 1)
+        X = D / np.where(W > 0, W + 1e-3 * w_shell[self.pshell], 1.0)
+        return ft3(padded_to_volume(X, self.n, PAD)), W[self.box_index] * PAD ** 3
+
+    def reduce(self, sums):
+        sums.reduce(self.comm)
+
+    def m_step(self, sums):
+        m, cfg, n = self.m, self.config, self.n
+        it, r_used = self.iteration, int(self.st["r_cur"])
+        eta, fudge = self.sched.step(it), self.sched.fudge(it)
+        m.sigma2, m.sigma_offset, batch_pk = batch_noise(m.parts, self.sub, sums, self.comm, r_used, self.bsize)
+        m.pclass = running_priors(m.pclass, batch_pk)
+        V = self._transforms(self.halves)
+        sh = np.minimum(self.shell, self.nsh - 1)
+        tau2 = np.maximum(m.tau2, self._batch_tau2(r_used))
+        f = np.minimum(fsc_weights(half_fsc(V), fudge, self.floor_shell)[:, sh][None],
+                       data_weights(self.W, self.half_scale, tau2, fudge, self.shell))
+        self.replaced = replace_inactive(m.pclass, cfg.class_inactivity_threshold)
+        vdam_step(V, self.W * self.R, self.W, self.mom, f, sh, eta, self.shell <= r_used, self.replaced)
+        self.R = self.W = f = None
+        if self.replaced is not None:
+            a, b = self.replaced
+            m.pclass[a] = m.pclass[b] = 0.5 * m.pclass[b]
+        low = self.shell <= self.floor_shell     # both halves in one frame and hand (see the docstring)
+        V[:, :, low] = V[:, :, low].mean(axis=0)[None]
+        res_shell = mean_fsc_shell(half_fsc(V), m.pclass, r_used)
+        self.halves = np.stack([np.stack([ift3(Vk, n) for Vk in Vh]) for Vh in V])
+        self._set_refs()
+        self.st["resolution"] = n * m.angpix / max(res_shell, 1)
+        self.st["r_cur"] = int(min(n // 2, max(self.floor_shell, res_shell + cfg.margin_shells, 3)))
+        self.start += self.bsize
+        self.st["iteration"] += 1
+        if self.iteration == cfg.iters:
+            self._final_pass()
+        stats = pose_change_stats(self.comm, self.prev, m.res, self.space, first=self.iteration == 1)
+        stats.update(iteration=self.iteration, r_cur=r_used, resolution=self.st["resolution"],
+                     sigma_offset=m.sigma_offset, pclass=m.pclass.copy(), batch=self.bsize, step=eta,
+                     fudge=fudge, replaced=self.replaced)
+        return stats
+
+    @staticmethod
+    def _transforms(halves):
+        return np.stack([np.stack([ft3(x) for x in hv]) for hv in halves])
+
+    def _batch_tau2(self, r_cur: int):
+        """(K, nsh) signal power per shell as EM would estimate it from this mini-batch (both
+        halves' unregularised reconstruction, masked, less its noise power): the references' own
+        power is no bound where they are still empty (the data weight would keep them so)."""
+        m, n = self.m, self.n
+        msq = float(np.mean(m.mask3.astype(np.float64) ** 2))
+        sh = self.shell.ravel()
+        out = []
+        for k in range(self.K):
+            W = self.W[:, k].sum(0)
+            X = (self.W[:, k] * self.R[:, k]).sum(0) / np.where(W > 0, W, 1.0)
+            power = m.power3([ift3(X, n) * m.mask3])[0]
+            w_shell = np.bincount(sh, weights=W.ravel(), minlength=self.nsh) / np.maximum(np.bincount(sh), 1)
+            out.append(mstep.tau2_from_unfiltered(power, w_shell[:self.nsh], msq, r_cur))
+        return np.array(out)
+
+    def _final_pass(self):
+        """Classes and poses of every particle against the final maps (no update)."""
+        t0 = time.time()
+        m = self.m
+        sums = m.e_step(self.samp, self.trans, int(self.st["r_cur"]))
+        m.bps = None
+        sums.reduce(self.comm)
+        m.pclass = mstep.class_priors(sums.class_weight)
+        self.log("final pass over all %d particles: %.1f s" % (self.N, time.time() - t0))
+
+    # ------------------------------------------------------------ state, files
+    def state(self):
+        if not self._writes():
+            return None
+        st = super().state()
+        st.update(halves=self.halves, grad_start=self.start, **self.mom.state())
+        return st
+
+    def restore(self, st):
+        super().restore(st)
+        self.halves = np.asarray(st["halves"], np.float64)
+        self.mom = Moments.load(st)
+        self.start = int(st["grad_start"])
+
+    def finish(self, root):
+        """``initial_model.mrc`` (the most populated class) and, with K > 1,
+        ``initial_model_classKKK.mrc``: aligned to the axes of ``--sym`` and symmetrised."""
+        if self.comm.rank != 0:
+            return
+        from ...io.mrc import write_mrc
+
+        maps = []
+        for k in range(self.K):
+            vol = self.m.refs[k]
+            if self.target_sym.upper() != "C1":
+                from ...core.symalign import align_to_symmetry
+
+                al = align_to_symmetry(vol, self.target_sym)
+                self.log("class %d aligned to %s axes: symmetry score %.3f" % (k + 1, self.target_sym, al.score))
+                vol = al.symmetrised
+            maps.append(vol)
+            if self.K > 1:
+                write_mrc(root.file("initial_model_class%03d.mrc" % (k + 1)), vol, self.ps.angpix)
+        write_mrc(root.file("initial_model.mrc"), maps[int(np.argmax(self.m.pclass))], self.ps.angpix)

@@ -1,0 +1,75 @@
+"""What the 2D and 3D VDAM drivers share: the mini-batch draw, the noise model of a mini-batch,
+and files, checkpoints and the log line every ``--grad_write_iter`` mini-batches.
+
+Each particle belongs to one of two fixed random half sets; mini-batch t takes the next
+``batch_size(t)`` particles of a seeded random order of the whole set (a new order every epoch),
+so a resumed run draws the same batches and 1 or N ranks the same particles.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...recon import mstep
+
+PRIOR_MEMORY = 0.9     # running average of the class priors over mini-batches
+
+
+def batch_indices(seed: int, N: int, start: int, size: int) -> np.ndarray:
+    """Global indices of the particles ``start .. start + size`` of the concatenated per-epoch
+    random orders (epoch e: permutation seeded by (seed, e))."""
+    out, pos = [], start
+    while len(out) < size:
+        e, off = divmod(pos, N)
+        perm = np.random.default_rng([seed, 7919, e]).permutation(N)
+        take = perm[off:off + size - len(out)]
+        out.extend(take.tolist())
+        pos += take.size
+    return np.asarray(out, np.int64)
+
+
+def half_sets(seed: int, N: int) -> np.ndarray:
+    """(N,) 0 / 1: the two fixed random half sets."""
+    return np.random.default_rng([seed, 2]).permutation(N) % 2
+
+
+def split_batch(seed: int, start: int, size: int, half, lo: int, hi: int):
+    """This rank's (particles ``lo .. hi``) indices of the mini-batch, rank-local, per half."""
+    g = batch_indices(seed, half.size, start, size)
+    loc = g[(g >= lo) & (g < hi)]
+    return [np.sort(loc[half[loc] == h] - lo) for h in (0, 1)]
+
+
+def batch_noise(parts, sub, sums, comm, r_cur: int, n_batch: int):
+    """(sigma2, sigma_offset, class priors) from the reduced sums of one mini-batch (``sub`` the
+    rank-local particles in it)."""
+    g = np.bincount(parts.groups[sub], minlength=parts.G).astype(np.float64)
+    comm.allreduce_(g)
+    counts = mstep.shell_counts(parts.shell, parts.nsh)
+    sigma2 = mstep.sigma2_update(parts.img_power, sums.noise, counts, g, r_cur)
+    return sigma2, mstep.sigma_offset(sums.offset2, n_batch), mstep.class_priors(sums.class_weight)
+
+
+def running_priors(pclass, batch_priors):
+    return PRIOR_MEMORY * np.asarray(pclass) + (1.0 - PRIOR_MEMORY) * np.asarray(batch_priors)
+
+
+class GradFiles:
+    """Mixin before the EM driver class: state, files and plots only every ``--grad_write_iter``
+    mini-batches and at the last; the per-mini-batch log line.  Needs ``self.iteration``."""
+
+    def _writes(self) -> bool:
+        return self.iteration % self.config.grad_write_iter == 0 or self.iteration >= self.config.iters
+
+    def write(self, root, state, stats):
+        return super().write(root, state, stats) if state is not None else {}
+
+    def plot(self, root, state, stats):
+        if state is not None:
+            super().plot(root, state, stats)
+
+    def log_line(self, st):
+        rep = "-" if st["replaced"] is None else "%d<-%d" % (st["replaced"][0] + 1, st["replaced"][1] + 1)
+        return ("batch %3d  size %5d  step %.3f  T %.2f  r_cur %2d  res %6.2f A  replaced %s  dclass %5.3f  "
+                "sig_off %5.2f A  (%.1f s, E-step %.1f s)" % (
+                    st["iteration"], st["batch"], st["step"], st["fudge"], st["r_cur"], st["resolution"], rep,
+                    st["changes_classes"], st["sigma_offset"], st["t_iter"], st["t_estep"]))
