@@ -59,7 +59,7 @@ IM = ["--particle_diameter", 90, "--ctf", "--random_seed", 1]
 @pytest.fixture(scope="module")
 def im_set(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("im"))
-    d, star = _write(tmp, 2000, 40, 0.1, seed=5)
+    d, star = _write(tmp, 2000, 40, 0.3, seed=5)
     return tmp, d, star
 
 
@@ -82,7 +82,7 @@ def test_initial_model_from_blobs(im_set, run_hpcem):
     vol = read_mrc(os.path.join(out, "initial_model.mrc"))[0]
     res, flipped = _fsc_to_truth(np.asarray(d.volumes[0], np.float64), vol, 3.0)
     print("initial model: FSC 0.5 at %.2f A against the truth after --align (hand flipped: %s)" % (res, flipped))
-    assert res < 5 * 3.0
+    assert res < 4 * 3.0       # measured 7.11 A
 
 
 def test_initial_model_ranks_and_continue(im_set, run_hpcem):
