@@ -122,17 +122,3 @@ class Class2DGrad(GradFiles, Class2D):
         sums.reduce(self.comm)
         self.pclass = mstep.class_priors(sums.class_weight)
         self.log("final pass over all %d particles: %.1f s" % (self.N, time.time() - t0))
-
-    # ------------------------------------------------------------ state, files
-    def state(self):
-        if not self._writes():
-            return None
-        st = super().state()
-        st.update(halves=self.halves, grad_start=self.start, **self.mom.state())
-        return st
-
-    def restore(self, st):
-        super().restore(st)
-        self.halves = np.asarray(st["halves"], np.float64)
-        self.mom = Moments.load(st)
-        self.start = int(st["grad_start"])

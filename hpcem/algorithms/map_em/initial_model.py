@@ -95,7 +95,6 @@ class InitialModel(GradFiles, Class3D):
     def e_step(self):
         m = self.m
         self.prev = {k: v.copy() for k, v in m.res.items()}
-        self.first = False
         self.bsize = self.sched.batch_size(self.iteration)
         subsets = split_batch(self.config.random_seed, self.start, self.bsize, self.half, m.lo, m.hi)
         self.sub = np.concatenate(subsets)
@@ -196,19 +195,6 @@ class InitialModel(GradFiles, Class3D):
         m.pclass = mstep.class_priors(sums.class_weight)
         self.log("final pass over all %d particles: %.1f s" % (self.N, time.time() - t0))
 
-    # ------------------------------------------------------------ state, files
-    def state(self):
-        if not self._writes():
-            return None
-        st = super().state()
-        st.update(halves=self.halves, grad_start=self.start, **self.mom.state())
-        return st
-
-    def restore(self, st):
-        super().restore(st)
-        self.halves = np.asarray(st["halves"], np.float64)
-        self.mom = Moments.load(st)
-        self.start = int(st["grad_start"])
 
     def finish(self, root):
         """``initial_model.mrc`` (the most populated class) and, with K > 1,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...recon import mstep
+from .update import Moments
 
 PRIOR_MEMORY = 0.9     # running average of the class priors over mini-batches
 
@@ -54,11 +55,26 @@ def running_priors(pclass, batch_priors):
 
 
 class GradFiles:
-    """Mixin before the EM driver class: state, files and plots only every ``--grad_write_iter``
-    mini-batches and at the last; the per-mini-batch log line.  Needs ``self.iteration``."""
+    """Mixin before the EM driver class: state (the EM state plus the half maps ``halves``, the
+    moments ``mom`` and the particle position ``start`` of the mini-batch draw), files and plots
+    only every ``--grad_write_iter`` mini-batches and at the last; the per-mini-batch log line.
+    Needs ``self.iteration``."""
 
     def _writes(self) -> bool:
         return self.iteration % self.config.grad_write_iter == 0 or self.iteration >= self.config.iters
+
+    def state(self):
+        if not self._writes():
+            return None
+        st = super().state()
+        st.update(halves=self.halves, grad_start=self.start, **self.mom.state())
+        return st
+
+    def restore(self, st):
+        super().restore(st)
+        self.halves = np.asarray(st["halves"], np.float64)
+        self.mom = Moments.load(st)
+        self.start = int(st["grad_start"])
 
     def write(self, root, state, stats):
         return super().write(root, state, stats) if state is not None else {}
