@@ -99,6 +99,14 @@ void summarise(double* lp, int64_t n, double frac, Particle& P, std::vector<PI>&
   P.logZ = mx + std::log(sum);
   P.pmax = 1.0 / sum;
   const double inv = 1.0 / sum;
+  if (frac >= 1.0) {  // exhaustive: every hypothesis, also those whose probability underflowed
+    P.sig.reserve(n);
+    for (int64_t q = 0; q < n; ++q) {
+      lp[q] *= inv;
+      P.sig.emplace_back(lp[q], q);
+    }
+    return;
+  }
   // every member of the minimal set has p >= (1 - frac) / n
   const double eps = (1.0 - frac) / (double)n;
   cand.clear();

@@ -48,6 +48,19 @@ def ift2(F: np.ndarray, n: int) -> np.ndarray:
     return sfft.fftshift(a, axes=(-2, -1))
 
 
+def ft_padded(arr: np.ndarray, P: int, ndim: int) -> np.ndarray:
+    """Half transform of the last ``ndim`` axes of ``arr`` (box n) zero-padded to ``P`` about the
+    origin ``n//2 -> P//2``: ``ft2``/``ft3`` of the centred padded array, with the pixels written
+    straight to their ifftshifted places (no padded copy to shift).  complex64 for float32."""
+    a = np.asarray(arr)
+    n = a.shape[-1]
+    wrap = (np.arange(n) - n // 2) % P
+    out = np.zeros(a.shape[:a.ndim - ndim] + (P,) * ndim, dtype=np.float32 if a.dtype == np.float32 else np.float64)
+    out[(Ellipsis,) + np.ix_(*([wrap] * ndim))] = a
+    F = sfft.rfftn(out, axes=tuple(range(-ndim, 0)), workers=WORKERS)
+    return F.astype(np.complex64 if out.dtype == np.float32 else np.complex128, copy=False)
+
+
 def ft3(vol: np.ndarray) -> np.ndarray:
     """Half transform of a volume ``(n, n, n)`` -> ``(n, n, n//2+1)``."""
     a = sfft.ifftshift(np.asarray(vol), axes=(-3, -2, -1))
@@ -113,14 +126,20 @@ def hermitian_weights2(n: int) -> np.ndarray:
     return w
 
 
-def shift_phases(n: int, shifts: np.ndarray, dtype=np.complex64) -> np.ndarray:
+def shift_phases(n: int, shifts: np.ndarray, dtype=np.complex64, index=None) -> np.ndarray:
     """Phase factors ``exp(-2 pi i k.s / n)`` for shifts ``(..., 2)`` = (sx, sy) in pixels.
 
-    Returns ``(..., n, n//2+1)``; multiplying a transform by them moves its content by +s."""
+    Returns ``(..., n, n//2+1)``, or ``(..., len(index))`` on the flat half-grid coefficients
+    ``index``; multiplying a transform by them moves its content by +s.  Separable: one exp per
+    row and per column, their products per coefficient."""
     s = np.asarray(shifts, dtype=np.float64)
-    ky, kx = kgrid2(n)
-    ph = -2.0 * np.pi / n * (s[..., 0, None, None] * kx + s[..., 1, None, None] * ky)
-    return np.exp(1j * ph).astype(dtype)
+    nh = n // 2 + 1
+    px = np.exp(-2j * np.pi / n * s[..., 0, None] * np.arange(nh))          # (..., nh)
+    py = np.exp(-2j * np.pi / n * s[..., 1, None] * freqs(n))               # (..., n)
+    if index is None:
+        return (py[..., :, None] * px[..., None, :]).astype(dtype)
+    iy, ix = np.divmod(np.asarray(index), nh)
+    return (py[..., iy] * px[..., ix]).astype(dtype)
 
 
 def resolution_of_shell(shell, n: int, angpix: float):

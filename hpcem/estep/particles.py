@@ -95,7 +95,7 @@ class FourierParticles:
         """(X, ctf) of the rank-local particles ``sel`` on coefficients ``kidx``, complex64 /
         float32 (B, M), shifted by ``+o_px`` (B, 2) pixels."""
         B = len(sel)
-        X = self.X[sel][:, kidx] * shift_phases(self.n, o_px).reshape(B, -1)[:, kidx]
+        X = self.X[sel][:, kidx] * shift_phases(self.n, o_px, index=kidx)
         if self.norm is not None:
             X /= self.norm[sel].astype(np.float32)[:, None]
         c = (np.ascontiguousarray(self.C[sel][:, kidx]) if self.C is not None

@@ -32,8 +32,8 @@ class TranslationSampling:
     def phases(self, n: int, kidx, mc: int | None = None):
         """Phase factors (coarse (T, mc), fine (4T, M)) on the coefficients ``kidx``."""
         mc = len(kidx) if mc is None else mc
-        phc = shift_phases(n, self.coarse).reshape(self.T, -1)[:, kidx[:mc]]
-        phf = shift_phases(n, self.fine).reshape(len(self.fine), -1)[:, kidx]
+        phc = shift_phases(n, self.coarse, index=kidx[:mc])
+        phf = shift_phases(n, self.fine, index=kidx)
         return np.ascontiguousarray(phc), np.ascontiguousarray(phf)
 
     def log_prior(self, o_px, sigma_offset_A: float, angpix: float):

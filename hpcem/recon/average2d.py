@@ -22,38 +22,61 @@ from .projector import Projector2D
 PAD = 2
 
 
+def band_box(n: int, r_cur: int) -> int:
+    """The smallest even FFT-friendly box (at most ``n``) that holds shells up to ``r_cur`` with
+    the two-coefficient margin bilinear interpolation reads."""
+    from scipy.fft import next_fast_len
+
+    m = next_fast_len(2 * int(r_cur) + 6, real=True)
+    return int(min(n, m + m % 2))
+
+
+def band_index(kidx, n: int, m: int) -> np.ndarray:
+    """The flat (m, m//2+1) half-grid indices of the flat (n, n//2+1) coefficients ``kidx``
+    (all within the m box): the same frequencies on the smaller grid."""
+    from ..core.fourier import freqs
+
+    ky, kx = np.divmod(np.asarray(kidx), n // 2 + 1)
+    return (freqs(n)[ky] % m) * (m // 2 + 1) + kx
+
+
 def rotate_back(data, wsum, kidx, psi_f, K: int, n: int, r_cur: int, row0: int = 0):
     """Sums over psi of (class, psi) accumulators rotated into the class frames:
     ``(D (K, n, n//2+1) complex128, W float64)``, zero beyond shell ``r_cur``.  ``data`` /
     ``wsum`` (R, M) hold rows ``row0 .. row0 + R`` of the (K * len(psi_f), M) accumulators (row
     ``k * len(psi_f) + q`` is class k at psi_f[q]); any row range works, so that ranks can each
-    rotate their share of the reduced rows."""
-    from ..core.fourier import shell_index2
+    rotate their share of the reduced rows.
 
-    nh = n // 2 + 1
-    npsi = len(psi_f)
+    The accumulators hold only shells up to ``r_cur``, so they are rotated on the band-limited
+    box :func:`band_box` (the same frequencies, the same padded-grid spacing, fewer pixels); rows
+    no particle reached are skipped."""
+    nh, npsi = n // 2 + 1, len(psi_f)
+    m = band_box(n, r_cur)
+    mh = m // 2 + 1
+    kidx_m = band_index(kidx, n, m)
     r_max = r_cur + 1.0
-    D = np.zeros((K, n, nh), np.complex128)
-    W = np.zeros((K, n, nh), np.float64)
-    R = data.shape[0]
-    for a in range(0, R, 64):                  # chunks of rows, for memory
-        b = min(R, a + 64)
-        rows = np.arange(row0 + a, row0 + b)
+    Dk = np.zeros((K, len(kidx)), np.complex128)
+    Wk = np.zeros((K, len(kidx)), np.float64)
+    live = np.flatnonzero(np.any(wsum != 0, axis=1))
+    for a in range(0, live.size, 64):          # chunks of rows, for memory
+        loc = live[a:a + 64]
+        rows = row0 + loc
         A_inv = np.swapaxes(rotation_2d(psi_f[rows % npsi]), 1, 2)
-        full = np.zeros((b - a, n * nh), np.complex128)
-        full[:, kidx] = data[a:b]
-        idx = np.arange(b - a)
-        rot = Projector2D.from_images(ift2(full.reshape(-1, n, nh), n), pad=PAD).project(A_inv, idx, r_max=r_max)
-        wf = np.zeros((b - a, n * nh), np.complex64)
-        wf[:, kidx] = wsum[a:b]
-        wrot = Projector2D(np.ascontiguousarray(wf.reshape(-1, n, nh)), n, pad=1).project(A_inv, idx,
-                                                                                          r_max=r_max).real
+        full = np.zeros((loc.size, m * mh), np.complex128)
+        full[:, kidx_m] = data[loc]
+        idx = np.arange(loc.size)
+        rot = Projector2D.from_images(ift2(full.reshape(-1, m, mh), m), pad=PAD).project(A_inv, idx, r_max=r_max)
+        wf = np.zeros((loc.size, m * mh), np.complex64)
+        wf[:, kidx_m] = wsum[loc]
+        wrot = Projector2D(wf.reshape(-1, m, mh), m, pad=1).project(A_inv, idx, r_max=r_max).real
         cls = rows // npsi
         first = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])      # the chunk's class segments
-        D[cls[first]] += np.add.reduceat(rot.astype(np.complex128), first, axis=0)
-        W[cls[first]] += np.add.reduceat(wrot.astype(np.float64), first, axis=0)
-    inside = shell_index2(n) <= r_cur
-    return D * inside, W * inside
+        Dk[cls[first]] += np.add.reduceat(rot.reshape(loc.size, -1)[:, kidx_m].astype(np.complex128), first, axis=0)
+        Wk[cls[first]] += np.add.reduceat(wrot.reshape(loc.size, -1)[:, kidx_m].astype(np.float64), first, axis=0)
+    D = np.zeros((K, n * nh), np.complex128)
+    W = np.zeros((K, n * nh), np.float64)
+    D[:, kidx], W[:, kidx] = Dk, Wk
+    return D.reshape(K, n, nh), W.reshape(K, n, nh)
 
 
 def class_averages(D, W, tau2, fudge: float, shell2, inside, mask) -> np.ndarray:

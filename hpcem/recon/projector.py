@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from hpcem import kernels
-from hpcem.core.fourier import ft2, ft3, ift2, ift3
+from hpcem.core.fourier import ft_padded, ift2, ift3
 from hpcem.recon.gridding import density_weights, soft_mask_outside
 
 GRIDDING_ITERS = 10   # density-compensation iterations of a 3D reconstruction (RELION's --iter)
@@ -122,10 +122,8 @@ def _padded_transform(arr, pad, ndim: int):
     (``ndim`` 3) or a stack of images (``ndim`` 2, leading axis); origin at P//2."""
     n = arr.shape[-1]
     P = int(round(pad * n))
-    o = P // 2 - n // 2
-    padded = np.zeros(arr.shape[:arr.ndim - ndim] + (P,) * ndim, dtype=np.float32)
-    padded[(Ellipsis,) + (slice(o, o + n),) * ndim] = arr / gridding_correction(n, P, ndim)
-    return np.ascontiguousarray((ft3 if ndim == 3 else ft2)(padded), dtype=np.complex64), n
+    corrected = (arr / gridding_correction(n, P, ndim)).astype(np.float32)
+    return np.ascontiguousarray(ft_padded(corrected, P, ndim), dtype=np.complex64), n
 
 
 class _Padded:
