@@ -2,7 +2,7 @@
 
 * the mini-batch schedule (sizes, step, T) follows the seed's defaults and limits;
 * mini-batches cover every particle once per epoch, the same after a resume;
-* one full-batch step with eta = 1 and no gradient noise is the EM (Wiener) update f D / W;
+* one full-batch step with eta = 1, full trust and no gradient noise is the EM update D / W;
 * inactive-class replacement picks the least and the most populated classes;
 * on 10 projection classes, VDAM separates the classes (ARI against the truth), writes RELION's
   files every --grad_write_iter mini-batches, and 1 vs 2 ranks and --continue give the same result.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hpcem.algorithms.vdam.minibatch import batch_indices
-from hpcem.algorithms.vdam import Moments, Schedule, replace_inactive, vdam_step
+from hpcem.algorithms.vdam import Moments, Schedule, replace_inactive, vdam_update
 from hpcem.algorithms.vdam.update import fsc_weights, half_fsc
 from hpcem.io.mrc import read_mrc
 from hpcem.io.star import read_star
@@ -49,25 +49,27 @@ def test_batches_cover_each_epoch():
 
 
 def test_noise_free_full_step_is_the_wiener_update(rng):
+    """With both half gradients equal (no gradient noise), full trust (FSC weight 1 below the
+    floor shell, data weight ~1) and eta = 1, one step lands on the EM solution D / W."""
     K, n = 3, 16
     grid = (n, n // 2 + 1)
-    V = (rng.normal(size=(K,) + grid) + 1j * rng.normal(size=(K,) + grid))
-    V = np.stack([V, V])
+    V = rng.normal(size=(K,) + grid) + 1j * rng.normal(size=(K,) + grid)
     truth = rng.normal(size=(K,) + grid) + 1j * rng.normal(size=(K,) + grid)
     W = np.abs(rng.normal(size=(K,) + grid)) + 5.0
     D = np.stack([W * truth, W * truth])
     W2 = np.stack([W, W])
     shell = np.minimum(np.rint(np.hypot(*np.meshgrid(np.fft.fftfreq(n, 1 / n), np.arange(n // 2 + 1),
                                                      indexing="ij"))).astype(int), n // 2)
-    f = np.full((1, K) + grid, 0.7)
     mom = Moments.zeros(K, grid)
-    out = vdam_step(V.copy(), D, W2, mom, f, shell, 1.0, np.ones(grid, bool))
+    tau2 = np.full((K, n // 2 + 1), 1e12)
+    out = V.copy()
+    fsc = vdam_update(out, D, W2, mom, np.ones(2), tau2, 1.0, n, shell, 1.0, n // 2)
     eps = 1e-3 * W.mean()
-    expect = 0.7 * (D[0] + eps * V[0]) / (W + eps)        # f D / W up to the stability constant
-    assert np.allclose(out[0], expect, rtol=1e-9, atol=1e-9)
-    assert np.allclose(out[1], out[0])
+    expect = (D[0] + eps * V) / (W + eps)        # D / W up to the stability constant
+    assert np.allclose(out, expect, rtol=1e-6, atol=1e-9)
+    assert np.allclose(fsc[:, 1:], 1.0)          # the half estimates V + m_h are equal
     # the FSC weights: 1 below the floor shell, T s / (1 + T s) above
-    fsc = half_fsc(np.stack([V[0], V[0] + 0.5 * truth]))
+    fsc = half_fsc(np.stack([V, V + 0.5 * truth]))
     w = fsc_weights(fsc, 2.0, floor_shell=2)
     assert np.all(w[:, :3] == 1.0)
     s = np.clip(fsc[:, 5], 0, 0.999) / (1 - np.clip(fsc[:, 5], 0, 0.999))

@@ -1,11 +1,11 @@
 """2D classification by VDAM (relion_refine --grad, seed 000 sections 3.1.2-3.1.5): the E-step
 of :class:`~.class2d.Class2D` on mini-batches, the model updated by
-:func:`hpcem.algorithms.vdam.vdam_step` instead of EM's M-step.
+:func:`hpcem.algorithms.vdam.vdam_update` instead of EM's M-step.
 
-A mini-batch's particles of half set h (:mod:`hpcem.algorithms.vdam.minibatch`) are aligned
-against the half-h references and their sums update those (so the half-set FSC measures the
-references' SNR).  The E-step resolution limit grows from ``--ini_high`` by the half-set FSC (0.143 plus
-the margin; never below ``--grad_min_resol``).  After the last mini-batch one pass over all
+All particles of a mini-batch are aligned against the one map per class; each half set's
+(:mod:`hpcem.algorithms.vdam.minibatch`) E-step sums give that half's gradient.  The E-step
+resolution limit grows from ``--ini_high`` by the FSC of the half estimates (0.143 plus the
+margin; never below ``--grad_min_resol``).  After the last mini-batch one pass over all
 particles assigns classes and poses (the final references are not updated by it).  Files and
 checkpoints every ``--grad_write_iter`` mini-batches and at the last.
 """
@@ -18,10 +18,10 @@ import numpy as np
 from ...core.filters import lowpass
 from ...core.fourier import ft2, ift2, shell_index2
 from ...recon import mstep
-from ..vdam import Moments, Schedule, fsc_weights, replace_inactive, vdam_step
+from ..vdam import Moments, Schedule, replace_inactive, vdam_update
 from ..vdam.blobs import blob_images, signal_std
 from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
-from ..vdam.update import data_weights, half_fsc, mean_fsc_shell
+from ..vdam.update import mean_fsc_shell
 from .class2d import Class2D
 from .results import pose_change_stats
 
@@ -35,7 +35,7 @@ class Class2DGrad(GradFiles, Class2D):
         self.half = half_sets(cfg.random_seed, self.N)
         self.shell = shell_index2(self.n)
         self.floor_shell = int(self.n * self.angpix / cfg.grad_min_resol) if cfg.grad_min_resol > 0 else 0
-        self.halves = self.mom = None
+        self.maps = self.mom = None
         self.replaced = None
 
     # ------------------------------------------------------------ start
@@ -50,7 +50,7 @@ class Class2DGrad(GradFiles, Class2D):
             scale = sd / np.maximum(blobs[:, inside].std(axis=1), 1e-30)
             self.refs = (blobs * scale[:, None, None]).astype(np.float32)
             self.tau2 = self._power(self.refs)
-        self.halves = np.stack([self.refs, self.refs]).astype(np.float64)
+        self.maps = self.refs.astype(np.float64)
         self.mom = Moments.zeros(K, (n, n // 2 + 1))
         self.start = 0
 
@@ -66,7 +66,7 @@ class Class2DGrad(GradFiles, Class2D):
         self.half_scale = np.bincount(self.half, minlength=2) / np.maximum(cnt, 1.0)
         DW, total = [], None
         for h in (0, 1):
-            sums = self.estep_on(self.halves[h].astype(np.float32), subsets[h])
+            sums = self.estep_on(self.refs, subsets[h])
             DW.append(self.rotated_sums())
             if total is None:
                 total = sums
@@ -85,23 +85,19 @@ class Class2DGrad(GradFiles, Class2D):
         self.sigma2, self.sigma_offset, batch_pk = batch_noise(self.parts, self.sub, sums, self.comm, self.r_cur,
                                                                self.bsize)
         self.pclass = running_priors(self.pclass, batch_pk)
-        V = ft2(self.halves)
-        fsc = half_fsc(V)
-        sh = np.minimum(self.shell, self.nsh - 1)
-        f = np.minimum(fsc_weights(fsc, fudge, self.floor_shell)[:, sh][None],
-                       data_weights(self.W, self.half_scale, self.tau2, fudge, self.shell))
         self.replaced = replace_inactive(self.pclass, cfg.class_inactivity_threshold)
-        vdam_step(V, self.D, self.W, self.mom, f, sh, eta, self.shell <= self.r_cur, self.replaced)
+        V = ft2(self.maps)
+        fsc = vdam_update(V, self.D, self.W, self.mom, self.half_scale, self.tau2, fudge, self.floor_shell,
+                          self.shell, eta, self.r_cur, self.replaced)
         if self.replaced is not None:
             a, b = self.replaced
             self.pclass[a] = self.pclass[b] = 0.5 * self.pclass[b]
-        self.halves = ift2(V, n) * self.mask
-        self.refs = self.halves.mean(0).astype(np.float32)
+        self.maps = ift2(V, n) * self.mask
+        self.refs = self.maps.astype(np.float32)
         self.tau2 = self._power(self.refs)
         self.D = self.W = None
         r_used = self.r_cur
-        fsc_new = half_fsc(ft2(self.halves))
-        res_shell = mean_fsc_shell(fsc_new, self.pclass, self.r_cur)
+        res_shell = mean_fsc_shell(fsc, self.pclass, self.r_cur)
         self.resolution = n * self.angpix / max(res_shell, 1)
         self.r_cur = int(min(n // 2, max(self.floor_shell, res_shell + cfg.margin_shells, 3)))
         self.start += self.bsize

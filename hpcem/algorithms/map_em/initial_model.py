@@ -1,25 +1,20 @@
 """3D initial model by VDAM (relion_refine --grad --denovo_3dref, seed 000 sections 3.1.2-3.1.5):
 the E-step of :class:`~.model3d.Model3D` on mini-batches, the K maps updated by
-:func:`hpcem.algorithms.vdam.vdam_step` instead of EM's M-step, in C1 from random Gaussian blobs.
+:func:`hpcem.algorithms.vdam.vdam_update` instead of EM's M-step, in C1 from random Gaussian blobs.
 
-The model is a pair of half maps per class (the particles' two fixed half sets,
-:mod:`hpcem.algorithms.vdam.minibatch`).  The VDAM step works on the n-box half grid, as in 2D:
-each half's mini-batch accumulators (data and CTF^2 weight on the padded grid) become the
-unregularised estimate ``R_h = ft3(padded_to_volume(D / W))`` with the weight ``W_h`` at the
-padded voxels of the n-box frequencies (n-box units: pad^3 x), and ``vdam_step`` takes
-``(W_h R_h, W_h)`` as its sums.  (Stepping on the padded grid itself, the zero-padding's sinc
-tails of the halves' common low-resolution part, shrunk differently per half, came back through
-the crop as common high-frequency content: half-set FSC 0.27 at every shell beyond the data.)
-The half maps are kept unmasked, the E-step's references masked by the particle sphere (the
-mask's leakage of the common part is common high-frequency content too: FSC 0.9 at shells 20-32
-after 8 mini-batches).  The half-set FSC weights the update and sets the E-step's resolution
-limit (0.143 plus the margin, never below ``--grad_min_resol``).  Below ``--grad_min_resol`` the
-halves are averaged after every step (as refine3d's --low_resol_join_halves): started from blobs,
-two independent halves drift into different solutions (another frame, measured: the same
-structure rotated by 38 degrees) and their FSC never rises.  The data weight's signal power is
-the larger of the references' and EM's estimate from the mini-batch (the references' own power
-alone keeps shells they have not reached empty: FSC 0.5 at 14.4 A from the true map at 20 A,
-10.5 A with the mini-batch's estimate).  After the last mini-batch one pass over all particles assigns
+One map per class, every particle of a mini-batch aligned against it (masked by the particle
+sphere); the particles' two fixed half sets (:mod:`hpcem.algorithms.vdam.minibatch`) give two
+gradients.  The VDAM step works on the n-box half grid, as in 2D: each half's mini-batch
+accumulators (data and CTF^2 weight on the padded grid) become the unregularised estimate ``R_h =
+ft3(padded_to_volume(D / W))`` with the weight ``W_h`` at the padded voxels of the n-box
+frequencies (n-box units: pad^3 x), and ``vdam_update`` takes ``(W_h R_h, W_h)`` as its sums.
+(Stepping on the padded grid itself, the zero-padding's sinc tails came back through the crop as
+high-frequency content.)  The maps are kept unmasked, the E-step's references masked.  The FSC of
+the half estimates weights the update and sets the E-step's resolution limit (0.143 plus the
+margin, never below ``--grad_min_resol``).  The data weight's signal power is the larger of the
+references' and EM's estimate from the mini-batch (the references' own power alone keeps shells
+they have not reached empty: FSC 0.5 at 14.4 A from the true map at 20 A, 10.5 A with the
+mini-batch's estimate).  After the last mini-batch one pass over all particles assigns
 classes and poses; :meth:`finish` then aligns each map to the symmetry axes of ``--sym`` and
 symmetrises it (:mod:`hpcem.core.symalign`), writing ``initial_model.mrc`` beside the rootname
 (RELION's InitialModel job: VDAM in C1, then relion_align_symmetry).
@@ -35,10 +30,10 @@ from ...core.filters import lowpass
 from ...core.fourier import freqs, ft3, ift3, shell_index3
 from ...recon import mstep
 from ...recon.projector import padded_shells, padded_to_volume
-from ..vdam import Moments, Schedule, fsc_weights, replace_inactive, vdam_step
+from ..vdam import Moments, Schedule, replace_inactive, vdam_update
 from ..vdam.blobs import blob_images, signal_std
 from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
-from ..vdam.update import data_weights, half_fsc, mean_fsc_shell
+from ..vdam.update import mean_fsc_shell
 from .class3d import Class3D
 from .results import pose_change_stats
 from .space3d import PAD
@@ -60,7 +55,7 @@ class InitialModel(GradFiles, Class3D):
         self.nsh = n // 2 + 1
         self.floor_shell = int(n * ps.angpix / cfg.grad_min_resol) if cfg.grad_min_resol > 0 else 0
         self.st["r_cur"] = max(self.floor_shell, 3)
-        self.halves = self.mom = self.replaced = None
+        self.maps = self.mom = self.replaced = None
         self.start = 0
 
     @property
@@ -74,7 +69,7 @@ class InitialModel(GradFiles, Class3D):
             vols = blob_images(K, n, m.radius_px, cfg.random_seed, dim=3)
         else:   # a soft sphere of the particle's radius in every class
             vols = np.repeat(m.mask3[None].astype(np.float64), K, axis=0)
-        if cfg.grad_min_resol > 0:   # no identical high-frequency content in both halves to start with
+        if cfg.grad_min_resol > 0:   # no high-frequency content the data have not put there
             vols = lowpass(vols, cfg.grad_min_resol, m.angpix, dims=3)
         vols *= m.mask3
         proj = vols.sum(axis=1)
@@ -82,13 +77,13 @@ class InitialModel(GradFiles, Class3D):
         inside = (c[:, None] ** 2 + c[None, :] ** 2) < m.radius_px ** 2
         sd = signal_std(self.ps, m.radius_px, cfg.random_seed)
         vols *= (sd / np.maximum(proj[:, inside].std(axis=1), 1e-30))[:, None, None, None]
-        self.halves = np.stack([vols, vols])
+        self.maps = vols
         self._set_refs()
         m.sigma2 = m.img_power.copy()
         self.mom = Moments.zeros(K, self.shell.shape)
 
     def _set_refs(self):
-        self.m.refs = (self.halves.mean(0) * self.m.mask3).astype(np.float32)
+        self.m.refs = (self.maps * self.m.mask3).astype(np.float32)
         self.m.tau2 = self.m.power3(self.m.refs)
 
     # ------------------------------------------------------------ one mini-batch
@@ -103,7 +98,6 @@ class InitialModel(GradFiles, Class3D):
         self.half_scale = np.bincount(self.half, minlength=2) / np.maximum(cnt, 1.0)
         R, W, total = [], [], None
         for h in (0, 1):
-            m.refs = (self.halves[h] * m.mask3).astype(np.float32)
             sums = m.e_step(self.samp, self.trans, int(self.st["r_cur"]), subset=subsets[h])
             for bp in m.bps:
                 self.comm.allreduce_(bp.data)
@@ -137,21 +131,17 @@ class InitialModel(GradFiles, Class3D):
         eta, fudge = self.sched.step(it), self.sched.fudge(it)
         m.sigma2, m.sigma_offset, batch_pk = batch_noise(m.parts, self.sub, sums, self.comm, r_used, self.bsize)
         m.pclass = running_priors(m.pclass, batch_pk)
-        V = self._transforms(self.halves)
-        sh = np.minimum(self.shell, self.nsh - 1)
         tau2 = np.maximum(m.tau2, self._batch_tau2(r_used))
-        f = np.minimum(fsc_weights(half_fsc(V), fudge, self.floor_shell)[:, sh][None],
-                       data_weights(self.W, self.half_scale, tau2, fudge, self.shell))
         self.replaced = replace_inactive(m.pclass, cfg.class_inactivity_threshold)
-        vdam_step(V, self.W * self.R, self.W, self.mom, f, sh, eta, self.shell <= r_used, self.replaced)
-        self.R = self.W = f = None
+        V = np.stack([ft3(x) for x in self.maps])
+        fsc = vdam_update(V, self.W * self.R, self.W, self.mom, self.half_scale, tau2, fudge, self.floor_shell,
+                          self.shell, eta, r_used, self.replaced)
+        self.R = self.W = None
         if self.replaced is not None:
             a, b = self.replaced
             m.pclass[a] = m.pclass[b] = 0.5 * m.pclass[b]
-        low = self.shell <= self.floor_shell     # both halves in one frame and hand (see the docstring)
-        V[:, :, low] = V[:, :, low].mean(axis=0)[None]
-        res_shell = mean_fsc_shell(half_fsc(V), m.pclass, r_used)
-        self.halves = np.stack([np.stack([ift3(Vk, n) for Vk in Vh]) for Vh in V])
+        res_shell = mean_fsc_shell(fsc, m.pclass, r_used)
+        self.maps = np.stack([ift3(Vk, n) for Vk in V])
         self._set_refs()
         self.st["resolution"] = n * m.angpix / max(res_shell, 1)
         self.st["r_cur"] = int(min(n // 2, max(self.floor_shell, res_shell + cfg.margin_shells, 3)))
@@ -164,10 +154,6 @@ class InitialModel(GradFiles, Class3D):
                      sigma_offset=m.sigma_offset, pclass=m.pclass.copy(), batch=self.bsize, step=eta,
                      fudge=fudge, replaced=self.replaced)
         return stats
-
-    @staticmethod
-    def _transforms(halves):
-        return np.stack([np.stack([ft3(x) for x in hv]) for hv in halves])
 
     def _batch_tau2(self, r_cur: int):
         """(K, nsh) signal power per shell as EM would estimate it from this mini-batch (both

@@ -55,7 +55,7 @@ def running_priors(pclass, batch_priors):
 
 
 class GradFiles:
-    """Mixin before the EM driver class: state (the EM state plus the half maps ``halves``, the
+    """Mixin before the EM driver class: state (the EM state plus the class maps ``maps``, the
     moments ``mom`` and the particle position ``start`` of the mini-batch draw), files and plots
     only every ``--grad_write_iter`` mini-batches and at the last; the per-mini-batch log line.
     Needs ``self.iteration``."""
@@ -67,12 +67,12 @@ class GradFiles:
         if not self._writes():
             return None
         st = super().state()
-        st.update(halves=self.halves, grad_start=self.start, **self.mom.state())
+        st.update(maps=self.maps, grad_start=self.start, **self.mom.state())
         return st
 
     def restore(self, st):
         super().restore(st)
-        self.halves = np.asarray(st["halves"], np.float64)
+        self.maps = np.asarray(st["maps"], np.float64)
         self.mom = Moments.load(st)
         self.start = int(st["grad_start"])
 
