@@ -119,3 +119,63 @@ def test_initial_model_ten_seeds(tmp_path, run_hpcem):
         hands += not flipped
     print("%d of 10 better than 4 px; right hand in %d" % (good, hands))
     assert good >= 9
+
+
+def _in_symmetry_frame(truth, vol):
+    """FSC-0.5 resolution (pixels of the 64 box at 3 A/px: A) of ``vol`` against ``truth`` in the
+    symmetry frame: the best over the frame's own ambiguity (the 24 rotations of the octahedral
+    group, which permute the D2 axes, and the hand), with no translation or fine rotation."""
+    from hpcem.core.align3d import transform_volume
+    from hpcem.core.symmetry import symmetry_ops
+
+    n = vol.shape[0]
+    best = np.inf
+    for flip in (False, True):
+        for g in symmetry_ops("O"):
+            _, curve = fsc(truth, transform_volume(vol, g, np.zeros(3), flip=flip, order=1))
+            best = min(best, resolution_at(curve, 0.5, n, 3.0))
+    return best
+
+
+@pytest.mark.skipif(not FULL, reason="full-size initial-model checks: HPCEM_FULL_TESTS=1")
+def test_initial_model_d2_in_the_symmetry_frame(tmp_path, run_hpcem):
+    """A D2 map, C1 VDAM then --sym D2: the symmetrised map is the truth in the symmetry frame."""
+    from hpcem.core.symalign import symmetrise
+    from hpcem.core.symmetry import symmetry_ops
+    from hpcem.simulate.particles import simulate_dataset
+    from hpcem.simulate.volumes import pseudo_atomic_volume
+    from hpcem.simulate.write import write_dataset
+
+    truth = symmetrise(pseudo_atomic_volume(64, 3.0, seed=11), symmetry_ops("D2")).astype(np.float64)
+    d = simulate_dataset(n=64, n_particles=5000, angpix=3.0, snr=0.05, ctf=True, seed=11, volumes=[truth])
+    write_dataset(d, str(tmp_path))
+    out = os.path.join(str(tmp_path), "D2")
+    run_hpcem(["initial_model", "--i", os.path.join(str(tmp_path), "particles.star"), "--o", out + "/run",
+               "--particle_diameter", 150, "--ctf", "--sym", "D2", "--random_seed", 1, "--grad_write_iter", 200])
+    res = _in_symmetry_frame(truth, read_mrc(os.path.join(out, "initial_model.mrc"))[0].astype(np.float64))
+    print("D2: FSC 0.5 against the truth in the symmetry frame %.2f A" % res)
+    assert res < 4 * 3.0
+
+
+@pytest.mark.skipif(not FULL, reason="full-size initial-model checks: HPCEM_FULL_TESTS=1")
+def test_initial_model_three_maps(tmp_path, run_hpcem):
+    """K = 3 on a mixture of three different maps: each found (FSC 0.5 better than 5 px after
+    --align), classes agree with the truth (ARI >= 0.8)."""
+    from hpcem.io.star import read_star
+    from hpcem.metrics import adjusted_rand_index
+    from hpcem.simulate.particles import simulate_dataset
+    from hpcem.simulate.volumes import pseudo_atomic_volume
+    from hpcem.simulate.write import write_dataset
+
+    truths = [pseudo_atomic_volume(64, 3.0, seed=s).astype(np.float64) for s in (21, 22, 23)]
+    d = simulate_dataset(n=64, n_particles=6000, angpix=3.0, snr=0.05, ctf=True, seed=12, volumes=truths)
+    write_dataset(d, str(tmp_path))
+    out = os.path.join(str(tmp_path), "K3")
+    run_hpcem(["initial_model", "--i", os.path.join(str(tmp_path), "particles.star"), "--o", out + "/run",
+               "--particle_diameter", 150, "--ctf", "--K", 3, "--random_seed", 1, "--grad_write_iter", 200])
+    c = read_star(os.path.join(out, "run_it200_data.star"))["particles"]["rlnClassNumber"].to_numpy()
+    ari = adjusted_rand_index(c, d.classes)
+    maps = [read_mrc(os.path.join(out, "initial_model_class%03d.mrc" % (k + 1)))[0] for k in range(3)]
+    res = [min(_fsc_to_truth(t, m, 3.0)[0] for m in maps) for t in truths]
+    print("K = 3: ARI %.3f, FSC 0.5 of the best class per true map %s A" % (ari, np.round(res, 2)))
+    assert ari >= 0.8 and max(res) < 5 * 3.0
