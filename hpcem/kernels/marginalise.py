@@ -200,7 +200,9 @@ def posteriors(diff2, logprior_t, logprior_j, frac: float = 0.999) -> Posteriors
     hypothesis order* ((t, j) row-major per particle), not sorted by weight, so a caller
     that keeps only part of it must select by weight itself.  Ties at the smallest chosen
     probability are taken in hypothesis order; probabilities below ``exp(-50)`` of the
-    largest count as 0 and are never significant.
+    largest count as 0 and are never significant, except with ``frac = 1``, which keeps every
+    hypothesis of a particle with a finite maximum (exhaustive: a coarse hypothesis whose
+    probability underflowed may still have probable fine children).
 
     cupy ``diff2`` (the priors may be cupy or host arrays): everything runs on the device
     (the log-sum-exp kernel, then the selection with cupy sorts and prefix sums); only the
@@ -240,7 +242,7 @@ def _dense_posteriors(xp, B, T, J, frac, lse, chunk_bytes=256 << 20) -> Posterio
         i1 = min(B, i0 + rows)
         prob = xp.empty((i1 - i0, n), dtype=np.float64)
         lse(i0, i1, logZ[i0:i1], pmax[i0:i1], arg[i0:i1], prob)
-        sig = _significant_mask(xp, prob, frac)
+        sig = _significant_mask(xp, prob, frac, arg[i0:i1] >= 0)
         nsig[i0:i1] = xp.count_nonzero(sig, axis=1)
         r, q = xp.nonzero(sig)  # row-major: particle, then hypothesis (t, j) order
         t_parts.append((q // max(J, 1)).astype(np.int32))
@@ -255,15 +257,18 @@ def _dense_posteriors(xp, B, T, J, frac, lse, chunk_bytes=256 << 20) -> Posterio
                       cat(j_parts, np.int32), cat(w_parts, np.float32))
 
 
-def _significant_mask(xp, prob, frac):
+def _significant_mask(xp, prob, frac, valid):
     """Boolean mask of each row's significant set: the smallest set whose probabilities, in
     descending order, sum to >= ``frac``, ties at the smallest chosen probability taken in
     index order, never a zero probability; as csrc/posteriors.cpp (whose candidates are the
     p > 0 with p >= (1 - frac) / n: no member of the minimal set is smaller).  Works on
-    numpy and cupy arrays alike, with no host round trip."""
+    numpy and cupy arrays alike, with no host round trip.  ``frac >= 1``: every hypothesis of
+    the ``valid`` rows (a finite maximum), zeros included, as the CPU's exhaustive case."""
     R, n = prob.shape
     if R == 0 or n == 0:
         return xp.zeros((R, n), dtype=bool)
+    if frac >= 1.0:
+        return xp.repeat(valid[:, None], n, axis=1)
     ncand = xp.count_nonzero((prob > 0) & (prob >= (1.0 - frac) / n), axis=1)
     desc = xp.sort(prob, axis=1)[:, ::-1]
     # set size: 1 + how many times the mass still needed stays > 0, taking the largest first;
