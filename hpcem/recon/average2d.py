@@ -14,9 +14,10 @@ enough to flip the class of a particle whose posterior is flat.
 from __future__ import annotations
 
 import numpy as np
+from scipy.fft import next_fast_len
 
 from ..core.euler import rotation_2d
-from ..core.fourier import ift2
+from ..core.fourier import freqs, ift2
 from .projector import Projector2D
 
 PAD = 2
@@ -25,8 +26,6 @@ PAD = 2
 def band_box(n: int, r_cur: int) -> int:
     """The smallest even FFT-friendly box (at most ``n``) that holds shells up to ``r_cur`` with
     the two-coefficient margin bilinear interpolation reads."""
-    from scipy.fft import next_fast_len
-
     m = next_fast_len(2 * int(r_cur) + 6, real=True)
     return int(min(n, m + m % 2))
 
@@ -34,8 +33,6 @@ def band_box(n: int, r_cur: int) -> int:
 def band_index(kidx, n: int, m: int) -> np.ndarray:
     """The flat (m, m//2+1) half-grid indices of the flat (n, n//2+1) coefficients ``kidx``
     (all within the m box): the same frequencies on the smaller grid."""
-    from ..core.fourier import freqs
-
     ky, kx = np.divmod(np.asarray(kidx), n // 2 + 1)
     return (freqs(n)[ky] % m) * (m // 2 + 1) + kx
 

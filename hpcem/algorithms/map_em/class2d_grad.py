@@ -21,7 +21,7 @@ from ...recon import mstep
 from ..vdam import Moments, Schedule, replace_inactive, vdam_update
 from ..vdam.blobs import blob_images, signal_std
 from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
-from ..vdam.update import mean_fsc_shell
+from ..vdam.update import mean_fsc_shell, share_prior
 from .class2d import Class2D
 from .results import pose_change_stats
 
@@ -89,9 +89,7 @@ class Class2DGrad(GradFiles, Class2D):
         V = ft2(self.maps)
         fsc = vdam_update(V, self.D, self.W, self.mom, self.half_scale, self.tau2, fudge, self.floor_shell,
                           self.shell, eta, self.r_cur, self.replaced)
-        if self.replaced is not None:
-            a, b = self.replaced
-            self.pclass[a] = self.pclass[b] = 0.5 * self.pclass[b]
+        share_prior(self.pclass, self.replaced)
         self.maps = ift2(V, n) * self.mask
         self.refs = self.maps.astype(np.float32)
         self.tau2 = self._power(self.refs)

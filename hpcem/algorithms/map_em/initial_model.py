@@ -33,7 +33,7 @@ from ...recon.projector import padded_shells, padded_to_volume
 from ..vdam import Moments, Schedule, replace_inactive, vdam_update
 from ..vdam.blobs import blob_images, signal_std
 from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
-from ..vdam.update import mean_fsc_shell
+from ..vdam.update import mean_fsc_shell, share_prior
 from .class3d import Class3D
 from .results import pose_change_stats
 from .space3d import PAD
@@ -137,9 +137,7 @@ class InitialModel(GradFiles, Class3D):
         fsc = vdam_update(V, self.W * self.R, self.W, self.mom, self.half_scale, tau2, fudge, self.floor_shell,
                           self.shell, eta, r_used, self.replaced)
         self.R = self.W = None
-        if self.replaced is not None:
-            a, b = self.replaced
-            m.pclass[a] = m.pclass[b] = 0.5 * m.pclass[b]
+        share_prior(m.pclass, self.replaced)
         res_shell = mean_fsc_shell(fsc, m.pclass, r_used)
         self.maps = np.stack([ift3(Vk, n) for Vk in V])
         self._set_refs()

@@ -162,3 +162,10 @@ def replace_inactive(pclass, rho: float):
     if K < 2 or rho <= 0 or pclass[a] >= rho / K:
         return None
     return a, int(np.argmax(pclass))
+
+
+def share_prior(pclass, replace) -> None:
+    """Eq 15's classes ``replace`` = (a, b) share b's prior, in place (nothing for None)."""
+    if replace is not None:
+        a, b = replace
+        pclass[a] = pclass[b] = 0.5 * pclass[b]
