@@ -157,3 +157,26 @@ def test_vdam_replacement_keeps_classes_busy(vdam_set, run_hpcem):
     print("class sizes %s; true classes found %s" % (sizes.tolist(), sorted(found)))
     assert sizes.min() >= 1
     assert found == set(np.unique(d.classes).tolist())
+
+
+def test_vdam_final_em_iterations(vdam_set, run_hpcem):
+    """--grad_em_iters 2: the last two of --iter are EM iterations over all particles (no final
+    pass), classes as good as VDAM's, and a run resumed before them equals an uninterrupted one."""
+    tmp, d, star = vdam_set
+    base = ["class2d", "--i", star, "--iter", 24, "--grad_em_iters", 2, "--grad_write_iter", 22] + GRAD
+    full, part = os.path.join(tmp, "em_full"), os.path.join(tmp, "em_part")
+    p = run_hpcem(base + ["--o", full + "/run"])
+    em_lines = [ln for ln in p.stdout.splitlines() if ln.startswith("EM it")]
+    print("\n".join(em_lines))
+    assert [ln.split()[2] for ln in em_lines] == ["23", "24"]
+    assert "final pass" not in p.stdout
+    c = read_star(os.path.join(full, "run_it024_data.star"))["particles"]["rlnClassNumber"].to_numpy()
+    ari = adjusted_rand_index(c, d.classes)
+    print("VDAM 22 + EM 2: ARI %.3f" % ari)
+    assert ari >= 0.9
+    shutil.copytree(full, part)
+    os.remove(os.path.join(part, "run_it024_classes.mrcs"))
+    run_hpcem(["class2d", "--continue", os.path.join(part, "run_it022_optimiser.star")])
+    r1 = read_mrc(os.path.join(full, "run_it024_classes.mrcs"))[0]
+    r2 = read_mrc(os.path.join(part, "run_it024_classes.mrcs"))[0]
+    assert np.linalg.norm(r1 - r2) / np.linalg.norm(r1) < 1e-4

@@ -6,7 +6,7 @@ A *space* (``hpcem.algorithms.map_em.space2d.InPlaneSpace``, ``...space3d.Projec
 describes the hypotheses j = class x orientation: ``K``, ``Jc1`` / ``Jf1`` (coarse / fine
 orientations per class), ``children`` (fine children of a coarse j), ``cap_groups`` (groups of
 the maxsig cap), ``coarse_step_deg``, ``pose_keys``, and the methods ``begin(kidx, mc, r_max,
-r_max_coarse, dense) -> (refs_c, refs_f)``, ``dense_sums()`` (accumulators (Jf, M) or None), ``insert(res,
+r_max_coarse, dense, n_slots) -> (refs_c, refs_f)``, ``dense_sums(slot)`` (accumulators (Jf, M) or None), ``insert(res,
 kidx, r_max)`` (compacted sums), ``class_of(jf)``, ``poses(jf)`` (dict of pose columns) and, for
 local searches, ``neighbours(results, sigma, nsigma)`` and ``coarse_index(class, j1)``.
 """
@@ -85,12 +85,14 @@ def noise_weights(sigma2, hw, sh):
 
 def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_class_prior,
               r_cur: int, radius_px: float, opts: EStepOptions, candidates=None, remap=None,
-              subset=None) -> EStepSums:
+              subset=None, slots=None, n_slots: int = 1) -> EStepSums:
     """E-step of every particle of ``parts`` (a :class:`FourierParticles`); updates ``results``
     (rank-local dict of (nb,) arrays: class, the space's pose keys, ox, oy [A], pmax, nsig,
     loglik) in place and returns the :class:`EStepSums`; the data sums go to the space.
     ``remap(local_index, pj) -> pj`` redirects the sums (class3d's random initial classes);
-    ``subset`` (rank-local indices) limits the E-step to those particles (VDAM's mini-batches)."""
+    ``subset`` (rank-local indices) limits the E-step to those particles (VDAM's mini-batches);
+    ``slots`` (rank-local (nb,) ints below ``n_slots``, dense spaces only) sends each particle's
+    sums to its slot's accumulators (VDAM's half sets in one pass)."""
     candidates = candidates or FullGrid()
     n, angpix = parts.n, float(parts.ps.angpix)
     kidx = coefficients(parts.shell, r_cur)
@@ -98,7 +100,7 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     r_c = min(int(r_cur), coarse_shell(n, angpix, radius_px, space.coarse_step_deg,
                                        opts.coarse_factor if opts.oversampling else 0))
     mc = int(np.searchsorted(sh, r_c, side="right"))
-    refs_c, refs_f = space.begin(kidx, mc, r_cur + 1.0, r_c + 1.0, candidates.dense)
+    refs_c, refs_f = space.begin(kidx, mc, r_cur + 1.0, r_c + 1.0, candidates.dense, n_slots)
     phc, phf = trans.phases(n, kidx, mc)
     lpk = np.asarray(log_class_prior, np.float64)
     lpj_c, lpj_f = np.repeat(lpk, space.Jc1), np.repeat(lpk, space.Jf1)
@@ -115,9 +117,8 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     if subset is not None:
         order = order[np.isin(order, subset)]
     bs = batch_size(opts, trans.T, space.K * space.Jc1, candidates.dense)
-    acc_into = space.dense_sums()
-    for s0 in range(0, order.size, bs):
-        sel = order[s0:s0 + bs]
+    for sel, slot in _batches(order, bs, slots):
+        acc_into = space.dense_sums(slot)
         o_px = np.stack([results["ox"][sel], results["oy"][sel]], 1) / angpix
         X, c = parts.batch(sel, kidx, o_px)
         lpt_c, lpt_f = trans.log_prior(o_px, sigma_offset, angpix)
@@ -139,6 +140,19 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
             if "norm_fit" in results:
                 results["norm_fit"][sel] = fit[2] / coef_weight
     return sums
+
+
+def _batches(order, bs: int, slots):
+    """``(particles, slot)`` per batch of at most ``bs``, no batch spanning two slots."""
+    if slots is None:
+        for s0 in range(0, order.size, bs):
+            yield order[s0:s0 + bs], 0
+        return
+    slot_of = np.asarray(slots)[order]
+    for slot in np.unique(slot_of):
+        part = order[slot_of == slot]
+        for s0 in range(0, part.size, bs):
+            yield part[s0:s0 + bs], int(slot)
 
 
 def _add_statistics(sums, res, sel, g, o_px, onehot, space, trans, angpix, rmap):

@@ -17,8 +17,8 @@ import numpy as np
 from scipy.fft import next_fast_len
 
 from ..core.euler import rotation_2d
-from ..core.fourier import freqs, ift2
-from .projector import Projector2D
+from ..core.fourier import freqs, ift2, shell_index2
+from .projector import BackProjector2D, Projector2D, padded_estimate
 
 PAD = 2
 
@@ -74,6 +74,37 @@ def rotate_back(data, wsum, kidx, psi_f, K: int, n: int, r_cur: int, row0: int =
     W = np.zeros((K, n * nh), np.float64)
     D[:, kidx], W[:, kidx] = Dk, Wk
     return D.reshape(K, n, nh), W.reshape(K, n, nh)
+
+
+def scatter_back(data, wsum, kidx, psi_f, K: int, n: int, r_cur: int, row0: int = 0) -> BackProjector2D:
+    """The (class, psi) rows of :func:`rotate_back` back-projected into K padded class accumulators
+    (bilinear scatter, the adjoint of the projection: no transform per row), for
+    :func:`padded_sums` once the accumulators are summed over ranks.  VDAM's mini-batches: the
+    voxel-wise estimate is a few percent off the resampling gather's, at a fraction of its cost."""
+    nh, npsi = n // 2 + 1, len(psi_f)
+    bp = BackProjector2D(n, K, pad=PAD)
+    live = np.flatnonzero(np.any(wsum != 0, axis=1))
+    for a in range(0, live.size, 256):          # chunks of rows, for memory
+        loc = live[a:a + 256]
+        rows = row0 + loc
+        full = np.zeros((loc.size, n * nh), np.complex64)
+        full[:, kidx] = data[loc]
+        wf = np.zeros((loc.size, n * nh), np.float32)
+        wf[:, kidx] = wsum[loc]
+        bp.insert(full.reshape(-1, n, nh), wf.reshape(-1, n, nh), rotation_2d(psi_f[rows % npsi]),
+                  ref_index=rows // npsi, r_max=r_cur + 1.0)
+    return bp
+
+
+def padded_sums(bp: BackProjector2D, r_cur: int):
+    """``(D, W)`` (K, n, n//2+1) on the n box from summed scatter accumulators: ``W X`` and ``W``
+    of :func:`hpcem.recon.projector.padded_estimate`, zero beyond shell ``r_cur``."""
+    n = bp.n
+    D, W = bp.completed()
+    X, Wn = zip(*(padded_estimate(D[k], W[k], n, PAD) for k in range(bp.K)))
+    inside = shell_index2(n) <= r_cur
+    Wn = np.stack(Wn) * inside
+    return np.stack(X) * Wn, Wn
 
 
 def class_averages(D, W, tau2, fudge: float, shell2, inside, mask) -> np.ndarray:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from hpcem import kernels
-from hpcem.core.fourier import ft_padded, ift2, ift3
+from hpcem.core.fourier import ft2, ft3, ft_padded, ift2, ift3
 from hpcem.recon.gridding import density_weights, soft_mask_outside
 
 GRIDDING_ITERS = 10   # density-compensation iterations of a 3D reconstruction (RELION's --iter)
@@ -233,6 +233,28 @@ def padded_to_volume(F, n: int, pad=2, mask_outside: bool = False) -> np.ndarray
     return soft_mask_outside(v, n / 2.0) if mask_outside else v
 
 
+def padded_estimate(D, W, n: int, pad=2):
+    """The voxel-wise estimate of padded half-grid accumulators taken to the n box: ``(X, Wn)``,
+    X the n-box half transform of ``D / (W + 1e-3 mean_shell(W))`` (inverse transform on the
+    padded grid, centre crop, gridding correction; ``D``/``W`` a volume (P, P, P//2+1) or one
+    image (P, P//2+1), x = 0 already completed) and Wn the weight at the padded voxels of the
+    n-box frequencies (``pad k``) times pad^ndim (n-box units).  Cheaper than a gridding
+    reconstruction and a few percent off it: VDAM's mini-batch estimates."""
+    ndim = D.ndim
+    P = int(round(pad * n))
+    sh = padded_shells(P, pad, ndim)
+    w_shell = np.bincount(sh.ravel(), weights=W.ravel()) / np.maximum(np.bincount(sh.ravel()), 1)
+    X = D / np.where(W > 0, W + 1e-3 * w_shell[sh], 1.0)
+    f = (int(pad) * np.fft.fftfreq(n, 1.0 / n).astype(np.int64)) % P
+    fx = int(pad) * np.arange(n // 2 + 1)
+    o = P // 2 - n // 2
+    if ndim == 3:
+        v = ift3(X, P)[o:o + n, o:o + n, o:o + n] / gridding_correction(n, P, 3)
+        return ft3(v), W[np.ix_(f, f, fx)] * pad ** 3
+    v = ift2(X, P)[o:o + n, o:o + n] / gridding_correction(n, P, 2)
+    return ft2(v), W[np.ix_(f, fx)] * pad ** 2
+
+
 # ---------------------------------------------------------------- 2D
 class Projector2D(_Padded):
     """Padded transforms of K 2D references, for :func:`hpcem.kernels.project2d`."""
@@ -265,11 +287,16 @@ class BackProjector2D:
         kernels.backproject2d(s, weights, rotations2d, self.data, self.weight,
                               self.n / 2.0 if r_max is None else r_max, self.pad, ref_index=ref_index)
 
-    def reconstruct(self, tau2=None, tau2_fudge=1.0, wiener_const=None) -> np.ndarray:
-        """Class images ``(K, n, n)`` float32; ``tau2`` per shell, ``(nshell,)`` or ``(K, nshell)``."""
+    def completed(self):
+        """Copies of the accumulators (complex128, float64) with the x = 0 column completed."""
         D = self.data.astype(np.complex128, copy=True)
         W = self.weight.astype(np.float64, copy=True)
         _complete_x0(D, W, False)
+        return D, W
+
+    def reconstruct(self, tau2=None, tau2_fudge=1.0, wiener_const=None) -> np.ndarray:
+        """Class images ``(K, n, n)`` float32; ``tau2`` per shell, ``(nshell,)`` or ``(K, nshell)``."""
+        D, W = self.completed()
         shells = padded_shells(self.P, self.pad, 2)
         out = np.empty((self.K, self.n, self.n), dtype=np.float32)
         n, P = self.n, self.P

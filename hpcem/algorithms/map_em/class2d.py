@@ -176,13 +176,14 @@ class Class2D:
         self.corr.apply(self.parts, self.res)
         return self.estep_on(self.refs)
 
-    def estep_on(self, refs, subset=None):
-        """The shared E-step of this rank's particles (``subset``: only those) against ``refs``."""
+    def estep_on(self, refs, subset=None, slots=None, n_slots=1):
+        """The shared E-step of this rank's particles (``subset``: only those; ``slots``: their sums
+        into ``n_slots`` row blocks) against ``refs``."""
         self.space.refs = refs
         return run_estep(self.parts, self.space, self.trans, self.res, sigma2=self.sigma2,
                          sigma_offset=self.sigma_offset, log_class_prior=np.log(np.maximum(self.pclass, 1e-30)),
                          r_cur=self.r_cur, radius_px=self.radius_px, opts=self.config.estep_options(),
-                         subset=subset)
+                         subset=subset, slots=slots, n_slots=n_slots)
 
     def reduce(self, sums):
         self.D, self.W = self.rotated_sums()
@@ -192,6 +193,15 @@ class Class2D:
         """The space's (class, psi) sums of the last E-step reduced over ranks into row blocks, each
         rank rotating its block back into the class frames (see :mod:`hpcem.recon.average2d`), then
         one Allreduce each: ``D, W`` (K, n, n//2+1)."""
+        data, wsum, row0, kidx = self.reduced_rows()
+        D, W = rotate_back(data, wsum, kidx, self.space.psi_f, self.config.K, self.n, self.r_cur, row0)
+        for a in (D, W):
+            self.comm.allreduce_(a)
+        return D, W
+
+    def reduced_rows(self):
+        """This rank's block of the space's (slot, class, psi) sums of the last E-step, summed over
+        ranks: ``(data, wsum, row0, kidx)``; the space's accumulators are released."""
         from ...estep import coefficients
 
         comm, space = self.comm, self.space
@@ -200,10 +210,7 @@ class Class2D:
         wsum = comm.reduce_scatter_rows(space.wsum)
         row0 = block_range(space.data.shape[0], comm.size, comm.rank)[0]
         space.data = space.wsum = None
-        D, W = rotate_back(data, wsum, kidx, space.psi_f, self.config.K, self.n, self.r_cur, row0)
-        for a in (D, W):
-            comm.allreduce_(a)
-        return D, W
+        return data, wsum, row0, kidx
 
     def m_step(self, sums):
         cfg, n, K = self.config, self.n, self.config.K

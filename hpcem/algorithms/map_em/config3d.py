@@ -93,3 +93,6 @@ class InitialModelConfig(Class3DConfig, GradOptions):
                                check=(lambda v: 0 <= v <= 6, "in 0..6"), group="sampling")
     offset_range: float = param(6.0, "translation search range (pixels)", check=NON_NEGATIVE, group="sampling")
     offset_step: float = param(2.0, "translation step (pixels)", check=POSITIVE, group="sampling")
+    grad_em_iters: int = param(0, "EM iterations after the mini-batches: class2d --grad only (0 here)",
+                               check=(lambda v: v == 0, "0: final EM iterations exist in class2d --grad only"),
+                               group="vdam")

@@ -5,8 +5,8 @@ the E-step of :class:`~.model3d.Model3D` on mini-batches, the K maps updated by
 One map per class, every particle of a mini-batch aligned against it (masked by the particle
 sphere); the particles' two fixed half sets (:mod:`hpcem.algorithms.vdam.minibatch`) give two
 gradients.  The VDAM step works on the n-box half grid, as in 2D: each half's mini-batch
-accumulators (data and CTF^2 weight on the padded grid) become the unregularised estimate ``R_h =
-ft3(padded_to_volume(D / W))`` with the weight ``W_h`` at the padded voxels of the n-box
+accumulators (data and CTF^2 weight on the padded grid) become the unregularised estimate ``R_h``
+(:func:`hpcem.recon.projector.padded_estimate`) with the weight ``W_h`` at the padded voxels of the n-box
 frequencies (n-box units: pad^3 x), and ``vdam_update`` takes ``(W_h R_h, W_h)`` as its sums.
 (Stepping on the padded grid itself, the zero-padding's sinc tails came back through the crop as
 high-frequency content.)  The maps are kept unmasked, the E-step's references masked.  The FSC of
@@ -27,9 +27,9 @@ import time
 import numpy as np
 
 from ...core.filters import lowpass
-from ...core.fourier import freqs, ft3, ift3, shell_index3
+from ...core.fourier import ft3, ift3, shell_index3
 from ...recon import mstep
-from ...recon.projector import padded_shells, padded_to_volume
+from ...recon.projector import padded_estimate
 from ..vdam import Moments, Schedule, replace_inactive, vdam_update
 from ..vdam.blobs import blob_images, signal_std
 from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
@@ -48,10 +48,7 @@ class InitialModel(GradFiles, Class3D):
         self.N, n = ps.n, self.n
         self.sched = Schedule.of(cfg, self.N, 3)
         self.half = half_sets(cfg.random_seed, self.N)
-        self.pshell = padded_shells(PAD * n, PAD, 3)
         self.shell = shell_index3(n)
-        f = (2 * freqs(n)) % (PAD * n)
-        self.box_index = np.ix_(f, f, 2 * np.arange(n // 2 + 1))     # padded voxels of the n-box frequencies
         self.nsh = n // 2 + 1
         self.floor_shell = int(n * ps.angpix / cfg.grad_min_resol) if cfg.grad_min_resol > 0 else 0
         self.st["r_cur"] = max(self.floor_shell, 3)
@@ -102,7 +99,7 @@ class InitialModel(GradFiles, Class3D):
             for bp in m.bps:
                 self.comm.allreduce_(bp.data)
                 self.comm.allreduce_(bp.weight)
-            r, w = zip(*(self._on_box(*bp.completed()) for bp in m.bps))
+            r, w = zip(*(padded_estimate(*bp.completed(), self.n, PAD) for bp in m.bps))
             R.append(np.stack(r))
             W.append(np.stack(w))
             if total is None:
@@ -112,15 +109,6 @@ class InitialModel(GradFiles, Class3D):
         m.bps = None
         self.R, self.W = np.stack(R), np.stack(W)
         return total
-
-    def _on_box(self, D, W):
-        """The mini-batch's unregularised estimate on the n-box half grid and its weight (n-box
-        units): the padded accumulators' ``D / W`` through :func:`padded_to_volume`, and ``W``
-        at the padded voxels of the n-box frequencies (``pad k``) times pad^3."""
-        sh = self.pshell.ravel()
-        w_shell = np.bincount(sh, weights=W.ravel()) / np.maximum(np.bincount(sh), 1)
-        X = D / np.where(W > 0, W + 1e-3 * w_shell[self.pshell], 1.0)
-        return ft3(padded_to_volume(X, self.n, PAD)), W[self.box_index] * PAD ** 3
 
     def reduce(self, sums):
         sums.reduce(self.comm)
@@ -178,7 +166,6 @@ class InitialModel(GradFiles, Class3D):
         sums.reduce(self.comm)
         m.pclass = mstep.class_priors(sums.class_weight)
         self.log("final pass over all %d particles: %.1f s" % (self.N, time.time() - t0))
-
 
     def finish(self, root):
         """``initial_model.mrc`` (the most populated class) and, with K > 1,

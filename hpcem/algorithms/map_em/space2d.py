@@ -48,11 +48,12 @@ class InPlaneSpace:
         self.coarse_step_deg = float(psi_step)
         self.children = PsiChildren(self.npsi, self.Jf1 // self.npsi)
         self.refs = None            # (K, n, n) float32, set by the algorithm
-        self.data = self.wsum = None
+        self.data = self.wsum = self.refs_f = None
 
-    def begin(self, kidx, mc, r_max, r_max_coarse, dense=True):
-        """Rotated references of every coarse (mc coefficients) and fine hypothesis, and zeroed
-        dense sums (K 2npsi, M) complex128 / float64."""
+    def begin(self, kidx, mc, r_max, r_max_coarse, dense=True, n_slots=1):
+        """Rotated references of every coarse (mc coefficients) and fine hypothesis (the fine ones
+        kept as ``refs_f``), and zeroed dense sums (n_slots K 2npsi, M) complex128 / float64: one
+        row block per slot (VDAM's half sets, :meth:`dense_sums`)."""
         K = self.K
         proj = Projector2D.from_images(self.refs, pad=PAD)
         Rc = proj.project(rotation_2d(np.tile(self.psi_c, K)), np.repeat(np.arange(K), self.npsi),
@@ -60,12 +61,14 @@ class InPlaneSpace:
         Rf = proj.project(rotation_2d(np.tile(self.psi_f, K)), np.repeat(np.arange(K), self.Jf1), r_max=r_max)
         Rc = np.ascontiguousarray(Rc.reshape(len(Rc), -1)[:, kidx[:mc]])
         Rf = np.ascontiguousarray(Rf.reshape(len(Rf), -1)[:, kidx])
-        self.data = np.zeros((K * self.Jf1, kidx.size), np.complex128)
-        self.wsum = np.zeros((K * self.Jf1, kidx.size), np.float64)
+        self.data = np.zeros((n_slots * K * self.Jf1, kidx.size), np.complex128)
+        self.wsum = np.zeros((n_slots * K * self.Jf1, kidx.size), np.float64)
+        self.refs_f = Rf
         return Rc, Rf
 
-    def dense_sums(self):
-        return self.data, self.wsum
+    def dense_sums(self, slot=0):
+        rows = slice(slot * self.K * self.Jf1, (slot + 1) * self.K * self.Jf1)
+        return self.data[rows], self.wsum[rows]
 
     def insert(self, res, kidx, r_max):
         raise AssertionError("2D sums are dense")

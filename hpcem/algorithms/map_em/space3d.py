@@ -133,7 +133,9 @@ class ProjectionSpace:
             out[sel] = self._project(int(k), euler_of(idx[sel] % J1), kidx, r_max)
         return out
 
-    def begin(self, kidx, mc, r_max, r_max_coarse, dense=True):
+    def begin(self, kidx, mc, r_max, r_max_coarse, dense=True, n_slots=1):
+        if n_slots != 1:
+            raise ValueError("ProjectionSpace: slots need dense sums (2D)")
         s = self.samp
         self._projs = [Projector.from_volume(self.refs[k], pad=PAD) for k in range(self.K)]
         self.bps = [BackProjector(self.n, pad=PAD) for _ in range(self.K)]
@@ -144,7 +146,7 @@ class ProjectionSpace:
         return np.concatenate([self._project(k, s.coarse_euler(np.arange(s.Jc1)), kc, r_max_coarse)
                                for k in range(self.K)]), refs_f
 
-    def dense_sums(self):
+    def dense_sums(self, slot=0):
         return None
 
     def insert(self, res, kidx, r_max):

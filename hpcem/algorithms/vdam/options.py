@@ -26,6 +26,9 @@ class GradOptions(Params):
     class_inactivity_threshold: float = param(0.1, "a class whose posterior mass falls below this / K takes "
                                               "over the most active class's moments", check=NON_NEGATIVE,
                                               group="vdam")
+    grad_em_iters: int = param(0, "the last this many of --iter are EM iterations over all particles (exact "
+                               "class averages and assignments after the mini-batches)", check=NON_NEGATIVE,
+                               group="vdam")
     grad_write_iter: int = param(10, "write the model and a checkpoint every this many mini-batches (and the "
                                  "last)", check=(lambda v: v >= 1, ">= 1"), group="vdam")
     init_blobs: bool = param(True, "start from random Gaussian blobs, different per class (--no-init_blobs: "
