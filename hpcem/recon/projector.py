@@ -233,26 +233,29 @@ def padded_to_volume(F, n: int, pad=2, mask_outside: bool = False) -> np.ndarray
     return soft_mask_outside(v, n / 2.0) if mask_outside else v
 
 
-def padded_estimate(D, W, n: int, pad=2):
+def padded_estimate(D, W, n: int, pad=2, ndim: int = 3):
     """The voxel-wise estimate of padded half-grid accumulators taken to the n box: ``(X, Wn)``,
     X the n-box half transform of ``D / (W + 1e-3 mean_shell(W))`` (inverse transform on the
-    padded grid, centre crop, gridding correction; ``D``/``W`` a volume (P, P, P//2+1) or one
-    image (P, P//2+1), x = 0 already completed) and Wn the weight at the padded voxels of the
-    n-box frequencies (``pad k``) times pad^ndim (n-box units).  Cheaper than a gridding
-    reconstruction and a few percent off it: VDAM's mini-batch estimates."""
-    ndim = D.ndim
+    padded grid, centre crop, gridding correction; ``D``/``W`` a volume (P, P, P//2+1) or, with
+    ``ndim`` 2, images (..., P, P//2+1), x = 0 already completed) and Wn the weight at the padded
+    voxels of the n-box frequencies (``pad k``) times pad^ndim (n-box units).  Cheaper than a
+    gridding reconstruction and a few percent off it: VDAM's mini-batch estimates."""
     P = int(round(pad * n))
     sh = padded_shells(P, pad, ndim)
-    w_shell = np.bincount(sh.ravel(), weights=W.ravel()) / np.maximum(np.bincount(sh.ravel()), 1)
-    X = D / np.where(W > 0, W + 1e-3 * w_shell[sh], 1.0)
+    lead = D.shape[:D.ndim - ndim]
+    Wf = W.reshape((-1,) + sh.shape)
+    nsh = int(sh.max()) + 1
+    cnt = np.maximum(np.bincount(sh.ravel(), minlength=nsh), 1)
+    w_shell = np.stack([np.bincount(sh.ravel(), weights=w.ravel(), minlength=nsh) / cnt for w in Wf])
+    X = D / np.where(W > 0, W + 1e-3 * w_shell[:, sh].reshape(W.shape), 1.0)
     f = (int(pad) * np.fft.fftfreq(n, 1.0 / n).astype(np.int64)) % P
     fx = int(pad) * np.arange(n // 2 + 1)
     o = P // 2 - n // 2
     if ndim == 3:
         v = ift3(X, P)[o:o + n, o:o + n, o:o + n] / gridding_correction(n, P, 3)
         return ft3(v), W[np.ix_(f, f, fx)] * pad ** 3
-    v = ift2(X, P)[o:o + n, o:o + n] / gridding_correction(n, P, 2)
-    return ft2(v), W[np.ix_(f, fx)] * pad ** 2
+    v = ift2(X, P)[..., o:o + n, o:o + n] / gridding_correction(n, P, 2)
+    return ft2(v), W.reshape((-1,) + sh.shape)[:, f][:, :, fx].reshape(lead + (n, n // 2 + 1)) * pad ** 2
 
 
 # ---------------------------------------------------------------- 2D

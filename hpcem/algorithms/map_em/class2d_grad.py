@@ -84,8 +84,7 @@ class Class2DGrad(GradFiles, Class2D):
         data themselves), at a fraction of the gather's cost."""
         K, n, r = self.config.K, self.n, self.r_cur
         data, wsum, row0, kidx = self.reduced_rows()
-        Rf = self.space.refs_f[(row0 + np.arange(data.shape[0])) % self.space.refs_f.shape[0]]
-        bp = scatter_back(data - wsum * Rf, wsum, kidx, self.space.psi_f, 2 * K, n, r, row0)
+        bp = scatter_back(data, wsum, kidx, self.space.psi_f, 2 * K, n, r, row0, refs=self.space.refs_f)
         self.space.refs_f = None
         for a in (bp.data, bp.weight):
             self.comm.allreduce_(a)

@@ -99,7 +99,7 @@ class InitialModel(GradFiles, Class3D):
             for bp in m.bps:
                 self.comm.allreduce_(bp.data)
                 self.comm.allreduce_(bp.weight)
-            r, w = zip(*(padded_estimate(*bp.completed(), self.n, PAD) for bp in m.bps))
+            r, w = zip(*(padded_estimate(*bp.completed(), self.n, PAD, ndim=3) for bp in m.bps))
             R.append(np.stack(r))
             W.append(np.stack(w))
             if total is None:
