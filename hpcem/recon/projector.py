@@ -242,7 +242,6 @@ def padded_estimate(D, W, n: int, pad=2, ndim: int = 3):
     gridding reconstruction and a few percent off it: VDAM's mini-batch estimates."""
     P = int(round(pad * n))
     sh = padded_shells(P, pad, ndim)
-    lead = D.shape[:D.ndim - ndim]
     Wf = W.reshape((-1,) + sh.shape)
     nsh = int(sh.max()) + 1
     cnt = np.maximum(np.bincount(sh.ravel(), minlength=nsh), 1)
@@ -250,12 +249,11 @@ def padded_estimate(D, W, n: int, pad=2, ndim: int = 3):
     X = D / np.where(W > 0, W + 1e-3 * w_shell[:, sh].reshape(W.shape), 1.0)
     f = (int(pad) * np.fft.fftfreq(n, 1.0 / n).astype(np.int64)) % P
     fx = int(pad) * np.arange(n // 2 + 1)
-    o = P // 2 - n // 2
     if ndim == 3:
-        v = ift3(X, P)[o:o + n, o:o + n, o:o + n] / gridding_correction(n, P, 3)
-        return ft3(v), W[np.ix_(f, f, fx)] * pad ** 3
+        return ft3(padded_to_volume(X, n, pad)), W[np.ix_(f, f, fx)] * pad ** 3
+    o = P // 2 - n // 2
     v = ift2(X, P)[..., o:o + n, o:o + n] / gridding_correction(n, P, 2)
-    return ft2(v), W.reshape((-1,) + sh.shape)[:, f][:, :, fx].reshape(lead + (n, n // 2 + 1)) * pad ** 2
+    return ft2(v), W[..., f, :][..., fx] * pad ** 2
 
 
 # ---------------------------------------------------------------- 2D

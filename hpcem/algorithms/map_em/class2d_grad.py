@@ -135,7 +135,7 @@ class Class2DGrad(GradFiles, Class2D):
         and the moments are left as they are."""
         stats = super().m_step(sums)
         self.maps = self.refs.astype(np.float64)
-        stats.update(batch=self.N, step=0.0, fudge=self.config.tau2_fudge, replaced=None)
+        stats["em"] = True
         return stats
 
     def _final_pass(self):

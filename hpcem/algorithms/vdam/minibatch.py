@@ -84,7 +84,7 @@ class GradFiles:
             super().plot(root, state, stats)
 
     def log_line(self, st):
-        if st["step"] == 0.0:
+        if st.get("em"):
             return "EM " + super().log_line(st)
         rep = "-" if st["replaced"] is None else "%d<-%d" % (st["replaced"][0] + 1, st["replaced"][1] + 1)
         return ("batch %3d  size %5d  step %.3f  T %.2f  r_cur %2d  res %6.2f A  replaced %s  dclass %5.3f  "
