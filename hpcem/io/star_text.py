@@ -101,8 +101,12 @@ def read_star_text(path) -> dict:
 
 
 def quote(value) -> str:
-    """A value as written: bare, or quoted when empty or holding white space."""
+    """A value as written: bare, or quoted when empty or holding white space.  A value with a
+    line break or with both kinds of quotes cannot be written in STAR: one InputError."""
     s = str(value)
+    if "\n" in s or "\r" in s or ('"' in s and "'" in s):
+        raise InputError("%r cannot be written in a STAR file (a line break, or both kinds of quotes)" % s[:60],
+                         field="value")
     if s and not re.search(r"\s", s) and not s.startswith(("'", '"', "#", "_", "data_", "loop_")):
         return s
     return "'%s'" % s if '"' in s else '"%s"' % s

@@ -20,6 +20,7 @@ What a visit does (mode from scheme.star):
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shlex
@@ -153,13 +154,13 @@ def _program(ctx, node, resolved, folder, action):
         threads = resolved.options.get("nr_threads", "").strip()
         return argv + (["--j", threads] if threads and threads != "1" else []), None, None
     if resolved.is_external:
-        words = shlex.split(opts["command"])
+        words = json.loads(opts["command"])
         return [w.replace("$$job_dir", folder).replace("${job_dir}", folder) for w in words], None, None
     job = resolved.hpcem_job
     values = {k: v for k, v in opts.items() if str(v).strip() != ""}
     values["o"] = _output(values.get("o"), folder, node)
-    if action == "resume" and _has_checkpoint(ctx.scheme.project, values["o"]) and _iterative(job):
-        values["continue"] = ""
+    if action == "resume" and _iterative(job) and _has_checkpoint(ctx.scheme.project, values["o"]):
+        values = _continuing(job, values)
     return hpcem_command() + [job] + cli_arguments(job, values), job, values
 
 
@@ -176,6 +177,16 @@ def _output(o, folder: str, node: str) -> str:
     if not within(path):
         raise InputError("output %r leaves the job folder %s" % (o, folder), field="%s: option o" % node)
     return path + ("/" if o.endswith("/") else "")
+
+
+def _continuing(job: str, values: dict) -> dict:
+    """The parameters of ``--continue`` (the run keeps its own settings from its checkpoint)."""
+    from ..cli.common import CONTINUABLE
+    from ..cli.main import job_module
+    named = job_module(job).Params.named(values)
+    out = {k: v for k, v in named.items() if k in CONTINUABLE}
+    out["continue_"] = ""
+    return out
 
 
 def _iterative(job: str) -> bool:

@@ -12,6 +12,7 @@ RELION's queue options) are not parameters: changing them never makes a job run 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -124,13 +125,13 @@ def _text(v) -> str:
 def resolve(spec: JobSpec, variables: dict, translate, job: str) -> JobSpec:
     """The options of one run: ``$$variables`` replaced and paths of scheme jobs
     (``Schemes/<scheme>/<job>/...``) turned into those jobs' current folders.  The ``command`` of
-    an external job is split into arguments first (:func:`command_arguments`) and kept as their
-    shell-quoted join, which :func:`shlex.split` turns back into the same arguments."""
+    an external job is split into arguments first (:func:`command_arguments`) and kept as the
+    JSON list of its arguments (quotes as \\u0027, so that any argument fits in a STAR value)."""
     out = {}
     for k, v in spec.options.items():
         where = "%s: option %s" % (job, k)
         if spec.is_external and k == "command":
-            out[k] = shlex.join(command_arguments(v, variables, translate, where))
+            out[k] = json.dumps(command_arguments(v, variables, translate, where)).replace("'", "\\u0027")
         else:
             out[k] = translate(substitute(v, variables, where))
     return JobSpec(spec.type, out, spec.is_continue)
