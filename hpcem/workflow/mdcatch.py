@@ -117,6 +117,7 @@ class Catcher:
                 continue
             if rec is None:
                 continue
+            rec["cs_mm"] = self._cs(rec, path)       # a missing Cs is the user's to fix: one error, no retry
             self.records[path] = rec
             self.warned.pop(path, None)
             new += 1
@@ -135,7 +136,6 @@ class Catcher:
         if movie.lower().endswith((".mrc", ".mrcs")):
             rec["fei_header"] = read_fei_mrc_header(movie)
         rec["amplitude_contrast"] = self.q0
-        rec["cs_mm"] = self._cs(rec, path)
         return rec
 
     def _cs(self, rec: dict, path: str) -> float:
