@@ -158,6 +158,9 @@ def _program(ctx, node, resolved, folder, action):
         return [w.replace("$$job_dir", folder).replace("${job_dir}", folder) for w in words], None, None
     job = resolved.hpcem_job
     values = {k: v for k, v in opts.items() if str(v).strip() != ""}
+    threads = resolved.options.get("nr_threads", "").strip()
+    if threads and "j" not in values:
+        values["j"] = threads
     values["o"] = _output(values.get("o"), folder, node)
     if action == "resume" and _iterative(job) and _has_checkpoint(ctx.scheme.project, values["o"]):
         values = _continuing(job, values)

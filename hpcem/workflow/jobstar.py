@@ -8,7 +8,8 @@ RELION's arguments (``--o``, ``--in_mics``, ``--<paramN_label> <paramN_value>``,
 type (``relion.motioncorr.own``, ...) is refused with one message naming the job and its type.
 
 The options that say how a job runs (``nr_mpi``, ``nr_threads``, ``launcher``, ``qsubscript``,
-RELION's queue options) are not parameters: changing them never makes a job run again.
+RELION's queue options, and hpcem's ``j`` and ``batch``, which the job is given) are not
+parameters: changing them never makes a job run again.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..io.star_text import Block, read_star_text, write_star_text
 
 EXEC_OPTIONS = frozenset({"nr_mpi", "nr_threads", "launcher", "do_queue", "qsub", "qsubscript", "queuename",
                           "min_dedicated", "qsub_extra1", "qsub_extra2", "qsub_extra3", "qsub_extra4"})
+COMPUTE_OPTIONS = frozenset({"j", "batch"})
 _VAR = re.compile(r"\$\$([A-Za-z0-9_]+)")
 _WORD_VAR = re.compile(r"\$\$([A-Za-z0-9_]+)|\$\{([A-Za-z0-9_]+)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 # RELION job types with an hpcem job of the same purpose (named in the refusal)
@@ -165,7 +167,7 @@ def command_arguments(command: str, variables: dict, translate, where: str) -> l
 def changed_parameters(old: JobSpec, new: JobSpec) -> list:
     """Names of the parameters (not the run options) whose values differ, and a changed type."""
     a, b = old.parameters(), new.parameters()
-    diff = sorted(k for k in set(a) | set(b) if a.get(k, "") != b.get(k, ""))
+    diff = sorted(k for k in set(a) | set(b) if k not in COMPUTE_OPTIONS and a.get(k, "") != b.get(k, ""))
     return (["job type"] if old.type != new.type else []) + diff
 
 

@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import signal
+import threading
 import time
 
 from ..errors import InputError
@@ -107,8 +108,13 @@ def check_scheme(scheme: Scheme) -> None:
 
 @contextlib.contextmanager
 def _signals_abort():
+    """SIGTERM (--abort) and Ctrl-C stop the scheme cleanly (main thread only: elsewhere the
+    abort file alone is watched)."""
     def handler(signum, frame):
         raise Aborted()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
