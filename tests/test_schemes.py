@@ -6,11 +6,10 @@ folder; --abort stops a running scheme and the lock refuses a second schemer mea
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
-from scheme_helpers import TRACE, copy_fixture, make_scheme, py_command
+from scheme_helpers import copy_fixture, make_scheme, py_command
 
 from hpcem.cli.main import run_job
 from hpcem.errors import InputError
@@ -20,7 +19,7 @@ from hpcem.workflow.launch import Launch, cli_arguments, command_argv, launch_of
 from hpcem.workflow.scheme import Scheme
 
 
-def _schemer(project, *args, check=True):
+def _schemer(project, *args):
     cwd = os.getcwd()
     os.chdir(str(project))
     try:
