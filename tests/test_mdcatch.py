@@ -218,3 +218,40 @@ def test_mdcatch_bad_input(tmp_path):
         run_job("mdcatch", {"epu": session, "o": str(tmp_path / "o")})
     with pytest.raises(InputError, match="no readable metadata"):
         run_job("mdcatch", {"epu": str(tmp_path), "o": str(tmp_path / "o"), "cs": 2.7})
+
+
+def test_watch_keeps_feeding_a_running_scheme(tmp_path):
+    """--watch --scheme: the scheme starts once the first movies are in and sees movies.star grow."""
+    from hpcem.workflow.scheme import Scheme
+
+    frames = str(tmp_path / "frames")
+    for i in range(2):
+        write_mdoc_movie(frames, "m%d" % i)
+    count = "import sys; open(sys.argv[1], chr(97)).write(sys.argv[2] + chr(10))"
+    make_scheme(tmp_path, "prep", variables=[
+        ("movies_star", "string", "undefined"), ("movies", "string", "movies"), ("n", "float", 0.0),
+        ("want", "float", 4.0), ("wait_sec", "float", 0.3), ("done", "bool", False)],
+        operators=[("WAIT", "wait", "undefined", "wait_sec", "undefined"),
+                   ("COUNT", "float=count_images", "n", "movies_star", "movies"), ("CHECK", "bool=ge", "done", "n", "want"),
+                   ("EXIT", "exit", "undefined", "undefined", "undefined")],
+        jobs=[("seen", "continue", "external", {"command": py_command(count, "seen.txt", "$$n")})],
+        edges=[("WAIT", "COUNT"), ("COUNT", "seen"), ("seen", "CHECK"), ("CHECK", "WAIT", "EXIT", "done")])
+    cwd = os.getcwd()
+    os.chdir(str(tmp_path))
+    t = threading.Thread(target=run_job, args=("mdcatch", {"serialem": "frames", "o": "Movies", "scheme": "Schemes/prep",
+                                                           "cs": 2.7, "watch": True, "watch_interval": 0.2,
+                                                           "watch_idle": 8.0}))
+    try:
+        t.start()
+        seen, t0 = tmp_path / "seen.txt", time.time()
+        while not seen.exists() and time.time() - t0 < 60:
+            time.sleep(0.05)
+        for i in range(2, 4):                                 # the session goes on while the scheme runs
+            write_mdoc_movie(frames, "m%d" % i)
+        while Scheme.read(str(tmp_path / "Schemes" / "prep")).current != "EXIT" and time.time() - t0 < 90:
+            time.sleep(0.2)
+    finally:
+        t.join(timeout=90)
+        os.chdir(cwd)
+    counts = [float(x) for x in seen.read_text().split()]
+    assert counts[0] == 2.0 and counts[-1] == 4.0, counts
