@@ -40,6 +40,11 @@ REGISTRY = {
     "analysis": [
         ("fsc", "hpcem.cli.job_fsc", "FSC curve between two maps, resolutions at 0.143 and 0.5, PNG plot"),
     ],
+    "automation": [
+        ("schemer", "hpcem.cli.job_schemer", "run, inspect and steer a RELION-4 Scheme (Schemes/<name>/scheme.star)"),
+        ("mdcatch", "hpcem.cli.job_mdcatch", "read EPU / SerialEM acquisition metadata: movies.star, metadata.json, "
+         "a scheme's variables"),
+    ],
 }
 
 
