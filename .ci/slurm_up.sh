@@ -67,7 +67,7 @@ printf "AutoDetect=off\nNodeName=$HOST Name=gpu File=$DIR/gpu[0-1]\n" >"$DIR/gre
 echo "ConstrainCores=no" >"$DIR/cgroup.conf"
 export SLURM_CONF=$DIR/slurm.conf
 MPI=none   # pmi2 where this slurm has the plugin (Debian's has pmi2 and pmix): pip's mpich speaks it
-if srun --mpi=list 2>&1 | grep -qw pmi2; then MPI=pmi2; sed -i 's/^MpiDefault=none/MpiDefault=pmi2/' "$SLURM_CONF"; fi
+if srun --mpi=list 2>&1 | grep -w pmi2 >/dev/null; then MPI=pmi2; sed -i 's/^MpiDefault=none/MpiDefault=pmi2/' "$SLURM_CONF"; fi
 
 mungekey --create --keyfile="$DIR/munge.key" >/dev/null 2>&1 || fail "mungekey failed"
 chmod 600 "$DIR/munge.key"

@@ -193,7 +193,9 @@ def test_killed_rank_ends_the_job(env, data):
     pids = _task_pids(job)
     assert 1 in pids, "no task 1 in scontrol listpids: %s" % pids
     os.kill(pids[1], 9)
+    t_kill = time.monotonic()
     r = _ended(job, d, "kill")
+    print("rank 1 (pid %d) killed: the job left the queue %.1f s later" % (pids[1], time.monotonic() - t_kill))
     log = _log(d, "kill")
     assert r.state == "FAILED" and r.exit_code not in (0, None)
     assert "hpcem: job step ended with status" in log and "a rank failed or was killed" in log

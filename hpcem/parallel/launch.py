@@ -78,7 +78,8 @@ def launched_tasks(env=None) -> Launch | None:
 def launched_by_mpi(env=None) -> bool:
     """Started by mpiexec/mpirun/srun (so MPI is initialised), or a plain process."""
     env = os.environ if env is None else env
-    return launched_tasks(env) is not None or any(k in env for k in ("HYDRA_CONTROL_FD", "MPI_LOCALNRANKS"))
+    return launched_tasks(env) is not None or any(k in env for k in ("HYDRA_CONTROL_FD", "MPI_LOCALNRANKS", "PMI_FD",
+                                                                    "PMI_RANK"))
 
 
 def slurm_task(env=None):
