@@ -26,6 +26,10 @@ fi
 rm -rf "$DIR" && mkdir -p "$DIR/ctld" "$DIR/d" && chmod 755 "$DIR"
 
 HOST=$(hostname -s)
+# Job ids new at every start (the state is wiped): MPICH names its shared memory after the PMI
+# job id ("<job>.<step>"), and a segment left by a killed run of an earlier start must not meet
+# a new job of the same id.
+FIRST_JOB=$(( $(date +%s) % 600000 * 100 + 1 ))
 CPUS=$(nproc)
 MEM=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 cat >"$DIR/slurm.conf" <<EOF
@@ -56,6 +60,7 @@ MpiDefault=none
 ReturnToService=2
 KillWait=5
 MinJobAge=600
+FirstJobId=$FIRST_JOB
 GresTypes=gpu
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
