@@ -15,7 +15,7 @@ from hpcem.cli.main import run_job
 from hpcem.errors import InputError
 from hpcem.io.star_text import read_star_text
 from hpcem.workflow.jobstar import read_job_star
-from hpcem.workflow.launch import Launch, cli_arguments, command_argv, launch_of, sbatch_argv
+from hpcem.workflow.launch import ABORTED, Launch, cli_arguments, command_argv, launch_of, run_sbatch
 from hpcem.workflow.scheme import Scheme
 
 
@@ -133,9 +133,38 @@ def test_launchers(tmp_path):
     prog = ["/bin/hpcem", "class2d", "--i", "p.star"]
     assert command_argv(Launch("srun", 4, 2), prog, "C/job001/") == ["srun", "--ntasks=4", "--cpus-per-task=2"] + prog
     assert command_argv(Launch("mpiexec", 2), prog, "C/")[1:3] == ["-n", "2"]
-    sb = sbatch_argv("tmpl.sbatch", ["class2d", "--i", "p.star"], 8, 4, "C/job001/")
-    assert sb[:4] == ["sbatch", "--wait", "--ntasks=8", "--cpus-per-task=4"]
-    assert sb[-4:] == ["tmpl.sbatch", "class2d", "--i", "p.star"] and "--output=C/job001/run.out" in sb
+
+
+def _fake_slurm_tools(tmp_path, monkeypatch, scripts):
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (bindir / name).write_text("#!/bin/bash\n" + body)
+        (bindir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (bindir, os.environ["PATH"]))
+
+
+def test_sbatch_jobs_are_submitted_waited_for_and_cancelled_on_abort(tmp_path, monkeypatch):
+    args, cancelled, tmpl = tmp_path / "args", tmp_path / "cancelled", tmp_path / "t.sbatch"
+    tmpl.write_text("#!/bin/bash\n")
+    job_dir = tmp_path / "C" / "job001"
+    job_dir.mkdir(parents=True)
+    _fake_slurm_tools(tmp_path, monkeypatch, {
+        "sbatch": 'printf "%%s\\n" "$@" > %s; echo 4242\n' % args,
+        "scontrol": 'echo "JobId=4242 JobState=$(cat %s 2>/dev/null || echo RUNNING) ExitCode=0:0"\n' % (tmp_path / "state"),
+        "squeue": "true\n", "scancel": 'echo "$@" > %s\n' % cancelled})
+    launch = Launch("sbatch", 8, 4, str(tmpl))
+    (tmp_path / "state").write_text("COMPLETED")
+    rc = run_sbatch(launch, ["class2d", "--i", "p.star"], str(tmp_path), str(job_dir), lambda: False, poll_s=0.01)
+    sent = args.read_text().split("\n")
+    assert rc == 0 and sent[1:3] == ["--ntasks=8", "--cpus-per-task=4"]
+    assert sent[-4:-1] == ["class2d", "--i", "p.star"] and "--output=%s/run.out" % job_dir in sent
+    assert "submitted SLURM job 4242" in (job_dir / "run.out").read_text()
+    (tmp_path / "state").write_text("RUNNING")          # still running when the schemer is aborted
+    rc = run_sbatch(launch, ["class2d"], str(tmp_path), str(job_dir), lambda: True, poll_s=0.01)
+    assert rc == ABORTED and cancelled.read_text().strip() == "4242"
+    (tmp_path / "state").write_text("FAILED")
+    assert run_sbatch(launch, ["class2d"], str(tmp_path), str(job_dir), lambda: False, poll_s=0.01) == 1
 
 
 def test_abort_and_lock(tmp_path):

@@ -133,6 +133,11 @@ def state(job_id) -> JobResult:
     return JobResult(job_id, s, c, states if len(tasks) > 1 or "_" in pick else {})
 
 
+def cancel(job_id) -> None:
+    """Cancel job ``job_id`` (scancel; a job that has already ended is left as it is)."""
+    _run(["scancel", str(job_id)])
+
+
 def wait(job_id, poll_s: float = 10.0, timeout_s: float | None = None, cancel_on_timeout: bool = True) -> JobResult:
     """Wait until job ``job_id`` (an array: all its tasks) has left the queue; its end state.
     After ``timeout_s`` the job is cancelled (``scancel``) and TimeoutError raised."""
@@ -148,7 +153,7 @@ def wait(job_id, poll_s: float = 10.0, timeout_s: float | None = None, cancel_on
             break
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
             if cancel_on_timeout:
-                _run(["scancel", job_id])
+                cancel(job_id)
             raise TimeoutError("SLURM job %s still %s after %.0f s%s" % (
                 job_id, q.stdout.split()[0], timeout_s, " (cancelled)" if cancel_on_timeout else ""))
         time.sleep(poll_s)

@@ -28,7 +28,8 @@ import time
 
 from ..errors import InputError
 from .jobstar import changed_parameters, job_star_of, read_job_star, resolve, write_job_star
-from .launch import ABORTED, command_argv, hpcem_command, launch_of, run_command, run_in_process, cli_arguments
+from .launch import (ABORTED, cli_arguments, command_argv, hpcem_command, job_arguments, launch_of, run_command,
+                     run_in_process, run_sbatch)
 
 EXIT_FILES = {"success": "RELION_JOB_EXIT_SUCCESS", "failure": "RELION_JOB_EXIT_FAILURE",
               "aborted": "RELION_JOB_EXIT_ABORTED"}
@@ -128,9 +129,13 @@ def visit_job(ctx, node: str) -> int:
         if name is None and launch.kind == "sbatch":
             raise InputError("the SLURM template runs hpcem jobs; an external command runs with launcher "
                              "inprocess, mpiexec or srun", field="%s: option launcher" % node)
-        argv = command_argv(launch, program, absdir)
-        _note(absdir, argv, action)
-        rc = run_command(argv, scheme.project, absdir, ctx.should_abort)
+        if launch.kind == "sbatch":
+            _note(absdir, program, action)
+            rc = run_sbatch(launch, job_arguments(program), scheme.project, absdir, ctx.should_abort)
+        else:
+            argv = command_argv(launch, program, absdir)
+            _note(absdir, argv, action)
+            rc = run_command(argv, scheme.project, absdir, ctx.should_abort)
     status = "success" if rc == 0 else "aborted" if rc == ABORTED else "failure"
     mark(absdir, status)
     log(" + %s: job %s %s%s" % (node, folder, {"success": "finished", "aborted": "aborted", "failure": "failed"}[status],

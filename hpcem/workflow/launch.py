@@ -5,7 +5,8 @@ external job, as its own argument list.  Commands never go through a shell.
 Job options that choose it (RELION's names where RELION has one): ``nr_mpi`` (ranks, default 1),
 ``launcher`` (``auto``: in this process for one rank, ``mpiexec`` for more; or ``inprocess``,
 ``mpiexec``, ``srun``, ``sbatch``), ``do_queue`` = Yes (RELION's way to say ``sbatch``),
-``qsubscript`` (the SLURM template; default: the installed ``jobs/slurm/hpcem.sbatch``),
+``qsubscript`` (the SLURM template; default: the installed CPU template, ``hpcem --slurm_template
+cpu``; submitted and waited for by :mod:`hpcem.runtime.slurm`, cancelled on abort),
 ``nr_threads`` (threads per rank, ``--cpus-per-task``).  A scheme sets them for all its jobs
 through variables (``nr_mpi  $$nr_mpi`` in each job.star).
 
@@ -66,11 +67,6 @@ def launch_of(options: dict, job: str) -> Launch:
     return Launch(kind, n, threads, options.get("qsubscript", "") if kind == "sbatch" else "")
 
 
-def default_template() -> str:
-    import hpcem
-    return os.path.join(os.path.dirname(hpcem.__file__), "jobs", "slurm", "hpcem.sbatch")
-
-
 def hpcem_command() -> list:
     """The installed ``hpcem`` entry point beside this Python (else ``python -m hpcem.cli.main``)."""
     exe = _which("hpcem")
@@ -110,14 +106,38 @@ def cli_arguments(job: str, values: dict) -> list:
     return positional + args
 
 
-def sbatch_argv(template: str, arguments: list, ntasks: int, cpus_per_task: int, job_dir: str) -> list:
-    """The seam to the SLURM tools: submit ``template`` with ``arguments`` (``<hpcem job> <flags>``)
-    on ``ntasks`` ranks and wait for it (``sbatch --wait`` returns the job's exit status).  The
-    SLURM helper of jobs/slurm may replace this function; its callers only need the exit status."""
-    return ["sbatch", "--wait", "--ntasks=%d" % ntasks, "--cpus-per-task=%d" % max(1, cpus_per_task),
-            "--job-name=hpcem-%s" % (arguments[0] if arguments else "job"),
-            "--output=%s" % os.path.join(job_dir, "run.out"), "--error=%s" % os.path.join(job_dir, "run.err"),
-            template or default_template()] + list(arguments)
+def sbatch_options(job: str, ntasks: int, threads: int, job_dir: str) -> tuple:
+    """(ntasks, cpus per task, extra sbatch flags) of a scheme job submitted to SLURM."""
+    return ntasks, max(1, threads), ["--job-name=hpcem-%s" % job, "--output=%s" % os.path.join(job_dir, "run.out"),
+                                     "--error=%s" % os.path.join(job_dir, "run.err")]
+
+
+def run_sbatch(launch: Launch, arguments: list, cwd: str, job_dir: str, should_abort, poll_s: float = 5.0) -> int:
+    """Submit ``hpcem <arguments>`` through the SLURM template (``launch.template``, else the
+    installed CPU template) with :func:`hpcem.runtime.slurm.submit`, wait for it with squeue /
+    scontrol / sacct, and return its exit status (1 when it ended otherwise than COMPLETED);
+    ABORTED, with the job cancelled, when ``should_abort()`` turned true meanwhile."""
+    from ..runtime import slurm
+
+    ntasks, cpus, extra = sbatch_options(arguments[0] if arguments else "job", launch.ntasks, launch.threads, job_dir)
+    try:
+        job = slurm.submit(launch.template or "cpu", arguments, ntasks, cpus, extra, chdir=cwd)
+    except slurm.SlurmError as exc:
+        with open(os.path.join(job_dir, "run.err"), "a") as err:
+            err.write("%s\n" % exc)
+        return 1
+    with open(os.path.join(job_dir, "run.out"), "a") as out:
+        out.write("+ submitted SLURM job %s\n" % job)
+    while True:
+        r = slurm.state(job)
+        if r.state not in slurm.ACTIVE:
+            break
+        if should_abort():
+            slurm.cancel(job)
+            return ABORTED
+        time.sleep(poll_s)
+    r = slurm.wait(job, poll_s=min(poll_s, 1.0))
+    return 0 if r.ok else (r.exit_code or 1)
 
 
 def command_argv(launch: Launch, program: list, job_dir: str) -> list:
@@ -132,9 +152,13 @@ def command_argv(launch: Launch, program: list, job_dir: str) -> list:
         return [exe, "-n", str(launch.ntasks)] + list(program)
     if launch.kind == "srun":
         return ["srun", "--ntasks=%d" % launch.ntasks, "--cpus-per-task=%d" % max(1, launch.threads)] + list(program)
+    raise ValueError("sbatch jobs run through run_sbatch")
+
+
+def job_arguments(program: list) -> list:
+    """``<job> <flags>`` of an ``hpcem <job> <flags>`` argument list (what a SLURM template takes)."""
     hp = hpcem_command()
-    args = program[len(hp):] if program[:len(hp)] == hp else program
-    return sbatch_argv(launch.template, args, launch.ntasks, launch.threads, job_dir)
+    return program[len(hp):] if program[:len(hp)] == hp else list(program)
 
 
 def run_in_process(job: str, values: dict, job_dir: str) -> int:
