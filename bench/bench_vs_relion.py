@@ -16,7 +16,11 @@ Parts (each prints one table):
                refine3d's run_data.star vs hpcem's map, relion_star_handler on every STAR file,
                the MRC headers;
   refine3d     relion_refine --auto_refine and hpcem refine3d with the same command line: the
-               first iteration's time (vs_relion_3d.py).
+               first iteration's time (vs_relion_3d.py);
+  class3d      hpcem class3d and relion_refine (3D, K = 2) from the same 30 A low-passed start on two
+               conformations at SNR 0.05 (bench_class3d.py): the ARI of every iteration of both.
+               RELION 3.1.3 takes about 40 min per iteration at the full size (4,000 particles,
+               64 px) on one thread; --quick is 1,500 particles at 40 px.
 Without RELION on the PATH the script says so and exits 0 (nothing else depends on RELION).
 """
 from __future__ import annotations
@@ -129,9 +133,16 @@ def part_class2d(tmp, quick):
         out["relion"][0] / out["hpcem"][0], out["hpcem"][1], out["relion"][1]))
 
 
+def part_class3d(tmp, quick):
+    from bench_class3d import main as bench_class3d
+
+    size = ["--N", 1500, "--n", 40, "--iter", 10] if quick else ["--N", 4000, "--n", 64, "--iter", 20]
+    bench_class3d([str(v) for v in ["--dir", os.path.join(tmp, "c3d"), "--relion"] + size])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="reconstruct,class2d,files,refine3d")
+    ap.add_argument("--parts", default="reconstruct,class2d,files,refine3d,class3d")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
     a = ap.parse_args(argv)
@@ -144,7 +155,7 @@ def main(argv=None):
 
     parts = {"reconstruct": part_reconstruct, "class2d": part_class2d,
              "files": lambda t, q: part_files(t, q, run, hpcem_cmd),
-             "refine3d": lambda t, q: part_refine3d(t, q, run, hpcem_cmd)}
+             "refine3d": lambda t, q: part_refine3d(t, q, run, hpcem_cmd), "class3d": part_class3d}
     for name in a.parts.split(","):
         parts[name.strip()](tmp, a.quick)
     return 0

@@ -3,7 +3,8 @@
 * adjusted Rand index of the assignments against the true conformations >= 0.8;
 * --continue from iteration k reaches the same final maps and assignments as an uninterrupted run;
 * 1, 2 and 3 ranks (`mpiexec`, particles split across ranks) give the same maps and assignments;
-* a reference that is not a cubic map fails up front naming the file and field.
+* a reference that is not a cubic map fails up front naming the file and field;
+* half 2's classes are renumbered to half 1's by map correlation (cross-half scoring).
 """
 import os
 
@@ -97,3 +98,17 @@ def test_class3d_bad_reference_box(tmp_path, run_hpcem):
     p = run_hpcem(_flags(star, bad, os.path.join(tmp, "o")), check=False)
     assert p.returncode == 2
     assert "bad_ref.mrc" in p.stderr and "box" in p.stderr
+
+
+def test_matching_classes_recovers_a_permutation():
+    """Half 2's classes renumbered to half 1's (cross-half scoring): the permutation of noisy
+    copies is found, greatest correlation first."""
+    from hpcem.algorithms.map_em.class3d import matching_classes
+
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(6, 8, 8, 8))
+    perm = rng.permutation(6)
+    noisy = maps[perm] + 0.8 * rng.normal(size=maps.shape)
+    found = matching_classes(maps, noisy)
+    assert np.array_equal(perm[found], np.arange(6))
+    assert np.array_equal(matching_classes(maps, maps), np.arange(6))

@@ -1,4 +1,6 @@
-"""3D classification by regularised-likelihood (MAP) EM, as RELION does it (seed 000, section 3.1.1).
+"""3D classification by regularised-likelihood (MAP) EM, as RELION does it (seed 000, section 3.1.1),
+with each random half's particles scored against the other half's class maps (``--cross_halves``,
+the default; see DESIGN_NOTES, "class3d: cross-half scoring").
 
 Hypotheses: K x HEALPix directions of the asymmetric unit x psi x translations (global search
 through the shared E-step, :class:`~.space3d.ProjectionSpace`).  Initialisation: the first
@@ -9,6 +11,17 @@ estimated pi_k are reported): with the estimated priors, the class that starts l
 misaligned, particles while the poses are still converging) pulls in more particles every
 iteration and the split drifts to a junk/size split (blobs SNR 0.1, 2000 particles: sizes
 660/1340, ARI 0.10 at iteration 14; with uniform priors 870/1130, ARI 0.18).
+
+Cross-half scoring: the particles are split into two random halves (rlnRandomSubset, else
+seeded), each half has its own K class maps built from its own particles, and every E-step
+scores half 1 against half 2's maps and half 2 against half 1's.  A map that holds the particle
+it scores favours that particle's current class and pose by its own contribution (at low SNR by
+far more than the difference between the classes), which freezes the random initial classes;
+the other half's maps hold no such term.  After every M-step half 2's classes are renumbered to
+match half 1's (greatest map correlation first): scored across, each half takes the other's
+numbering, and two halves numbered the other way round would swap numbers every iteration (seen:
+each half at ARI 0.87, the whole at 0.00).  The class maps written each iteration are
+reconstructed from both halves' sums.  ``--no-cross_halves`` is RELION's plain EM.
 
 M-step: ``tau2`` of each class from this iteration's sums (power of the unregularised masked
 reconstruction less its noise power, zero beyond the E-step's limit), the class maps, class
@@ -21,10 +34,30 @@ import numpy as np
 
 from ...estep import LocalSearch, TranslationSampling
 from ...recon import mstep
+from ...recon.projector import BackProjector
 from ...runtime.memory import MemoryPlan
 from .model3d import Model3D, initial_reference, shell_of
+from .refine3d import split_halves
 from .results import pose_change_stats
 from .space3d import PAD, ProjectionSpace, Sampling3D
+
+MODEL_KEYS = ("refs", "sigma2", "tau2", "pclass", "sigma_offset", "img_power")
+
+
+def matching_classes(refs1, refs2) -> np.ndarray:
+    """For each map of ``refs1`` the index of the map of ``refs2`` it matches: greedily by the
+    greatest correlation first (a permutation)."""
+    a = np.asarray(refs1, np.float64).reshape(len(refs1), -1)
+    b = np.asarray(refs2, np.float64).reshape(len(refs2), -1)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    corr = (a @ b.T) / np.maximum(np.outer(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)), 1e-30)
+    perm = np.full(len(a), -1)
+    for flat in np.argsort(-corr, axis=None):
+        i, j = divmod(int(flat), len(b))
+        if perm[i] < 0 and j not in perm:
+            perm[i] = j
+    return perm
 
 
 class Class3D:
@@ -34,83 +67,190 @@ class Class3D:
     def __init__(self, ps, ref, cfg, comm, log=print):
         self.ps, self.ref, self.config, self.comm, self.log = ps, ref, cfg, comm, log
         self.n, self.K = ps.box, cfg.K
-        self.m = Model3D(ps, np.arange(ps.n), cfg, comm, log)
+        self.cross = bool(getattr(cfg, "cross_halves", False)) and cfg.K > 1
+        self.subsets = split_halves(ps, cfg.random_seed) if self.cross else np.ones(ps.n, np.int64)
+        self.models = {h: Model3D(ps, np.flatnonzero(self.subsets == h), cfg, comm, log)
+                       for h in ((1, 2) if self.cross else (1,))}
+        self.m = self.models[1]
         self.samp = Sampling3D(cfg.healpix_order, cfg.sym, cfg.psi_step, cfg.oversampling)
         self.trans = TranslationSampling(cfg.offset_range, cfg.offset_step, cfg.oversampling)
         self.space = ProjectionSpace(self.samp, self.K, self.n, self.m.ops)
         r0 = int(min(self.n // 2, max(3, round(shell_of(cfg.ini_high, self.n, ps.angpix)))))
         self.st = {"iteration": 0, "r_cur": r0, "resolution": np.inf}
-        self.subset = np.random.default_rng(cfg.random_seed).permutation(ps.n) % self.K
+        # the random initial classes: a stream of their own (the halves may come from the same seed)
+        self.subset = np.random.default_rng([cfg.random_seed, 3]).permutation(ps.n) % self.K
+        self.refs = self.tau2 = None      # the class maps of all particles (files, checkpoint)
 
     def memory_plan(self):
         s = self.samp
-        return MemoryPlan(self.m.memory_items(s, self.trans.T, self.n // 2),
-                          what="%d particles, K=%d, %d directions x %d psi x %d translations"
-                          % (self.m.idx.size, self.K, s.nd, s.npsi, self.trans.T),
+        items = self.m.memory_items(s, self.trans.T, self.n // 2)
+        items["particles (transforms + CTFs)"] = sum(m.parts.nbytes() for m in self.models.values())
+        items["projectors and back-projectors"] *= len(self.models)
+        return MemoryPlan(items, what="%d particles, K=%d, %d directions x %d psi x %d translations%s"
+                          % (self.ps.n, self.K, s.nd, s.npsi, self.trans.T, ", cross halves" if self.cross else ""),
                           hint="run on more ranks/nodes, or lower --batch, --healpix_order, --offset_range or --K")
 
     def prepare(self):
-        self.m.prepare()
+        for m in self.models.values():
+            m.prepare()
 
     def initialise(self):
-        m = self.m
-        r = initial_reference(self.ref, self.ps.angpix, self.config.ini_high, m.solvent)
-        m.refs = np.repeat(r[None], self.K, axis=0)
-        m.sigma2 = m.img_power.copy()
-        m.tau2 = m.power3(m.refs)
+        r = initial_reference(self.ref, self.ps.angpix, self.config.ini_high, self.m.solvent)
+        for m in self.models.values():
+            m.refs = np.repeat(r[None], self.K, axis=0)
+            m.sigma2 = m.img_power.copy()
+            m.tau2 = m.power3(m.refs)
+        self.refs, self.tau2 = self.m.refs, self.m.tau2
 
     def restore(self, st):
-        self.m.load_state(st)
-        self.m.set_results(st["results"])
+        if self.cross:
+            for h, m in self.models.items():
+                m.load_state(st["half%d" % h])
+        else:
+            self.m.load_state(st)
+        results = st["results"]
+        for h, m in self.models.items():
+            m.set_results({k: np.asarray(v)[m.idx_all] for k, v in results.items()})
+        self.refs, self.tau2 = np.asarray(st["refs"], np.float32), np.asarray(st["tau2"])
         self.st = {"iteration": int(st["iteration"]), "r_cur": int(st["r_cur"]), "resolution": float(st["resolution"])}
 
     def done(self):
         return self.st["iteration"] >= self.config.iters
 
+    # ------------------------------------------------------------ iteration
+    def _scoring_refs(self):
+        """{half: the class maps its particles are scored against} (cross halves: the other's)."""
+        if not self.cross or self.st["iteration"] == 0:
+            return {h: m.refs for h, m in self.models.items()}
+        return {1: self.models[2].refs, 2: self.models[1].refs}
+
     def e_step(self):
-        m = self.m
-        self.prev = {k: v.copy() for k, v in m.res.items()}
+        self.prev = {h: {k: v.copy() for k, v in m.res.items()} for h, m in self.models.items()}
         self.first = self.st["iteration"] == 0
-        remap = None
-        if self.first and self.K > 1:
-            sub, J = self.subset, self.samp.Jf1
-            remap = lambda li, pj: sub[m.idx[li]] * J + pj % J  # noqa: E731
         cand = LocalSearch(self.config.sigma_ang, all_classes=True) if self.config.sigma_ang > 0 else None
-        return m.e_step(self.samp, self.trans, int(self.st["r_cur"]), candidates=cand, remap=remap,
-                        uniform_priors=True, cc=self.first and self.config.firstiter_cc)
+        sums = {}
+        for h, refs in self._scoring_refs().items():
+            m = self.models[h]
+            remap = None
+            if self.first and self.K > 1:
+                sub, J, idx = self.subset, self.samp.Jf1, m.idx
+                remap = lambda li, pj, sub=sub, J=J, idx=idx: sub[idx[li]] * J + pj % J  # noqa: E731
+            own, m.refs = m.refs, refs
+            sums[h] = m.e_step(self.samp, self.trans, int(self.st["r_cur"]), candidates=cand, remap=remap,
+                               uniform_priors=True, cc=self.first and self.config.firstiter_cc)
+            m.refs = own
+        return sums
 
     def reduce(self, sums):
-        self.m.reduce(sums)
+        for h, m in self.models.items():
+            m.reduce(sums[h])
 
-    def m_step(self, sums):
-        m, cfg, K, n = self.m, self.config, self.K, self.n
-        m.update_noise_priors(sums)
+    def _class_maps(self, m, r_cur):
+        """The model's K maps from its own sums and their tau2 (power of the unregularised masked
+        reconstruction less its noise, :func:`mstep.tau2_from_unfiltered`)."""
+        cfg = self.config
         msq = float(np.mean(m.mask3.astype(np.float64) ** 2))
         t2 = np.asarray([mstep.tau2_from_unfiltered(m.power3([m.reconstruct(k, unfil=True) * m.mask3])[0],
-                                                    m.mean_weight(k) * PAD ** 3, msq, sums.r_cur)
-                         for k in range(K)])
-        fudge = cfg.tau2_fudge * PAD ** 3
-        refs = np.stack([m.flatten(m.reconstruct(k, tau2=t2[k], fudge=fudge)) for k in range(K)]).astype(np.float32)
-        tau2 = m.power3(refs)
-        ssnr = cfg.tau2_fudge * tau2 * np.stack([m.mean_weight(k) for k in range(K)]) * PAD ** 3
-        res_shell = mstep.resolution_shell(ssnr)
-        m.refs, m.tau2 = refs, tau2
+                                                    m.mean_weight(k) * PAD ** 3, msq, r_cur)
+                         for k in range(self.K)])
+        refs = np.stack([m.flatten(m.reconstruct(k, tau2=t2[k], fudge=cfg.tau2_fudge * PAD ** 3))
+                         for k in range(self.K)]).astype(np.float32)
+        return refs, t2
+
+    def _combined_maps(self, t2):
+        """Cross halves: each class reconstructed from both halves' sums (tau2: the halves' mean)."""
+        a, b = self.models[1], self.models[2]
+        maps, weights = [], []
+        for k in range(self.K):
+            bp = BackProjector(self.n, pad=PAD)
+            bp.data += a.bps[k].data + b.bps[k].data
+            bp.weight += a.bps[k].weight + b.bps[k].weight
+            tau2 = 0.5 * (t2[1][k] + t2[2][k])
+            maps.append(a.flatten(a.reconstructor.reconstruct(bp, tau2, self.config.tau2_fudge * PAD ** 3, a.ops)))
+            weights.append(bp.shell_mean_weight()[:a.nsh] * len(a.ops))
+        return np.stack(maps).astype(np.float32), np.stack(weights)
+
+    def m_step(self, sums):
+        cfg, K, n = self.config, self.K, self.n
         r_used = self.st["r_cur"]
-        self.st["resolution"] = n * m.angpix / max(res_shell, 1)
-        self.st["r_cur"] = mstep.next_r_cur(res_shell, cfg.margin_shells, n)
-        self.st["iteration"] += 1
+        t2, ssnr = {}, []
+        for h, m in self.models.items():
+            m.update_noise_priors(sums[h])
+            m.refs, t2[h] = self._class_maps(m, sums[h].r_cur)
+            m.tau2 = m.power3(m.refs)
+            ssnr.append(cfg.tau2_fudge * m.tau2 * np.stack([m.mean_weight(k) for k in range(K)]) * PAD ** 3)
         if self.first and K > 1:   # the random initial classes
-            m.res["class"] = self.subset[m.idx] + 1
-        stats = pose_change_stats(self.comm, self.prev, m.res, self.space, first=self.first)
+            for m in self.models.values():
+                m.res["class"] = self.subset[m.idx] + 1
+        if self.cross:
+            self._renumber_half2(t2, sums[2])
+        # the E-step's next limit from the maps it scores against (the halves' in cross mode)
+        self.st["r_cur"] = mstep.next_r_cur(mstep.resolution_shell(np.concatenate(ssnr)), cfg.margin_shells, n)
+        if self.cross:
+            self.refs, weight = self._combined_maps(t2)
+            self.tau2 = self.m.power3(self.refs)
+            full = cfg.tau2_fudge * self.tau2 * weight * PAD ** 3
+            class_weight = sums[1].class_weight + sums[2].class_weight
+        else:
+            self.refs, self.tau2, full, class_weight = self.m.refs, self.m.tau2, ssnr[0], sums[1].class_weight
+        self.pclass = mstep.class_priors(class_weight)
+        self.st["resolution"] = n * self.m.angpix / max(mstep.resolution_shell(full), 1)
+        self.st["iteration"] += 1
+        stats = self._change_stats()
         stats.update(iteration=self.st["iteration"], r_cur=r_used, resolution=self.st["resolution"],
-                     sigma_offset=m.sigma_offset, pclass=m.pclass.copy())
+                     sigma_offset=float(np.mean([m.sigma_offset for m in self.models.values()])),
+                     pclass=self.pclass.copy())
         return stats
 
-    def state(self):
-        m = self.m
+    def _renumber_half2(self, t2, sums2):
+        """Half 2's classes (maps, sums, tau2, priors, particles) renumbered to match half 1's."""
+        m = self.models[2]
+        perm = matching_classes(self.models[1].refs, m.refs)     # half 2's class for each of half 1's
+        if np.array_equal(perm, np.arange(self.K)):
+            return
+        m.refs, m.tau2, t2[2] = m.refs[perm], m.tau2[perm], t2[2][perm]
+        m.bps = [m.bps[k] for k in perm]
+        m.pclass = m.pclass[perm]
+        sums2.class_weight = np.asarray(sums2.class_weight)[perm]
+        new_of_old = np.argsort(perm) + 1
+        for res in (m.res, self.prev[2]):
+            res["class"] = new_of_old[np.asarray(res["class"]) - 1]
+        self.log("class3d: half 2's classes renumbered %s to match half 1's" % (perm + 1).tolist())
+
+    def _change_stats(self):
+        out = [pose_change_stats(self.comm, self.prev[h], m.res, self.space, first=self.first)
+               for h, m in self.models.items()]
+        if len(out) == 1:
+            return out[0]
+        w = [float(m.idx_all.size) for m in self.models.values()]
+        mean = {k: (out[0][k] * w[0] + out[1][k] * w[1]) / sum(w) for k in out[0] if k != "loglik"}
+        return dict(mean, loglik=out[0]["loglik"] + out[1]["loglik"])
+
+    # ------------------------------------------------------------ state, files
+    def _merged_results(self):
+        """All particles' results in the input order (collective)."""
+        parts = {h: m.gather_results() for h, m in self.models.items()}
+        out = {}
+        for k in parts[1]:
+            a = np.zeros(self.ps.n, parts[1][k].dtype)
+            for h, m in self.models.items():
+                a[m.idx_all] = parts[h][k]
+            out[k] = a
+        return out
+
+    def _model_state(self, m):
         return {"refs": m.refs, "sigma2": m.sigma2, "tau2": m.tau2, "pclass": m.pclass,
-                "sigma_offset": m.sigma_offset, "img_power": m.img_power, "results": m.gather_results(),
-                **m.corr.state(), **self.st}
+                "sigma_offset": m.sigma_offset, "img_power": m.img_power, **m.corr.state()}
+
+    def state(self):
+        st = {"results": self._merged_results(), **self.st}
+        if not self.cross:
+            return {**self._model_state(self.m), **st}
+        halves = {"half%d" % h: self._model_state(m) for h, m in self.models.items()}
+        a, b = halves["half1"], halves["half2"]
+        return {**halves, **st, "refs": self.refs, "tau2": self.tau2, "pclass": self.pclass,
+                "sigma2": 0.5 * (a["sigma2"] + b["sigma2"]), "sigma_offset": 0.5 * (a["sigma_offset"] + b["sigma_offset"]),
+                "subsets": self.subsets, **({"group_scale": a["group_scale"]} if "group_scale" in a else {})}
 
     def write(self, root, state, stats):
         from .io3d import write_class3d_iteration

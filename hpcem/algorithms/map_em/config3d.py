@@ -8,7 +8,7 @@ from ...errors import InputError
 from ...estep import EStepOptions
 from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, param
 from ..vdam.options import GradOptions
-from .options import ImageOptions
+from .options import YES_NO, ImageOptions
 
 
 def _known_symmetry(name) -> bool:
@@ -64,6 +64,10 @@ class Class3DConfig(Map3DConfig):
     K: int = param(4, "number of classes", check=AT_LEAST_1, group="model")
     psi_step: float = param(0.0, "in-plane step (deg; 0: the HEALPix step)",
                             check=(lambda v: 0 <= v <= 180, "in [0, 180]"), group="sampling")
+    cross_halves: bool = param(True, "score each random half's particles (rlnRandomSubset) against the class maps "
+                               "of the other half, so that no particle is scored against its own contribution "
+                               "(which freezes the random initial classes at low SNR); --no-cross_halves: RELION's "
+                               "plain EM", action=YES_NO, group="model")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class InitialModelConfig(Class3DConfig, GradOptions):
                                check=(lambda v: 0 <= v <= 6, "in 0..6"), group="sampling")
     offset_range: float = param(6.0, "translation search range (pixels)", check=NON_NEGATIVE, group="sampling")
     offset_step: float = param(2.0, "translation step (pixels)", check=POSITIVE, group="sampling")
+    cross_halves: bool = param(False, cli=False)   # VDAM keeps its own half sets
     grad_em_iters: int = param(0, "EM iterations after the mini-batches: class2d --grad only (0 here)",
                                check=(lambda v: v == 0, "0: final EM iterations exist in class2d --grad only"),
                                group="vdam")
