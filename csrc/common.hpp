@@ -29,6 +29,7 @@ void register_backproject(py::module_& m);
 void register_marginalise(py::module_& m);
 void register_marginalise_posteriors(py::module_& m);  // called by register_marginalise
 void register_gtm(py::module_& m);
+void register_tv(py::module_& m);
 
 // ---------------------------------------------------------------------------
 // Fourier-space interpolation on a padded half grid (project / backproject).
@@ -69,6 +70,23 @@ inline void kx_interval(double alpha, double beta, double lo, double hi, int xma
   t1 = std::max(t1, -2.0); t2 = std::min(t2, double(xmax) + 2.0);
   a = std::max(0, int(std::floor(t1)) - 1);
   b = std::min(xmax, int(std::ceil(t2)) + 1);
+}
+
+// Gaussian kernel of seed 002 (eqs 27-29): a sample at p reaches the 27 grid points round(p) + d,
+// d in {-1, 0, 1}^3, with weight exp(-|round(p) + d - p|^2 / h), h = 2 (separable: one factor per
+// axis). On a half grid a neighbour with x = -1 (samples with px < 0.5 after the Friedel flip) is
+// its Friedel mate (1, -y, -z), conjugated. KERNEL_LINEAR / KERNEL_GAUSS select the kernel.
+constexpr int KERNEL_LINEAR = 0, KERNEL_GAUSS = 1;
+constexpr float GAUSS_H = 2.f;
+
+// rounded centre and the three weights along one axis
+inline int gauss_axis(float p, float w[3]) {
+  const int c = int(std::floor(p + 0.5f));
+  for (int d = 0; d < 3; ++d) {
+    const float t = float(c + d - 1) - p;
+    w[d] = std::exp(-t * t / GAUSS_H);
+  }
+  return c;
 }
 
 // Number of slabs the accumulator is split into for the race-free back-projection

@@ -10,6 +10,10 @@ misaligned, particles while the poses are still converging) pulls in more partic
 iteration and the split drifts to a junk/size split (blobs SNR 0.1, 2000 particles: sizes
 660/1340, ARI 0.10 at iteration 14; with uniform priors 870/1130, ARI 0.18).
 
+With --tv (seed 002) each class map is the regularised reconstruction of :mod:`hpcem.recon.tv`
+restrained to its previous map; the last iteration also writes ``run_itNNN_classKKK_tv.png``
+(central slices with and without the regularisation).
+
 M-step: ``tau2`` of each class from this iteration's sums (power of the unregularised masked
 reconstruction less its noise power, zero beyond the E-step's limit), the class maps, class
 priors, sigma_offset, sigma2, and the next resolution limit where ``T tau2 <W>`` (SSNR) drops
@@ -22,7 +26,7 @@ import numpy as np
 from ...estep import LocalSearch, TranslationSampling
 from ...recon import mstep
 from ...runtime.memory import MemoryPlan
-from .model3d import Model3D, initial_reference, shell_of
+from .model3d import Model3D, initial_reference, shell_of, tv_lines, tv_stats
 from .results import pose_change_stats
 from .space3d import PAD, ProjectionSpace, Sampling3D
 
@@ -90,7 +94,14 @@ class Class3D:
                                                     m.mean_weight(k) * PAD ** 3, msq, sums.r_cur)
                          for k in range(K)])
         fudge = cfg.tau2_fudge * PAD ** 3
-        refs = np.stack([m.flatten(m.reconstruct(k, tau2=t2[k], fudge=fudge)) for k in range(K)]).astype(np.float32)
+        refs, tv = [], {}
+        for k in range(K):
+            refs.append(m.flatten(m.reconstruct(k, tau2=t2[k], fudge=fudge)))
+            tv[k + 1] = tv_stats(m.reconstructor.last) if m.regularised else None
+        refs = np.stack(refs).astype(np.float32)
+        wiener = None
+        if m.regularised and self.st["iteration"] + 1 >= cfg.iters:   # the last iteration: maps without TV too
+            wiener = np.stack([m.flatten(m.plain.reconstruct(m.bps[k], t2[k], fudge, m.ops)) for k in range(K)])
         tau2 = m.power3(refs)
         ssnr = cfg.tau2_fudge * tau2 * np.stack([m.mean_weight(k) for k in range(K)]) * PAD ** 3
         res_shell = mstep.resolution_shell(ssnr)
@@ -103,7 +114,7 @@ class Class3D:
             m.res["class"] = self.subset[m.idx] + 1
         stats = pose_change_stats(self.comm, self.prev, m.res, self.space, first=self.first)
         stats.update(iteration=self.st["iteration"], r_cur=r_used, resolution=self.st["resolution"],
-                     sigma_offset=m.sigma_offset, pclass=m.pclass.copy())
+                     sigma_offset=m.sigma_offset, pclass=m.pclass.copy(), tv=tv, wiener=wiener)
         return stats
 
     def state(self):
@@ -124,13 +135,20 @@ class Class3D:
         for k in range(self.K):
             central_slices_png(root.iteration(it, "class%03d.png" % (k + 1)), state["refs"][k],
                                "class %d: %.1f%%" % (k + 1, 100 * state["pclass"][k]))
+            if stats.get("wiener") is not None:
+                central_slices_png(root.iteration(it, "class%03d_tv.png" % (k + 1)),
+                                   {"TV": state["refs"][k], "Wiener": stats["wiener"][k]},
+                                   "class %d with (top) and without (bottom) the sparsity + TV regularisation" % (k + 1))
 
     def log_line(self, st):
+        tv = tv_lines(st.get("tv", {}))
+        t_tv = sum(t["seconds"] for t in st.get("tv", {}).values() if t)
         return ("it %3d  r_cur %2d  res %6.2f A  dclass %5.3f  dang %6.2f deg  doff %5.2f A  sig_off %5.2f A  "
-                "nsig %7.1f  classes %s  logL %.6e  (%.1f s, E-step %.1f s)" % (
+                "nsig %7.1f  classes %s  logL %.6e  (%.1f s, E-step %.1f s%s)%s" % (
                     st["iteration"], st["r_cur"], st["resolution"], st["changes_classes"], st["changes_orient"],
                     st["changes_offsets"], st["sigma_offset"], st["mean_nsig"],
-                    " ".join("%.2f" % p for p in st["pclass"]), st["loglik"], st["t_iter"], st["t_estep"]))
+                    " ".join("%.2f" % p for p in st["pclass"]), st["loglik"], st["t_iter"], st["t_estep"],
+                    ", TV M-step %.1f s" % t_tv if tv else "", tv))
 
     def finish(self, root):
         pass
