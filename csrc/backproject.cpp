@@ -74,24 +74,15 @@ inline void splat(Acc<T> acc, int P, float px, float py, float pz, cfloat v, flo
 // The Gaussian kernel's splat (3D; common.hpp): the 27 neighbours of round(p), those with z in [slo, shi).
 template <typename T>
 inline void splat_gauss(Acc<T> acc, int P, float px, float py, float pz, cfloat v, float wt, int slo, int shi) {
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
   if (px < 0.f) { px = -px; py = -py; pz = -pz; v = std::conj(v); }
-  float wx[3], wy[3], wz[3];
-  const int cx = gauss_axis(px, wx), cy = gauss_axis(py, wy), cz = gauss_axis(pz, wz);
+  const int cz = int(std::floor(pz + 0.5f)), cx = int(std::floor(px + 0.5f));
   if ((cz + 1 < slo || cz - 1 >= shi) && (cx > 0 || -cz + 1 < slo || -cz - 1 >= shi)) return;
-  for (int dz = 0; dz < 3; ++dz)
-    for (int dy = 0; dy < 3; ++dy)
-      for (int dx = 0; dx < 3; ++dx) {
-        int x = cx + dx - 1, y = cy + dy - 1, z = cz + dz - 1;
-        const bool mate = x < 0;
-        if (mate) { x = -x; y = -y; z = -z; }
-        if (z < slo || z >= shi || x >= Ph || y < fmin || y > fmax) continue;
-        const float w = wz[dz] * wy[dy] * wx[dx];
-        const cfloat u = mate ? std::conj(v) : v;
-        const size_t off = (size_t(fft_index(z, P)) * P + size_t(fft_index(y, P))) * Ph + x;
-        acc.data[off] += std::complex<T>(T(w * u.real()), T(w * u.imag()));
-        acc.weight[off] += T(w * wt);
-      }
+  gauss_neighbours(P, px, py, pz, [&](int z, size_t off, float w, bool mate) {
+    if (z < slo || z >= shi) return;
+    const cfloat u = mate ? std::conj(v) : v;
+    acc.data[off] += std::complex<T>(T(w * u.real()), T(w * u.imag()));
+    acc.weight[off] += T(w * wt);
+  });
 }
 
 // One slab: all slices of the batch (those of class `cls` in 2D, cls < 0: all); GAUSS: 3D only.

@@ -89,6 +89,25 @@ inline int gauss_axis(float p, float w[3]) {
   return c;
 }
 
+// The 27 neighbours of round(p) of a point with px >= 0 inside a padded half grid of box P: calls
+// f(z, offset, weight, mate) (z the frequency along the slab axis; mate: the neighbour had x = -1 and
+// stands for its Friedel mate, whose value is the conjugate).
+template <typename F>
+inline void gauss_neighbours(int P, float px, float py, float pz, F&& f) {
+  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
+  float wx[3], wy[3], wz[3];
+  const int cx = gauss_axis(px, wx), cy = gauss_axis(py, wy), cz = gauss_axis(pz, wz);
+  for (int dz = 0; dz < 3; ++dz)
+    for (int dy = 0; dy < 3; ++dy)
+      for (int dx = 0; dx < 3; ++dx) {
+        int x = cx + dx - 1, y = cy + dy - 1, z = cz + dz - 1;
+        const bool mate = x < 0;
+        if (mate) { x = -x; y = -y; z = -z; }
+        if (x >= Ph || y < fmin || y > fmax || z < fmin || z > fmax) continue;
+        f(z, (size_t(fft_index(z, P)) * P + size_t(fft_index(y, P))) * Ph + x, wz[dz] * wy[dy] * wx[dx], mate);
+      }
+}
+
 // Number of slabs the accumulator is split into for the race-free back-projection
 // (each slab of FFT-ordered frequencies is written by exactly one thread).
 inline int n_slabs(int P, int threads) {

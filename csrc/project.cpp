@@ -34,22 +34,12 @@ inline cfloat sample3d(const cfloat* vol, int P, float px, float py, float pz) {
 // Gaussian-kernel sum of a padded half volume at p (the forward operator whose adjoint is the
 // Gaussian back-projection; common.hpp): sum over the 27 neighbours of K(n - p) V(n).
 inline cfloat sample3d_gauss(const cfloat* vol, int P, float px, float py, float pz) {
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
   bool flip = px < 0.f;
   if (flip) { px = -px; py = -py; pz = -pz; }
-  float wx[3], wy[3], wz[3];
-  const int cx = gauss_axis(px, wx), cy = gauss_axis(py, wy), cz = gauss_axis(pz, wz);
   cfloat acc(0.f, 0.f);
-  for (int dz = 0; dz < 3; ++dz)
-    for (int dy = 0; dy < 3; ++dy)
-      for (int dx = 0; dx < 3; ++dx) {
-        int x = cx + dx - 1, y = cy + dy - 1, z = cz + dz - 1;
-        const bool mate = x < 0;
-        if (mate) { x = -x; y = -y; z = -z; }
-        if (x >= Ph || y < fmin || y > fmax || z < fmin || z > fmax) continue;
-        const cfloat v = vol[(size_t(fft_index(z, P)) * P + fft_index(y, P)) * Ph + x];
-        acc += (wz[dz] * wy[dy] * wx[dx]) * (mate ? std::conj(v) : v);
-      }
+  gauss_neighbours(P, px, py, pz, [&](int, size_t off, float w, bool mate) {
+    acc += w * (mate ? std::conj(vol[off]) : vol[off]);
+  });
   return flip ? std::conj(acc) : acc;
 }
 

@@ -28,6 +28,7 @@ known-pose reconstruction: a ridge towards 0), the start is the unregularised ma
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,14 +136,15 @@ class TVReconstructor:
         self.last = None
 
     def reconstruct(self, bp, tau2=None, fudge: float = 1.0, ops=None, prev=None) -> np.ndarray:
+        t0 = time.time()
         data = tv_data(bp, ops, self.gridding_iters)
         xp = np.zeros_like(data.x0) if prev is None else np.ascontiguousarray(prev, np.float32)
         p = resolve(self.settings, data, data.x0 if prev is None or not np.any(prev) else xp)
         pb = TVProblem(Zc=data.Zc, Wd=data.Wd, g=data.g, xp=xp, alpha=p["alpha"], beta=p["beta"],
                        gamma=p["gamma"], eps=p["eps"], epsp=p["epsp"], mu=p["mu"])
         r = solve(pb, data.x0, self.settings.iters, REWEIGHT_ROUNDS, self.settings.lr)
-        self.last = dict(p, **r.terms, residual=r.residual, iterations=r.iterations, seconds=r.seconds,
-                         history=np.asarray(r.history))
+        self.last = dict(p, **r.terms, residual=r.residual, iterations=r.iterations, solve_seconds=r.seconds,
+                         seconds=time.time() - t0, history=np.asarray(r.history))
         return np.asarray(r.x, np.float32)
 
 
@@ -150,7 +152,8 @@ def summary(last: dict | None) -> str:
     """One log line of a regularised reconstruction's terms (``TVReconstructor.last``)."""
     if not last:
         return ""
-    return ("data %.4g  l1 %.4g  tv %.4g  restraint %.4g  residual %.2e  %d it %.1f s  "
-            "(alpha %.3g beta %.3g gamma %.3g eps %.3g eps' %.3g)" % (
+    return ("data %.4g  l1 %.4g  tv %.4g  restraint %.4g  residual %.2e  %d it %.1f s (solver %.1f s)  "
+            "(alpha %.3g beta %.3g gamma %.3g eps %.3g eps' %.3g; S %.3g Nbar %.3g)" % (
                 last["data"], last["l1"], last["tv"], last["restraint"], last["residual"], last["iterations"],
-                last["seconds"], last["alpha"], last["beta"], last["gamma"], last["eps"], last["epsp"]))
+                last["seconds"], last["solve_seconds"], last["alpha"], last["beta"], last["gamma"], last["eps"],
+                last["epsp"], last["S"], last["Nbar"]))

@@ -177,8 +177,8 @@ def shell_of(res_A, n, angpix):
     return n * angpix / res_A if np.isfinite(res_A) and res_A > 0 else 0.0
 
 
-TV_KEYS = ("data", "l1", "tv", "restraint", "objective", "residual", "iterations", "seconds", "alpha", "beta", "gamma",
-           "eps", "epsp", "S", "Nbar")
+TV_KEYS = ("data", "l1", "tv", "restraint", "objective", "residual", "iterations", "seconds", "solve_seconds", "alpha",
+           "beta", "gamma", "eps", "epsp", "S", "Nbar")
 
 
 def tv_stats(last) -> dict | None:

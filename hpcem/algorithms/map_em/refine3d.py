@@ -14,12 +14,13 @@ finest order without resolution gain and with mean changes below the step; then 
 iteration at Nyquist combines both halves (SSNR of the full map ``2 FSC/(1-FSC)``) into
 ``run_class001.mrc``.
 
-With --tv (seed 002, :mod:`hpcem.recon.tv`) each half is reconstructed by the regularised M-step
-from its own sums, restrained to its own previous map (gold-standard: the halves stay independent);
-the FSC, the resolution and the written half maps are those of the regularised halves, the
-references are those maps flattened (no Wiener prior), and the final map is the regularised
-reconstruction of both halves' sums (``run_class001_tv.png``: central slices with and without
-regularisation).
+With --tv (seed 002, :mod:`hpcem.recon.tv`) each half's reference is the regularised M-step's map
+from that half's sums alone, restrained to the half's own previous map (the halves stay
+independent), instead of the Wiener MAP map; the final map is the regularised reconstruction of
+both halves' sums (``run_class001_tv.png``: central slices with and without regularisation).  The
+gold-standard FSC, the resolution and the ``_unfil`` half maps stay those of the unregularised
+halves: the FSC between regularised halves is inflated by their shared, signal-dependent bias
+(DESIGN_NOTES, issue 13), so only alignment and the final map see the regulariser.
 
 relion_refine's options: ``--low_resol_join_halves`` (:mod:`.halves`), ``--solvent_mask`` and
 ``--solvent_correct_fsc`` (:mod:`.solvent`), ``--sigma_ang`` (local searches around the input
@@ -153,9 +154,8 @@ class Refine3D:
         self.changes = sums
 
     def _half_fsc(self):
-        """Unfiltered half maps (with --tv the regularised ones; both, on every rank) and their masked
-        and unmasked FSC."""
-        unfil = {h: m.reconstruct(0, unfil=not m.regularised) for h, m in self.models.items()}
+        """Unfiltered half maps (both, on every rank) and their masked and unmasked FSC."""
+        unfil = {h: m.reconstruct(0, unfil=True) for h, m in self.models.items()}
         if self.half is not None:
             got = self.world.allgather((self.half, unfil[self.half] if self.sub.rank == 0 else None))
             unfil = {h: v for h, v in got if v is not None}
@@ -175,11 +175,10 @@ class Refine3D:
         if self.final:
             return self._final(unfil, curve, curve_unmasked, res)
         ssnr = fsc_to_ssnr(curve)
-        for h, m in self.models.items():
+        for m in self.models.values():
             tau2 = mstep.tau2_from_ssnr(ssnr, m.mean_weight(0))
             m.tau2 = tau2[None]
-            vol = unfil[h] if m.regularised else m.reconstruct(0, tau2=tau2, fudge=self.config.tau2_fudge)
-            m.refs = m.flatten(vol)[None].astype(np.float32)
+            m.refs = m.flatten(m.reconstruct(0, tau2=tau2, fudge=self.config.tau2_fudge))[None].astype(np.float32)
         r_used, order = self.st["r_cur"], self.st["order"]
         self._schedule(res)
         s = self.changes

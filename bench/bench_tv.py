@@ -1,0 +1,124 @@
+"""Benchmark of the sparsity + total-variation regularised M-step (seed 002, `--tv`).
+
+1. refine3d with and without --tv --tv_auto on the same simulated particles (pseudo-atomic map, CTF,
+   SNR 0.05, C1, from the truth low-passed to 30 A): FSC-0.5 to the truth, gold-standard resolution,
+   median orientation error and wall time side by side.
+2. Per box (64, 128, 256): one refine3d --tv iteration of local searches (order 4, --sigma_ang, the
+   E-step limit at 0.8 Nyquist) on a few particles gives the E-step's time per particle and the
+   regularised M-step's time (both halves, --tv_iters iterations; its data term's gridding estimate
+   included, the solver's own time parsed apart) from the run's log; the E-step is
+   scaled to --per_half particles per half.  The M-step's fraction of an iteration is printed, and
+   its memory traffic per solver iteration (the bytes its kernels and FFTs must move, a lower bound)
+   in GB/s against this machine's copy bandwidth.
+
+    python bench/bench_tv.py [--n 4000] [--boxes 64 128 256] [--per_half 5000] [--skip_refine]
+
+The last line is the headline: the M-step's fraction of an iteration at box 128 (target < 0.2).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from bench_kernels import stream_gbs
+from bench_refine3d import hpcem_cmd, pose_errors
+
+BYTES_PER_VOXEL = 112   # prox 28, penalties 16, extrapolation 16 + 26 (half grid), data value 10, 2 FFTs 16
+
+
+def dataset(d, box, n, seed):
+    from hpcem.core.filters import lowpass
+    from hpcem.io.mrc import write_mrc
+    from hpcem.simulate.particles import simulate_dataset
+    from hpcem.simulate.write import write_dataset
+
+    sim = simulate_dataset(n=box, n_particles=n, snr=0.05, ctf=True, seed=seed, model="atoms")
+    star = write_dataset(sim, d)["particles"]
+    ref = os.path.join(d, "ref.mrc")
+    write_mrc(ref, lowpass(np.asarray(sim.volumes[0], np.float64), 30.0, sim.angpix, dims=3).astype(np.float32),
+              sim.angpix)
+    return sim, star, ref
+
+
+def run(cmd):
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode:
+        print(p.stdout[-3000:], p.stderr[-3000:])
+        sys.exit(1)
+    return p.stdout, time.perf_counter() - t
+
+
+def compare_refine(d, n):
+    from hpcem.core.fsc import fsc, resolution_at
+    from hpcem.io.mrc import read_mrc
+
+    sim, star, ref = dataset(d, 64, n, seed=11)
+    print("refine3d on %d particles, 64 px, SNR 0.05 (2 threads; other load on the machine adds noise)" % n)
+    for name, extra in (("plain", []), ("--tv --tv_auto", ["--tv", "--tv_auto"])):
+        out = os.path.join(d, "R_tv" if extra else "R_plain")
+        log, wall = run(hpcem_cmd() + ["refine3d", "--i", star, "--ref", ref, "--o", out, "--ctf", "--ini_high",
+                                       "30", "--sym", "C1", "--offset_range", "2", "--offset_step", "1",
+                                       "--random_seed", "1", "--particle_diameter", "120"] + extra)
+        c = fsc(read_mrc(os.path.join(out, "run_class001.mrc"))[0], sim.volumes[0])[1]
+        gold = float(re.findall(r"final: resolution (\S+) A", log)[0])
+        its = re.findall(r"\((\d+\.\d+) s, E-step (\d+\.\d+) s(?:, TV M-step (\d+\.\d+) s)?\)", log)
+        ang, _ = pose_errors(os.path.join(out, "run_data.star"), sim)
+        tv = sum(float(t[2] or 0) for t in its)
+        print("  %-15s FSC 0.5 to the truth %.2f A, gold-standard %.2f A, median orientation error %.2f deg, "
+              "%d iterations, %.0f s wall (E-step %.0f s, TV M-step %.0f s)" % (
+                  name, resolution_at(c, 0.5, 64, sim.angpix), gold, ang, len(its), wall,
+                  sum(float(t[1]) for t in its), tv))
+
+
+def mstep_vs_estep(d, box, n, per_half, iters):
+    sim, star, ref = dataset(os.path.join(d, "box%d" % box), box, n, seed=5)
+    ini = box * sim.angpix / (0.8 * box / 2)          # E-step limit at 0.8 Nyquist
+    log, _ = run(hpcem_cmd() + ["refine3d", "--i", star, "--ref", ref, "--o", os.path.join(d, "box%d" % box, "R"),
+                                "--ctf", "--ini_high", "%.3f" % ini, "--iter", "1", "--healpix_order", "4",
+                                "--auto_local_healpix_order", "4", "--sigma_ang", "1.4", "--offset_range", "2",
+                                "--particle_diameter", "%.1f" % (0.75 * box * sim.angpix), "--tv", "--tv_auto",
+                                "--tv_iters", str(iters)])
+    it = re.findall(r"\((\d+\.\d+) s, E-step (\d+\.\d+) s, TV M-step (\d+\.\d+) s\)", log)[0]
+    t_e = float(it[1]) / n * 2 * per_half
+    t_m = float(it[2])
+    solver = [float(s) for s in re.findall(r"TV [12]: .* it \S+ s \(solver (\S+) s\)", log)[:2]]
+    per_it = sum(solver) / (2 * iters)
+    gbs = BYTES_PER_VOXEL * box ** 3 / per_it / 1e9
+    return t_e, t_m, per_it, gbs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=4000, help="particles of the refine3d comparison")
+    ap.add_argument("--boxes", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--per_half", type=int, default=5000, help="particles per half the E-step is scaled to")
+    ap.add_argument("--iters", type=int, default=150, help="--tv_iters")
+    ap.add_argument("--skip_refine", action="store_true")
+    ap.add_argument("--dir", default=None)
+    a = ap.parse_args()
+    d = a.dir or tempfile.mkdtemp(prefix="bench_tv_")
+    if not a.skip_refine:
+        compare_refine(d, a.n)
+    bw = stream_gbs()
+    print("copy bandwidth (numpy 512 MB copy, read + write): %.1f GB/s" % bw)
+    frac = {}
+    for box in a.boxes:
+        n = max(40, int(400 * (64 / box) ** 2))
+        t_e, t_m, per_it, gbs = mstep_vs_estep(d, box, n, a.per_half, a.iters)
+        frac[box] = t_m / (t_m + t_e)
+        print("box %3d: E-step %.1f s for 2 x %d particles (measured on %d), TV M-step %.1f s (2 halves x %d "
+              "iterations, %.1f ms each, %.1f GB/s = %.0f%% of copy): %.2f of an iteration" % (
+                  box, t_e, a.per_half, n, t_m, a.iters, 1e3 * per_it, gbs, 100 * gbs / bw, frac[box]))
+    if 128 in frac:
+        print("headline: regularised M-step %.2f of an iteration at box 128 (target < 0.20)" % frac[128])
+
+
+if __name__ == "__main__":
+    main()
