@@ -86,12 +86,13 @@ def mstep_vs_estep(d, box, n, per_half, iters):
                                 "--particle_diameter", "%.1f" % (0.75 * box * sim.angpix), "--tv", "--tv_auto",
                                 "--tv_iters", str(iters)])
     it = re.findall(r"\((\d+\.\d+) s, E-step (\d+\.\d+) s, TV M-step (\d+\.\d+) s\)", log)[0]
-    t_e = float(it[1]) / n * 2 * per_half
+    t_particle = float(it[1]) / n
+    t_e = t_particle * 2 * per_half
     t_m = float(it[2])
     solver = [float(s) for s in re.findall(r"TV [12]: .* it \S+ s \(solver (\S+) s\)", log)[:2]]
     per_it = sum(solver) / (2 * iters)
     gbs = BYTES_PER_VOXEL * box ** 3 / per_it / 1e9
-    return t_e, t_m, per_it, gbs
+    return t_e, t_m, per_it, gbs, int(np.ceil(4.0 * t_m / (2 * t_particle)))
 
 
 def main():
@@ -111,11 +112,12 @@ def main():
     frac = {}
     for box in a.boxes:
         n = max(40, int(400 * (64 / box) ** 2))
-        t_e, t_m, per_it, gbs = mstep_vs_estep(d, box, n, a.per_half, a.iters)
+        t_e, t_m, per_it, gbs, even = mstep_vs_estep(d, box, n, a.per_half, a.iters)
         frac[box] = t_m / (t_m + t_e)
         print("box %3d: E-step %.1f s for 2 x %d particles (measured on %d), TV M-step %.1f s (2 halves x %d "
-              "iterations, %.1f ms each, %.1f GB/s = %.0f%% of copy): %.2f of an iteration" % (
-                  box, t_e, a.per_half, n, t_m, a.iters, 1e3 * per_it, gbs, 100 * gbs / bw, frac[box]))
+              "iterations, %.1f ms each, %.1f GB/s = %.0f%% of copy): %.2f of an iteration (1/5 at %d particles "
+              "per half)" % (box, t_e, a.per_half, n, t_m, a.iters, 1e3 * per_it, gbs, 100 * gbs / bw, frac[box],
+                             even))
     if 128 in frac:
         print("headline: regularised M-step %.2f of an iteration at box 128 (target < 0.20)" % frac[128])
 

@@ -8,9 +8,10 @@
 // function h_mu(|Dx|) (|Dx|^2 / 2mu below mu, |Dx| - mu/2 above), whose gradient is
 // D^T(u) with u = Dx / max(|Dx|, mu) (eq 16); with per-voxel weights w it is D^T(w u).
 //
-// Concurrency: every kernel runs over z planes (OpenMP static schedule); each output voxel is
-// written by one thread, and sums are accumulated per plane in double and added plane by plane
-// in order, so results are bitwise independent of the thread count.
+// Concurrency: every kernel runs over z planes (OpenMP; the prox step in contiguous blocks of planes
+// per thread, keeping two planes of weighted unit gradients); each output voxel is written by one
+// thread from values that do not depend on the split, and sums are accumulated per plane in double
+// and added plane by plane in order, so results are bitwise independent of the thread count.
 #include "common.hpp"
 #include <omp.h>
 #include <vector>
@@ -58,25 +59,50 @@ inline float grad_at(const float* x, const Box& b, long z, long y, long xx, floa
   return std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
 }
 
-// (D^T (w u))[v] of the weighted, smoothed TV at (z, y, x)
-inline float tv_grad_at(const float* x, const float* w, const Box& b, float mu, long z, long y, long xx) {
-  float d[3], e[3];
-  const float m = grad_at(x, b, z, y, xx, d);
-  const float s = w[b.at(z, y, xx)] / std::max(m, mu);
-  float g = s * (d[0] + d[1] + d[2]);
-  if (z + 1 < b.nz) {
-    const float mn = grad_at(x, b, z + 1, y, xx, e);
-    g -= w[b.at(z + 1, y, xx)] / std::max(mn, mu) * e[0];
+// The weighted unit gradients q_a = w (Dx)_a / max(|Dx|, mu) of one z plane (3 x ny x nx, a-major),
+// each computed once: the TV gradient at v is sum_a q_a[v] - q_a[v + e_a] (eq 17).
+void plane_q(const float* x, const float* w, const Box& b, float mu, long z, float* q) {
+  const size_t np = size_t(b.ny) * b.nx;
+  for (long y = 0; y < b.ny; ++y)
+    for (long xx = 0; xx < b.nx; ++xx) {
+      float d[3];
+      const float m = grad_at(x, b, z, y, xx, d);
+      const float s = w[b.at(z, y, xx)] / std::max(m, mu);
+      const size_t i = size_t(y) * b.nx + xx;
+      q[i] = s * d[0];
+      q[np + i] = s * d[1];
+      q[2 * np + i] = s * d[2];
+    }
+}
+
+// Calls f(z, tvgrad) for the planes [z0, z1) with tvgrad (ny x nx) the plane's D^T(w u); two planes of q
+// are kept (this one and the next), so every q is computed once per thread (plus one plane per block).
+template <typename F>
+void tv_grad_planes(const float* x, const float* w, const Box& b, float mu, long z0, long z1, F f) {
+  const size_t np = size_t(b.ny) * b.nx;
+  std::vector<float> cur(3 * np), nxt(3 * np), g(np);
+  plane_q(x, w, b, mu, z0, cur.data());
+  for (long z = z0; z < z1; ++z) {
+    const bool more = z + 1 < b.nz;
+    if (more) plane_q(x, w, b, mu, z + 1, nxt.data());
+    for (long y = 0; y < b.ny; ++y)
+      for (long xx = 0; xx < b.nx; ++xx) {
+        const size_t i = size_t(y) * b.nx + xx;
+        float v = cur[i] + cur[np + i] + cur[2 * np + i];
+        if (more) v -= nxt[i];
+        if (y + 1 < b.ny) v -= cur[np + i + b.nx];
+        if (xx + 1 < b.nx) v -= cur[2 * np + i + 1];
+        g[i] = v;
+      }
+    f(z, g.data());
+    std::swap(cur, nxt);
   }
-  if (y + 1 < b.ny) {
-    const float mn = grad_at(x, b, z, y + 1, xx, e);
-    g -= w[b.at(z, y + 1, xx)] / std::max(mn, mu) * e[1];
-  }
-  if (xx + 1 < b.nx) {
-    const float mn = grad_at(x, b, z, y, xx + 1, e);
-    g -= w[b.at(z, y, xx + 1)] / std::max(mn, mu) * e[2];
-  }
-  return g;
+}
+
+// planes [lo, hi) of block t of T (contiguous blocks: every thread keeps its q planes)
+inline void block_of(long nz, int t, int T, long& lo, long& hi) {
+  lo = nz * t / T;
+  hi = nz * (t + 1) / T;
 }
 
 // sum of per-plane partial sums, in plane order
@@ -127,23 +153,29 @@ py::tuple tv_prox_step(carray<float> y, carray<float> graw, carray<float> xp, ca
   std::vector<double> dz(b.nz, 0.0), yy(b.nz, 0.0);
   {
     py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(static)
-    for (long k = 0; k < b.nz; ++k) {
-      double sd = 0.0, sy = 0.0;
-      for (long j = 0; j < b.ny; ++j)
-        for (long i = 0; i < b.nx; ++i) {
-          const size_t v = b.at(k, j, i);
-          const float gc = G[k] * G[j] * G[i];
-          const float grad = gc * GR[v] + fb * tv_grad_at(Y, WT, b, fmu, k, j, i) + fg * (Y[v] - XP[v]);
-          const float u = Y[v] - ft * grad, th = ft * fa * WL[v];
-          const float s = std::abs(u) > th ? u - std::copysign(th, u) : 0.f;
-          Z[v] = s;
-          GZ[v] = gc * s;
-          sd += double(s - Y[v]) * double(s - Y[v]);
-          sy += double(Y[v]) * double(Y[v]);
-        }
-      dz[k] = sd;
-      yy[k] = sy;
+#pragma omp parallel
+    {
+      const int T = omp_get_num_threads(), t = omp_get_thread_num();
+      long lo, hi;
+      block_of(b.nz, t, T, lo, hi);
+      if (lo < hi)
+        tv_grad_planes(Y, WT, b, fmu, lo, hi, [&](long k, const float* tvg) {
+          double sd = 0.0, sy = 0.0;
+          for (long j = 0; j < b.ny; ++j)
+            for (long i = 0; i < b.nx; ++i) {
+              const size_t v = b.at(k, j, i);
+              const float gc = G[k] * G[j] * G[i];
+              const float grad = gc * GR[v] + fb * tvg[size_t(j) * b.nx + i] + fg * (Y[v] - XP[v]);
+              const float u = Y[v] - ft * grad, th = ft * fa * WL[v];
+              const float s = std::abs(u) > th ? u - std::copysign(th, u) : 0.f;
+              Z[v] = s;
+              GZ[v] = gc * s;
+              sd += double(s - Y[v]) * double(s - Y[v]);
+              sy += double(Y[v]) * double(Y[v]);
+            }
+          dz[k] = sd;
+          yy[k] = sy;
+        });
     }
   }
   return py::make_tuple(ordered_sum(dz), ordered_sum(yy));

@@ -138,7 +138,8 @@ class Class3D:
             if stats.get("wiener") is not None:
                 central_slices_png(root.iteration(it, "class%03d_tv.png" % (k + 1)),
                                    {"TV": state["refs"][k], "Wiener": stats["wiener"][k]},
-                                   "class %d with (top) and without (bottom) the sparsity + TV regularisation" % (k + 1))
+                                   "class %d with (top) and without (bottom) the sparsity + TV regularisation"
+                                   % (k + 1))
 
     def log_line(self, st):
         tv = tv_lines(st.get("tv", {}))
