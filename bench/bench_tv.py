@@ -3,8 +3,9 @@
 1. refine3d with and without --tv --tv_auto on the same simulated particles (pseudo-atomic map, CTF,
    SNR 0.05, C1, from the truth low-passed to 30 A): FSC-0.5 to the truth, gold-standard resolution,
    median orientation error and wall time side by side.
-2. Per box (64, 128, 256): one refine3d --tv iteration of local searches (order 4, --sigma_ang, the
-   E-step limit at 0.8 Nyquist) on a few particles gives the E-step's time per particle and the
+2. Per box (64, 128, 256): one refine3d --tv iteration of local searches (order 4, --sigma_ang 1.4;
+   at 256 px order 3 with --sigma_ang 2.8 and --batch 8, as refine3d's memory plan, made for global
+   searches, exceeds a small machine otherwise; the E-step limit at 0.8 Nyquist) on a few particles gives the E-step's time per particle and the
    regularised M-step's time (both halves, --tv_iters iterations; its data term's gridding estimate
    included, the solver's own time parsed apart) from the run's log; the E-step is
    scaled to --per_half particles per half.  The M-step's fraction of an iteration is printed, and
@@ -46,13 +47,23 @@ def dataset(d, box, n, seed):
     return sim, star, ref
 
 
-def run(cmd):
+def run(cmd, until=None):
+    """(stdout, seconds) of a command; ``until``: a regular expression of stdout after whose line the
+    command is stopped (the rest of the run is not needed)."""
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode:
-        print(p.stdout[-3000:], p.stderr[-3000:])
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, matched = [], False
+    for line in p.stdout:
+        out.append(line)
+        if until is not None and re.search(until, line):
+            matched = True
+            p.terminate()
+            break
+    err = p.stderr.read()
+    if p.wait() and not matched:
+        print("".join(out)[-3000:], err[-3000:])
         sys.exit(1)
-    return p.stdout, time.perf_counter() - t
+    return "".join(out), time.perf_counter() - t
 
 
 def compare_refine(d, n):
@@ -80,11 +91,15 @@ def compare_refine(d, n):
 def mstep_vs_estep(d, box, n, per_half, iters):
     sim, star, ref = dataset(os.path.join(d, "box%d" % box), box, n, seed=5)
     ini = box * sim.angpix / (0.8 * box / 2)          # E-step limit at 0.8 Nyquist
+    order = 4 if box <= 128 else 3                     # refine3d's memory plan assumes a global search: order 4
+    sigma = 1.4 * 2 ** (4 - order)                     # at 256 px asks for 63 GB; same sigma / step at order 3
     log, _ = run(hpcem_cmd() + ["refine3d", "--i", star, "--ref", ref, "--o", os.path.join(d, "box%d" % box, "R"),
-                                "--ctf", "--ini_high", "%.3f" % ini, "--iter", "1", "--healpix_order", "4",
-                                "--auto_local_healpix_order", "4", "--sigma_ang", "1.4", "--offset_range", "2",
+                                "--ctf", "--ini_high", "%.3f" % ini, "--iter", "1", "--healpix_order", str(order),
+                                "--auto_local_healpix_order", str(order), "--sigma_ang", str(sigma),
+                                "--offset_range", "2",
                                 "--particle_diameter", "%.1f" % (0.75 * box * sim.angpix), "--tv", "--tv_auto",
-                                "--tv_iters", str(iters)])
+                                "--tv_iters", str(iters)] + (["--batch", "8"] if box > 128 else []),
+                 until=r"^\s+TV 2: ")   # iteration 1, not the final one
     it = re.findall(r"\((\d+\.\d+) s, E-step (\d+\.\d+) s, TV M-step (\d+\.\d+) s\)", log)[0]
     t_particle = float(it[1]) / n
     t_e = t_particle * 2 * per_half

@@ -110,6 +110,8 @@ def refine_one_rank(small, tmp_path_factory):
 def test_refine3d_tv_logs_terms_and_writes_slices(refine_one_rank):
     out, log = refine_one_rank
     assert "TV M-step" in log and "TV 1: data" in log and "TV 2: data" in log and "TV final" in log
+    final = log[log.index("final: "):]
+    assert "TV 1:" not in final and "TV final: data" in final
     assert "residual" in log
     assert os.path.getsize(os.path.join(out, "run_class001_tv.png")) > 5000
 
@@ -157,7 +159,10 @@ def test_class3d_tv_runs_and_writes_slices(small, run_hpcem):
 def test_refine3d_tv_beats_plain_full_size(tmp_path, run_hpcem):
     """4,000 pseudo-atomic particles, 64 px, SNR 0.05, CTF, from the truth low-passed to 30 A: --tv
     --tv_auto gives a better FSC-0.5 to the truth than plain refine3d, its gold-standard resolution is
-    within 15% of that figure, and its median orientation error is not worse."""
+    within 15% of that figure, and its median orientation error is not worse.  Measured (these data and
+    flags, 1 thread each, the machine loaded): plain 6.93 A to the truth, gold-standard 6.19 A, 3.25 deg,
+    12 iterations, 4,681 s; --tv 6.00 A (Nyquist), gold-standard 6.00 A, 2.40 deg, 15 iterations,
+    5,517 s of which 250 s in the regularised M-step."""
     tmp = str(tmp_path)
     d, star, ref = _dataset(tmp, 64, 4000, seed=11, snr=0.05, model="atoms")
     At = euler_to_matrix(d.rot, d.tilt, d.psi)
@@ -177,4 +182,4 @@ def test_refine3d_tv_beats_plain_full_size(tmp_path, run_hpcem):
             (name,) + res[name]))
     assert res["tv"][0] < res["plain"][0]
     assert abs(res["tv"][1] - res["tv"][0]) / res["tv"][0] < 0.15
-    assert res["tv"][2] <= res["plain"][2] * 1.02 + 0.05
+    assert res["tv"][2] <= res["plain"][2]

@@ -283,8 +283,7 @@ class Refine3D:
                     "subsets": self.subsets, "sigma2": hs[1]["sigma2"],
                     "sigma_offset": 0.5 * (hs[1]["sigma_offset"] + hs[2]["sigma_offset"]),
                     "loglik": sum(summary["loglik_half"]), "map_wiener": summary.get("map_wiener")}
-        return {"final": True, "resolution": res, "resolution_unmasked": res_u, "tv_half": summary["tv_half"],
-                "tv_final": summary.get("tv_final")}
+        return {"final": True, "resolution": res, "resolution_unmasked": res_u, "tv_final": summary.get("tv_final")}
 
     # ------------------------------------------------------------ state, files
     def _half_states(self):
@@ -349,7 +348,7 @@ class Refine3D:
             return "final: resolution %.2f A (masked FSC 0.143), %.2f A unmasked; wrote %s%s" % (
                 st["resolution"], st["resolution_unmasked"], self.fin["path"], tv)
         so = st["sigma_offset_half"]
-        t_tv = sum(t["seconds"] for t in st.get("tv_half", {}).values())
+        t_tv = sum(t["seconds"] for t in st.get("tv_half", {}).values() if t)
         return ("it %3d  order %d%s  T %d  r_cur %2d  res %6.2f A  dang %6.2f deg  doff %5.2f A  "
                 "sig_off %5.2f/%5.2f A  nsig %6.1f  (%.1f s, E-step %.1f s%s)%s%s" % (
                     st["iteration"], st["order"], " local %.2f" % st["local_sigma"] if st["local_sigma"] > 0 else "",
