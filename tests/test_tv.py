@@ -87,7 +87,7 @@ def small(tmp_path_factory):
     return tmp, star, ref
 
 
-def _refine(star, ref, out, iters=3, extra=()):
+def _refine(star, ref, out, iters=2, extra=()):
     return ["refine3d", "--i", star, "--ref", ref, "--o", out, "--ctf", "--ini_high", 30, "--sym", "C1",
             "--iter", iters, "--healpix_order", 1, "--auto_local_healpix_order", 2, "--offset_range", 2,
             "--offset_step", 1, "--particle_diameter", 80, "--random_seed", 1, "--tv", "--tv_auto",
@@ -134,7 +134,7 @@ def test_refine3d_tv_continue_equals_uninterrupted(small, refine_one_rank, run_h
     tmp, star, ref = small
     part = os.path.join(tmp, "Rpart")
     run_hpcem(_refine(star, ref, part, iters=1))
-    run_hpcem(["refine3d", "--continue", os.path.join(part, "run_it001_optimiser.star"), "--iter", 3])
+    run_hpcem(["refine3d", "--continue", os.path.join(part, "run_it001_optimiser.star"), "--iter", 2])
     a = read_mrc(os.path.join(refine_one_rank[0], "run_class001.mrc"))[0]
     b = read_mrc(os.path.join(part, "run_class001.mrc"))[0]
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
