@@ -13,6 +13,10 @@
    in GB/s against this machine's copy bandwidth.
 
     python bench/bench_tv.py [--n 4000] [--boxes 64 128 256] [--per_half 5000] [--skip_refine]
+    python bench/bench_tv.py --solver_only [--boxes 128 256] [--iters 12]   (3. only)
+
+3. --solver_only: the solver alone on synthetic sums of each box (no E-step; minutes at 256 px where
+   step 2's refine3d iteration takes longer than a shared machine allows): ms and GB/s per iteration.
 
 The last line is the headline: the M-step's fraction of an iteration at box 128 (target < 0.2).
 """
@@ -110,6 +114,25 @@ def mstep_vs_estep(d, box, n, per_half, iters):
     return t_e, t_m, per_it, gbs, int(np.ceil(4.0 * t_m / (2 * t_particle)))
 
 
+def solver_only(box, iters):
+    """(ms, GB/s, CPU ms) per iteration of the regularised solver on random sums of the box (3 rounds);
+    the CPU time (all threads) shows what a loaded machine's wall time hides."""
+    from hpcem.recon.gridding import correction_profile
+    from hpcem.recon.tv_solver import TVProblem, solve
+
+    rng = np.random.default_rng(0)
+    half = (box, box, box // 2 + 1)
+    Zc = (rng.standard_normal(half) + 1j * rng.standard_normal(half)).astype(np.complex64)
+    Wd = rng.uniform(0.5, 2.0, half).astype(np.float32)
+    x0 = rng.standard_normal((box,) * 3).astype(np.float32)
+    pb = TVProblem(Zc=Zc, Wd=Wd, g=correction_profile(box, 2 * box, "linear").astype(np.float32),
+                   xp=np.zeros_like(x0), alpha=0.05, beta=0.05, gamma=0.1, eps=0.1, epsp=0.03, mu=0.03)
+    cpu = time.process_time()
+    r = solve(pb, x0, iters, 3)
+    per_it = r.seconds / r.iterations
+    return 1e3 * per_it, BYTES_PER_VOXEL * box ** 3 / per_it / 1e9, 1e3 * (time.process_time() - cpu) / r.iterations
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4000, help="particles of the refine3d comparison")
@@ -117,8 +140,16 @@ def main():
     ap.add_argument("--per_half", type=int, default=5000, help="particles per half the E-step is scaled to")
     ap.add_argument("--iters", type=int, default=150, help="--tv_iters")
     ap.add_argument("--skip_refine", action="store_true")
+    ap.add_argument("--solver_only", action="store_true", help="only 3.: the solver on synthetic sums")
     ap.add_argument("--dir", default=None)
     a = ap.parse_args()
+    if a.solver_only:
+        bw = stream_gbs()
+        for box in a.boxes:
+            ms, gbs, cpu = solver_only(box, a.iters)
+            print("box %3d: solver %.1f ms per iteration (CPU %.1f ms; %d iterations), %.2f GB/s = %.0f%% of copy "
+                  "(%.1f GB/s)" % (box, ms, cpu, a.iters, gbs, 100 * gbs / bw, bw))
+        return
     d = a.dir or tempfile.mkdtemp(prefix="bench_tv_")
     if not a.skip_refine:
         compare_refine(d, a.n)
