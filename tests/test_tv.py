@@ -4,7 +4,8 @@ full-size comparison with plain refine3d behind HPCEM_FULL_TESTS=1), `class3d --
 
 Sizes: 1,000 pseudo-atomic particles at 64 px, SNR 0.05, CTF for the known-pose check (plain
 reconstruct: FSC 0.5 to the truth at 8.4 A; --tv --tv_auto: at Nyquist, 6.0 A); the refine3d and
-class3d checks reuse test_refine3d's small set (500 particles, 32 px, SNR 0.2).
+class3d checks reuse test_refine3d's small set (500 particles, 32 px, SNR 0.2) and back-project
+with the Gaussian kernel (--bp_kernel gauss: 1 vs 2 ranks and --continue cover it too).
 """
 import os
 
@@ -91,7 +92,7 @@ def _refine(star, ref, out, iters=2, extra=()):
     return ["refine3d", "--i", star, "--ref", ref, "--o", out, "--ctf", "--ini_high", 30, "--sym", "C1",
             "--iter", iters, "--healpix_order", 1, "--auto_local_healpix_order", 2, "--offset_range", 2,
             "--offset_step", 1, "--particle_diameter", 80, "--random_seed", 1, "--tv", "--tv_auto",
-            "--tv_iters", 60] + list(extra)
+            "--tv_iters", 60, "--bp_kernel", "gauss"] + list(extra)
 
 
 @pytest.fixture(scope="module")
