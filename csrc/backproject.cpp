@@ -1,5 +1,6 @@
-// backproject: the exact adjoint of project3d / project2d (same interpolation weights),
-// accumulating into padded half-grid accumulators in place; plus symmetrise3d.
+// backproject: the exact adjoint of project3d / project2d (same interpolation weights: trilinear /
+// bilinear, or in 3D the Gaussian kernel of seed 002, common.hpp), accumulating into padded half-grid
+// accumulators in place; plus symmetrise3d.
 //
 // Concurrency: no atomics. The accumulator is split into slabs of FFT-ordered
 // frequencies along z (3D) or y (2D); each slab is owned by one thread, which visits
@@ -70,10 +71,27 @@ inline void splat(Acc<T> acc, int P, float px, float py, float pz, cfloat v, flo
   }
 }
 
-// One slab: all slices of the batch (those of class `cls` in 2D, cls < 0: all).
-template <typename T, bool THREE_D>
+// The Gaussian kernel's splat (3D; common.hpp): the 27 neighbours of round(p), those with z in [slo, shi).
+template <typename T>
+inline void splat_gauss(Acc<T> acc, int P, float px, float py, float pz, cfloat v, float wt, int slo, int shi) {
+  if (px < 0.f) { px = -px; py = -py; pz = -pz; v = std::conj(v); }
+  const int cz = int(std::floor(pz + 0.5f)), cx = int(std::floor(px + 0.5f));
+  if ((cz + 1 < slo || cz - 1 >= shi) && (cx > 0 || -cz + 1 < slo || -cz - 1 >= shi)) return;
+  gauss_neighbours(P, px, py, pz, [&](int z, size_t off, float w, bool mate) {
+    if (z < slo || z >= shi) return;
+    const cfloat u = mate ? std::conj(v) : v;
+    acc.data[off] += std::complex<T>(T(w * u.real()), T(w * u.imag()));
+    acc.weight[off] += T(w * wt);
+  });
+}
+
+// One slab: all slices of the batch (those of class `cls` in 2D, cls < 0: all); GAUSS: 3D only.
+template <typename T, bool THREE_D, bool GAUSS = false>
 void backproject_slab(const cfloat* S, const float* W, const double* R, const int64_t* idx, long cls, long B,
                       int n, double r_max, double pad, Acc<T> acc, int P, int slo, int shi) {
+  // reach of a sample along the slab axis: corners in [c, c+1] (linear), [round(c) - 1, round(c) + 1]
+  // and their Friedel mates (gauss)
+  const double lo_reach = GAUSS ? 3.0 : 1.0, hi_reach = GAUSS ? 2.0 : 0.0;
   const int nh = n / 2 + 1;
   for (long b = 0; b < B; ++b) {
     if (cls >= 0 && idx[b] != cls) continue;
@@ -86,14 +104,17 @@ void backproject_slab(const cfloat* S, const float* W, const double* R, const in
       if (xmax < 0) continue;
       // corners in [slo, shi) need c' in [slo-1, shi), c' = +-c (Friedel flip)
       int a1, b1, a2, b2;
-      kx_interval(c0, c1 * ky, slo - 1.0, double(shi), xmax, a1, b1);
-      kx_interval(c0, c1 * ky, -double(shi), 1.0 - slo, xmax, a2, b2);
+      kx_interval(c0, c1 * ky, slo - lo_reach, shi + hi_reach, xmax, a1, b1);
+      kx_interval(c0, c1 * ky, -(shi + hi_reach), lo_reach - slo, xmax, a2, b2);
       const size_t row = (size_t(b) * n + iy) * nh;
       const float fky = float(ky);
       auto visit = [&](int kx) {
         const float fkx = float(kx);
-        splat<T, THREE_D>(acc, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky,
-                          g.cz0 * fkx + g.cz1 * fky, S[row + kx], W[row + kx], slo, shi);
+        const float px = g.cx0 * fkx + g.cx1 * fky, py = g.cy0 * fkx + g.cy1 * fky, pz = g.cz0 * fkx + g.cz1 * fky;
+        if (GAUSS)
+          splat_gauss<T>(acc, P, px, py, pz, S[row + kx], W[row + kx], slo, shi);
+        else
+          splat<T, THREE_D>(acc, P, px, py, pz, S[row + kx], W[row + kx], slo, shi);
       };
       for (int kx = a1; kx <= b1; ++kx) visit(kx);
       for (int kx = a2; kx <= b2; ++kx)
@@ -137,7 +158,7 @@ void check_slices(const carray<cfloat>& S, const carray<float>& W, long B, int n
 
 template <typename T>
 void bp3d_impl(const carray<cfloat>& S, const carray<float>& W, const carray<double>& R, Acc<T> acc, int P, long B,
-               int n, double r_max, double pad) {
+               int n, double r_max, double pad, int kernel) {
   py::gil_scoped_release nogil;
   const int ns = n_slabs(P, omp_get_max_threads()), fmin = freq_min(P);
   const cfloat* s = S.data();
@@ -146,13 +167,17 @@ void bp3d_impl(const carray<cfloat>& S, const carray<float>& W, const carray<dou
 #pragma omp parallel for schedule(dynamic, 1)
   for (int i = 0; i < ns; ++i) {
     const int slo = fmin + int(long(i) * P / ns), shi = fmin + int(long(i + 1) * P / ns);
-    backproject_slab<T, true>(s, w, r, nullptr, -1, B, n, r_max, pad, acc, P, slo, shi);
+    if (kernel == KERNEL_GAUSS)
+      backproject_slab<T, true, true>(s, w, r, nullptr, -1, B, n, r_max, pad, acc, P, slo, shi);
+    else
+      backproject_slab<T, true>(s, w, r, nullptr, -1, B, n, r_max, pad, acc, P, slo, shi);
   }
 }
 
 void backproject3d(carray<cfloat> slices, carray<float> weights, carray<double> rot, py::array data,
-                   py::array weight, double r_max, double pad) {
+                   py::array weight, double r_max, double pad, int kernel) {
   require(rot.ndim() == 3 && rot.shape(1) == 3 && rot.shape(2) == 3, "backproject3d: rotations must be (B, 3, 3)");
+  require(kernel == KERNEL_LINEAR || kernel == KERNEL_GAUSS, "backproject3d: kernel must be 0 (linear) or 1 (gauss)");
   const long B = long(rot.shape(0));
   require(slices.ndim() == 3, "backproject3d: slices must be (B, n, n//2+1)");
   const int n = int(slices.shape(1));
@@ -162,11 +187,11 @@ void backproject3d(carray<cfloat> slices, carray<float> weights, carray<double> 
   if (is_double_acc(data, weight)) {
     auto acc = get_acc<double>(data, weight, 3, K, P);
     require(K == P, "backproject3d: accumulators must be (P, P, P//2+1)");
-    bp3d_impl<double>(slices, weights, rot, acc, P, B, n, r_max, pad);
+    bp3d_impl<double>(slices, weights, rot, acc, P, B, n, r_max, pad, kernel);
   } else {
     auto acc = get_acc<float>(data, weight, 3, K, P);
     require(K == P, "backproject3d: accumulators must be (P, P, P//2+1)");
-    bp3d_impl<float>(slices, weights, rot, acc, P, B, n, r_max, pad);
+    bp3d_impl<float>(slices, weights, rot, acc, P, B, n, r_max, pad, kernel);
   }
 }
 
@@ -305,8 +330,9 @@ py::tuple symmetrise3d(py::array data, py::array weight, carray<double> ops, dou
 
 void register_backproject(py::module_& m) {
   m.def("backproject3d", &backproject3d, py::arg("slices"), py::arg("weights"), py::arg("rotations"),
-        py::arg("data_acc"), py::arg("weight_acc"), py::arg("r_max"), py::arg("pad"),
-        "Adjoint of project3d: accumulate slices (and weights) into padded half-grid accumulators in place.");
+        py::arg("data_acc"), py::arg("weight_acc"), py::arg("r_max"), py::arg("pad"), py::arg("kernel") = KERNEL_LINEAR,
+        "Adjoint of project3d (same kernel: 0 trilinear, 1 Gaussian): accumulate slices (and weights) into "
+        "padded half-grid accumulators in place.");
   m.def("backproject2d", &backproject2d, py::arg("slices"), py::arg("weights"), py::arg("rotations2d"),
         py::arg("ref_index"), py::arg("data_acc"), py::arg("weight_acc"), py::arg("r_max"), py::arg("pad"),
         "Adjoint of project2d: accumulate into (K, P, P//2+1) accumulators in place.");

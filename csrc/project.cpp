@@ -31,6 +31,18 @@ inline cfloat sample3d(const cfloat* vol, int P, float px, float py, float pz) {
   return flip ? std::conj(acc) : acc;
 }
 
+// Gaussian-kernel sum of a padded half volume at p (the forward operator whose adjoint is the
+// Gaussian back-projection; common.hpp): sum over the 27 neighbours of K(n - p) V(n).
+inline cfloat sample3d_gauss(const cfloat* vol, int P, float px, float py, float pz) {
+  bool flip = px < 0.f;
+  if (flip) { px = -px; py = -py; pz = -pz; }
+  cfloat acc(0.f, 0.f);
+  gauss_neighbours(P, px, py, pz, [&](int, size_t off, float w, bool mate) {
+    acc += w * (mate ? std::conj(vol[off]) : vol[off]);
+  });
+  return flip ? std::conj(acc) : acc;
+}
+
 inline cfloat sample2d(const cfloat* img, int P, float px, float py) {
   const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
   bool flip = px < 0.f;
@@ -50,12 +62,13 @@ inline cfloat sample2d(const cfloat* img, int P, float px, float py) {
 }
 
 // vol (P, P, P/2+1) complex64; rot (B, 3, 3) float64 -> out (B, n, n/2+1) complex64
-py::array_t<cfloat> project3d(carray<cfloat> vol, carray<double> rot, int n, double r_max, double pad) {
+py::array_t<cfloat> project3d(carray<cfloat> vol, carray<double> rot, int n, double r_max, double pad, int kernel) {
   require(vol.ndim() == 3, "project3d: volume must be (P, P, P//2+1)");
   const int P = int(vol.shape(0));
   require(vol.shape(1) == P && vol.shape(2) == P / 2 + 1, "project3d: volume must be (P, P, P//2+1)");
   require(rot.ndim() == 3 && rot.shape(1) == 3 && rot.shape(2) == 3, "project3d: rotations must be (B, 3, 3)");
   require(n > 0, "project3d: n must be positive");
+  require(kernel == KERNEL_LINEAR || kernel == KERNEL_GAUSS, "project3d: kernel must be 0 (linear) or 1 (gauss)");
   const long B = long(rot.shape(0));
   const int nh = n / 2 + 1;
   py::array_t<cfloat> out({size_t(B), size_t(n), size_t(nh)});
@@ -74,8 +87,8 @@ py::array_t<cfloat> project3d(carray<cfloat> vol, carray<double> rot, int n, dou
         for (int kx = 0; kx < nh; ++kx) {
           if (kx > xmax) { o[kx] = cfloat(0.f, 0.f); continue; }
           const float fkx = float(kx), fky = float(ky);
-          o[kx] = sample3d(V, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky,
-                           g.cz0 * fkx + g.cz1 * fky);
+          const float px = g.cx0 * fkx + g.cx1 * fky, py = g.cy0 * fkx + g.cy1 * fky, pz = g.cz0 * fkx + g.cz1 * fky;
+          o[kx] = kernel == KERNEL_GAUSS ? sample3d_gauss(V, P, px, py, pz) : sample3d(V, P, px, py, pz);
         }
       }
     }
@@ -126,8 +139,9 @@ py::array_t<cfloat> project2d(carray<cfloat> refs, carray<double> rot, carray<in
 
 void register_project(py::module_& m) {
   m.def("project3d", &project3d, py::arg("vol_ft_pad"), py::arg("rotations"), py::arg("n"),
-        py::arg("r_max"), py::arg("pad"),
-        "Fourier slices (B, n, n//2+1) of a padded half volume at pad * A^T (kx, ky, 0), trilinear.");
+        py::arg("r_max"), py::arg("pad"), py::arg("kernel") = KERNEL_LINEAR,
+        "Fourier slices (B, n, n//2+1) of a padded half volume at pad * A^T (kx, ky, 0), trilinear "
+        "(kernel 0) or the Gaussian kernel sum (kernel 1).");
   m.def("project2d", &project2d, py::arg("refs_ft_pad"), py::arg("rotations2d"), py::arg("ref_index"),
         py::arg("n"), py::arg("r_max"), py::arg("pad"),
         "Rotated transforms (B, n, n//2+1) of padded half references at pad * R^T k, bilinear.");

@@ -1,6 +1,7 @@
 // CUDA twins of csrc/project.cpp and csrc/backproject.cpp: same geometry, same
-// interpolation weights, device pointers in. Back-projection uses atomicAdd
-// (float or double accumulators; double atomics need sm_60+).
+// interpolation weights (trilinear / bilinear, or seed 002's Gaussian kernel in 3D), device
+// pointers in. Back-projection uses atomicAdd (float or double accumulators; double atomics
+// need sm_60+).
 #include <cstdint>
 #include <string>
 
@@ -31,9 +32,37 @@ __device__ inline bool slice_point(const double* A, bool three_d, float pad, int
   return true;
 }
 
+// seed 002's Gaussian kernel along one axis (csrc/common.hpp gauss_axis): rounded centre, 3 weights
+__device__ inline int gauss_axis_d(float p, float w[3]) {
+  const int c = int(floorf(p + 0.5f));
+  for (int d = 0; d < 3; ++d) {
+    const float t = float(c + d - 1) - p;
+    w[d] = expf(-t * t / 2.f);
+  }
+  return c;
+}
+
+// the 27 neighbours of round(p) (p with px >= 0): calls f(offset, weight, mate) for those inside the
+// half grid; mate: the neighbour had x = -1 and stands for its Friedel mate (1, -y, -z)
+template <typename F>
+__device__ inline void gauss_neighbours(int P, float px, float py, float pz, F f) {
+  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
+  float wx[3], wy[3], wz[3];
+  const int cx = gauss_axis_d(px, wx), cy = gauss_axis_d(py, wy), cz = gauss_axis_d(pz, wz);
+  for (int dz = 0; dz < 3; ++dz)
+    for (int dy = 0; dy < 3; ++dy)
+      for (int dx = 0; dx < 3; ++dx) {
+        int x = cx + dx - 1, y = cy + dy - 1, z = cz + dz - 1;
+        const bool mate = x < 0;
+        if (mate) { x = -x; y = -y; z = -z; }
+        if (x >= Ph || y < fmin || y > fmax || z < fmin || z > fmax) continue;
+        f((size_t(fft_index(z, P)) * P + fft_index(y, P)) * Ph + x, wz[dz] * wy[dy] * wx[dx], mate);
+      }
+}
+
 __global__ void k_project(const float2* __restrict__ vol, int P, int K_or_0, const double* __restrict__ rot,
                           const int64_t* __restrict__ idx, long B, int n, double r_max, float pad, bool three_d,
-                          float2* __restrict__ out) {
+                          float2* __restrict__ out, bool gauss) {
   const int nh = n / 2 + 1;
   const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= B * n * nh) return;
@@ -50,7 +79,14 @@ __global__ void k_project(const float2* __restrict__ vol, int P, int K_or_0, con
     const int x0 = int(floorf(px)), y0 = int(floorf(py)), z0 = three_d ? int(floorf(pz)) : 0;
     const float fx = px - x0, fy = py - y0, fz = pz - z0;
     const float2* base = three_d ? vol : vol + size_t(idx[b]) * P * Ph;
-    for (int dz = 0; dz < (three_d ? 2 : 1); ++dz) {
+    if (gauss)
+      gauss_neighbours(P, px, py, pz, [&](size_t off, float w, bool mate) {
+        const float2 v = base[off];
+        acc.x += w * v.x;
+        acc.y += w * (mate ? -v.y : v.y);
+      });
+    const int nzc = gauss ? 0 : (three_d ? 2 : 1);   // the Gaussian kernel summed above
+    for (int dz = 0; dz < nzc; ++dz) {
       const int z = z0 + dz;
       if (three_d && (z < fmin || z > fmax)) continue;
       const float wz = three_d ? (dz ? fz : 1.f - fz) : 1.f;
@@ -79,7 +115,7 @@ template <typename T>
 __global__ void k_backproject(const float2* __restrict__ S, const float* __restrict__ W,
                               const double* __restrict__ rot, const int64_t* __restrict__ idx, long B, int n,
                               T* __restrict__ data, T* __restrict__ weight, int P, double r_max, float pad,
-                              bool three_d) {
+                              bool three_d, bool gauss) {
   const int nh = n / 2 + 1;
   const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= B * n * nh) return;
@@ -96,6 +132,14 @@ __global__ void k_backproject(const float2* __restrict__ S, const float* __restr
   const int x0 = int(floorf(px)), y0 = int(floorf(py)), z0 = three_d ? int(floorf(pz)) : 0;
   const float fx = px - x0, fy = py - y0, fz = pz - z0;
   const size_t base = three_d ? 0 : size_t(idx[b]) * P * Ph;
+  if (gauss) {
+    gauss_neighbours(P, px, py, pz, [&](size_t off, float w, bool mate) {
+      atomicAdd(data + 2 * off, T(w * v.x));
+      atomicAdd(data + 2 * off + 1, T(w * (mate ? -v.y : v.y)));
+      atomicAdd(weight + off, T(w * wt));
+    });
+    return;
+  }
   for (int dz = 0; dz < (three_d ? 2 : 1); ++dz) {
     const int z = z0 + dz;
     if (three_d && (z < fmin || z > fmax)) continue;
@@ -174,33 +218,34 @@ __global__ void k_symmetrise(const T* __restrict__ D, const T* __restrict__ Wt, 
 namespace hpcem_cuda {
 
 std::string project(uintptr_t vol, int P, uintptr_t rot, uintptr_t idx, long B, int n, double r_max, double pad,
-                    bool three_d, uintptr_t out, uintptr_t stream) {
+                    bool three_d, uintptr_t out, uintptr_t stream, int kernel) {
   const long total = B * n * long(n / 2 + 1);
   if (total == 0) return {};
   k_project<<<blocks(total, 256), 256, 0, stream_of(stream)>>>(
       P_<const float2>(vol), P, 0, P_<const double>(rot), P_<const int64_t>(idx), B, n, r_max, float(pad),
-      three_d, P_<float2>(out));
+      three_d, P_<float2>(out), three_d && kernel == 1);
   return last("project");
 }
 
 template <typename T>
 static void launch_backproject(uintptr_t slices, uintptr_t weights, uintptr_t rot, uintptr_t idx, long B, int n,
                                uintptr_t data, uintptr_t weight, int P, double r_max, double pad, bool three_d,
-                               uintptr_t stream) {
+                               uintptr_t stream, bool gauss) {
   const long total = B * n * long(n / 2 + 1);
   k_backproject<T><<<blocks(total, 256), 256, 0, stream_of(stream)>>>(
       P_<const float2>(slices), P_<const float>(weights), P_<const double>(rot), P_<const int64_t>(idx), B, n,
-      P_<T>(data), P_<T>(weight), P, r_max, float(pad), three_d);
+      P_<T>(data), P_<T>(weight), P, r_max, float(pad), three_d, gauss);
 }
 
 std::string backproject(uintptr_t slices, uintptr_t weights, uintptr_t rot, uintptr_t idx, long B, int n,
                         uintptr_t data, uintptr_t weight, int P, bool dbl, double r_max, double pad, bool three_d,
-                        uintptr_t stream) {
+                        uintptr_t stream, int kernel) {
   if (B * n * long(n / 2 + 1) == 0) return {};
+  const bool gauss = three_d && kernel == 1;
   if (dbl)
-    launch_backproject<double>(slices, weights, rot, idx, B, n, data, weight, P, r_max, pad, three_d, stream);
+    launch_backproject<double>(slices, weights, rot, idx, B, n, data, weight, P, r_max, pad, three_d, stream, gauss);
   else
-    launch_backproject<float>(slices, weights, rot, idx, B, n, data, weight, P, r_max, pad, three_d, stream);
+    launch_backproject<float>(slices, weights, rot, idx, B, n, data, weight, P, r_max, pad, three_d, stream, gauss);
   return last("backproject");
 }
 

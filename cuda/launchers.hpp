@@ -7,10 +7,10 @@
 
 namespace hpcem_cuda {
 std::string project(uintptr_t vol, int P, uintptr_t rot, uintptr_t idx, long B, int n, double r_max, double pad,
-                    bool three_d, uintptr_t out, uintptr_t stream);
+                    bool three_d, uintptr_t out, uintptr_t stream, int kernel = 0);
 std::string backproject(uintptr_t slices, uintptr_t weights, uintptr_t rot, uintptr_t idx, long B, int n,
                         uintptr_t data, uintptr_t weight, int P, bool dbl, double r_max, double pad, bool three_d,
-                        uintptr_t stream);
+                        uintptr_t stream, int kernel = 0);
 std::string symmetrise3d(uintptr_t data, uintptr_t weight, uintptr_t out_data, uintptr_t out_weight, int P,
                          uintptr_t ops, int G, double r_pad, bool dbl, uintptr_t stream);
 int device_count();

@@ -9,6 +9,7 @@ using hpcem_cuda::project;
 
 void register_marginalise_cuda(py::module_& m);
 void register_gtm_cuda(py::module_& m);
+void register_tv_cuda(py::module_& m);
 
 static void ok(const std::string& err) {
   if (!err.empty()) throw std::runtime_error("hpcem._cuda: " + err);
@@ -17,16 +18,18 @@ static void ok(const std::string& err) {
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "hpcem CUDA kernels (device pointers in; see hpcem/kernels/)";
   m.def("device_count", &hpcem_cuda::device_count);
-  m.def("project3d", [](uintptr_t vol, int P, uintptr_t rot, long B, int n, double r_max, double pad, uintptr_t out,
-                        uintptr_t stream) { ok(project(vol, P, rot, 0, B, n, r_max, pad, true, out, stream)); });
+  m.def("project3d", [](uintptr_t vol, int P, uintptr_t rot, long B, int n, double r_max, double pad, int kernel,
+                        uintptr_t out, uintptr_t stream) {
+    ok(project(vol, P, rot, 0, B, n, r_max, pad, true, out, stream, kernel));
+  });
   m.def("project2d", [](uintptr_t refs, long K, int P, uintptr_t rot, uintptr_t idx, long B, int n, double r_max,
                         double pad, uintptr_t out, uintptr_t stream) {
     (void)K;
     ok(project(refs, P, rot, idx, B, n, r_max, pad, false, out, stream));
   });
   m.def("backproject3d", [](uintptr_t slices, uintptr_t weights, uintptr_t rot, long B, int n, uintptr_t data,
-                            uintptr_t weight, int P, bool dbl, double r_max, double pad, uintptr_t stream) {
-    ok(hpcem_cuda::backproject(slices, weights, rot, 0, B, n, data, weight, P, dbl, r_max, pad, true, stream));
+                            uintptr_t weight, int P, bool dbl, double r_max, double pad, int kernel, uintptr_t stream) {
+    ok(hpcem_cuda::backproject(slices, weights, rot, 0, B, n, data, weight, P, dbl, r_max, pad, true, stream, kernel));
   });
   m.def("backproject2d", [](uintptr_t slices, uintptr_t weights, uintptr_t rot, uintptr_t idx, long B, int n,
                             uintptr_t data, uintptr_t weight, long K, int P, bool dbl, double r_max, double pad,
@@ -40,4 +43,5 @@ PYBIND11_MODULE(_cuda, m) {
   });
   register_marginalise_cuda(m);
   register_gtm_cuda(m);
+  register_tv_cuda(m);
 }

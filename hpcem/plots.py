@@ -78,15 +78,18 @@ def montage(path, images, labels=None, ncols: int | None = None) -> str:
 
 
 def central_slices(path, vol, title=None) -> str:
-    """The three orthogonal central slices (z, y, x = n//2) of a volume side by side."""
-    v = np.asarray(vol, dtype=np.float64)
-    c = [s // 2 for s in v.shape]
-    slices = [("xy (z=c)", v[c[0]]), ("xz (y=c)", v[:, c[1], :]), ("yz (x=c)", v[:, :, c[2]])]
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-    for ax, (name, s) in zip(axes, slices):
-        ax.imshow(_norm(s), cmap="gray", vmin=0, vmax=1, origin="lower")
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
+    """The three orthogonal central slices (z, y, x = n//2) of a volume side by side; ``vol`` may be
+    a dict ``{label: volume}``: one row per volume (e.g. with and without regularisation)."""
+    rows = vol if isinstance(vol, dict) else {"": vol}
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.2 * len(rows)), squeeze=False)
+    for r, (label, vr) in enumerate(rows.items()):
+        v = np.asarray(vr, dtype=np.float64)
+        c = [s // 2 for s in v.shape]
+        slices = [("xy (z=c)", v[c[0]]), ("xz (y=c)", v[:, c[1], :]), ("yz (x=c)", v[:, :, c[2]])]
+        for ax, (name, s) in zip(axes[r], slices):
+            ax.imshow(_norm(s), cmap="gray", vmin=0, vmax=1, origin="lower")
+            ax.set_title("%s %s" % (label, name) if label else name, fontsize=9)
+            ax.axis("off")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -263,3 +263,74 @@ def test_marg_segment_posteriors_cuda_roundtrip():
     for f in sc.__dataclass_fields__:
         assert isinstance(getattr(sg, f), cp.ndarray)
         np.testing.assert_array_equal(cp.asnumpy(getattr(sg, f)), getattr(sc, f))
+
+
+# ---------------------------------------------------------------- seed 002: Gaussian kernel, TV stencils
+@pytest.mark.parametrize("n", [7, 8, 16])
+def test_gauss_project_and_backproject_cuda_match_cpu(n):
+    rng = np.random.default_rng(n + 40)
+    P = 2 * n
+    vol = rand_c(rng, (P, P, P // 2 + 1))
+    A = random_rotations(20, rng)
+    cpu = kernels.project3d(vol, A, n, n / 2, 2, kernel="gauss")
+    gpu = kernels.project3d(cp.asarray(vol), cp.asarray(A), n, n / 2, 2, kernel="gauss")
+    assert np.abs(cp.asnumpy(gpu) - cpu).max() < 1e-4 * np.abs(cpu).max()
+    s = rand_c(rng, (20, n, n // 2 + 1))
+    w = rng.uniform(0.5, 2, s.shape).astype(np.float32)
+    D, W = np.zeros(vol.shape, np.complex128), np.zeros(vol.shape)
+    kernels.backproject3d(s, w, A, D, W, n / 2, 2, kernel="gauss")
+    Dg, Wg = cp.zeros(D.shape, np.complex128), cp.zeros(W.shape)
+    kernels.backproject3d(cp.asarray(s), cp.asarray(w), cp.asarray(A), Dg, Wg, n / 2, 2, kernel="gauss")
+    assert np.abs(cp.asnumpy(Dg) - D).max() < 1e-4 * np.abs(D).max()
+    assert np.abs(cp.asnumpy(Wg) - W).max() < 1e-4 * np.abs(W).max()
+
+
+@pytest.mark.parametrize("n", [7, 16])
+def test_tv_kernels_cuda_match_cpu(n):
+    rng = np.random.default_rng(n + 50)
+    vols = [rng.normal(size=(n, n, n)).astype(np.float32) for _ in range(3)]
+    w = [rng.uniform(0.5, 2, (n, n, n)).astype(np.float32) for _ in range(2)]
+    g = rng.uniform(0.5, 1, n).astype(np.float32)
+    cpu_w = [np.empty_like(vols[0]) for _ in range(2)]
+    gpu_w = [cp.empty(vols[0].shape, np.float32) for _ in range(2)]
+    kernels.tv_weights(vols[0], 0.1, 0.05, 0.3, *cpu_w)
+    kernels.tv_weights(cp.asarray(vols[0]), 0.1, 0.05, 0.3, *gpu_w)
+    for a, b in zip(cpu_w, gpu_w):
+        np.testing.assert_allclose(cp.asnumpy(b), a, rtol=1e-5)
+    z, gz = np.empty_like(vols[0]), np.empty_like(vols[0])
+    zg, gzg = cp.empty_like(cp.asarray(z)), cp.empty_like(cp.asarray(z))
+    sc = kernels.tv_prox_step(*vols, *w, g, 0.3, 0.5, 0.4, 0.05, 0.7, z, gz)
+    sg = kernels.tv_prox_step(*[cp.asarray(v) for v in vols + w + [g]], 0.3, 0.5, 0.4, 0.05, 0.7, zg, gzg)
+    np.testing.assert_allclose(cp.asnumpy(zg), z, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cp.asnumpy(gzg), gz, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sg, sc, rtol=1e-5)
+    pc = kernels.tv_penalties(z, vols[1], *w, 0.3)
+    pg = kernels.tv_penalties(zg, cp.asarray(vols[1]), *[cp.asarray(v) for v in w], 0.3)
+    np.testing.assert_allclose(pg, pc, rtol=1e-5)
+    G = [np.fft.rfftn(v).astype(np.complex64) for v in vols]
+    Wd = np.abs(np.fft.rfftn(w[0])).astype(np.float32)
+    assert kernels.tv_data_value(cp.asarray(G[0]), cp.asarray(G[1]), cp.asarray(Wd), n) == pytest.approx(
+        kernels.tv_data_value(G[0], G[1], Wd, n), rel=1e-5)
+    Gy, R = np.empty_like(G[0]), np.empty_like(G[0])
+    Gyg, Rg = cp.empty_like(cp.asarray(Gy)), cp.empty_like(cp.asarray(R))
+    kernels.tv_extrapolate_residual(*G, 0.6, 0.2, Wd, G[1], Gy, R)
+    kernels.tv_extrapolate_residual(*[cp.asarray(v) for v in G], 0.6, 0.2, cp.asarray(Wd), cp.asarray(G[1]), Gyg, Rg)
+    np.testing.assert_allclose(cp.asnumpy(Rg), R, rtol=1e-4, atol=1e-3)
+
+
+def test_tv_solver_cuda_matches_cpu():
+    from hpcem.recon.tv_solver import TVProblem, solve
+
+    rng = np.random.default_rng(60)
+    n = 16
+    x0 = rng.normal(size=(n, n, n)).astype(np.float32)
+    Zc = np.fft.rfftn(x0).astype(np.complex64)
+    Wd = np.abs(np.fft.rfftn(rng.normal(size=(n, n, n)))).astype(np.float32)
+    g = np.ones(n, np.float32)
+    kw = dict(alpha=0.05, beta=0.05, gamma=0.3, eps=0.2, epsp=0.1, mu=0.1)
+    cpu = solve(TVProblem(Zc=Zc, Wd=Wd, g=g, xp=np.zeros_like(x0), **kw), x0, 60, 2)
+    gpu = solve(TVProblem(Zc=cp.asarray(Zc), Wd=cp.asarray(Wd), g=cp.asarray(g), xp=cp.zeros(x0.shape, np.float32),
+                          **kw), cp.asarray(x0), 60, 2)
+    assert isinstance(gpu.x, cp.ndarray)
+    assert np.linalg.norm(cp.asnumpy(gpu.x) - cpu.x) <= 1e-3 * np.linalg.norm(cpu.x)
+    assert gpu.history[-1] == pytest.approx(cpu.history[-1], rel=1e-4)

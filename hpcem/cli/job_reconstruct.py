@@ -1,12 +1,16 @@
 """Reconstruct a 3D map from particles with known poses (rlnAngleRot/Tilt/Psi,
 rlnOriginXAngst/YAngst), with optional CTF correction and point-group symmetry, like
-relion_reconstruct.  Under `mpiexec -n N` the particles are split across ranks."""
+relion_reconstruct.  Under `mpiexec -n N` the particles are split across ranks.  --tv reconstructs
+with seed 002's sparsity + total-variation regularisation from the same sums (and writes
+<o>_tv.png: central slices with and without it); --bp_kernel gauss back-projects with its
+Gaussian kernel."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
 from ..algorithms.map_em.config3d import _known_symmetry
+from ..algorithms.map_em.options import TVOptions
 from ..errors import InputError
 from ..runtime.params import AT_LEAST_1, NON_NEGATIVE, param
 from .common import JobIO, job_record, set_threads, stamp
@@ -14,7 +18,7 @@ from .inputs import read_particles
 
 
 @dataclass(frozen=True)
-class Params(JobIO):
+class Params(JobIO, TVOptions):
     o: str = param(None, "output map (MRC)", group="I/O")
     sym: str = param("C1", "point-group symmetry: C1, Cn, Dn, T, O, I", check=(_known_symmetry, "a point group"),
                      group="reconstruction")
@@ -35,20 +39,31 @@ class Params(JobIO):
 
 def run(p: Params, ctx):
     from ..io.mrc import write_mrc
+    from ..recon.mstep import reconstructor_for
     from ..recon.reconstruct import reconstruct
 
     set_threads(p.j)
     for name in ("i", "o"):
         if not getattr(p, name):
             raise InputError("required", field="--" + name)
+    gridding = 0 if p.skip_gridding else p.iters
+    reg = reconstructor_for(p, gridding) if p.tv else None
     ps = read_particles(p.i, p.angpix, ctf=p.ctf)
     if p.check_images:
         ps.check_images()
     comm = ctx.comm
-    ctx.log("hpcem reconstruct: %d particles, box %d, %.3f A/px, sym %s, ctf %s, %d rank(s)" % (
-        ps.n, ps.box, ps.angpix, p.sym, "on" if p.ctf else "off", comm.size))
+    ctx.log("hpcem reconstruct: %d particles, box %d, %.3f A/px, sym %s, ctf %s, %s%d rank(s)" % (
+        ps.n, ps.box, ps.angpix, p.sym, "on" if p.ctf else "off", "TV-regularised, " if p.tv else "", comm.size))
     vol = reconstruct(ps, comm, sym=p.sym, ctf=p.ctf, pad=p.pad, batch=p.batch, subset=p.subset or None,
-                      maxres=p.maxres or None, gridding_iters=0 if p.skip_gridding else p.iters)
+                      maxres=p.maxres or None, gridding_iters=gridding, bp_kernel=p.bp_kernel, reconstructor=reg)
+    if comm.rank == 0 and reg is not None:
+        from ..plots import central_slices
+        from ..recon.tv import summary
+
+        ctx.log("TV: %s" % summary(vol["stats"]))
+        central_slices(os.path.splitext(p.o)[0] + "_tv.png", {"TV": vol["map"], "plain": vol["plain"]},
+                       "with (top) and without (bottom) the sparsity + TV regularisation")
+        vol = vol["map"]
     if comm.rank == 0:
         write_mrc(p.o, vol, ps.angpix)
         stamp(os.path.splitext(p.o)[0] + ".job.json", job_record(ctx.name, p, ctx.argv))

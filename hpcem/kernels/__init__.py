@@ -14,6 +14,8 @@ Families, each documented in its module (Fourier layout and notation there):
   segment_posteriors, accumulate (the MAP-EM E-step over class x orientation x translation)
 * :mod:`hpcem.kernels.gtm`  gtm_solve, gtm_distances, gtm_responsibilities, gtm_accumulate
   (the ROME GTM E- and M-step)
+* :mod:`hpcem.kernels.tv`  tv_weights, tv_prox_step, tv_penalties, tv_data_value, tv_extrapolate,
+  tv_extrapolate_residual (the sparsity + TV regularised M-step's stencils)
 
 Helpers: :func:`is_cupy`, :func:`array_namespace`, :func:`to_host`, :func:`has_cuda`,
 :func:`set_threads` / :func:`max_threads` (OpenMP threads of the CPU kernels).
@@ -26,6 +28,8 @@ from .gtm import gtm_accumulate, gtm_distances, gtm_responsibilities, gtm_solve,
 from .marginalise import (Posteriors, SegmentPosteriors, accumulate, coarse_diff2, coarse_flops,
                           pair_diff2, posteriors, segment_posteriors)
 from .projection import backproject2d, backproject3d, project2d, project3d, symmetrise3d
+from .tv import (tv_data_value, tv_extrapolate, tv_extrapolate_residual, tv_penalties, tv_prox_step,
+                 tv_weights)
 
 __all__ = [
     # projection
@@ -35,6 +39,8 @@ __all__ = [
     "accumulate", "Posteriors", "SegmentPosteriors",
     # GTM
     "gtm_solve", "gtm_solve_flops", "gtm_distances", "gtm_responsibilities", "gtm_accumulate",
+    # regularised reconstruction
+    "tv_weights", "tv_prox_step", "tv_penalties", "tv_data_value", "tv_extrapolate", "tv_extrapolate_residual",
     # dispatch helpers
     "KernelArgumentError", "is_cupy", "array_namespace", "to_host", "set_threads",
     "max_threads", "has_cuda",

@@ -23,6 +23,13 @@ Projection / back-projection
     are the 2D (bilinear) analogues with 2x2 in-plane matrices and a stack of
     references selected per slice by ``ref_index``.
 
+``kernel="gauss"`` (3D only) replaces trilinear interpolation by seed 002's Gaussian kernel
+(eqs 27-29): a point ``p`` reaches the 27 grid points ``round(p) + d``, ``d`` in ``{-1, 0, 1}^3``,
+with weight ``exp(-|round(p) + d - p|^2 / 2)``; a neighbour with negative x is its Friedel mate,
+conjugated.  ``project3d`` then sums ``K(n - p) V(n)`` (unnormalised, so that ``backproject3d``
+stays its exact adjoint); reconstructions divide by the kernel's own real-space attenuation
+(:func:`hpcem.recon.gridding.correction_profile`).
+
 Accumulators are (complex128, float64) or (complex64, float32) pairs, updated in
 place.  The CPU back-projection needs no atomics (slab ownership per thread) and
 gives the same bits for any thread count; the CUDA one uses atomicAdd.
@@ -37,6 +44,14 @@ import numpy as np
 from . import _backend
 
 __all__ = ["project3d", "project2d", "backproject3d", "backproject2d", "symmetrise3d"]
+
+KERNELS = {"linear": 0, "gauss": 1}
+
+
+def _kernel(c, kernel) -> int:
+    if kernel not in KERNELS:
+        c.fail(f"kernel: must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    return KERNELS[kernel]
 
 
 # ---------------------------------------------------------------- argument helpers
@@ -100,17 +115,19 @@ def _accumulators(c, data, weight, shape, in_place=True):
 
 
 # ---------------------------------------------------------------- project
-def project3d(vol_ft_pad, rotations, n: int, r_max=None, pad=2):
-    """Fourier slices ``(B, n, n//2+1)`` complex64 of a padded half volume ``(P, P, P//2+1)``."""
+def project3d(vol_ft_pad, rotations, n: int, r_max=None, pad=2, kernel="linear"):
+    """Fourier slices ``(B, n, n//2+1)`` complex64 of a padded half volume ``(P, P, P//2+1)``
+    (``kernel`` "linear": trilinear interpolation; "gauss": the Gaussian kernel sum)."""
     c = _backend.args_for("project3d", vol_ft_pad=vol_ft_pad)
+    kern = _kernel(c, kernel)
     P = _padded_box(c, n, pad)
     vol = c.array(vol_ft_pad, "vol_ft_pad", np.complex64, shape=(P, P, P // 2 + 1))
     rot = _rotations(c, rotations, "rotations", 3)
     r = _r_max(c, r_max, n)
     if not c.gpu:
-        return _backend.core("project3d", vol, rot, int(n), r, float(pad))
+        return _backend.core("project3d", vol, rot, int(n), r, float(pad), kern)
     out = c.xp.empty((rot.shape[0], n, n // 2 + 1), dtype=np.complex64)
-    _backend.cuda("project3d", vol, P, rot, rot.shape[0], int(n), r, float(pad), out)
+    _backend.cuda("project3d", vol, P, rot, rot.shape[0], int(n), r, float(pad), kern, out)
     return out
 
 
@@ -139,13 +156,15 @@ def project2d(ref_ft_pad, rotations2d, n: int, r_max=None, pad=2, ref_index=None
 
 
 # ---------------------------------------------------------------- backproject
-def backproject3d(slices, weights, rotations, data_acc, weight_acc, r_max=None, pad=2):
-    """Adjoint of :func:`project3d`, in place: ``data_acc += P^T slices``, ``weight_acc += P^T weights``.
+def backproject3d(slices, weights, rotations, data_acc, weight_acc, r_max=None, pad=2, kernel="linear"):
+    """Adjoint of :func:`project3d` (same ``kernel``), in place: ``data_acc += P^T slices``,
+    ``weight_acc += P^T weights``.
 
     ``slices`` complex64 ``(B, n, n//2+1)``; ``weights`` real, broadcastable to it
     (None: ones); accumulators ``(P, P, P//2+1)`` (complex128, float64) or
     (complex64, float32)."""
     c = _backend.args_for("backproject3d", slices=slices, data_acc=data_acc, weight_acc=weight_acc)
+    kern = _kernel(c, kernel)
     s, B, n = _slices(c, slices)
     P = _padded_box(c, n, pad)
     dbl = _accumulators(c, data_acc, weight_acc, (P, P, P // 2 + 1))
@@ -155,9 +174,9 @@ def backproject3d(slices, weights, rotations, data_acc, weight_acc, r_max=None, 
     w = _weights(c, weights, B, n)
     r = _r_max(c, r_max, n)
     if not c.gpu:
-        _backend.core("backproject3d", s, w, rot, data_acc, weight_acc, r, float(pad))
+        _backend.core("backproject3d", s, w, rot, data_acc, weight_acc, r, float(pad), kern)
     else:
-        _backend.cuda("backproject3d", s, w, rot, B, int(n), data_acc, weight_acc, P, dbl, r, float(pad))
+        _backend.cuda("backproject3d", s, w, rot, B, int(n), data_acc, weight_acc, P, dbl, r, float(pad), kern)
     return data_acc, weight_acc
 
 

@@ -30,6 +30,30 @@ from scipy import special
 from ..core.fourier import WORKERS
 
 BLOB_RADIUS, BLOB_ALPHA, BLOB_ORDER = 1.9, 15.0, 0
+BP_KERNELS = ("linear", "gauss")   # back-projection kernels (hpcem.kernels.backproject3d)
+GAUSS_H = 2.0                      # seed 002 eqs 27-29: exp(-d^2 / h) over the 3 x 3 x 3 neighbours, h = 2
+
+
+@lru_cache(maxsize=16)
+def correction_profile(n: int, P: int, kernel: str = "linear") -> np.ndarray:
+    """The real-space attenuation (float64, (n,), origin at n//2) along one axis of the map that an
+    interpolation kernel on the padded P grid causes: the kernel's normalised Fourier transform at
+    ``(i - n//2) / P``.  ``linear``: the triangle, ``sinc^2``.  ``gauss``: ``exp(-t^2/h)`` over the
+    neighbours ``round(p) - 1 .. round(p) + 1`` of a sample at ``p``, i.e. the Gaussian truncated to
+    ``|t| < 1.5`` (a shift-invariant kernel: a sample reaches the grid points within 1.5 of it)."""
+    nu = (np.arange(n) - n // 2) / float(P)
+    if kernel == "linear":
+        out = np.sinc(nu) ** 2
+    elif kernel == "gauss":
+        t = np.linspace(-1.5, 1.5, 3001)
+        k = np.exp(-t * t / GAUSS_H)
+        wq = np.full(t.size, t[1] - t[0])
+        wq[[0, -1]] *= 0.5                                   # trapezoid rule
+        out = (k * wq) @ np.cos(2.0 * np.pi * np.outer(t, nu)) / np.sum(k * wq)
+    else:
+        raise ValueError("unknown back-projection kernel %r (one of %s)" % (kernel, ", ".join(BP_KERNELS)))
+    out.setflags(write=False)                                # cached: shared by every caller
+    return out
 
 
 def kaiser_bessel_ft(nu, a: float, alpha: float, m: int = 0, dim: int = 3) -> np.ndarray:

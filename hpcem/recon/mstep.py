@@ -6,9 +6,10 @@ the posterior-weighted residual power per optics group and shell, the posterior 
 and the offsets' power.  After one Allreduce of each, the M-step is:
 
 * references: ``V = data / (weight + 1 / (T tau2))`` (eq 5) by a *reconstructor*
-  (:class:`WienerMAP` here; a regularised reconstruction, e.g. seed 002's l1 + TV, is another
-  reconstructor with the same ``reconstruct`` call, and a gradient method (VDAM, seed 000 eqs
-  7-15) replaces the whole update with a step along these same sums);
+  (:class:`WienerMAP` here; seed 002's sparsity + TV regularised reconstruction,
+  :class:`hpcem.recon.tv.TVReconstructor`, is another with the same ``reconstruct`` call;
+  :func:`reconstructor_for` picks one from a job's settings; a gradient method (VDAM, seed 000
+  eqs 7-15) replaces the whole update with a step along these same sums);
 * the noise spectra (eq 6), class priors and the offsets' prior width (:func:`sigma2_update`,
   :func:`class_priors`, :func:`sigma_offset`);
 * the prior power ``tau2`` and the next resolution limit: from the reference power and the
@@ -29,16 +30,29 @@ class WienerMAP:
     ``ops`` (more than one operator), gridding-corrected (:class:`hpcem.recon.projector.BackProjector`)."""
 
     name = "map"
+    uses_tau2 = True
+    last = None
 
     def __init__(self, gridding_iters: int = GRIDDING_ITERS):
         self.gridding_iters = int(gridding_iters)
 
-    def reconstruct(self, bp, tau2=None, fudge: float = 1.0, ops=None) -> np.ndarray:
+    def reconstruct(self, bp, tau2=None, fudge: float = 1.0, ops=None, prev=None) -> np.ndarray:
+        """``prev`` (the previous map) is not used by the Wiener prior."""
         sym = ops if ops is not None and len(ops) > 1 else None
         g = self.gridding_iters
         if tau2 is None:
             return bp.reconstruct(symmetry_ops=sym, gridding_iters=g).astype(np.float32)
         return bp.reconstruct(tau2=tau2, tau2_fudge=fudge, symmetry_ops=sym, gridding_iters=g).astype(np.float32)
+
+
+def reconstructor_for(cfg, gridding_iters: int = GRIDDING_ITERS):
+    """The M-step reconstructor of a job's settings: :class:`hpcem.recon.tv.TVReconstructor` with
+    ``--tv`` (TVOptions), else :class:`WienerMAP`."""
+    if getattr(cfg, "tv", False):
+        from .tv import TVReconstructor, TVSettings
+
+        return TVReconstructor(TVSettings.from_options(cfg), gridding_iters)
+    return WienerMAP(gridding_iters)
 
 
 def shell_counts(shell, nsh: int) -> np.ndarray:

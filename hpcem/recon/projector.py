@@ -41,15 +41,16 @@ import numpy as np
 
 from hpcem import kernels
 from hpcem.core.fourier import ft2, ft3, ft_padded, ift2, ift3
-from hpcem.recon.gridding import density_weights, soft_mask_outside
+from hpcem.recon.gridding import correction_profile, density_weights, soft_mask_outside
 
 GRIDDING_ITERS = 10   # density-compensation iterations of a 3D reconstruction (RELION's --iter)
 
 
 # ---------------------------------------------------------------- helpers
-def gridding_correction(n: int, P: int, ndim: int = 3) -> np.ndarray:
-    """Real-space attenuation of linear interpolation on a P grid, sampled on the n box."""
-    c = np.sinc((np.arange(n) - n // 2) / P) ** 2
+def gridding_correction(n: int, P: int, ndim: int = 3, kernel: str = "linear") -> np.ndarray:
+    """Real-space attenuation of interpolation on a P grid (``linear``, or the ``gauss`` kernel of the
+    back-projection option), sampled on the n box (:func:`hpcem.recon.gridding.correction_profile`)."""
+    c = correction_profile(int(n), int(P), kernel)
     if ndim == 2:
         return c[:, None] * c[None, :]
     return c[:, None, None] * c[None, :, None] * c[None, None, :]
@@ -171,10 +172,14 @@ class Projector(_Padded):
 
 
 class BackProjector:
-    """Accumulates Fourier slices into padded 3D accumulators and reconstructs."""
+    """Accumulates Fourier slices into padded 3D accumulators and reconstructs; ``kernel`` the
+    back-projection kernel (``linear``: trilinear, the adjoint of the projector; ``gauss``: seed 002's
+    Gaussian kernel regression, eqs 23-29), whose real-space attenuation the reconstruction undoes."""
 
-    def __init__(self, n: int, pad=2, dtype=np.complex128):
+    def __init__(self, n: int, pad=2, dtype=np.complex128, kernel: str = "linear"):
         _accumulators(self, n, pad, dtype, ())
+        correction_profile(self.n, self.P, kernel)   # validates the name
+        self.kernel = kernel
 
     def insert(self, slices, weights=None, rotations=None, r_max=None):
         """Back-project slices ``(B, n, n//2+1)`` with weights (broadcastable; None: 1) at poses ``(B, 3, 3)``."""
@@ -183,7 +188,7 @@ class BackProjector:
             s = s[None]
             rotations = np.asarray(rotations)[None] if np.asarray(rotations).ndim == 2 else rotations
         kernels.backproject3d(s, weights, rotations, self.data, self.weight,
-                              self.n / 2.0 if r_max is None else r_max, self.pad)
+                              self.n / 2.0 if r_max is None else r_max, self.pad, kernel=self.kernel)
 
     def shell_index(self) -> np.ndarray:
         """Shell (n-box units) of every padded accumulator voxel."""
@@ -199,6 +204,13 @@ class BackProjector:
         """The map (n, n, n) float32 from the accumulators (see the module docstring); with
         ``gridding_iters`` > 0 the gridding estimate of :mod:`hpcem.recon.gridding`, else the
         voxel-wise ``D / (W + reg)``; ``mask_outside`` blends the corners beyond n/2 to their mean."""
+        F, _ = self.estimate(tau2, tau2_fudge, wiener_const, symmetry_ops, gridding_iters)
+        return padded_to_volume(F, self.n, self.pad, mask_outside, self.kernel).astype(np.float32)
+
+    def estimate(self, tau2=None, tau2_fudge=1.0, wiener_const=None, symmetry_ops=None,
+                 gridding_iters: int = GRIDDING_ITERS):
+        """``(F, W)``: the padded half-grid estimate of the map's transform (before the inverse
+        transform and the gridding correction) and the completed, symmetrised weights."""
         D, W = self.completed()
         if symmetry_ops is not None and len(symmetry_ops) > 1:
             D, W = kernels.symmetrise3d(D, W, np.asarray(symmetry_ops, dtype=np.float64), self.P / 2.0)
@@ -209,11 +221,9 @@ class BackProjector:
                 wiener_const = 0.0    # the density compensation needs no floor under W
             reg, zero = _regulariser(W, shells, tau2, tau2_fudge, wiener_const)
             inside = (_padded_radius2(P) < (self.pad * n / 2.0) ** 2) & ~zero
-            F = D * density_weights(W + reg, inside, P, self.pad, gridding_iters)
-        else:
-            reg, zero = _regulariser(W, shells, tau2, tau2_fudge, wiener_const)
-            F = _divide(D, W, reg, zero)
-        return padded_to_volume(F, n, self.pad, mask_outside).astype(np.float32)
+            return D * density_weights(W + reg, inside, P, self.pad, gridding_iters), W
+        reg, zero = _regulariser(W, shells, tau2, tau2_fudge, wiener_const)
+        return _divide(D, W, reg, zero), W
 
     def completed(self):
         """Copies of the accumulators (complex128, float64) with the x = 0 plane completed."""
@@ -223,13 +233,17 @@ class BackProjector:
         return D, W
 
 
-def padded_to_volume(F, n: int, pad=2, mask_outside: bool = False) -> np.ndarray:
-    """The n-box map (float64) of a padded half transform: inverse transform, centre crop, divided
-    by the gridding correction; ``mask_outside`` blends the corners beyond n/2 to their mean."""
+def padded_crop(F, n: int, pad=2) -> np.ndarray:
+    """The centre n box (float64) of the inverse transform of a padded half transform (not corrected)."""
     P = int(round(pad * n))
-    vp = ift3(F, P)
     o = P // 2 - n // 2
-    v = vp[o:o + n, o:o + n, o:o + n] / gridding_correction(n, P, 3)
+    return ift3(F, P)[o:o + n, o:o + n, o:o + n]
+
+
+def padded_to_volume(F, n: int, pad=2, mask_outside: bool = False, kernel: str = "linear") -> np.ndarray:
+    """The n-box map (float64) of a padded half transform: inverse transform, centre crop, divided
+    by the gridding correction of ``kernel``; ``mask_outside`` blends the corners beyond n/2 to their mean."""
+    v = padded_crop(F, n, pad) / gridding_correction(n, int(round(pad * n)), 3, kernel)
     return soft_mask_outside(v, n / 2.0) if mask_outside else v
 
 

@@ -2,7 +2,8 @@
 
 Particles are split across ranks; each rank back-projects its block (CTF x image
 into the data accumulator, CTF^2 into the weights), one Allreduce per
-accumulator, and rank 0 divides and inverts.
+accumulator, and rank 0 divides and inverts (or, given a regularised reconstructor,
+:class:`hpcem.recon.tv.TVReconstructor`, solves seed 002's penalised problem from the same sums).
 """
 from __future__ import annotations
 
@@ -44,12 +45,15 @@ def backproject_particles(ps, idx, bp: BackProjector, ctf: bool = True, batch: i
 
 def reconstruct(ps, comm, sym: str = "C1", ctf: bool = True, pad: int = 2, batch: int = 256,
                 subset: int | None = None, maxres: float | None = None, verbose: bool = True,
-                gridding_iters: int = GRIDDING_ITERS):
-    """Reconstruct a map from ``ps`` (a ParticleSet with poses). Returns the map on rank 0, None elsewhere.
+                gridding_iters: int = GRIDDING_ITERS, bp_kernel: str = "linear", reconstructor=None):
+    """Reconstruct a map from ``ps`` (a ParticleSet with poses). Returns the map on rank 0, None elsewhere;
+    with a ``reconstructor`` (e.g. :class:`hpcem.recon.tv.TVReconstructor`) a dict: ``map`` (its
+    reconstruction), ``plain`` (the ordinary one from the same sums) and ``stats`` (its ``last``).
 
     ``subset`` 1 or 2 restricts to rlnRandomSubset == subset; ``maxres`` (A) limits the
     frequencies inserted; ``gridding_iters`` the density-compensation iterations (0: the
-    voxel-wise division, see :meth:`BackProjector.reconstruct`)."""
+    voxel-wise division, see :meth:`BackProjector.reconstruct`); ``bp_kernel`` the back-projection
+    kernel ("linear" or seed 002's "gauss")."""
     ops = symmetry_ops(sym)
     n = ps.box
     idx = np.arange(ps.n)
@@ -62,7 +66,7 @@ def reconstruct(ps, comm, sym: str = "C1", ctf: bool = True, pad: int = 2, batch
     s, e = block_range(len(idx), comm.size, comm.rank)
     mine = idx[s:e]
     r_max = n // 2 if maxres is None else min(n // 2, n * ps.angpix / maxres)
-    bp = BackProjector(n, pad=pad)
+    bp = BackProjector(n, pad=pad, kernel=bp_kernel)
     prog = progress_printer("back-projecting (rank 0 of %d) particles" % comm.size) if (verbose and comm.rank == 0) \
         else None
     backproject_particles(ps, mine, bp, ctf=ctf, batch=batch, r_max=r_max, progress=prog)
@@ -70,4 +74,8 @@ def reconstruct(ps, comm, sym: str = "C1", ctf: bool = True, pad: int = 2, batch
     comm.allreduce_(bp.weight)
     if comm.rank != 0:
         return None
-    return bp.reconstruct(symmetry_ops=ops if len(ops) > 1 else None, gridding_iters=gridding_iters)
+    plain = bp.reconstruct(symmetry_ops=ops if len(ops) > 1 else None, gridding_iters=gridding_iters)
+    if reconstructor is None:
+        return plain
+    vol = reconstructor.reconstruct(bp, None, 1.0, ops)
+    return {"map": vol, "plain": plain, "stats": reconstructor.last}

@@ -23,6 +23,10 @@ numbering, and two halves numbered the other way round would swap numbers every 
 each half at ARI 0.87, the whole at 0.00).  The class maps written each iteration are
 reconstructed from both halves' sums.  ``--no-cross_halves`` is RELION's plain EM.
 
+With --tv (seed 002) each class map is the regularised reconstruction of :mod:`hpcem.recon.tv`
+restrained to its previous map; the last iteration also writes ``run_itNNN_classKKK_tv.png``
+(central slices with and without the regularisation).
+
 M-step: ``tau2`` of each class from this iteration's sums (power of the unregularised masked
 reconstruction less its noise power, zero beyond the E-step's limit), the class maps, class
 priors, sigma_offset, sigma2, and the next resolution limit where ``T tau2 <W>`` (SSNR) drops
@@ -36,7 +40,7 @@ from ...estep import LocalSearch, TranslationSampling
 from ...recon import mstep
 from ...recon.projector import BackProjector
 from ...runtime.memory import MemoryPlan
-from .model3d import Model3D, initial_reference, shell_of
+from .model3d import Model3D, initial_reference, shell_of, tv_lines, tv_stats
 from .refine3d import split_halves
 from .results import pose_change_stats
 from .space3d import PAD, ProjectionSpace, Sampling3D
@@ -147,36 +151,56 @@ class Class3D:
 
     def _class_maps(self, m, r_cur):
         """The model's K maps from its own sums and their tau2 (power of the unregularised masked
-        reconstruction less its noise, :func:`mstep.tau2_from_unfiltered`)."""
+        reconstruction less its noise, :func:`mstep.tau2_from_unfiltered`), and with --tv the
+        solver's numbers per class."""
         cfg = self.config
         msq = float(np.mean(m.mask3.astype(np.float64) ** 2))
         t2 = np.asarray([mstep.tau2_from_unfiltered(m.power3([m.reconstruct(k, unfil=True) * m.mask3])[0],
                                                     m.mean_weight(k) * PAD ** 3, msq, r_cur)
                          for k in range(self.K)])
-        refs = np.stack([m.flatten(m.reconstruct(k, tau2=t2[k], fudge=cfg.tau2_fudge * PAD ** 3))
-                         for k in range(self.K)]).astype(np.float32)
-        return refs, t2
+        refs, tv = [], {}
+        for k in range(self.K):
+            refs.append(m.flatten(m.reconstruct(k, tau2=t2[k], fudge=cfg.tau2_fudge * PAD ** 3)))
+            tv[k + 1] = tv_stats(m.reconstructor.last) if m.regularised else None
+        return np.stack(refs).astype(np.float32), t2, tv
+
+    def _combined_bp(self, k):
+        a, b = self.models[1], self.models[2]
+        bp = BackProjector(self.n, pad=PAD, kernel=a.bp_kernel)
+        bp.data += a.bps[k].data + b.bps[k].data
+        bp.weight += a.bps[k].weight + b.bps[k].weight
+        return bp
 
     def _combined_maps(self, t2):
-        """Cross halves: each class reconstructed from both halves' sums (tau2: the halves' mean)."""
-        a, b = self.models[1], self.models[2]
-        maps, weights = [], []
+        """Cross halves: each class reconstructed from both halves' sums (tau2: the halves' mean),
+        restrained to its previous map with --tv."""
+        a = self.models[1]
+        maps, weights, tv = [], [], {}
         for k in range(self.K):
-            bp = BackProjector(self.n, pad=PAD)
-            bp.data += a.bps[k].data + b.bps[k].data
-            bp.weight += a.bps[k].weight + b.bps[k].weight
+            bp = self._combined_bp(k)
+            prev = self.refs[k] if self.refs is not None else None
             tau2 = 0.5 * (t2[1][k] + t2[2][k])
-            maps.append(a.flatten(a.reconstructor.reconstruct(bp, tau2, self.config.tau2_fudge * PAD ** 3, a.ops)))
+            maps.append(a.flatten(a.reconstructor.reconstruct(bp, tau2, self.config.tau2_fudge * PAD ** 3, a.ops,
+                                                              prev=prev)))
+            tv[k + 1] = tv_stats(a.reconstructor.last) if a.regularised else None
             weights.append(bp.shell_mean_weight()[:a.nsh] * len(a.ops))
-        return np.stack(maps).astype(np.float32), np.stack(weights)
+        return np.stack(maps).astype(np.float32), np.stack(weights), tv
+
+    def _wiener_maps(self, t2):
+        """The last iteration with --tv: the class maps without the regularisation (for the PNG)."""
+        m, fudge = self.m, self.config.tau2_fudge * PAD ** 3
+        if self.cross:
+            return np.stack([m.flatten(m.plain.reconstruct(self._combined_bp(k), 0.5 * (t2[1][k] + t2[2][k]), fudge,
+                                                           m.ops)) for k in range(self.K)])
+        return np.stack([m.flatten(m.plain.reconstruct(m.bps[k], t2[1][k], fudge, m.ops)) for k in range(self.K)])
 
     def m_step(self, sums):
         cfg, K, n = self.config, self.K, self.n
         r_used = self.st["r_cur"]
-        t2, ssnr = {}, []
+        t2, ssnr, tv = {}, [], {}
         for h, m in self.models.items():
             m.update_noise_priors(sums[h])
-            m.refs, t2[h] = self._class_maps(m, sums[h].r_cur)
+            m.refs, t2[h], tv = self._class_maps(m, sums[h].r_cur)
             m.tau2 = m.power3(m.refs)
             ssnr.append(cfg.tau2_fudge * m.tau2 * np.stack([m.mean_weight(k) for k in range(K)]) * PAD ** 3)
         if self.first and K > 1:   # the random initial classes
@@ -187,19 +211,21 @@ class Class3D:
         # the E-step's next limit from the maps it scores against (the halves' in cross mode)
         self.st["r_cur"] = mstep.next_r_cur(mstep.resolution_shell(np.concatenate(ssnr)), cfg.margin_shells, n)
         if self.cross:
-            self.refs, weight = self._combined_maps(t2)
+            self.refs, weight, tv = self._combined_maps(t2)
             self.tau2 = self.m.power3(self.refs)
             full = cfg.tau2_fudge * self.tau2 * weight * PAD ** 3
             class_weight = sums[1].class_weight + sums[2].class_weight
         else:
             self.refs, self.tau2, full, class_weight = self.m.refs, self.m.tau2, ssnr[0], sums[1].class_weight
         self.pclass = mstep.class_priors(class_weight)
+        last = self.m.regularised and self.st["iteration"] + 1 >= cfg.iters
+        wiener = self._wiener_maps(t2) if last else None
         self.st["resolution"] = n * self.m.angpix / max(mstep.resolution_shell(full), 1)
         self.st["iteration"] += 1
         stats = self._change_stats()
         stats.update(iteration=self.st["iteration"], r_cur=r_used, resolution=self.st["resolution"],
                      sigma_offset=float(np.mean([m.sigma_offset for m in self.models.values()])),
-                     pclass=self.pclass.copy())
+                     pclass=self.pclass.copy(), tv=tv, wiener=wiener)
         return stats
 
     def _renumber_half2(self, t2, sums2):
@@ -264,13 +290,21 @@ class Class3D:
         for k in range(self.K):
             central_slices_png(root.iteration(it, "class%03d.png" % (k + 1)), state["refs"][k],
                                "class %d: %.1f%%" % (k + 1, 100 * state["pclass"][k]))
+            if stats.get("wiener") is not None:
+                central_slices_png(root.iteration(it, "class%03d_tv.png" % (k + 1)),
+                                   {"TV": state["refs"][k], "Wiener": stats["wiener"][k]},
+                                   "class %d with (top) and without (bottom) the sparsity + TV regularisation"
+                                   % (k + 1))
 
     def log_line(self, st):
+        tv = tv_lines(st.get("tv", {}))
+        t_tv = sum(t["seconds"] for t in st.get("tv", {}).values() if t)
         return ("it %3d  r_cur %2d  res %6.2f A  dclass %5.3f  dang %6.2f deg  doff %5.2f A  sig_off %5.2f A  "
-                "nsig %7.1f  classes %s  logL %.6e  (%.1f s, E-step %.1f s)" % (
+                "nsig %7.1f  classes %s  logL %.6e  (%.1f s, E-step %.1f s%s)%s" % (
                     st["iteration"], st["r_cur"], st["resolution"], st["changes_classes"], st["changes_orient"],
                     st["changes_offsets"], st["sigma_offset"], st["mean_nsig"],
-                    " ".join("%.2f" % p for p in st["pclass"]), st["loglik"], st["t_iter"], st["t_estep"]))
+                    " ".join("%.2f" % p for p in st["pclass"]), st["loglik"], st["t_iter"], st["t_estep"],
+                    ", TV M-step %.1f s" % t_tv if tv else "", tv))
 
     def finish(self, root):
         pass

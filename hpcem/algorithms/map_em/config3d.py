@@ -8,7 +8,7 @@ from ...errors import InputError
 from ...estep import EStepOptions
 from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, param
 from ..vdam.options import GradOptions
-from .options import YES_NO, ImageOptions
+from .options import YES_NO, ImageOptions, TVOptions
 
 
 def _known_symmetry(name) -> bool:
@@ -60,7 +60,7 @@ class Map3DConfig(ImageOptions):
 
 
 @dataclass(frozen=True)
-class Class3DConfig(Map3DConfig):
+class _Class3DBase(Map3DConfig):
     K: int = param(4, "number of classes", check=AT_LEAST_1, group="model")
     psi_step: float = param(0.0, "in-plane step (deg; 0: the HEALPix step)",
                             check=(lambda v: 0 <= v <= 180, "in [0, 180]"), group="sampling")
@@ -71,7 +71,12 @@ class Class3DConfig(Map3DConfig):
 
 
 @dataclass(frozen=True)
-class Refine3DConfig(Map3DConfig):
+class Class3DConfig(_Class3DBase, TVOptions):
+    pass
+
+
+@dataclass(frozen=True)
+class Refine3DConfig(Map3DConfig, TVOptions):
     iters: int = param(50, "most iterations before the final one", flag="--iter", check=AT_LEAST_1, group="model")
     tau2_fudge: float = param(1.0, "regularisation parameter T", check=POSITIVE, group="model")
     auto_local_healpix_order: int = param(4, "local angular searches from this HEALPix order on",
@@ -87,7 +92,7 @@ class Refine3DConfig(Map3DConfig):
 
 
 @dataclass(frozen=True)
-class InitialModelConfig(Class3DConfig, GradOptions):
+class InitialModelConfig(_Class3DBase, GradOptions):
     """relion_refine --grad --denovo_3dref (RELION-4's InitialModel job defaults)."""
     K: int = param(1, "number of 3D classes", check=AT_LEAST_1, group="model")
     iters: int = param(200, "mini-batches", flag="--iter", check=AT_LEAST_1, group="model")

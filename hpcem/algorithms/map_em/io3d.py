@@ -5,7 +5,8 @@ _optimiser.star and _checkpoint.h5, and _classKKK.png central slices).
 refine3d, per iteration: <root>_itNNN_half{1,2}_class001.mrc, _data.star, _half{1,2}_model.star
 (+ optimiser, checkpoint, _half1_class001.png); final: <root>_class001.mrc,
 <root>_half{1,2}_class001_unfil.mrc, <root>_data.star, <root>_model.star (with the FSC),
-<root>_fsc.star, <root>_fsc.png, <root>_class001.png.
+<root>_fsc.star, <root>_fsc.png, <root>_class001.png (+ <root>_class001_tv.png with --tv: central slices
+with and without the regularisation).
 """
 from __future__ import annotations
 
@@ -86,3 +87,6 @@ def plot_refine_final(root, ps, fin) -> None:
                                     "unmasked (%.2f A)" % fin["res_unmasked"]: (shells, fin["fsc_unmasked"])},
              n, float(ps.angpix), title="gold-standard FSC")
     central_slices_png(root.path("class001.png"), fin["map"], "final map, %.2f A" % fin["res"])
+    if fin.get("map_wiener") is not None:
+        central_slices_png(root.path("class001_tv.png"), {"TV": fin["map"], "Wiener": fin["map_wiener"]},
+                           "final map with (top) and without (bottom) the sparsity + TV regularisation")

@@ -3,7 +3,9 @@ ranks of a communicator: the class volumes, the noise and prior model, the per-p
 and its E-step / reduction / noise update / reconstruction (seed 000, section 3.1.1).
 
 M-step reconstruction: ``V = data / (weight + 1 / (pad^3 T tau2))`` (the padded accumulators hold
-pad^3 less weight per voxel than the n-box), flattened by the solvent mask (:mod:`.solvent`).
+pad^3 less weight per voxel than the n-box), or with --tv the regularised reconstruction of
+:mod:`hpcem.recon.tv` (restrained to the class's previous map), flattened by the solvent mask
+(:mod:`.solvent`).  Unfiltered maps (``unfil``) are always the Wiener reconstruction without prior.
 """
 from __future__ import annotations
 
@@ -39,7 +41,10 @@ class Model3D:
                                       cfg.ctf, comm, zero_mask=cfg.zero_mask,
                                       intact_first_peak=cfg.ctf_intact_first_peak)
         self.ops = symmetry_ops(cfg.sym)
-        self.reconstructor = mstep.WienerMAP(gridding_iters=0 if cfg.skip_gridding else mstep.GRIDDING_ITERS)
+        gridding = 0 if cfg.skip_gridding else mstep.GRIDDING_ITERS
+        self.plain = mstep.WienerMAP(gridding_iters=gridding)
+        self.reconstructor = mstep.reconstructor_for(cfg, gridding)
+        self.bp_kernel = getattr(cfg, "bp_kernel", "linear")
         self.refs = self.sigma2 = self.tau2 = None
         self.pclass = np.full(cfg.K, 1.0 / cfg.K)
         self.sigma_offset = max(cfg.offset_range, 1.0) * self.angpix / 2.0
@@ -90,7 +95,7 @@ class Model3D:
         """Posteriors of this rank's particles (results updated in place); the fine sums go to
         ``self.bps`` (rank-local); returns the other sums.  ``cc``: the cross-correlation pass of
         --firstiter_cc (:mod:`hpcem.estep.crosscorr`); ``subset``: only these rank-local particles."""
-        space = ProjectionSpace(samp, self.cfg.K, self.n, self.ops)
+        space = ProjectionSpace(samp, self.cfg.K, self.n, self.ops, self.bp_kernel)
         space.refs = self.refs
         prior = np.full(self.cfg.K, 1.0 / self.cfg.K) if uniform_priors else self.pclass
         self.corr.apply(self.parts, self.res)
@@ -130,8 +135,17 @@ class Model3D:
         """``vol`` times the solvent mask (unchanged with --no-flatten_solvent)."""
         return vol if self.solvent is None else vol * self.solvent
 
+    @property
+    def regularised(self) -> bool:
+        return not self.reconstructor.uses_tau2
+
     def reconstruct(self, k, tau2=None, fudge=1.0, unfil=False):
-        return self.reconstructor.reconstruct(self.bps[k], None if unfil else tau2, fudge, self.ops)
+        """Class k's map from this iteration's sums: ``unfil`` the Wiener reconstruction without a
+        prior, else the reconstructor's (the previous map ``refs[k]`` for the regularised one)."""
+        if unfil:
+            return self.plain.reconstruct(self.bps[k], None, fudge, self.ops)
+        prev = self.refs[k] if self.refs is not None else None
+        return self.reconstructor.reconstruct(self.bps[k], tau2, fudge, self.ops, prev=prev)
 
     # ------------------------------------------------------------ state
     def gather_results(self):
@@ -161,3 +175,20 @@ def initial_reference(ref, angpix, ini_high, solvent):
 
 def shell_of(res_A, n, angpix):
     return n * angpix / res_A if np.isfinite(res_A) and res_A > 0 else 0.0
+
+
+TV_KEYS = ("data", "l1", "tv", "restraint", "objective", "residual", "iterations", "seconds", "solve_seconds", "alpha",
+           "beta", "gamma", "eps", "epsp", "S", "Nbar")
+
+
+def tv_stats(last) -> dict | None:
+    """The loggable numbers of a regularised reconstruction (``TVReconstructor.last``), or None."""
+    return {k: last[k] for k in TV_KEYS} if last else None
+
+
+def tv_lines(per_map: dict, final=None) -> str:
+    """Log lines (each starting with a newline) of the regularised M-step of each half or class."""
+    from ...recon.tv import summary
+
+    out = "".join("\n    TV %s: %s" % (k, summary(v)) for k, v in sorted(per_map.items()) if v)
+    return out + ("\n    TV final: %s" % summary(final) if final else "")

@@ -14,6 +14,14 @@ finest order without resolution gain and with mean changes below the step; then 
 iteration at Nyquist combines both halves (SSNR of the full map ``2 FSC/(1-FSC)``) into
 ``run_class001.mrc``.
 
+With --tv (seed 002, :mod:`hpcem.recon.tv`) each half's reference is the regularised M-step's map
+from that half's sums alone, restrained to the half's own previous map (the halves stay
+independent), instead of the Wiener MAP map; the final map is the regularised reconstruction of
+both halves' sums (``run_class001_tv.png``: central slices with and without regularisation).  The
+gold-standard FSC, the resolution and the ``_unfil`` half maps stay those of the unregularised
+halves: the FSC between regularised halves is inflated by their shared, signal-dependent bias
+(DESIGN_NOTES, issue 13), so only alignment and the final map see the regulariser.
+
 relion_refine's options: ``--low_resol_join_halves`` (:mod:`.halves`), ``--solvent_mask`` and
 ``--solvent_correct_fsc`` (:mod:`.solvent`), ``--sigma_ang`` (local searches around the input
 poses from the first iteration), ``--firstiter_cc`` (:mod:`hpcem.estep.crosscorr`), ``--norm`` /
@@ -31,7 +39,7 @@ from ...parallel.decomp import half_groups
 from ...recon import mstep
 from ...recon.projector import BackProjector
 from ...runtime.memory import MemoryPlan
-from .model3d import Model3D, initial_reference, shell_of
+from .model3d import Model3D, initial_reference, shell_of, tv_lines, tv_stats
 from .halves import join_low_resolution
 from .results import change_sums
 from .solvent import masked_fsc
@@ -183,19 +191,22 @@ class Refine3D:
 
     def _half_summaries(self):
         """Both halves' sigma_offset and log-likelihood, and the mean nsig, on every rank."""
-        mine = {h: (m.sigma_offset, float(m.res["loglik"].sum()), float(m.res["nsig"].sum()), m.res["nsig"].size)
+        mine = {h: (m.sigma_offset, float(m.res["loglik"].sum()), float(m.res["nsig"].sum()), m.res["nsig"].size,
+                    tv_stats(m.reconstructor.last))
                 for h, m in self.models.items()}
         got = self.world.allgather(mine)
         tot = {1: [0.0, 0.0, 0.0, 0], 2: [0.0, 0.0, 0.0, 0]}
+        tv = {}
         for g in got:
-            for h, (so, ll, ns, nb) in g.items():
+            for h, (so, ll, ns, nb, t) in g.items():
                 tot[h][0] = so
                 tot[h][1] += ll
                 tot[h][2] += ns
                 tot[h][3] += nb
+                tv[h] = t
         nsig = (tot[1][2] + tot[2][2]) / max(tot[1][3] + tot[2][3], 1)
         return {"sigma_offset_half": (tot[1][0], tot[2][0]), "loglik_half": (tot[1][1], tot[2][1]),
-                "mean_nsig": nsig}
+                "mean_nsig": nsig, "tv_half": tv if self.m0.regularised else {}}
 
     def _schedule(self, res):
         """Resolution bookkeeping, HEALPix order and translation range updates, convergence."""
@@ -261,14 +272,18 @@ class Refine3D:
         ops = self.m0.ops
         ssnr = fsc_to_ssnr(curve, full=True)
         tau2 = mstep.tau2_from_ssnr(ssnr, bp.shell_mean_weight()[:self.n // 2 + 1] * len(ops))
-        vol = self.m0.reconstructor.reconstruct(bp, tau2, self.config.tau2_fudge, ops)
+        prev = 0.5 * (hs[1]["refs"][0] + hs[2]["refs"][0])
+        vol = self.m0.reconstructor.reconstruct(bp, tau2, self.config.tau2_fudge, ops, prev=prev)
+        if self.m0.regularised:
+            summary["tv_final"] = tv_stats(self.m0.reconstructor.last)
+            summary["map_wiener"] = self.m0.plain.reconstruct(bp, tau2, self.config.tau2_fudge, ops)
         res_u = resolution_at(curve_unmasked, 0.143, self.n, self.angpix)
         self.fin = {"map": vol, "unfil": unfil, "fsc": curve, "fsc_unmasked": curve_unmasked, "ssnr": ssnr,
                     "tau2": tau2, "res": res, "res_unmasked": res_u, "results": self._merge(hs),
                     "subsets": self.subsets, "sigma2": hs[1]["sigma2"],
                     "sigma_offset": 0.5 * (hs[1]["sigma_offset"] + hs[2]["sigma_offset"]),
-                    "loglik": sum(summary["loglik_half"])}
-        return {"final": True, "resolution": res, "resolution_unmasked": res_u}
+                    "loglik": sum(summary["loglik_half"]), "map_wiener": summary.get("map_wiener")}
+        return {"final": True, "resolution": res, "resolution_unmasked": res_u, "tv_final": summary.get("tv_final")}
 
     # ------------------------------------------------------------ state, files
     def _half_states(self):
@@ -328,16 +343,19 @@ class Refine3D:
                                "iteration %d, half 1" % it)
 
     def log_line(self, st):
+        tv = tv_lines(st.get("tv_half", {}), st.get("tv_final"))
         if st.get("final"):
-            return "final: resolution %.2f A (masked FSC 0.143), %.2f A unmasked; wrote %s" % (
-                st["resolution"], st["resolution_unmasked"], self.fin["path"])
+            return "final: resolution %.2f A (masked FSC 0.143), %.2f A unmasked; wrote %s%s" % (
+                st["resolution"], st["resolution_unmasked"], self.fin["path"], tv)
         so = st["sigma_offset_half"]
+        t_tv = sum(t["seconds"] for t in st.get("tv_half", {}).values() if t)
         return ("it %3d  order %d%s  T %d  r_cur %2d  res %6.2f A  dang %6.2f deg  doff %5.2f A  "
-                "sig_off %5.2f/%5.2f A  nsig %6.1f  (%.1f s, E-step %.1f s)%s" % (
+                "sig_off %5.2f/%5.2f A  nsig %6.1f  (%.1f s, E-step %.1f s%s)%s%s" % (
                     st["iteration"], st["order"], " local %.2f" % st["local_sigma"] if st["local_sigma"] > 0 else "",
                     st["n_trans"], st["r_cur"], st["resolution"], st["changes_orient"], st["changes_offsets"],
                     so[0], so[1], st["mean_nsig"], st["t_iter"], st["t_estep"],
-                    "  -> converged, final iteration next" if st["converged"] else ""))
+                    ", TV M-step %.1f s" % t_tv if tv else "",
+                    "  -> converged, final iteration next" if st["converged"] else "", tv))
 
     def finish(self, root):
         pass

@@ -99,8 +99,9 @@ class ProjectionSpace:
 
     pose_keys = ("rot", "tilt", "psi")
 
-    def __init__(self, samp: Sampling3D, K: int, n: int, ops):
+    def __init__(self, samp: Sampling3D, K: int, n: int, ops, bp_kernel: str = "linear"):
         self.samp, self.K, self.n, self.ops = samp, int(K), int(n), ops
+        self.bp_kernel = bp_kernel
         self.Jc1, self.Jf1 = samp.Jc1, samp.Jf1
         self.children = Children3D(samp)
         self.cap_groups = self.K   # the maxsig cap per class (a few classes)
@@ -138,7 +139,7 @@ class ProjectionSpace:
             raise ValueError("ProjectionSpace: slots need dense sums (2D)")
         s = self.samp
         self._projs = [Projector.from_volume(self.refs[k], pad=PAD) for k in range(self.K)]
-        self.bps = [BackProjector(self.n, pad=PAD) for _ in range(self.K)]
+        self.bps = [BackProjector(self.n, pad=PAD, kernel=self.bp_kernel) for _ in range(self.K)]
         kc = kidx[:mc]
         refs_f = lambda idx: self._refs_by(idx, s.Jf1, s.fine_euler, kidx, r_max)  # noqa: E731
         if not dense:
