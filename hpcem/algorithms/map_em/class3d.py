@@ -21,6 +21,7 @@ import numpy as np
 
 from ...estep import LocalSearch, TranslationSampling
 from ...recon import mstep
+from ...runtime.device import HOST
 from ...runtime.memory import MemoryPlan
 from .model3d import Model3D, initial_reference, shell_of
 from .results import pose_change_stats
@@ -31,10 +32,10 @@ class Class3D:
     kind = "class3d"
     checkpoint_name = "checkpoint.h5"
 
-    def __init__(self, ps, ref, cfg, comm, log=print):
+    def __init__(self, ps, ref, cfg, comm, log=print, device=HOST):
         self.ps, self.ref, self.config, self.comm, self.log = ps, ref, cfg, comm, log
         self.n, self.K = ps.box, cfg.K
-        self.m = Model3D(ps, np.arange(ps.n), cfg, comm, log)
+        self.m = Model3D(ps, np.arange(ps.n), cfg, comm, log, device=device)
         self.samp = Sampling3D(cfg.healpix_order, cfg.sym, cfg.psi_step, cfg.oversampling)
         self.trans = TranslationSampling(cfg.offset_range, cfg.offset_step, cfg.oversampling)
         self.space = ProjectionSpace(self.samp, self.K, self.n, self.m.ops)
