@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from ..algorithms.map_em.config3d import _known_symmetry
 from ..errors import InputError
 from ..runtime.params import AT_LEAST_1, NON_NEGATIVE, param
-from .common import JobIO, job_record, set_threads, stamp
+from ..runtime.device import DeviceOptions
+from .common import JobIO, job_device, job_record, set_threads, stamp
 from .inputs import read_particles
 
 
 @dataclass(frozen=True)
-class Params(JobIO):
+class Params(JobIO, DeviceOptions):
     o: str = param(None, "output map (MRC)", group="I/O")
     sym: str = param("C1", "point-group symmetry: C1, Cn, Dn, T, O, I", check=(_known_symmetry, "a point group"),
                      group="reconstruction")
@@ -48,7 +49,8 @@ def run(p: Params, ctx):
     ctx.log("hpcem reconstruct: %d particles, box %d, %.3f A/px, sym %s, ctf %s, %d rank(s)" % (
         ps.n, ps.box, ps.angpix, p.sym, "on" if p.ctf else "off", comm.size))
     vol = reconstruct(ps, comm, sym=p.sym, ctf=p.ctf, pad=p.pad, batch=p.batch, subset=p.subset or None,
-                      maxres=p.maxres or None, gridding_iters=0 if p.skip_gridding else p.iters)
+                      maxres=p.maxres or None, gridding_iters=0 if p.skip_gridding else p.iters,
+                      device=job_device(p, ctx))
     if comm.rank == 0:
         write_mrc(p.o, vol, ps.angpix)
         stamp(os.path.splitext(p.o)[0] + ".job.json", job_record(ctx.name, p, ctx.argv))
