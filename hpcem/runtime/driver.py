@@ -47,7 +47,7 @@ def run_iterations(algo, root, comm, log, restart=None, job: dict | None = None,
         stats = algo.m_step(acc)
         stats.update(t_estep=t1 - t0, t_iter=time.time() - t0)
         if timeline is not None:
-            timeline.append({"t_estep": stats["t_estep"], "t_iter": stats["t_iter"],
+            timeline.append({"t_estep": stats["t_estep"], "t_iter": stats["t_iter"], "r_cur": stats.get("r_cur"),
                              "collectives": comm.traffic.since(traffic0)})
         state = algo.state()
         if comm.rank == 0:
