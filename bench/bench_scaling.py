@@ -269,7 +269,6 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.worker:
         return worker(a)
-    os.makedirs(a.out, exist_ok=True)
     a.out, a.data = os.path.abspath(a.out), os.path.abspath(os.path.join(a.out, "data"))
     cores = os.cpu_count() or 1
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
@@ -283,6 +282,10 @@ def main(argv=None) -> int:
             ranks.append(P)
     load = os.getloadavg()[0]
     a.note = "%d cores, load average %.1f at the start%s" % (cores, load, " (shared: timings noisy)" if load > 0.5 else "")
+    if not ranks and not a.report_only:
+        print("bench_scaling: no rank count of --ranks %s can run here; nothing measured" % a.ranks)
+        return 0
+    os.makedirs(a.out, exist_ok=True)
     t0 = time.time()
     results = {}
     if a.report_only:

@@ -55,6 +55,19 @@ def test_emulated_arrays_refuse_host_arrays_like_cupy():
     assert np.array_equal(a.get(), np.arange(6.0)) and TRAFFIC.d2h_bytes == 48
 
 
+@pytest.mark.skipif(why_no_gpu() is None, reason="a usable GPU is present")
+def test_benches_say_why_they_measure_nothing_here(tmp_path):
+    import subprocess
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    p = subprocess.run([sys.executable, os.path.join(bench, "bench_gpu.py")], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.startswith("bench_gpu: no GPU measured here: ") and "\n" == p.stdout[-1:]
+    assert p.stdout.count("\n") == 1
+    p = subprocess.run([sys.executable, os.path.join(bench, "bench_scaling.py"), "--ranks", "4096"], capture_output=True,
+                       text=True, cwd=str(tmp_path))
+    assert p.returncode == 0 and "4096 ranks: skipped" in p.stdout and "nothing measured" in p.stdout
+
+
 @pytest.fixture(scope="module")
 def data2d(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("gpu2d"))

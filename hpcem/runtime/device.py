@@ -108,7 +108,7 @@ def why_no_gpu() -> str | None:
     try:
         import cupy
     except ImportError:
-        return "cupy is not installed (pip install cupy-cuda12x)"
+        return "cupy is not installed (pip install cupy-cuda12x, or cupy-cuda13x for CUDA 13)"
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, broken install
