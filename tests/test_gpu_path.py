@@ -98,13 +98,15 @@ def test_class2d_on_the_emulated_gpu_equals_cpu_and_keeps_particles_there(data2d
           % (rel, int((c1 != c2).sum()), t2))
     assert rel < 1e-4 and np.array_equal(c1, c2)
     # the second iteration's copies: references, phases, priors and a few numbers per particle,
-    # not the particles (300 x 40 x 21 complex64 transforms and float32 CTFs, 3 MB)
+    # not the particles (300 x 40 x 21 complex64 transforms and float32 CTFs, 3 MB); apart from
+    # them, segment_posteriors (no device path yet) sends each batch's pair scores through the host
     particles = 300 * 40 * 21 * 12
     it2_h2d = t2["h2d_bytes"] - t1["h2d_bytes"]
-    print("h2d bytes: first run %d, the second iteration alone %d (particles %d)" % (t1["h2d_bytes"], it2_h2d,
-                                                                                      particles))
+    it2_trip = t2["round_trip_h2d"] - t1["round_trip_h2d"]
+    print("h2d bytes: first run %d, the second iteration alone %d (particles %d); segment_posteriors' host "
+          "round trips in it %d" % (t1["h2d_bytes"], it2_h2d, particles, it2_trip))
     assert t1["h2d_bytes"] > particles
-    assert 0 < it2_h2d < particles / 4
+    assert 0 < it2_h2d - it2_trip < particles / 4
 
 
 def test_class2d_two_ranks_on_the_emulated_gpu_equal_one_cpu_rank(data2d, monkeypatch, run_hpcem):

@@ -35,6 +35,7 @@ class Traffic:
 
     def reset(self):
         self.h2d_bytes = self.d2h_bytes = self.h2d_copies = self.d2h_copies = 0
+        self.round_trip_h2d = self.round_trip_d2h = 0   # of the above: kernels without a device path
 
     def h2d(self, nbytes: int):
         self.h2d_bytes += int(nbytes)
@@ -46,7 +47,8 @@ class Traffic:
 
     def snapshot(self) -> dict:
         return {"h2d_bytes": self.h2d_bytes, "d2h_bytes": self.d2h_bytes, "h2d_copies": self.h2d_copies,
-                "d2h_copies": self.d2h_copies}
+                "d2h_copies": self.d2h_copies, "round_trip_h2d": self.round_trip_h2d,
+                "round_trip_d2h": self.round_trip_d2h}
 
 
 TRAFFIC = Traffic()
@@ -277,6 +279,19 @@ HOST_OK = frozenset({"rotations", "rotations2d", "weights", "ref_index", "logpri
                      "pair_t", "pair_j", "weight", "offsets", "a", "ops"})
 
 
+# kernels whose cupy path copies its inputs to the host and its results back (no CUDA twin yet):
+# the emulation counts those copies as the real device would make them
+HOST_ROUND_TRIP = frozenset({"segment_posteriors"})
+
+
+def _nbytes(v) -> int:
+    if isinstance(v, (EmulatedArray, np.ndarray)):
+        return int(v.nbytes)
+    if is_dataclass(v) and not isinstance(v, type):
+        return sum(_nbytes(getattr(v, f.name)) for f in fields(v))
+    return 0
+
+
 def _has_device(values) -> bool:
     return any(isinstance(v, EmulatedArray) for v in values)
 
@@ -301,5 +316,14 @@ def device_aware(fn):
                 TRAFFIC.h2d(v.nbytes)
             elif isinstance(v, EmulatedArray):
                 bound.arguments[name] = v._a
-        return _wrap(fn(*bound.args, **bound.kwargs))
+        round_trip = fn.__name__ in HOST_ROUND_TRIP
+        if round_trip:
+            down = sum(_nbytes(a) for a in bound.args)
+            TRAFFIC.d2h(down)
+        out = fn(*bound.args, **bound.kwargs)
+        if round_trip:
+            TRAFFIC.h2d(_nbytes(out))
+            TRAFFIC.round_trip_d2h += down
+            TRAFFIC.round_trip_h2d += _nbytes(out)
+        return _wrap(out)
     return call
