@@ -235,7 +235,10 @@ def projections(results, Ps, intra, a) -> None:
     M = cm.coefficients_within(256, 64)      # E-step radius: 64 shells of 256 px (~2x Nyquist... 4 A at 1 A/px)
     big = {}
     if "class2d" in ws:
-        big["MAP class2d (1e6 particles, 256 px, K 100)"] = cm.map_workload(1_000_000, 256, 100, 2 * 36, 21, M
+        from hpcem.core.sampling import translation_grid
+
+        T = len(translation_grid(5.0, 1.0))     # RELION's 2D defaults: offset range 5, step 1; psi step 10
+        big["MAP class2d (1e6 particles, 256 px, K 100)"] = cm.map_workload(1_000_000, 256, 100, 2 * 36, T, M
                                                                             ).like(ws["class2d"])
     if "sml" in ws:
         big["GTM sml (1e5 particles, K 1000)"] = cm.gtm_workload(100_000, 1000, 3 * M).like(ws["sml"])
