@@ -121,6 +121,22 @@ def test_class2d_two_ranks_on_the_emulated_gpu_equal_one_cpu_rank(data2d, monkey
     assert np.linalg.norm(r1 - r2) / np.linalg.norm(r1) < 1e-4 and np.array_equal(c1, c2)
 
 
+def test_class2d_grad_on_the_emulated_gpu_equals_cpu(data2d, monkeypatch):
+    """class2d --grad (VDAM mini-batches, slots of half sets) on the device path."""
+    tmp, star = data2d
+    outs = {}
+    for gpu in (False, True):
+        outs[gpu] = os.path.join(tmp, "grad_%s" % ("dev" if gpu else "cpu"))
+        if gpu:
+            monkeypatch.setenv("HPCEM_GPU_EMULATE", "1")
+        args = ["class2d", "--i", star, "--o", outs[gpu], "--iter", "3", "--grad"] + [str(a) for a in SMALL]
+        assert main(args + (["--gpu"] if gpu else [])) == 0
+        monkeypatch.delenv("HPCEM_GPU_EMULATE", raising=False)
+    r1, c1 = _classes(outs[False], 3)
+    r2, c2 = _classes(outs[True], 3)
+    assert np.linalg.norm(r1 - r2) <= 1e-4 * np.linalg.norm(r1) and np.array_equal(c1, c2)
+
+
 @pytest.fixture(scope="module")
 def data3d(tmp_path_factory):
     from test_class3d import _dataset
@@ -140,6 +156,7 @@ def _job(which, star, ref, out):
                      "--auto_local_healpix_order", "2", "--offset_range", "2", "--offset_step", "1", "--iter", "2",
                      "--particle_diameter", "60"],
         "sml": ["sml", "--o", out, "--K", "9", "--iter", "3"],
+        "initial_model": ["initial_model", "--o", out, "--iter", "3", "--K", "1", "--particle_diameter", "60"],
         "reconstruct": ["reconstruct", "--o", out + ".mrc"],
     }[which] + common
 
@@ -148,7 +165,7 @@ def _maps(which, out):
     if which == "reconstruct":
         return [read_mrc(out + ".mrc")[0]]
     pattern = {"class3d": "run_it002_class*.mrc", "refine3d": "run_it002_half*_class001.mrc",
-               "sml": "run_classes.mrcs"}[which]
+               "sml": "run_classes.mrcs", "initial_model": "run_it003_class001.mrc"}[which]
     files = sorted(glob.glob(os.path.join(out, pattern)))
     assert files, (out, pattern)
     return [read_mrc(f)[0] for f in files]
@@ -161,7 +178,7 @@ def _assignments(which, out):
     return None
 
 
-@pytest.mark.parametrize("which", ["class3d", "refine3d", "sml", "reconstruct"])
+@pytest.mark.parametrize("which", ["class3d", "refine3d", "initial_model", "sml", "reconstruct"])
 def test_jobs_on_the_emulated_gpu_equal_cpu(data3d, which, monkeypatch):
     tmp, star, ref = data3d
     outs = {}
