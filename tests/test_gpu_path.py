@@ -68,6 +68,29 @@ def test_benches_say_why_they_measure_nothing_here(tmp_path):
     assert p.returncode == 0 and "4096 ranks: skipped" in p.stdout and "nothing measured" in p.stdout
 
 
+@pytest.mark.parametrize("frac", [0.5, 0.999, 1.0])
+def test_segment_posteriors_device_path_equals_cpu(frac):
+    """The array-code segment_posteriors (cupy's and the emulator's path) against the C++ one:
+    empty segments, all -inf segments, ties, underflowing tails."""
+    from hpcem.kernels import segment_posteriors
+    from hpcem.kernels.marginalise import _segments_xp
+
+    rng = np.random.default_rng(3)
+    cnt = rng.integers(0, 40, 200)
+    cnt[:3] = (0, 1, 5)
+    off = np.concatenate([[0], np.cumsum(cnt)]).astype(np.int64)
+    m = rng.normal(0, 3, off[-1]) + rng.integers(0, 2, off[-1]) * 60.0
+    m[off[2]:off[3]] = np.inf                     # a segment without a finite posterior
+    m[off[5]:off[5] + 2] = m[off[5]]              # a tie at the maximum
+    cpu = segment_posteriors(m, off, frac)
+    for dev in (_segments_xp(np, m, off, frac), segment_posteriors(emu.asarray(m), emu.asarray(off), frac)):
+        get = (lambda a: a.get()) if not isinstance(dev.weight, np.ndarray) else np.asarray
+        assert np.array_equal(get(dev.argmax), cpu.argmax) and np.array_equal(get(dev.nsig), cpu.nsig)
+        assert np.array_equal(get(dev.significant), cpu.significant)
+        assert np.allclose(get(dev.weight), cpu.weight, rtol=1e-6, atol=1e-12)
+        assert np.allclose(get(dev.logZ), cpu.logZ, rtol=1e-12) and np.allclose(get(dev.pmax), cpu.pmax, rtol=1e-12)
+
+
 @pytest.fixture(scope="module")
 def data2d(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("gpu2d"))

@@ -279,9 +279,11 @@ HOST_OK = frozenset({"rotations", "rotations2d", "weights", "ref_index", "logpri
                      "pair_t", "pair_j", "weight", "offsets", "a", "ops"})
 
 
-# kernels whose cupy path copies its inputs to the host and its results back (no CUDA twin yet):
-# the emulation counts those copies as the real device would make them
-HOST_ROUND_TRIP = frozenset({"segment_posteriors"})
+# kernels whose cupy path copies its inputs to the host and its results back (no device path):
+# the emulation counts those copies as the real device would make them (none at present)
+HOST_ROUND_TRIP = frozenset()
+# kernels whose device path is array code (numpy/cupy alike): they run it on the emulated arrays
+XP_NATIVE = frozenset({"segment_posteriors"})
 
 
 def _nbytes(v) -> int:
@@ -305,7 +307,7 @@ def device_aware(fn):
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        if not (_has_device(args) or _has_device(kwargs.values())):
+        if fn.__name__ in XP_NATIVE or not (_has_device(args) or _has_device(kwargs.values())):
             return fn(*args, **kwargs)
         bound = sig.bind(*args, **kwargs)
         for name, v in bound.arguments.items():
