@@ -43,7 +43,8 @@ def test_relion_2d_command_line():
     assert p.ctf and p.zero_mask and p.flatten_solvent and p.norm and p.scale
     assert p.o == "Class2D/job005/run"
     noted = sorted(n.split(":")[0] for n in notes)
-    assert noted == ["--dont_combine_weights_via_disc", "--gpu", "--pool"]
+    assert noted == ["--dont_combine_weights_via_disc", "--pool"]
+    assert p.gpu == ""          # RELION's --gpu "": every visible device (hpcem.runtime.device)
 
 
 def test_relion_3d_command_lines():
@@ -51,7 +52,8 @@ def test_relion_3d_command_lines():
     assert (p.K, p.healpix_order, p.sym, p.ini_high) == (4, 2, "C1", 50.0)
     assert p.firstiter_cc and p.skip_gridding and p.ctf_intact_first_peak and p.norm and p.scale
     assert {n.split(":")[0] for n in notes} == {"--dont_combine_weights_via_disc", "--preread_images", "--pool",
-                                                "--pad", "--gpu", "--pipeline_control"}
+                                                "--pad", "--pipeline_control"}
+    assert p.gpu == "0:1"
     p, notes = _params(RELION_REFINE)
     assert p.sym == "D2" and p.ref_angpix == 1.244 and p.solvent_correct_fsc
     assert p.solvent_mask == "MaskCreate/job020/mask.mrc" and p.auto_local_healpix_order == 4
@@ -94,7 +96,8 @@ def test_relion_2d_command_runs(tmp_path, run_hpcem):
     line = RELION_2D.replace("particles.star", star).replace("--K 50", "--K 3").replace("--iter 25", "--iter 2")
     line = line.replace("--particle_diameter 150", "--particle_diameter 80").replace("--j 4", "--j 1")
     p = run_hpcem(shlex.split(line), cwd=str(tmp_path))
-    assert "--pool: ignored" in p.stdout and "--gpu: ignored" in p.stdout
+    assert "--pool: ignored" in p.stdout
+    assert "--gpu: " in p.stdout        # the device decision, one line (here: why the CPU runs)
     data = read_star(os.path.join(str(tmp_path), "Class2D/job005/run_it002_data.star"))["particles"]
     assert "rlnNormCorrection" in data and abs(data["rlnNormCorrection"].mean() - 1.0) < 1e-6
     model = read_star(os.path.join(str(tmp_path), "Class2D/job005/run_it002_model.star"))

@@ -204,7 +204,7 @@ def test_killed_rank_ends_the_job(env, data):
 
 def test_gpu_template_one_rank_per_gpu(env, data):
     """The test cluster's node has two stand-in GPUs: the template gets both, starts one rank per
-    GPU, and class2d gets RELION's --gpu (a note, as hpcem picks its kernels itself)."""
+    GPU, and class2d gets RELION's --gpu (stand-in GPUs: one line saying why the CPU runs)."""
     d = data
     job = _submit(env, d, "gpu", ["class2d", "--i", d / "sim2d/particles.star", "--o", d / "c2d_gpu/run",
                                   "--iter", 1] + C2D, "gpu", extra=["--ntasks-per-node=2", "--gres=gpu:2"])
@@ -212,7 +212,7 @@ def test_gpu_template_one_rank_per_gpu(env, data):
     log = _log(d, "gpu")
     assert r.ok
     assert "2 rank(s), 2 GPU(s) per node" in log and "--gpus-per-task=1" in log
-    assert "--gpu: ignored" in log and "warning" not in log
+    assert "--gpu: " in log and "running on the CPU" in log and "warning" not in log
     assert (d / "c2d_gpu/run_it001_classes.mrcs").exists()
 
 

@@ -14,7 +14,7 @@ from ..runtime.output import OutputRoot
 from ..runtime.params import NON_NEGATIVE, Params, param
 
 # flags that may change when a run is continued (everything else is the run's own)
-CONTINUABLE = frozenset({"i", "o", "continue_", "iters", "batch", "j", "angpix"})
+CONTINUABLE = frozenset({"i", "o", "continue_", "iters", "batch", "j", "angpix", "gpu"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,13 @@ class IterativeJobIO(JobIO):
     continue_: str = param(None, "resume: a run_itNNN_optimiser.star, a checkpoint (.h5), the run's rootname "
                            "or folder; alone: the run in --o", flag="--continue", nargs="?", const="",
                            metavar="RUN", group="I/O")
+
+
+def job_device(p, ctx):
+    """The one device decision of a job from its ``--gpu`` (:mod:`hpcem.runtime.device`)."""
+    from ..runtime.device import select_device
+
+    return select_device(getattr(p, "gpu", None), ctx.comm, ctx.log)
 
 
 def set_threads(j: int) -> None:

@@ -11,12 +11,13 @@ from dataclasses import dataclass, replace
 
 from ..algorithms.map_em.class2d import Class2D, Class2DConfig
 from ..algorithms.map_em.class2d_grad import Class2DGrad
-from .common import IterativeJobIO, job_record, resolve_run, set_threads, stamp
+from ..runtime.device import DeviceOptions
+from .common import IterativeJobIO, job_device, job_record, resolve_run, set_threads, stamp
 from .inputs import read_particles
 
 
 @dataclass(frozen=True)
-class Params(IterativeJobIO, Class2DConfig):
+class Params(IterativeJobIO, Class2DConfig, DeviceOptions):
     pass
 
 
@@ -30,11 +31,13 @@ def run(p: Params, ctx):
     if cfg.grad and restart is None and "iters" not in ctx.given:
         cfg = replace(cfg, iters=200)    # RELION's VDAM default: 200 mini-batches
     algo = Class2DGrad if cfg.grad else Class2D
+    device = job_device(p, ctx)
     ctx.log("hpcem class2d%s: %d particles, box %d, %.3f A/px, K %d, ctf %s, %d rank(s)" % (
         " (VDAM, %d mini-batches)" % cfg.iters if cfg.grad else "", ps.n, ps.box, ps.angpix, cfg.K,
         "on" if cfg.ctf else "off", ctx.comm.size))
     job = job_record(ctx.name, p, ctx.argv)
     if ctx.comm.rank == 0:
         stamp(root.file("job.json"), job)
-    run_iterations(algo(ps, cfg, ctx.comm, ctx.log), root, ctx.comm, ctx.log, restart=restart, job=job)
+    run_iterations(algo(ps, cfg, ctx.comm, ctx.log, device=device), root, ctx.comm, ctx.log, restart=restart,
+                   job=job)
     return 0

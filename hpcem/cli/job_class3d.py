@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from ..algorithms.map_em.config3d import Class3DConfig
-from .common import IterativeJobIO, job_record, ref_angpix_param, ref_param, resolve_run, set_threads, stamp
+from ..runtime.device import DeviceOptions
+from .common import (IterativeJobIO, job_device, job_record, ref_angpix_param, ref_param, resolve_run, set_threads,
+                     stamp)
 from .inputs import read_mask, read_particles, read_reference
 
 
 @dataclass(frozen=True)
-class Params(IterativeJobIO, Class3DConfig):
+class Params(IterativeJobIO, Class3DConfig, DeviceOptions):
     ref: str = ref_param()
     ref_angpix: float = ref_angpix_param()
 
@@ -42,7 +44,8 @@ def run_map3d(p, ctx, algorithm, config_cls, what: str):
     job = job_record(ctx.name, p, ctx.argv)
     if ctx.comm.rank == 0:
         stamp(root.file("job.json"), job)
-    run_iterations(algorithm(ps, ref, cfg, ctx.comm, ctx.log), root, ctx.comm, ctx.log, restart=restart, job=job)
+    algo = algorithm(ps, ref, cfg, ctx.comm, ctx.log, device=job_device(p, ctx))
+    run_iterations(algo, root, ctx.comm, ctx.log, restart=restart, job=job)
     return 0
 
 

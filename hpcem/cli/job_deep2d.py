@@ -23,14 +23,15 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from ..runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, param
-from .common import IterativeJobIO, continued, job_record, set_threads, stamp
+from ..runtime.device import DeviceOptions
+from .common import IterativeJobIO, continued, job_device, job_record, set_threads, stamp
 from .inputs import read_particles
 
-MAY_CHANGE = frozenset({"i", "o", "continue_", "map2d_iter", "sml_iter", "j", "angpix", "memory_gb"})
+MAY_CHANGE = frozenset({"i", "o", "continue_", "map2d_iter", "sml_iter", "j", "angpix", "memory_gb", "gpu"})
 
 
 @dataclass(frozen=True)
-class Params(IterativeJobIO):
+class Params(IterativeJobIO, DeviceOptions):
     ctf: bool = param(False, "CTF-aware alignment, GTM and class averages", action="store_true", group="I/O")
     particle_diameter: float = param(0.0, "mask diameter in A (0: 80%% of the box for MAP, 90%% for GTM)",
                                      check=NON_NEGATIVE, group="I/O")
@@ -122,5 +123,6 @@ def run(p: Params, ctx):
         stamp(root.file("job.json"), job)
     ctx.comm.barrier()
     deep_classify_2d(ps, mc, sc, ctx.comm, root, resume=resume, log=ctx.log, job=job,
-                     memory_limit=p.memory_gb * 2 ** 30 if p.memory_gb > 0 else None, sml_mode=p.sml_mode)
+                     memory_limit=p.memory_gb * 2 ** 30 if p.memory_gb > 0 else None, sml_mode=p.sml_mode,
+                     device=job_device(p, ctx))
     return 0

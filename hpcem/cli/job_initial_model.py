@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..algorithms.map_em.config3d import InitialModelConfig
+from ..runtime.device import DeviceOptions
 from .common import IterativeJobIO
 from .job_class3d import run_map3d
 
 
 @dataclass(frozen=True)
-class Params(IterativeJobIO, InitialModelConfig):
+class Params(IterativeJobIO, InitialModelConfig, DeviceOptions):
     pass
 
 

@@ -13,12 +13,13 @@ from ..algorithms.map_em.config3d import _known_symmetry
 from ..algorithms.map_em.options import TVOptions
 from ..errors import InputError
 from ..runtime.params import AT_LEAST_1, NON_NEGATIVE, param
-from .common import JobIO, job_record, set_threads, stamp
+from ..runtime.device import DeviceOptions
+from .common import JobIO, job_device, job_record, set_threads, stamp
 from .inputs import read_particles
 
 
 @dataclass(frozen=True)
-class Params(JobIO, TVOptions):
+class Params(JobIO, TVOptions, DeviceOptions):
     o: str = param(None, "output map (MRC)", group="I/O")
     sym: str = param("C1", "point-group symmetry: C1, Cn, Dn, T, O, I", check=(_known_symmetry, "a point group"),
                      group="reconstruction")
@@ -55,7 +56,8 @@ def run(p: Params, ctx):
     ctx.log("hpcem reconstruct: %d particles, box %d, %.3f A/px, sym %s, ctf %s, %s%d rank(s)" % (
         ps.n, ps.box, ps.angpix, p.sym, "on" if p.ctf else "off", "TV-regularised, " if p.tv else "", comm.size))
     vol = reconstruct(ps, comm, sym=p.sym, ctf=p.ctf, pad=p.pad, batch=p.batch, subset=p.subset or None,
-                      maxres=p.maxres or None, gridding_iters=gridding, bp_kernel=p.bp_kernel, reconstructor=reg)
+                      maxres=p.maxres or None, gridding_iters=gridding, bp_kernel=p.bp_kernel, reconstructor=reg,
+                      device=job_device(p, ctx))
     if comm.rank == 0 and reg is not None:
         from ..plots import central_slices
         from ..recon.tv import summary

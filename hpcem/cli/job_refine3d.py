@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..algorithms.map_em.config3d import Refine3DConfig
+from ..runtime.device import DeviceOptions
 from .common import IterativeJobIO, ref_angpix_param, ref_param
 from .job_class3d import run_map3d
 
 
 @dataclass(frozen=True)
-class Params(IterativeJobIO, Refine3DConfig):
+class Params(IterativeJobIO, Refine3DConfig, DeviceOptions):
     ref: str = ref_param()
     ref_angpix: float = ref_angpix_param()
 

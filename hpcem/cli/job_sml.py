@@ -23,12 +23,13 @@ import numpy as np
 
 from ..errors import InputError
 from ..runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, param
-from .common import IterativeJobIO, continued, job_record, set_threads, stamp
+from ..runtime.device import DeviceOptions
+from .common import IterativeJobIO, continued, job_device, job_record, set_threads, stamp
 from .inputs import read_particles
 
 
 @dataclass(frozen=True)
-class Params(IterativeJobIO):
+class Params(IterativeJobIO, DeviceOptions):
     K: int = param(100, "number of classes (latent grid points)", check=AT_LEAST_1, group="GTM")
     iters: int = param(30, "number of EM iterations", flag="--iter", check=NON_NEGATIVE, group="GTM")
     dimension: int = param(2, "latent grid dimension", choices=(1, 2, 3), group="GTM")
@@ -112,6 +113,7 @@ def run(p: Params, ctx):
         raise InputError("box %d is too small" % ps.box, field="rlnImageSize")
     cfg = gtm_config(p, ps)
     jobs = _jobs(p, ps, root, subclass)
+    device = job_device(p, ctx)
     ctx.log("hpcem sml: %d particles, box %d, %.3f A/px, %d job(s), %d rank(s)" % (
         ps.n, ps.box, ps.angpix, len(jobs), ctx.comm.size))
     for sub, out, c in jobs:
@@ -122,6 +124,6 @@ def run(p: Params, ctx):
             stamp(out.file("job.json"), job)
         ctx.comm.barrier()
         run_sml(sub, ctx.comm, cfg, out, log=ctx.log, restart=restart, job=job,
-                memory_limit=p.memory_gb * 2 ** 30 if p.memory_gb > 0 else None)
+                memory_limit=p.memory_gb * 2 ** 30 if p.memory_gb > 0 else None, device=device)
         ctx.log("wrote %s_classes.mrcs, run_data.star, run_model.star" % out.rootname)
     return 0

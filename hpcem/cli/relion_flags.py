@@ -20,7 +20,6 @@ TUNING = {
     "--dont_check_norm": (0, "hpcem does not check the images' normalisation"),
     "--pipeline_control": (1, "hpcem writes no pipeline-control files; its exit status and run_job.json tell "
                               "how the job ended"),
-    "--gpu": ("?", "hpcem uses its CUDA kernels where it was built with them and a GPU is present"),
     "--free_gpu_memory": (1, "hpcem sizes GPU work from its memory plan"),
     "--no_parallel_disc_io": (0, "hpcem reads images on every rank in parallel"),
     "--pad": (1, "hpcem always pads references and reconstructions twofold"),

@@ -131,14 +131,18 @@ def shift_phases(n: int, shifts: np.ndarray, dtype=np.complex64, index=None) -> 
 
     Returns ``(..., n, n//2+1)``, or ``(..., len(index))`` on the flat half-grid coefficients
     ``index``; multiplying a transform by them moves its content by +s.  Separable: one exp per
-    row and per column, their products per coefficient."""
-    s = np.asarray(shifts, dtype=np.float64)
+    row and per column, their products per coefficient.  Device (cupy) ``shifts`` (and
+    ``index``) give device phases, computed there."""
+    from ..kernels import array_namespace
+
+    xp = array_namespace(shifts)
+    s = xp.asarray(shifts, dtype=np.float64)
     nh = n // 2 + 1
-    px = np.exp(-2j * np.pi / n * s[..., 0, None] * np.arange(nh))          # (..., nh)
-    py = np.exp(-2j * np.pi / n * s[..., 1, None] * freqs(n))               # (..., n)
+    px = xp.exp(-2j * np.pi / n * s[..., 0, None] * xp.arange(nh))                 # (..., nh)
+    py = xp.exp(-2j * np.pi / n * s[..., 1, None] * xp.asarray(freqs(n)))          # (..., n)
     if index is None:
         return (py[..., :, None] * px[..., None, :]).astype(dtype)
-    iy, ix = np.divmod(np.asarray(index), nh)
+    iy, ix = xp.divmod(xp.asarray(index), nh)
     return (py[..., iy] * px[..., ix]).astype(dtype)
 
 

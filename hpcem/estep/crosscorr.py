@@ -20,13 +20,17 @@ from dataclasses import replace
 
 import numpy as np
 
+from .xp import namespace
+
 SHARPNESS = 1e-3   # white noise power of the pass, relative to the images' mean power
 
 
 def normalise_rows(rows: np.ndarray, weight: np.ndarray, rho: float) -> None:
-    """Scale every row (in place) to ``sqrt(sum weight |row|^2) = rho``."""
-    nrm = np.sqrt((weight[None, :] * (rows.real ** 2 + rows.imag ** 2)).sum(axis=1))
-    rows *= (rho / np.maximum(nrm, 1e-30)).astype(np.float32)[:, None]
+    """Scale every row (in place) to ``sqrt(sum weight |row|^2) = rho`` (``rows`` and ``weight``
+    on one device)."""
+    xp = namespace(rows)
+    nrm = xp.sqrt((weight[None, :] * (rows.real ** 2 + rows.imag ** 2)).sum(axis=1))
+    rows *= (rho / xp.maximum(nrm, 1e-30)).astype(np.float32)[:, None]
 
 
 def setup(parts, r_cur: int, sigma2: np.ndarray, opts, comm):

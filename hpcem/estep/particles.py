@@ -11,6 +11,11 @@ group's ``scale`` (so the prediction, the back-projection and its weights all ca
 with :meth:`FourierParticles.batch`: restricted to the coefficients ``kidx`` and shifted by
 ``+origin`` (RELION: the particle sits at ``-origin``), so that the E-step searches translations
 around each particle's current origin.
+
+On a GPU (``device``, :mod:`hpcem.runtime.device`) the transforms and CTFs are copied to the
+device once after :meth:`FourierParticles.load` (the host copies stay for the initialisation and
+the image views) and every batch is gathered, shifted and corrected there: no particle crosses
+the bus again.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import numpy as np
 from ..core.ctf import ctf_from_params
 from ..core.filters import radial_average
 from ..core.fourier import ft2, hermitian_weights2, shell_index2, shift_phases
+from ..runtime.device import HOST
 
 CHUNK = 512   # particles read at a time
 
@@ -40,8 +46,9 @@ class FourierParticles:
     """Particles ``idx`` (global indices into ``ps``) of this rank, in Fourier space."""
 
     def __init__(self, ps, idx, mask2, use_ctf: bool, comm, *, zero_mask: bool = True,
-                 intact_first_peak: bool = False):
-        self.ps, self.comm = ps, comm
+                 intact_first_peak: bool = False, device=HOST):
+        self.ps, self.comm, self.device = ps, comm, device
+        self._on_dev = self._kidx_dev = None     # (X, C) on the device; the last kidx put there
         self.zero_mask, self.intact_first_peak = bool(zero_mask), bool(intact_first_peak)
         self.idx = np.asarray(idx, np.int64)
         self.mask2 = mask2
@@ -90,19 +97,36 @@ class FourierParticles:
         self.comm.allreduce_(counts)
         self.img_power = power / np.maximum(counts, 1.0)[:, None]
         self.group_counts = counts
+        if self.device.gpu:        # once per run: the E-step reads the particles on the device
+            self._on_dev = (self.device.put(self.X), None if self.C is None else self.device.put(self.C))
+
+    def nbytes_device(self) -> int:
+        return self.nbytes() if self.device.gpu else 0
+
+    def _kidx(self, kidx):
+        """``kidx`` on the device (put once per E-step: the batches share it)."""
+        if not self.device.gpu:
+            return kidx
+        if self._kidx_dev is None or self._kidx_dev[0] is not kidx:
+            self._kidx_dev = (kidx, self.device.put(kidx))
+        return self._kidx_dev[1]
 
     def batch(self, sel, kidx, o_px):
         """(X, ctf) of the rank-local particles ``sel`` on coefficients ``kidx``, complex64 /
-        float32 (B, M), shifted by ``+o_px`` (B, 2) pixels."""
+        float32 (B, M), shifted by ``+o_px`` (B, 2) pixels; on the device's arrays."""
+        dev = self.device
+        xp = dev.xp
         B = len(sel)
-        X = self.X[sel][:, kidx] * shift_phases(self.n, o_px, index=kidx)
+        Xall, Call = (self.X, self.C) if self._on_dev is None else self._on_dev
+        rows, cols = dev.put(np.asarray(sel, np.int64)), self._kidx(kidx)
+        X = Xall[rows][:, cols] * shift_phases(self.n, dev.put(o_px), index=cols)
         if self.norm is not None:
-            X /= self.norm[sel].astype(np.float32)[:, None]
-        c = (np.ascontiguousarray(self.C[sel][:, kidx]) if self.C is not None
-             else np.ones((B, len(kidx)), np.float32))
+            X /= dev.put(self.norm[sel].astype(np.float32))[:, None]
+        c = (xp.ascontiguousarray(Call[rows][:, cols]) if Call is not None
+             else xp.ones((B, len(kidx)), dtype=np.float32))
         if self.scale is not None:
-            c = c * self.scale[self.groups[sel]].astype(np.float32)[:, None]
-        return np.ascontiguousarray(X, np.complex64), np.ascontiguousarray(c, np.float32)
+            c = c * dev.put(self.scale[self.groups[sel]].astype(np.float32))[:, None]
+        return xp.ascontiguousarray(X, dtype=np.complex64), xp.ascontiguousarray(c, dtype=np.float32)
 
     def images(self, sel) -> np.ndarray:
         """Masked real-space images (B, n, n) of rank-local particles (from the transforms)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..runtime.device import HOST
 from .batch import estep_batch
 from .candidates import FullGrid
 
@@ -89,11 +90,15 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     """E-step of every particle of ``parts`` (a :class:`FourierParticles`); updates ``results``
     (rank-local dict of (nb,) arrays: class, the space's pose keys, ox, oy [A], pmax, nsig,
     loglik) in place and returns the :class:`EStepSums`; the data sums go to the space.
-    ``remap(local_index, pj) -> pj`` redirects the sums (class3d's random initial classes);
+    ``remap(local_index, pj) -> pj`` (arrays on the particles' device) redirects the sums
+    (class3d's random initial classes);
     ``subset`` (rank-local indices) limits the E-step to those particles (VDAM's mini-batches);
     ``slots`` (rank-local (nb,) ints below ``n_slots``, dense spaces only) sends each particle's
-    sums to its slot's accumulators (VDAM's half sets in one pass)."""
+    sums to its slot's accumulators (VDAM's half sets in one pass).  The batches run on the
+    particles' device (``parts.device``: references, phases and weights placed there once; per
+    batch only the per-particle results and the noise sums come back)."""
     candidates = candidates or FullGrid()
+    dev = getattr(parts, "device", HOST)
     n, angpix = parts.n, float(parts.ps.angpix)
     kidx = coefficients(parts.shell, r_cur)
     sh = parts.shell[kidx]
@@ -101,10 +106,10 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
                                        opts.coarse_factor if opts.oversampling else 0))
     mc = int(np.searchsorted(sh, r_c, side="right"))
     refs_c, refs_f = space.begin(kidx, mc, r_cur + 1.0, r_c + 1.0, candidates.dense, n_slots)
-    phc, phf = trans.phases(n, kidx, mc)
+    phc, phf = (dev.put(p) for p in trans.phases(n, kidx, mc))
     lpk = np.asarray(log_class_prior, np.float64)
-    lpj_c, lpj_f = np.repeat(lpk, space.Jc1), np.repeat(lpk, space.Jf1)
-    s_e, s_a = noise_weights(sigma2, parts.hw[kidx], sh)
+    lpj_c, lpj_f = dev.put(np.repeat(lpk, space.Jc1)), dev.put(np.repeat(lpk, space.Jf1))
+    s_e, s_a = (dev.put(w) for w in noise_weights(sigma2, parts.hw[kidx], sh))
     sums = EStepSums(np.zeros((parts.G, parts.nsh)), np.zeros(space.K), np.zeros(1), int(r_cur),
                      np.zeros((2, parts.G)))
     coef_weight = float(parts.hw[kidx].sum())    # E[sum s_e |residual|^2] for a particle the model fits
@@ -112,6 +117,7 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     onehot = np.zeros((kidx.size, int(r_cur) + 1))   # coefficient -> shell sums (double: the sums must not
     #                                                  depend on how the particles are batched over ranks)
     onehot[np.arange(kidx.size), sh] = 1.0
+    onehot = dev.put(onehot)
     order = candidates.plan(space, results, trans.T)
     order = np.arange(parts.size) if order is None else order
     if subset is not None:
@@ -121,10 +127,11 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
         acc_into = space.dense_sums(slot)
         o_px = np.stack([results["ox"][sel], results["oy"][sel]], 1) / angpix
         X, c = parts.batch(sel, kidx, o_px)
-        lpt_c, lpt_f = trans.log_prior(o_px, sigma_offset, angpix)
+        lpt_c, lpt_f = trans.log_prior(dev.put(o_px), sigma_offset, angpix)
         g = parts.groups[sel]
-        rmap = None if remap is None else (lambda pi, pj, _s=sel: remap(_s[pi], pj))
-        res = estep_batch(X, c, np.ascontiguousarray(s_e[g]), np.ascontiguousarray(s_a[g]),
+        gd = dev.put(g)
+        rmap = None if remap is None else (lambda pi, pj, _s=dev.put(sel): remap(_s[pi], pj))
+        res = estep_batch(X, c, s_e[gd], s_a[gd],
                           phases_c=phc, phases_f=phf, refs_c=refs_c, refs_f=refs_f,
                           children_t=trans.children, children_j=space.children, lpt_c=lpt_c, lpt_f=lpt_f,
                           lpj_c=lpj_c, lpj_f=lpj_f, candidates=candidates.for_batch(sel, trans.T),
@@ -132,8 +139,8 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
                           remap_j=rmap, acc_into=acc_into, best_fit=best_fit)
         if acc_into is None:
             space.insert(res, kidx, r_cur + 1.0)
-        _add_statistics(sums, res, sel, g, o_px, onehot, space, trans, angpix, rmap)
-        _store_results(results, res, sel, o_px, space, trans, angpix)
+        _add_statistics(sums, res, g, dev.put(o_px), onehot, space, trans, angpix, rmap, dev)
+        _store_results(results, _host_summaries(res, dev), sel, o_px, space, trans, angpix)
         if best_fit:
             fit = np.asarray(res.fit, np.float64)
             np.add.at(sums.scale_fit.T, g, fit[:2].T)
@@ -155,11 +162,21 @@ def _batches(order, bs: int, slots):
             yield part[s0:s0 + bs], int(slot)
 
 
-def _add_statistics(sums, res, sel, g, o_px, onehot, space, trans, angpix, rmap):
-    np.add.at(sums.noise[:, :onehot.shape[1]], g, res.noise.astype(np.float64) @ onehot)
+def _add_statistics(sums, res, g, o_px, onehot, space, trans, angpix, rmap, dev):
+    """The batch's noise, class and offset sums (reduced on the device, added on the host)."""
+    xp = dev.xp
+    np.add.at(sums.noise[:, :onehot.shape[1]], g, dev.get(res.noise.astype(np.float64) @ onehot))
     pj = res.pair_j if rmap is None else rmap(res.pair_i, res.pair_j)
-    sums.class_weight += np.bincount(space.class_of(pj), weights=res.weight, minlength=space.K)[:space.K]
-    sums.offset2 += np.dot(res.weight.astype(np.float64), trans.origin_power(o_px, res.pair_i, res.pair_t, angpix))
+    sums.class_weight += dev.get(xp.bincount(space.class_of(pj), weights=res.weight, minlength=space.K)[:space.K])
+    sums.offset2 += dev.get(xp.dot(res.weight.astype(np.float64),
+                                   trans.origin_power(o_px, res.pair_i, res.pair_t, angpix)))
+
+
+def _host_summaries(res, dev):
+    """``res`` with its per-particle summaries on the host (B values each)."""
+    for f in ("best_t", "best_j", "pmax", "nsig", "logZ", "fit"):
+        setattr(res, f, dev.get(getattr(res, f)))
+    return res
 
 
 def _store_results(results, res, sel, o_px, space, trans, angpix):

@@ -13,6 +13,7 @@ import numpy as np
 from ..core.fourier import shift_phases
 from ..core.sampling import translation_grid
 from .children import RegularChildren
+from .xp import namespace
 
 
 class TranslationSampling:
@@ -28,6 +29,14 @@ class TranslationSampling:
         self.fine = (self.coarse[:, None, :] + child[None]).reshape(-1, 2)
         m = len(child)
         self.children = RegularChildren(np.arange(m * self.T).reshape(self.T, m))
+        self._grids = {}    # array namespace -> (coarse, fine) grids there
+
+    def _on(self, xp):
+        if xp is np:
+            return self.coarse, self.fine
+        if xp not in self._grids:     # device copies, made once
+            self._grids[xp] = (xp.asarray(self.coarse), xp.asarray(self.fine))
+        return self._grids[xp]
 
     def phases(self, n: int, kidx, mc: int | None = None):
         """Phase factors (coarse (T, mc), fine (4T, M)) on the coefficients ``kidx``."""
@@ -37,11 +46,14 @@ class TranslationSampling:
         return np.ascontiguousarray(phc), np.ascontiguousarray(phf)
 
     def log_prior(self, o_px, sigma_offset_A: float, angpix: float):
-        """Log priors of the new origins ``o - t``: coarse (B, T) float32, fine (B, 4T) float64."""
+        """Log priors of the new origins ``o - t``: coarse (B, T) float32, fine (B, 4T) float64
+        (on the device of ``o_px``)."""
+        xp = namespace(o_px)
+        coarse, fine = self._on(xp)
         c = angpix ** 2 / (2.0 * sigma_offset_A ** 2)
-        o = np.asarray(o_px, np.float64)[:, None, :]
-        lpt_c = -((o - self.coarse[None]) ** 2).sum(-1) * c
-        lpt_f = -((o - self.fine[None]) ** 2).sum(-1) * c
+        o = xp.asarray(o_px, dtype=np.float64)[:, None, :]
+        lpt_c = -((o - coarse[None]) ** 2).sum(-1) * c
+        lpt_f = -((o - fine[None]) ** 2).sum(-1) * c
         return lpt_c.astype(np.float32), lpt_f
 
     def new_origins_A(self, o_px, t_fine, angpix: float):
@@ -49,6 +61,8 @@ class TranslationSampling:
         return (np.asarray(o_px) - self.fine[np.asarray(t_fine)]) * angpix
 
     def origin_power(self, o_px, pair_i, pair_t, angpix: float):
-        """|new origin|^2 in A^2 of fine pairs (particle ``pair_i``, translation ``pair_t``)."""
-        d = np.asarray(o_px)[pair_i] - self.fine[pair_t]
+        """|new origin|^2 in A^2 of fine pairs (particle ``pair_i``, translation ``pair_t``; on
+        the device of ``o_px``)."""
+        xp = namespace(o_px)
+        d = xp.asarray(o_px)[pair_i] - self._on(xp)[1][pair_t]
         return (d ** 2).sum(1) * angpix ** 2

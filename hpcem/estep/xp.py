@@ -40,6 +40,13 @@ def add_at(xp, target, index, values):
     if is_numpy(xp):
         np.add.at(target, index, values)
     else:
-        import cupyx
+        _cupyx(xp).scatter_add(target, index, values)
 
-        cupyx.scatter_add(target, index, values)
+
+def _cupyx(xp):
+    """cupyx (the emulated GPU of hpcem.kernels.emulated carries its own)."""
+    if hasattr(xp, "cupyx"):
+        return xp.cupyx
+    import cupyx
+
+    return cupyx

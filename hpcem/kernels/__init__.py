@@ -22,14 +22,24 @@ Helpers: :func:`is_cupy`, :func:`array_namespace`, :func:`to_host`, :func:`has_c
 """
 from __future__ import annotations
 
+from . import gtm as _gtm, marginalise as _marg, projection as _proj
 from ._backend import array_namespace, has_cuda, max_threads, set_threads, to_host
 from ._checks import KernelArgumentError, is_cupy
-from .gtm import gtm_accumulate, gtm_distances, gtm_responsibilities, gtm_solve, gtm_solve_flops
-from .marginalise import (Posteriors, SegmentPosteriors, accumulate, coarse_diff2, coarse_flops,
-                          pair_diff2, posteriors, segment_posteriors)
-from .projection import backproject2d, backproject3d, project2d, project3d, symmetrise3d
+from .emulated import device_aware as _device_aware
+from .gtm import gtm_solve_flops
+from .marginalise import Posteriors, SegmentPosteriors, coarse_flops
 from .tv import (tv_data_value, tv_extrapolate, tv_extrapolate_residual, tv_penalties, tv_prox_step,
                  tv_weights)
+
+# every kernel also takes the emulated GPU's arrays (hpcem.kernels.emulated; a pass-through otherwise)
+gtm_solve, gtm_distances, gtm_responsibilities, gtm_accumulate = (
+    _device_aware(getattr(_gtm, k)) for k in ("gtm_solve", "gtm_distances", "gtm_responsibilities", "gtm_accumulate"))
+coarse_diff2, pair_diff2, posteriors, segment_posteriors, accumulate = (
+    _device_aware(getattr(_marg, k)) for k in ("coarse_diff2", "pair_diff2", "posteriors", "segment_posteriors",
+                                               "accumulate"))
+project3d, project2d, backproject3d, backproject2d, symmetrise3d = (
+    _device_aware(getattr(_proj, k)) for k in ("project3d", "project2d", "backproject3d", "backproject2d",
+                                               "symmetrise3d"))
 
 __all__ = [
     # projection

@@ -11,6 +11,7 @@ import numpy as np
 from hpcem import _core
 
 from ._checks import Args, KernelArgumentError, is_cupy
+from .emulated import is_emulated, xp as emulated_xp
 
 try:  # built only where a CUDA toolkit was found
     from hpcem import _cuda
@@ -27,8 +28,13 @@ def _cupy():
 
 
 def array_namespace(*arrays):
-    """The array module of the arrays: numpy, or cupy when they are cupy arrays (None entries
-    are ignored).  KernelArgumentError when numpy and cupy arrays are mixed."""
+    """The array module of the arrays: numpy, or cupy when they are cupy arrays, or the emulated
+    GPU's namespace (:mod:`.emulated`) for its arrays (None entries are ignored).
+    KernelArgumentError when host and device arrays are mixed."""
+    if any(map(is_emulated, arrays)):
+        if not all(is_emulated(a) for a in arrays if a is not None):
+            raise KernelArgumentError("mixing host and emulated-device arrays")
+        return emulated_xp
     flags = [is_cupy(a) for a in arrays if a is not None]
     if not any(flags):
         return np
@@ -77,7 +83,7 @@ def cuda(name: str, *args):
 def to_host(a) -> np.ndarray:
     """A numpy array from a numpy array (returned as is), a cupy array (copied to the host)
     or an array-like."""
-    return a.get() if is_cupy(a) else np.asarray(a)
+    return a.get() if is_cupy(a) or is_emulated(a) else np.asarray(a)
 
 
 def to_device(a):

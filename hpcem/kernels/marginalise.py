@@ -257,19 +257,21 @@ def _dense_posteriors(xp, B, T, J, frac, lse, chunk_bytes=256 << 20) -> Posterio
                       cat(j_parts, np.int32), cat(w_parts, np.float32))
 
 
-def _significant_mask(xp, prob, frac, valid):
+def _significant_mask(xp, prob, frac, valid, n_row=None):
     """Boolean mask of each row's significant set: the smallest set whose probabilities, in
     descending order, sum to >= ``frac``, ties at the smallest chosen probability taken in
     index order, never a zero probability; as csrc/posteriors.cpp (whose candidates are the
     p > 0 with p >= (1 - frac) / n: no member of the minimal set is smaller).  Works on
     numpy and cupy arrays alike, with no host round trip.  ``frac >= 1``: every hypothesis of
-    the ``valid`` rows (a finite maximum), zeros included, as the CPU's exhaustive case."""
+    the ``valid`` rows (a finite maximum), zeros included, as the CPU's exhaustive case.
+    ``n_row``: each row's number of hypotheses (padded rows), else the row length."""
     R, n = prob.shape
     if R == 0 or n == 0:
         return xp.zeros((R, n), dtype=bool)
     if frac >= 1.0:
         return xp.repeat(valid[:, None], n, axis=1)
-    ncand = xp.count_nonzero((prob > 0) & (prob >= (1.0 - frac) / n), axis=1)
+    eps = (1.0 - frac) / (n if n_row is None else n_row[:, None].astype(np.float64))
+    ncand = xp.count_nonzero((prob > 0) & (prob >= eps), axis=1)
     desc = xp.sort(prob, axis=1)[:, ::-1]
     # set size: 1 + how many times the mass still needed stays > 0, taking the largest first;
     # all candidates if it never reaches 0 (frac = 1 with a sum rounded below 1). The need is
@@ -291,17 +293,50 @@ def segment_posteriors(minus_logp, offsets, frac: float = 0.999) -> SegmentPoste
     ``offsets[i]:offsets[i+1]`` with unnormalised log posterior ``-minus_logp[p]``
     (e.g. ``diff2 - logprior``).  ``weight[p] = exp(-minus_logp[p] - logZ_i)``.
 
-    cupy ``minus_logp`` (``offsets`` cupy or host): copied to the host, the CPU code runs
-    there, every field of the result is returned as a cupy array."""
+    Device ``minus_logp`` (cupy; ``offsets`` cupy or host): computed there (:func:`_segments_xp`,
+    the segments padded into rows), every field a device array; only the longest segment's
+    length comes to the host.  Probabilities may differ from the CPU's in the last bits."""
+    xp = _backend.array_namespace(minus_logp)
+    if xp is not np:
+        if not 0.0 < float(frac) <= 1.0:
+            raise _backend.KernelArgumentError("segment_posteriors: frac must be in (0, 1], got %r" % (frac,))
+        return _segments_xp(xp, xp.asarray(minus_logp, dtype=np.float64), xp.asarray(offsets, dtype=np.int64),
+                            float(frac))
     c = _backend.args_for("segment_posteriors", minus_logp=minus_logp)
-    if c.gpu:
-        return _to_device(segment_posteriors(_backend.to_host(minus_logp), _backend.to_host(offsets), frac))
     m = c.array(minus_logp, "minus_logp", (np.float32, np.float64), ndim=1, strided="copy", convert=True)
     o = c.index(offsets, "offsets")
     if not (o.size >= 1 and o[0] == 0 and o[-1] == m.size and not np.any(np.diff(o) < 0)):
         c.fail("offsets: must start at 0, be non-decreasing and end at len(minus_logp)")
     return SegmentPosteriors(*_backend.core("marg_segment_posteriors", np.ascontiguousarray(m, dtype=np.float64),
                                             o, c.fraction(frac)))
+
+
+def _segments_xp(xp, m, off, frac) -> SegmentPosteriors:
+    """:func:`segment_posteriors` with array operations (numpy or cupy): the segments padded
+    into (B, longest) rows of log posteriors (-inf beyond each segment), then what
+    csrc/posteriors.cpp summarise() does per row (0 below exp(-50) of the maximum, the
+    significant set of :func:`_significant_mask` with each segment's own length)."""
+    B, P = off.size - 1, m.size
+    cnt = off[1:] - off[:-1]
+    width = max(int(cnt.max()) if B else 0, 1)
+    seg = xp.searchsorted(off[1:], xp.arange(P, dtype=np.int64), side="right")
+    col = xp.arange(P, dtype=np.int64) - off[:-1][seg]
+    lp = xp.full((B, width), -np.inf, dtype=np.float64)
+    lp[seg, col] = -m
+    am = xp.argmax(lp, axis=1)
+    mx = lp[xp.arange(B), am]
+    valid = xp.isfinite(mx)
+    d = lp - xp.where(valid, mx, 0.0)[:, None]
+    e = xp.where(valid[:, None] & (d > -50.0), xp.exp(xp.minimum(d, 0.0)), 0.0)
+    total = e.sum(axis=1)
+    inv = 1.0 / xp.where(valid, total, 1.0)
+    prob = e * inv[:, None]
+    inside = xp.arange(width)[None, :] < cnt[:, None]
+    sig = _significant_mask(xp, prob, frac, valid, n_row=xp.maximum(cnt, 1)) & inside
+    logZ = xp.where(valid, mx + xp.log(xp.where(valid, total, 1.0)), -np.inf)
+    return SegmentPosteriors(prob[seg, col].astype(np.float32), logZ, xp.where(valid, inv, 0.0),
+                             xp.where(valid, off[:-1] + am, -1), xp.count_nonzero(sig, axis=1).astype(np.int64),
+                             sig[seg, col])
 
 
 # ----------------------------------------------------------------------------- M-step sums

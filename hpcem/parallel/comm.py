@@ -4,12 +4,18 @@ Algorithms receive a :class:`Comm` and never touch ``COMM_WORLD``.  Without MPI
 (or under a single process) the same interface is served by :class:`SerialComm`.
 Reductions of numpy arrays are in place and chunked, so accumulators larger than
 MPI's 2**31-element message limit reduce correctly.
+
+Every collective is counted in ``comm.traffic`` (:class:`Traffic`: calls, bytes of this rank's
+message, seconds spent in the call, per operation), cheap enough to stay on: the job driver
+records each iteration's share and the scaling benchmark models from it.
 """
 from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -18,12 +24,51 @@ from ..errors import InputError
 _CHUNK = 1 << 26  # elements per Allreduce message
 
 
+class Traffic:
+    """Per collective operation: [calls, bytes, seconds] on this rank.  Bytes are the array
+    message this rank hands to MPI (Allreduce / Bcast: the array; Reduce_scatter: the whole
+    input; Allgatherv: the gathered output); object collectives count calls and seconds only."""
+
+    def __init__(self):
+        self.ops = {}
+
+    @contextmanager
+    def timed(self, op: str, nbytes: int = 0):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            c = self.ops.setdefault(op, [0, 0, 0.0])
+            c[0] += 1
+            c[1] += int(nbytes)
+            c[2] += time.perf_counter() - t0
+
+    def snapshot(self) -> dict:
+        return {k: list(v) for k, v in self.ops.items()}
+
+    def since(self, snap: dict) -> dict:
+        """{op: {"calls", "bytes", "seconds"}} of the collectives since ``snap``."""
+        out = {}
+        for k, (c, b, t) in self.ops.items():
+            c0, b0, t0 = snap.get(k, (0, 0, 0.0))
+            if c > c0:
+                out[k] = {"calls": c - c0, "bytes": b - b0, "seconds": t - t0}
+        return out
+
+
 class SerialComm:
     """One-rank communicator with the :class:`Comm` interface."""
 
     rank = 0
     size = 1
     is_mpi = False
+
+    @property
+    def traffic(self) -> Traffic:
+        t = self.__dict__.get("_traffic")
+        if t is None:
+            t = self.__dict__["_traffic"] = Traffic()
+        return t
 
     def allreduce_(self, arr: np.ndarray) -> np.ndarray:
         return arr
@@ -65,6 +110,10 @@ class SerialComm:
         """Ranks of this communicator on this rank's node (shared memory)."""
         return 1
 
+    def node_rank(self) -> int:
+        """This rank's number among the ranks on its node (devices are assigned by it)."""
+        return 0
+
     def abort(self, code: int = 1) -> None:
         sys.exit(code)
 
@@ -85,7 +134,7 @@ class Comm(SerialComm):
         self.rank = mpicomm.Get_rank()
         self.size = mpicomm.Get_size()
         node = mpicomm.Split_type(MPI.COMM_TYPE_SHARED)   # collective, like the constructor's callers
-        self._node_size = node.Get_size()
+        self._node_size, self._node_rank = node.Get_size(), node.Get_rank()
         node.Free()
 
     def allreduce_(self, arr: np.ndarray) -> np.ndarray:
@@ -99,18 +148,21 @@ class Comm(SerialComm):
         flat = arr.reshape(-1)
         if np.iscomplexobj(flat):
             flat = flat.view(np.float32 if flat.dtype == np.complex64 else np.float64)
-        for s in range(0, flat.size, _CHUNK):
-            self._c.Allreduce(MPI.IN_PLACE, flat[s:s + _CHUNK], op=MPI.SUM)
+        with self.traffic.timed("Allreduce", arr.nbytes):
+            for s in range(0, flat.size, _CHUNK):
+                self._c.Allreduce(MPI.IN_PLACE, flat[s:s + _CHUNK], op=MPI.SUM)
         return arr
 
     def allreduce(self, value, op="sum"):
         from mpi4py import MPI
 
         mop = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
-        return self._c.allreduce(value, op=mop)
+        with self.traffic.timed("allreduce (object)"):
+            return self._c.allreduce(value, op=mop)
 
     def bcast(self, obj, root: int = 0):
-        return self._c.bcast(obj, root=root)
+        with self.traffic.timed("bcast (object)"):
+            return self._c.bcast(obj, root=root)
 
     def _row_counts(self, n_rows: int, row: int):
         from .decomp import block_range
@@ -133,7 +185,8 @@ class Comm(SerialComm):
         row = int(np.prod(arr.shape[1:], dtype=np.int64))
         counts, _, (s, e) = self._row_counts(arr.shape[0], row)
         out = np.empty((e - s,) + arr.shape[1:], arr.dtype)
-        self._c.Reduce_scatter(arr.reshape(-1), out.reshape(-1), recvcounts=counts, op=MPI.SUM)
+        with self.traffic.timed("Reduce_scatter", arr.nbytes):
+            self._c.Reduce_scatter(arr.reshape(-1), out.reshape(-1), recvcounts=counts, op=MPI.SUM)
         return out
 
     def allgather_rows(self, local: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -144,14 +197,16 @@ class Comm(SerialComm):
         if self.size == 1:
             return SerialComm.allgather_rows(self, local, out)
         local = np.ascontiguousarray(local)
-        n_rows = int(self._c.allreduce(local.shape[0]))
+        with self.traffic.timed("allreduce (object)"):
+            n_rows = int(self._c.allreduce(local.shape[0]))
         if out is None:
             out = np.empty((n_rows,) + local.shape[1:], local.dtype)
         if out.dtype != local.dtype or not out.flags.c_contiguous or out.shape[0] != n_rows:
             raise ValueError("allgather_rows: out must be C-contiguous (%d, ...) %s" % (n_rows, local.dtype))
         row = int(np.prod(local.shape[1:], dtype=np.int64))
         counts, displs, _ = self._row_counts(n_rows, row)
-        self._c.Allgatherv(local.reshape(-1), [out.reshape(-1), counts, displs, from_numpy_dtype(out.dtype)])
+        with self.traffic.timed("Allgatherv", out.nbytes):
+            self._c.Allgatherv(local.reshape(-1), [out.reshape(-1), counts, displs, from_numpy_dtype(out.dtype)])
         return out
 
     def bcast_(self, arr: np.ndarray, root: int = 0) -> np.ndarray:
@@ -159,26 +214,35 @@ class Comm(SerialComm):
             flat = arr.reshape(-1)
             if np.iscomplexobj(flat):
                 flat = flat.view(np.float32 if flat.dtype == np.complex64 else np.float64)
-            for s in range(0, flat.size, _CHUNK):
-                self._c.Bcast(flat[s:s + _CHUNK], root=root)
+            with self.traffic.timed("Bcast", arr.nbytes):
+                for s in range(0, flat.size, _CHUNK):
+                    self._c.Bcast(flat[s:s + _CHUNK], root=root)
         return arr
 
     def allgather(self, obj):
-        return self._c.allgather(obj)
+        with self.traffic.timed("allgather (object)"):
+            return self._c.allgather(obj)
 
     def gather(self, obj, root: int = 0):
-        return self._c.gather(obj, root=root)
+        with self.traffic.timed("gather (object)"):
+            return self._c.gather(obj, root=root)
 
     def barrier(self) -> None:
-        self._c.Barrier()
+        with self.traffic.timed("Barrier"):
+            self._c.Barrier()
 
     def split(self, color: int, key: int = 0) -> "Comm":
-        return Comm(self._c.Split(color, key))
+        sub = Comm(self._c.Split(color, key))
+        sub._traffic = self.traffic       # one count per rank, whichever communicator moved the bytes
+        return sub
 
     def node_size(self) -> int:
         """Ranks of this communicator on this rank's node (MPI's shared-memory split, made
         collectively when the communicator is)."""
         return self._node_size
+
+    def node_rank(self) -> int:
+        return self._node_rank
 
     def abort(self, code: int = 1) -> None:
         sys.stdout.flush()

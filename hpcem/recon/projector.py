@@ -34,6 +34,11 @@ Reconstruction
     has the same values at ``pad*k``), with weights in the units of the inserted
     ``weights``; no oversampling factor is applied (the caller may fold one into
     ``tau2_fudge``).
+
+Devices
+    ``Projector(...).to(device)`` moves the padded transform to a GPU (``hpcem.runtime.device``;
+    the kernels then project there); ``BackProjector(n, device=...)`` keeps its accumulators there
+    until ``to_host()`` (once per iteration, before the reduction over ranks and the M-step).
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ import numpy as np
 from hpcem import kernels
 from hpcem.core.fourier import ft2, ft3, ft_padded, ift2, ift3
 from hpcem.recon.gridding import correction_profile, density_weights, soft_mask_outside
+from hpcem.runtime.device import HOST
 
 GRIDDING_ITERS = 10   # density-compensation iterations of a 3D reconstruction (RELION's --iter)
 
@@ -137,18 +143,24 @@ class _Padded:
         self.P = int(round(pad * n))
         self.r_max = n / 2.0 if r_max is None else float(r_max)
 
+    def to(self, device):
+        """This projector with its padded transform on ``device`` (returned; a GPU gets a copy)."""
+        self.data = device.put(self.data)
+        return self
 
-def _accumulators(bp, n: int, pad, dtype, lead: tuple, three_d: bool = True) -> None:
+
+def _accumulators(bp, n: int, pad, dtype, lead: tuple, three_d: bool = True, device=HOST) -> None:
     """Zeroed data (complex128 or complex64) and weight (float64 / float32) accumulators of a
-    padded half grid, ``lead + (P, P, P//2+1)`` (3D) or ``lead + (P, P//2+1)`` (2D)."""
+    padded half grid, ``lead + (P, P, P//2+1)`` (3D) or ``lead + (P, P//2+1)`` (2D), on ``device``."""
     bp.n, bp.pad, bp.P = int(n), pad, int(round(pad * n))
     dt = np.dtype(dtype)
     if dt not in (np.complex128, np.complex64):
         raise ValueError(f"{type(bp).__name__}: dtype must be complex128 or complex64, got {dt}")
     P = bp.P
     shape = lead + ((P, P, P // 2 + 1) if three_d else (P, P // 2 + 1))
-    bp.data = np.zeros(shape, dtype=dt)
-    bp.weight = np.zeros(shape, dtype=np.float64 if dt == np.complex128 else np.float32)
+    bp.device = device
+    bp.data = device.zeros(shape, dt)
+    bp.weight = device.zeros(shape, np.float64 if dt == np.complex128 else np.float32)
 
 
 # ---------------------------------------------------------------- 3D
@@ -176,14 +188,20 @@ class BackProjector:
     back-projection kernel (``linear``: trilinear, the adjoint of the projector; ``gauss``: seed 002's
     Gaussian kernel regression, eqs 23-29), whose real-space attenuation the reconstruction undoes."""
 
-    def __init__(self, n: int, pad=2, dtype=np.complex128, kernel: str = "linear"):
-        _accumulators(self, n, pad, dtype, ())
+    def __init__(self, n: int, pad=2, dtype=np.complex128, kernel: str = "linear", device=HOST):
+        _accumulators(self, n, pad, dtype, (), device=device)
         correction_profile(self.n, self.P, kernel)   # validates the name
         self.kernel = kernel
 
+    def to_host(self) -> "BackProjector":
+        """The accumulators brought to the host (from a GPU; nothing is copied on the CPU)."""
+        self.data, self.weight = self.device.get(self.data), self.device.get(self.weight)
+        self.device = HOST
+        return self
+
     def insert(self, slices, weights=None, rotations=None, r_max=None):
         """Back-project slices ``(B, n, n//2+1)`` with weights (broadcastable; None: 1) at poses ``(B, 3, 3)``."""
-        s = np.ascontiguousarray(slices, dtype=np.complex64)
+        s = self.device.xp.ascontiguousarray(slices, dtype=np.complex64)
         if s.ndim == 2:
             s = s[None]
             rotations = np.asarray(rotations)[None] if np.asarray(rotations).ndim == 2 else rotations

@@ -4,6 +4,8 @@ Particles are split across ranks; each rank back-projects its block (CTF x image
 into the data accumulator, CTF^2 into the weights), one Allreduce per
 accumulator, and rank 0 divides and inverts (or, given a regularised reconstructor,
 :class:`hpcem.recon.tv.TVReconstructor`, solves seed 002's penalised problem from the same sums).
+On a GPU (``device``) each batch of images crosses to the device once and is back-projected
+there; the accumulators come back once, before the reduction.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ..core.fourier import ft2, shift_phases
 from ..core.symmetry import symmetry_ops
 from ..parallel.decomp import block_range
 from ..runtime.log import progress_printer
+from ..runtime.device import HOST
 from .projector import GRIDDING_ITERS, BackProjector
 
 
@@ -32,20 +35,22 @@ def particle_slices(ps, idx, ctf: bool):
 def backproject_particles(ps, idx, bp: BackProjector, ctf: bool = True, batch: int = 256,
                           r_max: float | None = None, progress=None) -> None:
     """Insert particles ``idx`` of ``ps`` at their poses (CTF x image and CTF^2)."""
+    put = bp.device.put
     for s in range(0, len(idx), batch):
         b = idx[s:s + batch]
         F, c, A = particle_slices(ps, b, ctf)
         if c is None:
-            bp.insert(F, np.ones(F.shape, np.float32), A, r_max=r_max)
+            bp.insert(put(F.astype(np.complex64, copy=False)), put(np.ones(F.shape, np.float32)), A, r_max=r_max)
         else:
-            bp.insert((F * c).astype(np.complex64), (c * c).astype(np.float32), A, r_max=r_max)
+            bp.insert(put((F * c).astype(np.complex64)), put((c * c).astype(np.float32)), A, r_max=r_max)
         if progress is not None:
             progress(min(s + batch, len(idx)), len(idx))
 
 
 def reconstruct(ps, comm, sym: str = "C1", ctf: bool = True, pad: int = 2, batch: int = 256,
                 subset: int | None = None, maxres: float | None = None, verbose: bool = True,
-                gridding_iters: int = GRIDDING_ITERS, bp_kernel: str = "linear", reconstructor=None):
+                gridding_iters: int = GRIDDING_ITERS, bp_kernel: str = "linear", reconstructor=None,
+                device=HOST):
     """Reconstruct a map from ``ps`` (a ParticleSet with poses). Returns the map on rank 0, None elsewhere;
     with a ``reconstructor`` (e.g. :class:`hpcem.recon.tv.TVReconstructor`) a dict: ``map`` (its
     reconstruction), ``plain`` (the ordinary one from the same sums) and ``stats`` (its ``last``).
@@ -66,10 +71,11 @@ def reconstruct(ps, comm, sym: str = "C1", ctf: bool = True, pad: int = 2, batch
     s, e = block_range(len(idx), comm.size, comm.rank)
     mine = idx[s:e]
     r_max = n // 2 if maxres is None else min(n // 2, n * ps.angpix / maxres)
-    bp = BackProjector(n, pad=pad, kernel=bp_kernel)
+    bp = BackProjector(n, pad=pad, kernel=bp_kernel, device=device)
     prog = progress_printer("back-projecting (rank 0 of %d) particles" % comm.size) if (verbose and comm.rank == 0) \
         else None
     backproject_particles(ps, mine, bp, ctf=ctf, batch=batch, r_max=r_max, progress=prog)
+    bp.to_host()
     comm.allreduce_(bp.data)
     comm.allreduce_(bp.weight)
     if comm.rank != 0:

@@ -24,9 +24,12 @@ import time
 from .checkpoint import save_checkpoint, write_optimiser
 
 
-def run_iterations(algo, root, comm, log, restart=None, job: dict | None = None, memory_limit=None):
+def run_iterations(algo, root, comm, log, restart=None, job: dict | None = None, memory_limit=None,
+                   timeline: list | None = None):
     """Run ``algo`` to ``algo.done()`` writing into ``root`` (an OutputRoot); ``restart`` is a
-    :class:`hpcem.runtime.checkpoint.Checkpoint` to resume from."""
+    :class:`hpcem.runtime.checkpoint.Checkpoint` to resume from.  ``timeline`` (a list) receives
+    one record per iteration: E-step and iteration seconds (before the files are written) and
+    this rank's collectives (``comm.traffic``: calls, bytes, seconds per operation)."""
     algo.memory_plan().check(comm, log, memory_limit, detail=getattr(algo, "memory_detail", False))
     if comm.rank == 0:
         root.makedirs()
@@ -37,12 +40,15 @@ def run_iterations(algo, root, comm, log, restart=None, job: dict | None = None,
     else:
         algo.initialise()
     while not algo.done():
-        t0 = time.time()
+        t0, traffic0 = time.time(), comm.traffic.snapshot()
         acc = algo.e_step()
         t1 = time.time()
         algo.reduce(acc)
         stats = algo.m_step(acc)
         stats.update(t_estep=t1 - t0, t_iter=time.time() - t0)
+        if timeline is not None:
+            timeline.append({"t_estep": stats["t_estep"], "t_iter": stats["t_iter"], "r_cur": stats.get("r_cur"),
+                             "collectives": comm.traffic.since(traffic0)})
         state = algo.state()
         if comm.rank == 0:
             files = algo.write(root, state, stats) or {}

@@ -27,6 +27,7 @@ from ...estep.corrections import Corrections
 from ...parallel.decomp import block_range
 from ...recon import mstep
 from ...recon.average2d import PAD, class_averages, rotate_back
+from ...runtime.device import HOST
 from ...runtime.memory import MemoryPlan
 from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, param
 from ..vdam.options import GradOptions
@@ -75,8 +76,8 @@ class Class2D:
     kind = "class2d"
     checkpoint_name = "checkpoint.h5"
 
-    def __init__(self, ps, cfg: Class2DConfig, comm, log=print):
-        self.ps, self.config, self.comm, self.log = ps, cfg, comm, log
+    def __init__(self, ps, cfg: Class2DConfig, comm, log=print, device=HOST):
+        self.ps, self.config, self.comm, self.log, self.device = ps, cfg, comm, log, device
         self.n, self.angpix, self.N = ps.box, float(ps.angpix), ps.n
         n = self.n
         self.nsh = n // 2 + 1
@@ -84,8 +85,9 @@ class Class2D:
         self.radius_px = (cfg.particle_diameter / 2.0 / self.angpix) if cfg.particle_diameter > 0 else 0.4 * n
         self.mask = soft_circular_mask(n, self.radius_px, cfg.mask_width)
         self.parts = FourierParticles(ps, np.arange(self.lo, self.hi), self.mask, cfg.ctf, comm,
-                                      zero_mask=cfg.zero_mask, intact_first_peak=cfg.ctf_intact_first_peak)
-        self.space = InPlaneSpace(cfg.K, cfg.psi_step, cfg.oversampling, n)
+                                      zero_mask=cfg.zero_mask, intact_first_peak=cfg.ctf_intact_first_peak,
+                                      device=device)
+        self.space = InPlaneSpace(cfg.K, cfg.psi_step, cfg.oversampling, n, device=device)
         self.trans = TranslationSampling(cfg.offset_range, cfg.offset_step, cfg.oversampling)
         self.refs = self.sigma2 = self.tau2 = None   # (K, n, n), (G, nsh), (K, nsh)
         self.pclass = np.full(cfg.K, 1.0 / cfg.K)
@@ -204,12 +206,12 @@ class Class2D:
         ranks: ``(data, wsum, row0, kidx)``; the space's accumulators are released."""
         from ...estep import coefficients
 
-        comm, space = self.comm, self.space
+        comm = self.comm
         kidx = coefficients(self.parts.shell, self.r_cur)
-        data = comm.reduce_scatter_rows(space.data.view(np.float64)).view(np.complex128)
-        wsum = comm.reduce_scatter_rows(space.wsum)
-        row0 = block_range(space.data.shape[0], comm.size, comm.rank)[0]
-        space.data = space.wsum = None
+        data, wsum = self.space.host_sums()
+        row0 = block_range(data.shape[0], comm.size, comm.rank)[0]
+        data = comm.reduce_scatter_rows(data.view(np.float64)).view(np.complex128)
+        wsum = comm.reduce_scatter_rows(wsum)
         return data, wsum, row0, kidx
 
     def m_step(self, sums):

@@ -21,6 +21,7 @@ from ...core.filters import lowpass
 from ...core.fourier import ft2, ift2, shell_index2
 from ...recon import mstep
 from ...recon.average2d import padded_sums, scatter_back
+from ...runtime.device import HOST
 from ..vdam import Moments, Schedule, replace_inactive, vdam_update
 from ..vdam.blobs import blob_images, signal_std
 from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
@@ -32,8 +33,8 @@ from .results import pose_change_stats
 class Class2DGrad(GradFiles, Class2D):
     kind = "class2d"
 
-    def __init__(self, ps, cfg, comm, log=print):
-        super().__init__(ps, cfg, comm, log)
+    def __init__(self, ps, cfg, comm, log=print, device=HOST):
+        super().__init__(ps, cfg, comm, log, device)
         self.sched = Schedule.of(cfg, self.N, 2)
         self.half = half_sets(cfg.random_seed, self.N)
         self.shell = shell_index2(self.n)
@@ -84,7 +85,8 @@ class Class2DGrad(GradFiles, Class2D):
         data themselves), at a fraction of the gather's cost."""
         K, n, r = self.config.K, self.n, self.r_cur
         data, wsum, row0, kidx = self.reduced_rows()
-        bp = scatter_back(data, wsum, kidx, self.space.psi_f, 2 * K, n, r, row0, refs=self.space.refs_f)
+        bp = scatter_back(data, wsum, kidx, self.space.psi_f, 2 * K, n, r, row0,
+                          refs=self.device.get(self.space.refs_f))
         self.space.refs_f = None
         for a in (bp.data, bp.weight):
             self.comm.allreduce_(a)

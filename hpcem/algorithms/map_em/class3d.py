@@ -39,6 +39,7 @@ import numpy as np
 from ...estep import LocalSearch, TranslationSampling
 from ...recon import mstep
 from ...recon.projector import BackProjector
+from ...runtime.device import HOST
 from ...runtime.memory import MemoryPlan
 from .model3d import Model3D, initial_reference, shell_of, tv_lines, tv_stats
 from .refine3d import split_halves
@@ -68,12 +69,12 @@ class Class3D:
     kind = "class3d"
     checkpoint_name = "checkpoint.h5"
 
-    def __init__(self, ps, ref, cfg, comm, log=print):
+    def __init__(self, ps, ref, cfg, comm, log=print, device=HOST):
         self.ps, self.ref, self.config, self.comm, self.log = ps, ref, cfg, comm, log
         self.n, self.K = ps.box, cfg.K
         self.cross = bool(getattr(cfg, "cross_halves", False)) and cfg.K > 1
         self.subsets = split_halves(ps, cfg.random_seed) if self.cross else np.ones(ps.n, np.int64)
-        self.models = {h: Model3D(ps, np.flatnonzero(self.subsets == h), cfg, comm, log)
+        self.models = {h: Model3D(ps, np.flatnonzero(self.subsets == h), cfg, comm, log, device=device)
                        for h in ((1, 2) if self.cross else (1,))}
         self.m = self.models[1]
         self.samp = Sampling3D(cfg.healpix_order, cfg.sym, cfg.psi_step, cfg.oversampling)

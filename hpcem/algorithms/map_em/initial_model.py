@@ -30,6 +30,7 @@ from ...core.filters import lowpass
 from ...core.fourier import ft3, ift3, shell_index3
 from ...recon import mstep
 from ...recon.projector import padded_estimate
+from ...runtime.device import HOST
 from ..vdam import Moments, Schedule, replace_inactive, vdam_update
 from ..vdam.blobs import blob_images, signal_std
 from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
@@ -42,8 +43,8 @@ from .space3d import PAD
 class InitialModel(GradFiles, Class3D):
     kind = "initial_model"
 
-    def __init__(self, ps, ref, cfg, comm, log=print):
-        super().__init__(ps, None, dataclasses.replace(cfg, sym="C1"), comm, log)
+    def __init__(self, ps, ref, cfg, comm, log=print, device=HOST):
+        super().__init__(ps, None, dataclasses.replace(cfg, sym="C1"), comm, log, device)
         self.target_sym = cfg.sym
         self.N, n = ps.n, self.n
         self.sched = Schedule.of(cfg, self.N, 3)
@@ -97,6 +98,7 @@ class InitialModel(GradFiles, Class3D):
         for h in (0, 1):
             sums = m.e_step(self.samp, self.trans, int(self.st["r_cur"]), subset=subsets[h])
             for bp in m.bps:
+                bp.to_host()
                 self.comm.allreduce_(bp.data)
                 self.comm.allreduce_(bp.weight)
             r, w = zip(*(padded_estimate(*bp.completed(), self.n, PAD, ndim=3) for bp in m.bps))

@@ -22,11 +22,12 @@ from ...recon import mstep
 from .results import gather_results, new_results
 from .solvent import particle_mask
 from .space3d import PAD, ProjectionSpace
+from ...runtime.device import HOST
 
 
 class Model3D:
-    def __init__(self, ps, idx, cfg, comm, log=print):
-        self.ps, self.cfg, self.comm, self.log = ps, cfg, comm, log
+    def __init__(self, ps, idx, cfg, comm, log=print, device=HOST):
+        self.ps, self.cfg, self.comm, self.log, self.device = ps, cfg, comm, log, device
         self.idx_all = np.asarray(idx, np.int64)
         self.n, self.angpix = ps.box, float(ps.angpix)
         n = self.n
@@ -39,7 +40,7 @@ class Model3D:
         self.solvent = self.fsc_mask if cfg.flatten_solvent else None    # None: references not flattened
         self.parts = FourierParticles(ps, self.idx, soft_circular_mask(n, self.radius_px, cfg.mask_width),
                                       cfg.ctf, comm, zero_mask=cfg.zero_mask,
-                                      intact_first_peak=cfg.ctf_intact_first_peak)
+                                      intact_first_peak=cfg.ctf_intact_first_peak, device=device)
         self.ops = symmetry_ops(cfg.sym)
         gridding = 0 if cfg.skip_gridding else mstep.GRIDDING_ITERS
         self.plain = mstep.WienerMAP(gridding_iters=gridding)
@@ -95,7 +96,7 @@ class Model3D:
         """Posteriors of this rank's particles (results updated in place); the fine sums go to
         ``self.bps`` (rank-local); returns the other sums.  ``cc``: the cross-correlation pass of
         --firstiter_cc (:mod:`hpcem.estep.crosscorr`); ``subset``: only these rank-local particles."""
-        space = ProjectionSpace(samp, self.cfg.K, self.n, self.ops, self.bp_kernel)
+        space = ProjectionSpace(samp, self.cfg.K, self.n, self.ops, self.bp_kernel, device=self.device)
         space.refs = self.refs
         prior = np.full(self.cfg.K, 1.0 / self.cfg.K) if uniform_priors else self.pclass
         self.corr.apply(self.parts, self.res)
@@ -103,6 +104,8 @@ class Model3D:
         sigma2, opts = self.sigma2, self.cfg.estep_options()
         if cc:
             sigma2, opts, space.row_norm = crosscorr.setup(self.parts, r_cur, self.sigma2, opts, self.comm)
+        if remap is not None and self.device.gpu:    # a host remap (class3d's first iteration) on device pairs
+            remap = _remap_on(self.device, remap)
         sums = run_estep(self.parts, space, trans, self.res, sigma2=sigma2, sigma_offset=self.sigma_offset,
                          log_class_prior=np.log(np.maximum(prior, 1e-30)), r_cur=r_cur,
                          radius_px=self.radius_px, opts=opts, candidates=candidates, remap=remap,
@@ -111,8 +114,10 @@ class Model3D:
         return sums
 
     def reduce(self, sums):
-        """One Allreduce per accumulator over this model's ranks."""
+        """One Allreduce per accumulator over this model's ranks (the accumulators first come
+        back from the device)."""
         for bp in self.bps:
+            bp.to_host()
             self.comm.allreduce_(bp.data)
             self.comm.allreduce_(bp.weight)
         sums.reduce(self.comm)
@@ -192,3 +197,9 @@ def tv_lines(per_map: dict, final=None) -> str:
 
     out = "".join("\n    TV %s: %s" % (k, summary(v)) for k, v in sorted(per_map.items()) if v)
     return out + ("\n    TV final: %s" % summary(final) if final else "")
+
+
+def _remap_on(dev, remap):
+    """``remap(local_index, pair_j)`` of host arrays made to take and give ``dev``'s arrays (the
+    pairs cross the bus: used in class3d's first iteration only)."""
+    return lambda li, pj: dev.put(remap(dev.get(li), dev.get(pj)))

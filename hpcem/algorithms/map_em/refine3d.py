@@ -38,6 +38,7 @@ from ...estep import LocalSearch, TranslationSampling
 from ...parallel.decomp import half_groups
 from ...recon import mstep
 from ...recon.projector import BackProjector
+from ...runtime.device import HOST
 from ...runtime.memory import MemoryPlan
 from .model3d import Model3D, initial_reference, shell_of, tv_lines, tv_stats
 from .halves import join_low_resolution
@@ -79,13 +80,14 @@ class Refine3D:
     kind = "refine3d"
     checkpoint_name = "checkpoint.h5"
 
-    def __init__(self, ps, ref, cfg, world, log=print):
+    def __init__(self, ps, ref, cfg, world, log=print, device=HOST):
         self.ps, self.ref, self.config, self.world, self.log = ps, ref, cfg, world, log
         self.n, self.angpix = ps.box, float(ps.angpix)
         self.subsets = split_halves(ps, cfg.random_seed)
         self.half, self.sub, _ = half_groups(world)
         hs = [1, 2] if self.half is None else [self.half]
-        self.models = {h: Model3D(ps, np.flatnonzero(self.subsets == h), cfg, self.sub, log) for h in hs}
+        self.models = {h: Model3D(ps, np.flatnonzero(self.subsets == h), cfg, self.sub, log, device=device)
+                       for h in hs}
         self.m0 = self.models[hs[0]]
         self.radius_A = self.m0.radius_px * self.angpix
         self.max_order = max_order_for(cfg, self.angpix, self.radius_A)

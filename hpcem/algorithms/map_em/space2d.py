@@ -4,7 +4,9 @@ Coarse hypothesis ``j = k * npsi + p`` (psi_c[p]); its two fine children ``k * 2
 are psi -/+ step/4 (``psi_f``); without oversampling the fine grid is the coarse one.  A hypothesis predicts the class reference rotated in-plane,
 ``ref_k(A_psi^T r)`` (``rotation_2d(psi)``), through the padded 2D projector; all of them are
 projected once per iteration (2D references are small), and their M-step sums are kept dense,
-(K 2npsi, M), then rotated back into the class frames (:mod:`hpcem.recon.average2d`).
+(K 2npsi, M), then rotated back into the class frames (:mod:`hpcem.recon.average2d`).  On a GPU
+(``device``) the padded references go to the device once per iteration, are projected there, and
+the dense sums stay there until :meth:`InPlaneSpace.host_sums` brings them back for the reduction.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from ...core.euler import rotation_2d, wrap180
 from ...core.sampling import inplane_angles
 from ...estep.xp import namespace
 from ...recon.projector import Projector2D
+from ...runtime.device import HOST
 
 PAD = 2
 
@@ -38,8 +41,8 @@ class InPlaneSpace:
     cap_groups = 1      # the maxsig cap over all hypotheses: with hundreds of classes a cap per
                         # class would oversample thousands of hypotheses per particle
 
-    def __init__(self, K: int, psi_step: float, oversampling: int, n: int):
-        self.K, self.n = int(K), int(n)
+    def __init__(self, K: int, psi_step: float, oversampling: int, n: int, device=HOST):
+        self.K, self.n, self.device = int(K), int(n), device
         self.psi_c = inplane_angles(psi_step)
         self.npsi = self.psi_c.size
         o = psi_step / 4.0
@@ -54,17 +57,26 @@ class InPlaneSpace:
         """Rotated references of every coarse (mc coefficients) and fine hypothesis (the fine ones
         kept as ``refs_f``), and zeroed dense sums (n_slots K 2npsi, M) complex128 / float64: one
         row block per slot (VDAM's half sets, :meth:`dense_sums`)."""
-        K = self.K
-        proj = Projector2D.from_images(self.refs, pad=PAD)
+        K, dev = self.K, self.device
+        xp = dev.xp
+        proj = Projector2D.from_images(self.refs, pad=PAD).to(dev)
         Rc = proj.project(rotation_2d(np.tile(self.psi_c, K)), np.repeat(np.arange(K), self.npsi),
                           r_max=r_max_coarse)
         Rf = proj.project(rotation_2d(np.tile(self.psi_f, K)), np.repeat(np.arange(K), self.Jf1), r_max=r_max)
-        Rc = np.ascontiguousarray(Rc.reshape(len(Rc), -1)[:, kidx[:mc]])
-        Rf = np.ascontiguousarray(Rf.reshape(len(Rf), -1)[:, kidx])
-        self.data = np.zeros((n_slots * K * self.Jf1, kidx.size), np.complex128)
-        self.wsum = np.zeros((n_slots * K * self.Jf1, kidx.size), np.float64)
+        kd = dev.put(kidx)
+        Rc = xp.ascontiguousarray(Rc.reshape(len(Rc), -1)[:, kd[:mc]])
+        Rf = xp.ascontiguousarray(Rf.reshape(len(Rf), -1)[:, kd])
+        self.data = dev.zeros((n_slots * K * self.Jf1, kidx.size), np.complex128)
+        self.wsum = dev.zeros((n_slots * K * self.Jf1, kidx.size), np.float64)
         self.refs_f = Rf
         return Rc, Rf
+
+    def host_sums(self):
+        """The dense sums (data, wsum) on the host (copied back from a GPU once per E-step) and the
+        space's accumulators released."""
+        out = self.device.get(self.data), self.device.get(self.wsum)
+        self.data = self.wsum = None
+        return out
 
     def dense_sums(self, slot=0):
         rows = slice(slot * self.K * self.Jf1, (slot + 1) * self.K * self.Jf1)
@@ -74,7 +86,7 @@ class InPlaneSpace:
         raise AssertionError("2D sums are dense")
 
     def class_of(self, jf):
-        return np.asarray(jf) // self.Jf1
+        return namespace(jf).asarray(jf) // self.Jf1
 
     def poses(self, jf):
         return {"psi": wrap180(self.psi_f[np.asarray(jf) % self.Jf1])}

@@ -8,7 +8,9 @@ psi corrected for the child's rot change (so that children tile the parent's nei
 SO(3)).  A hypothesis predicts the Fourier slice of the class volume at its pose (``V(A^T r)``,
 padded projector); coarse slices are projected once per iteration (global searches) or per batch
 (local searches), fine ones per batch, and each batch's fine sums are back-projected into one
-:class:`BackProjector` per class.
+:class:`BackProjector` per class.  On a GPU (``device``) the padded volumes, the slices, the
+children tables and the back-projectors live on the device; only hypothesis numbers come to the
+host (to compute their Euler angles) and the accumulators once per iteration.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from ...core.euler import angular_distance, euler_to_matrix, wrap180
 from ...core.sampling import (angular_step, asymmetric_directions, inplane_angles, local_neighbours,
                               oversample_directions)
 from ...estep import ragged_arange
+from ...estep.xp import namespace, repeat
 from ...recon.projector import BackProjector, Projector
+from ...runtime.device import HOST
 
 PAD = 2
 CHUNK = 2048      # slices per projection call
@@ -79,18 +83,21 @@ class Children3D:
 
     def __init__(self, samp: Sampling3D):
         self.s = samp
+        self._off = {}     # array namespace -> dchild_off there
 
     def expand(self, idx):
         s = self.s
-        idx = np.asarray(idx, np.int64)
+        xp = namespace(idx)
+        off = s.dchild_off if xp is np else self._off.setdefault(xp, xp.asarray(s.dchild_off))
+        idx = xp.asarray(idx, dtype=np.int64)
         k, r = idx // s.Jc1, idx % s.Jc1
         d, p = r // s.npsi, r % s.npsi
-        cnt_d = s.dchild_off[d + 1] - s.dchild_off[d]
-        e = ragged_arange(s.dchild_off[d], cnt_d)     # fine directions are numbered by parent
-        rep = np.repeat(np.arange(idx.size), cnt_d)
+        cnt_d = off[d + 1] - off[d]
+        e = ragged_arange(off[d], cnt_d)     # fine directions are numbered by parent
+        rep = repeat(xp, xp.arange(idx.size), cnt_d)
         m = s.mpsi
         base = k[rep] * s.Jf1 + e * m * s.npsi + m * p[rep]
-        return m * cnt_d, (base[:, None] + np.arange(m)[None, :]).reshape(-1)
+        return m * cnt_d, (base[:, None] + xp.arange(m)[None, :]).reshape(-1)
 
 
 class ProjectionSpace:
@@ -99,8 +106,8 @@ class ProjectionSpace:
 
     pose_keys = ("rot", "tilt", "psi")
 
-    def __init__(self, samp: Sampling3D, K: int, n: int, ops, bp_kernel: str = "linear"):
-        self.samp, self.K, self.n, self.ops = samp, int(K), int(n), ops
+    def __init__(self, samp: Sampling3D, K: int, n: int, ops, bp_kernel: str = "linear", device=HOST):
+        self.samp, self.K, self.n, self.ops, self.device = samp, int(K), int(n), ops, device
         self.bp_kernel = bp_kernel
         self.Jc1, self.Jf1 = samp.Jc1, samp.Jf1
         self.children = Children3D(samp)
@@ -111,61 +118,74 @@ class ProjectionSpace:
         self.row_norm = None   # (weights over the half grid, norm): every slice scaled to that norm
 
     def _project(self, k, eul, kidx, r_max):
+        """Slices (len, kidx.size) of class k at Euler angles ``eul`` (host), on the device."""
+        xp = self.device.xp
         A = euler_to_matrix(*eul).astype(np.float32)
-        out = np.empty((A.shape[0], kidx.size), np.complex64)
+        out = xp.empty((A.shape[0], kidx.size), dtype=np.complex64)
         nn = self.n * (self.n // 2 + 1)
+        kd = self._kidx_on_device(kidx)
         for s in range(0, A.shape[0], CHUNK):  # chunks of slices
             full = self._projs[k].project(A[s:s + CHUNK], r_max=r_max).reshape(-1, nn)
-            np.take(full, kidx, axis=1, out=out[s:s + full.shape[0]])
+            out[s:s + full.shape[0]] = xp.take(full, kd, axis=1)
         if self.row_norm is not None:
             from ...estep.crosscorr import normalise_rows
 
-            normalise_rows(out, self.row_norm[0][kidx], self.row_norm[1])
+            normalise_rows(out, self.device.put(self.row_norm[0][kidx]), self.row_norm[1])
         return out
 
+    def _kidx_on_device(self, kidx):
+        if not self.device.gpu:
+            return kidx
+        if getattr(self, "_kd", (None,))[0] is not kidx:
+            self._kd = (kidx, self.device.put(kidx))
+        return self._kd[1]
+
     def _refs_by(self, idx, J1, euler_of, kidx, r_max):
-        idx = np.asarray(idx, np.int64)
+        idx = np.asarray(self.device.get(idx), np.int64)     # hypothesis numbers (U values) to the host
         if self.K == 1:
             return self._project(0, euler_of(idx), kidx, r_max)
-        out = np.empty((idx.size, kidx.size), np.complex64)
+        out = self.device.xp.empty((idx.size, kidx.size), dtype=np.complex64)
         kk = idx // J1
         for k in np.unique(kk):  # classes
-            sel = kk == k
-            out[sel] = self._project(int(k), euler_of(idx[sel] % J1), kidx, r_max)
+            sel = np.flatnonzero(kk == k)
+            out[self.device.put(sel)] = self._project(int(k), euler_of(idx[sel] % J1), kidx, r_max)
         return out
 
     def begin(self, kidx, mc, r_max, r_max_coarse, dense=True, n_slots=1):
         if n_slots != 1:
             raise ValueError("ProjectionSpace: slots need dense sums (2D)")
-        s = self.samp
-        self._projs = [Projector.from_volume(self.refs[k], pad=PAD) for k in range(self.K)]
-        self.bps = [BackProjector(self.n, pad=PAD, kernel=self.bp_kernel) for _ in range(self.K)]
+        s, dev = self.samp, self.device
+        self._projs = [Projector.from_volume(self.refs[k], pad=PAD).to(dev) for k in range(self.K)]
+        self.bps = [BackProjector(self.n, pad=PAD, kernel=self.bp_kernel, device=dev) for _ in range(self.K)]
         kc = kidx[:mc]
         refs_f = lambda idx: self._refs_by(idx, s.Jf1, s.fine_euler, kidx, r_max)  # noqa: E731
         if not dense:
             return (lambda idx: self._refs_by(idx, s.Jc1, s.coarse_euler, kc, r_max_coarse)), refs_f
-        return np.concatenate([self._project(k, s.coarse_euler(np.arange(s.Jc1)), kc, r_max_coarse)
-                               for k in range(self.K)]), refs_f
+        return dev.xp.concatenate([self._project(k, s.coarse_euler(np.arange(s.Jc1)), kc, r_max_coarse)
+                                   for k in range(self.K)]), refs_f
 
     def dense_sums(self, slot=0):
         return None
 
     def insert(self, res, kidx, r_max):
         """Back-project a batch's compacted fine sums into the class accumulators."""
-        n, nn = self.n, self.n * (self.n // 2 + 1)
+        n, nn, dev = self.n, self.n * (self.n // 2 + 1), self.device
+        uniq_j = np.asarray(dev.get(res.uniq_j))            # hypothesis numbers (U values) to the host
+        kd = self._kidx_on_device(kidx)
         for k in range(self.K):  # classes
-            m = np.flatnonzero(res.uniq_j // self.Jf1 == k)
+            m = np.flatnonzero(uniq_j // self.Jf1 == k)
             for c0 in range(0, m.size, 1024):
                 mm = m[c0:c0 + 1024]
-                D = np.zeros((mm.size, nn), np.complex64)
-                W = np.zeros((mm.size, nn), np.float32)
-                D[:, kidx] = res.data[mm]
-                W[:, kidx] = res.wsum[mm]
-                A = euler_to_matrix(*self.samp.fine_euler(res.uniq_j[mm] % self.Jf1)).astype(np.float32)
+                md = dev.put(mm)
+                D = dev.zeros((mm.size, nn), np.complex64)
+                W = dev.zeros((mm.size, nn), np.float32)
+                D[:, kd] = res.data[md]
+                W[:, kd] = res.wsum[md]
+                A = euler_to_matrix(*self.samp.fine_euler(uniq_j[mm] % self.Jf1)).astype(np.float32)
                 self.bps[k].insert(D.reshape(-1, n, n // 2 + 1), W.reshape(-1, n, n // 2 + 1), A, r_max=r_max)
 
     def class_of(self, jf):
-        return np.asarray(jf) // self.Jf1
+        return namespace(jf).asarray(jf) // self.Jf1
 
     def poses(self, jf):
         rot, tilt, psi = self.samp.fine_euler(np.asarray(jf) % self.Jf1)

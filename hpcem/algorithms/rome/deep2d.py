@@ -38,6 +38,7 @@ import numpy as np
 
 from ...io.atomic import atomic_write
 from ...runtime.checkpoint import load_checkpoint
+from ...runtime.device import HOST
 from ...runtime.resume import newest_checkpoint
 
 FINAL_FILES = ("classes.mrcs", "data.star", "model.star", "classes.png", "loglik.txt")
@@ -76,7 +77,7 @@ def allocate_classes(sizes, K: int) -> np.ndarray:
 
 
 def _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_root, root, resume: bool, log, job: dict,
-                   memory_limit) -> dict:
+                   memory_limit, device) -> dict:
     """GTM inside every MAP class (ROME strategy II applied to all classes): class c gets
     K_c of the sml_cfg.K classes in proportion to its size (:func:`allocate_classes`) and
     its own run in ``sml/classNNN`` (checkpoints, files; pixels split across ranks as
@@ -99,7 +100,7 @@ def _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_root, root, resume: 
         sub_log = (lambda *m, c=c: log("   [MAP class %d] %s" % (c, " ".join(str(x) for x in m)))) \
             if c == biggest else (lambda *m: None)
         out = run_sml(aligned.subset(idx), comm, sml_cfg.replace(K=int(K_c)), sub_root, log=sub_log, restart=gres,
-                      job=dict(job, map_class=int(c)), memory_limit=memory_limit)
+                      job=dict(job, map_class=int(c)), memory_limit=memory_limit, device=device)
         log("   MAP class %3d: %5d particles -> %3d GTM classes, %d non-empty, loglik %.6e%s (%.1f s)" % (
             c, n_c, K_c, len(np.unique(out["classes"])), out["loglik"],
             " (resumed at iteration %d)" % gres.iteration if gres else "", time.time() - t))
@@ -153,7 +154,7 @@ def _write_combined(root, aligned, assign, rmax, logZ, averages, model_rows, his
     write_loglik(root, hist)
 
 
-def _map_alignment(ps, map_cfg, comm, map_root, resume: bool, log, job):
+def _map_alignment(ps, map_cfg, comm, map_root, resume: bool, log, job, device):
     """Stage 1: run (or resume) the MAP alignment; returns (its final checkpoint, seconds, done before)."""
     from ...runtime.driver import run_iterations
     from ..map_em.class2d import Class2D, Class2DConfig
@@ -167,13 +168,14 @@ def _map_alignment(ps, map_cfg, comm, map_root, resume: bool, log, job):
         return ck, time.time() - t0, True
     log("== stage 1: MAP alignment, K = %d, %d iterations%s -> %s" % (
         map_cfg.K, map_cfg.iters, " (from iteration %d)" % ck.iteration if ck else "", map_root.folder))
-    run_iterations(Class2D(ps, map_cfg, comm, log), map_root, comm, log, restart=ck, job=job)
+    run_iterations(Class2D(ps, map_cfg, comm, log, device=device), map_root, comm, log, restart=ck, job=job)
     comm.barrier()
     return newest(map_root, "class2d"), time.time() - t0, False
 
 
 def deep_classify_2d(ps, map_cfg, sml_cfg, comm, root, resume: bool = False, log=print,
-                     job: dict | None = None, memory_limit=None, sml_mode: str = "per_class") -> dict:
+                     job: dict | None = None, memory_limit=None, sml_mode: str = "per_class",
+                     device=HOST) -> dict:
     """Deep classification of ``ps``: MAP alignment (``map_cfg``, a Class2DConfig) into
     ``<folder>/map2d``, GTM (``sml_cfg``, a GTMConfig) into ``<folder>/sml``, final files under
     ``root`` (an OutputRoot).  ``sml_mode="global"`` is ROME's strategy I as printed (one GTM over
@@ -191,7 +193,7 @@ def deep_classify_2d(ps, map_cfg, sml_cfg, comm, root, resume: bool = False, log
         sml_root.makedirs()
     comm.barrier()
     job = dict(job or {})
-    ck, t_map, map_done = _map_alignment(ps, map_cfg, comm, map_root, resume, log, job)
+    ck, t_map, map_done = _map_alignment(ps, map_cfg, comm, map_root, resume, log, job, device)
     res = ck.state["results"]
     map_classes = np.asarray(res["class"], np.int64)
     aligned = ps.with_columns(
@@ -209,14 +211,15 @@ def deep_classify_2d(ps, map_cfg, sml_cfg, comm, root, resume: bool = False, log
         log("== stage 2: GTM inside each of the %d MAP classes, K = %d in all, %d iterations -> %s/classNNN" % (
             len(np.unique(map_classes)), sml_cfg.K, sml_cfg.iters, sml_root.folder))
         out = _per_class_gtm(aligned, map_classes, sml_cfg, comm, sml_root, root, gtm_resume, log, job_sml,
-                             memory_limit)
+                             memory_limit, device)
     else:
         gres = newest(sml_root, "sml") if gtm_resume else None
         if gres is not None:
             sml_cfg = type(sml_cfg).from_dict(gres.config).replace(iters=max(sml_cfg.iters, gres.iteration))
         log("== stage 2: GTM, K = %d, %d iterations%s -> %s" % (
             sml_cfg.K, sml_cfg.iters, " (from iteration %d)" % gres.iteration if gres else "", sml_root.folder))
-        out = run_sml(aligned, comm, sml_cfg, sml_root, log=log, restart=gres, job=job_sml, memory_limit=memory_limit)
+        out = run_sml(aligned, comm, sml_cfg, sml_root, log=log, restart=gres, job=job_sml, memory_limit=memory_limit,
+                      device=device)
         if comm.rank == 0:   # stage 3: the final files
             for name in FINAL_FILES:
                 if os.path.exists(sml_root.path(name)):

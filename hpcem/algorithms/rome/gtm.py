@@ -56,6 +56,13 @@ Parallelism
     rows, and one Allgatherv gives every rank all of them (together the volume of one
     Allreduce, with the softmax split rather than repeated); responsibilities are then
     identical everywhere and the per-pixel solves need no communication.
+
+GPU (``device``)
+    The particle block Z goes to the device once (after the initialisation, which runs on the
+    host), W and the basis stay there: distances, responsibilities, the M-step products and the
+    per-pixel solves run on the device.  With one rank nothing else crosses the bus per iteration
+    but the class sizes; with several the N x K distances come to the host for the reduction and
+    the responsibilities go back (the volume MPI moves anyway).
 """
 from __future__ import annotations
 
@@ -68,6 +75,7 @@ from ...core.fourier import ift2
 from ...core.masks import soft_circular_mask
 from ...kernels import gtm_accumulate, gtm_distances, gtm_responsibilities, gtm_solve
 from ...parallel.decomp import block_range
+from ...runtime.device import HOST
 from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Params, param
 from .gtm_data import aligned_ctf, aligned_transforms, basis_functions, coefficient_selection, latent_shape
 
@@ -100,8 +108,9 @@ class GTMState:
 class GTM:
     """GTM classifier over this rank's block of Fourier coefficients."""
 
-    def __init__(self, ps, comm, cfg: GTMConfig, log=None):
-        self.ps, self.comm, self.cfg = ps, comm, cfg
+    def __init__(self, ps, comm, cfg: GTMConfig, log=None, device=HOST):
+        self.ps, self.comm, self.cfg, self.device = ps, comm, cfg, device
+        self._dev = None       # (Z, a, h, Phi) on the device, made at the first E-step
         self.log = log or (lambda *a: None)
         n = ps.box
         self.n = n
@@ -221,23 +230,33 @@ class GTM:
         return GTMState(W=W, beta=float(beta))
 
     # ------------------------------------------------------------------ EM
+    def on_device(self):
+        """(Z, a, h, Phi) where the iterations run (copied to a GPU once)."""
+        if not self.device.gpu:
+            return self.Z, self.a, self.h, self.Phi
+        if self._dev is None:
+            self._dev = tuple(self.device.put(x) for x in (self.Z, self.a, self.h, self.Phi))
+        return self._dev
+
     def predictions(self, W) -> np.ndarray:
-        return self.Phi.astype(np.complex64) @ W           # (K, Dl)
+        return self.on_device()[3].astype(np.complex64) @ W           # (K, Dl)
 
     def e_step(self, st: GTMState):
         """Distances (summed over the pixel blocks of all ranks) -> responsibilities R (N, K)
-        float32, identical on every rank."""
-        Dl = self.d1 - self.d0
-        Y = self.predictions(st.W)
-        Ymat = np.empty((self.K, 3 * Dl), np.float32)
+        float32, identical on every rank (on the device)."""
+        Dl, dev = self.d1 - self.d0, self.device
+        Z, a = self.on_device()[:2]
+        Y = self.predictions(dev.put(st.W))
+        Ymat = dev.xp.empty((self.K, 3 * Dl), dtype=np.float32)
         Ymat[:, 0:2 * Dl:2] = -2.0 * Y.real
         Ymat[:, 1:2 * Dl:2] = -2.0 * Y.imag
         Ymat[:, 2 * Dl:] = Y.real ** 2 + Y.imag ** 2
-        delta = gtm_distances(self.Z, Ymat)
+        delta = gtm_distances(Z, Ymat)
         comm, N = self.comm, delta.shape[0]
         if comm.size == 1:
-            logZ, rdelta, kmax, rmax = gtm_responsibilities(delta, self.a, st.beta)
+            logZ, rdelta, kmax, rmax = gtm_responsibilities(delta, a, st.beta)
         else:
+            delta = dev.get(delta)
             # partial distances summed straight into row blocks (Reduce_scatter); every rank
             # turns its block into responsibilities; Allgatherv gives all ranks all of R (the
             # volume of one Allreduce, and the softmax is split instead of repeated)
@@ -246,23 +265,25 @@ class GTM:
             part = gtm_responsibilities(mine, self.a[r0:r1], st.beta)
             comm.allgather_rows(mine, delta)
             logZ, rdelta, kmax, rmax = (comm.allgather_rows(x) for x in part)
+            delta = dev.put(delta)                  # R for the M-step's products on the device
         ll = float(logZ.sum()) - N * math.log(self.K) + 0.5 * N * self.D_eff * math.log(st.beta / (2 * math.pi))
         return delta, logZ, rdelta, kmax, rmax, ll
 
     def m_step(self, st: GTMState, R: np.ndarray, rdelta: np.ndarray) -> GTMState:
-        Dl = self.d1 - self.d0
+        Dl, xp = self.d1 - self.d0, self.device.xp
+        Z, _, h, Phi = self.on_device()
         N = R.shape[0]
         beta = N * self.D_eff / float(rdelta.sum())           # eqs 13-14 (mean beta)
-        RZ = gtm_accumulate(R, self.Z)
-        H = (RZ[:, 0:2 * Dl:2] + 1j * RZ[:, 1:2 * Dl:2]) / self.h
-        G = RZ[:, 2 * Dl:] / self.h
-        W = gtm_solve(self.Phi, np.ascontiguousarray(G, dtype=np.float32),
-                      np.ascontiguousarray(H, dtype=np.complex64), self.cfg.alpha / beta)
+        RZ = gtm_accumulate(R, Z)
+        H = (RZ[:, 0:2 * Dl:2] + 1j * RZ[:, 1:2 * Dl:2]) / h
+        G = RZ[:, 2 * Dl:] / h
+        W = gtm_solve(Phi, xp.ascontiguousarray(G, dtype=np.float32),
+                      xp.ascontiguousarray(H, dtype=np.complex64), self.cfg.alpha / beta)
         return GTMState(W=W, beta=float(beta), iteration=st.iteration + 1, history=st.history)
 
     # ------------------------------------------------------------------ W across ranks
     def gather_W(self, W) -> np.ndarray | None:
-        parts = self.comm.gather(W, root=0)
+        parts = self.comm.gather(self.device.get(W), root=0)
         return None if parts is None or self.comm.rank != 0 else np.concatenate(parts, axis=1)
 
     def local_W(self, W_full) -> np.ndarray:

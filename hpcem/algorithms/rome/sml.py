@@ -23,6 +23,7 @@ import pandas as pd
 from ...errors import InputError
 from ...io.atomic import atomic_write
 from ...runtime.memory import MemoryPlan
+from ...runtime.device import HOST
 from .gtm import GTM, GTMState
 from .gtm_data import memory_plan
 
@@ -34,9 +35,9 @@ class SML:
     checkpoint_name = "gtm.h5"
     memory_detail = True
 
-    def __init__(self, ps, cfg, comm, log=print):
+    def __init__(self, ps, cfg, comm, log=print, device=HOST):
         self.ps, self.config, self.comm, self.log = ps, cfg, comm, log
-        self.model = GTM(ps, comm, cfg, log=log)
+        self.model = GTM(ps, comm, cfg, log=log, device=device)
         m = self.model
         log("GTM: %d particles, box %d, K = %d (latent grid %s), M = %d basis functions (sigma %.3g), "
             "%d coefficients (shells %d..%g), %d rank(s)" % (
@@ -86,7 +87,7 @@ class SML:
         R, logZ, rdelta, kmax, rmax, ll = acc
         old = self.st
         self.st = self.model.m_step(old, R, rdelta)
-        sizes = np.bincount(kmax, minlength=self.model.K)
+        sizes = np.bincount(self.model.device.get(kmax), minlength=self.model.K)
         rec = {"iteration": self.st.iteration, "loglik": ll, "beta": old.beta, "beta_new": self.st.beta,
                "nonempty": int((sizes > 0).sum())}
         self.st.history = list(old.history) + [rec]
@@ -117,7 +118,7 @@ class SML:
         """The final assignment with the final W (one more E-step, no update), the eq 17 class
         averages, and the files (rank 0)."""
         m, comm = self.model, self.comm
-        R, logZ, _rd, kmax, rmax, ll = m.e_step(self.st)
+        R, logZ, _rd, kmax, rmax, ll = (m.device.get(x) for x in m.e_step(self.st))
         self.log("final E-step: loglik %.6e" % ll)
         averages = m.class_averages(R, self.st.beta)
         paths = {}
@@ -170,11 +171,11 @@ def write_loglik(root, history: list) -> str:
     return path
 
 
-def run_sml(ps, comm, cfg, root, log=print, restart=None, job=None, memory_limit=None) -> dict:
+def run_sml(ps, comm, cfg, root, log=print, restart=None, job=None, memory_limit=None, device=HOST) -> dict:
     """Classify ``ps`` (poses applied) into cfg.K classes, writing into ``root``; returns the
     summary (classes (N,), rmax, logZ, loglik, history, averages on rank 0, paths, K)."""
     from ...runtime.driver import run_iterations
 
-    algo = SML(ps, cfg, comm, log)
+    algo = SML(ps, cfg, comm, log, device=device)
     run_iterations(algo, root, comm, log, restart=restart, job=job, memory_limit=memory_limit)
     return algo.out
