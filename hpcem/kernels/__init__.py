@@ -14,6 +14,8 @@ Families, each documented in its module (Fourier layout and notation there):
   segment_posteriors, accumulate (the MAP-EM E-step over class x orientation x translation)
 * :mod:`hpcem.kernels.gtm`  gtm_solve, gtm_distances, gtm_responsibilities, gtm_accumulate
   (the ROME GTM E- and M-step)
+* :mod:`hpcem.kernels.tomo`  tilt_project, tilt_backproject (single-axis tilt series of a
+  tomogram in real space, exact adjoints)
 
 Helpers: :func:`is_cupy`, :func:`array_namespace`, :func:`to_host`, :func:`has_cuda`,
 :func:`set_threads` / :func:`max_threads` (OpenMP threads of the CPU kernels).
@@ -26,6 +28,7 @@ from .gtm import gtm_accumulate, gtm_distances, gtm_responsibilities, gtm_solve,
 from .marginalise import (Posteriors, SegmentPosteriors, accumulate, coarse_diff2, coarse_flops,
                           pair_diff2, posteriors, segment_posteriors)
 from .projection import backproject2d, backproject3d, project2d, project3d, symmetrise3d
+from .tomo import tilt_backproject, tilt_project
 
 __all__ = [
     # projection
@@ -33,6 +36,8 @@ __all__ = [
     # marginalisation
     "coarse_diff2", "coarse_flops", "posteriors", "pair_diff2", "segment_posteriors",
     "accumulate", "Posteriors", "SegmentPosteriors",
+    # tilt series
+    "tilt_project", "tilt_backproject",
     # GTM
     "gtm_solve", "gtm_solve_flops", "gtm_distances", "gtm_responsibilities", "gtm_accumulate",
     # dispatch helpers
