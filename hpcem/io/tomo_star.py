@@ -141,10 +141,10 @@ class TomoParticles:
     score: dict
 
 
-def read_particles(path, tomos: dict | None, require_class: bool = True) -> TomoParticles:
+def read_particles(path, tomos: dict | None, require_class: bool = True, others: str = "error") -> TomoParticles:
     """A particle table's coordinates per tomogram (``tomos``: name -> :class:`TomoEntry`, used to
-    convert centred Angstrom coordinates); tomograms not in ``tomos`` are an InputError.  Without
-    ``tomos`` the table needs voxel coordinates."""
+    convert centred Angstrom coordinates); rows of tomograms not in ``tomos`` are an InputError
+    (``others="skip"``: left out).  Without ``tomos`` the table needs voxel coordinates."""
     if not os.path.isfile(str(path)):
         raise InputError("particle STAR file not found", file=str(path), field="file")
     df = _first_block(path, read_star(path), ("particles", ""))
@@ -158,6 +158,9 @@ def read_particles(path, tomos: dict | None, require_class: bool = True) -> Tomo
     if tomos is None and not voxels:
         raise InputError("centred coordinates need the tomogram table (--i)", file=str(path), field=CENTRED[0])
     names = df["rlnTomoName"].astype(str).to_numpy()
+    if tomos is not None and others == "skip":
+        keep = np.isin(names, list(tomos))
+        df, names = df[keep].reset_index(drop=True), names[keep]
     unknown = sorted(set(names) - set(tomos)) if tomos is not None else []
     if unknown:
         raise InputError("tomogram %s is not in the tomogram table" % unknown[0], file=str(path),
