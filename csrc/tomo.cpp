@@ -27,6 +27,15 @@ inline TiltRow tilt_row(double ang, int iz, int nz, int nx, int W) {
   return {double(-(nx / 2)) * c + double(iz - nz / 2) * s + double(W / 2), c};
 }
 
+// Column u0 = floor(u) and weight f = u - u0 of a voxel at u; false when neither u0 nor u0 + 1
+// lies in [0, W).
+inline bool column_of(double u, int W, int& u0, double& f) {
+  const double fl = std::floor(u);
+  u0 = int(fl);
+  f = u - fl;
+  return u0 >= -1 && u0 < W;
+}
+
 // volume (nz, ny, nx) float32, angles (T,) float64 -> images (T, ny, W) float32
 py::array_t<float> tilt_project(carray<float> vol, carray<double> angles, int W) {
   require(vol.ndim() == 3, "tilt_project: volume must be (nz, ny, nx)");
@@ -51,11 +60,9 @@ py::array_t<float> tilt_project(carray<float> vol, carray<double> angles, int W)
             const TiltRow g = tilt_row(A[t], iz, nz, nx, W);
             const float* v = V + (size_t(iz) * ny + iy) * nx;
             for (int ix = 0; ix < nx; ++ix) {
-              const double u = g.u0 + g.c * ix;
-              const double fl = std::floor(u);
-              const int u0 = int(fl);
-              if (u0 < -1 || u0 >= W) continue;
-              const double f = u - fl;
+              int u0;
+              double f;
+              if (!column_of(g.u0 + g.c * ix, W, u0, f)) continue;
               if (u0 >= 0) row[size_t(u0)] += (1.0 - f) * v[ix];
               if (u0 + 1 < W) row[size_t(u0 + 1)] += f * v[ix];
             }
@@ -94,11 +101,9 @@ void tilt_backproject(carray<float> images, carray<double> angles, py::array_t<f
             const TiltRow g = tilt_row(A[t], iz, nz, nx, W);
             const float* img = I + (size_t(t) * ny + iy) * W;
             for (int ix = 0; ix < nx; ++ix) {
-              const double u = g.u0 + g.c * ix;
-              const double fl = std::floor(u);
-              const int u0 = int(fl);
-              if (u0 < -1 || u0 >= W) continue;
-              const double f = u - fl;
+              int u0;
+              double f;
+              if (!column_of(g.u0 + g.c * ix, W, u0, f)) continue;
               double s = 0.0;
               if (u0 >= 0) s += (1.0 - f) * img[u0];
               if (u0 + 1 < W) s += f * img[u0 + 1];

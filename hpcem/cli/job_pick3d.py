@@ -92,6 +92,8 @@ def _torch_setup(p: Params, comm):
 
 
 def run(p: Params, ctx):
+    if p.action not in ACTIONS:
+        raise InputError("needs an action: %s" % ", ".join(ACTIONS), field="action")
     if p.action == "evaluate":
         from .pick3d_actions import evaluate
         return evaluate(p, ctx, _diameters(p))

@@ -103,11 +103,19 @@ def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 
 def dice_per_sample(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq 15 for each sample: mean over channels of 1 - (2|A B| + s) / (|A| + |B| + s), (B,)."""
+    """Eq 15 for each sample, (B,): the mean over the channels present in the sample's target of
+    1 - (2|A B| + s) / (|A| + |B| + s); a channel is present when some voxel of the target holds
+    it with weight >= 1/2 (a one-hot label: any voxel; a corrected label: a confident one, not
+    the diffuse mass alpha S spreads over the patch).  Eq 15's term of a channel absent from the
+    target is 0/0; counted as 1 (s = 1) it charges every patch the whole loss of each species it
+    does not hold unless that species' probabilities summed over the patch stay below one voxel,
+    which drives rare species to zero everywhere (measured: no picks of the two rarest species
+    after 400 steps).  Wrong voxels of an absent species still cost through the channels present."""
     dims = (2, 3, 4)
     inter = (probs * target).sum(dims)
-    union = probs.sum(dims) + target.sum(dims)
-    return (1.0 - (2.0 * inter + DICE_SMOOTH) / (union + DICE_SMOOTH)).mean(dim=1)
+    per_channel = 1.0 - (2.0 * inter + DICE_SMOOTH) / (probs.sum(dims) + target.sum(dims) + DICE_SMOOTH)
+    present = (target.detach().amax(dim=dims) >= 0.5).to(per_channel.dtype)
+    return (per_channel * present).sum(dim=1) / present.sum(dim=1).clamp(min=1.0)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 from ...io.atomic import atomic_write
 from ...io.tomo_star import particles_table, read_tomograms, write_particles
 from ...parallel.decomp import block_range
+from ...runtime.memory import MemoryPlan
 from .data import load_tomogram
 from .model_io import load_model
 from .predict import cluster_picks, min_cluster_sizes, segment
@@ -50,6 +51,10 @@ def predict_files(model_path: str, tomograms: str, out: str, comm, log, overlap:
 
     entries = read_tomograms(tomograms)
     seg, settings = load_model(model_path, device)
+    n_cls = int(settings["network"]["n_classes"])
+    largest = max(int(np.prod(e.shape)) for e in entries)
+    MemoryPlan({"tomogram, class probabilities, overlap counts, classes": largest * (4.0 * (n_cls + 2) + 8.0)},
+               "largest tomogram %d voxels" % largest).check(comm, log)
     apix = float(settings["angpix"])
     for e in entries:
         if abs(e.angpix / apix - 1) > 0.01:

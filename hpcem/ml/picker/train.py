@@ -119,7 +119,7 @@ class PickerTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        stats = {"loss": float(loss), "w_min": float(w.min()), "w_max": float(w.max())}
+        stats = {"loss": float(loss.detach()), "w_min": float(w.min()), "w_max": float(w.max())}
         if meta_now:
             stats["meta_loss"] = self._meta_step(x, noisy, M, losses.detach(), before)
         self.steps_done += 1
