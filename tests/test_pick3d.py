@@ -175,9 +175,9 @@ def _weights(path):
 
 
 def test_train_is_reproducible_and_continues(tiny_set, tmp_path):
-    _train(tiny_set, tmp_path / "a")
-    _train(tiny_set, tmp_path / "b")
-    _train(tiny_set, tmp_path / "c", steps=4)
+    _train(tiny_set, tmp_path / "a", warmup=0.25)                  # 2 warm-up steps, then 6 bi-level
+    _train(tiny_set, tmp_path / "b", warmup=0.25)
+    _train(tiny_set, tmp_path / "c", steps=4, warmup=0.5)          # the same 2 warm-up steps, stopped at 4
     _train(tiny_set, tmp_path / "c", steps=8, **{"continue": ""})
     a, b, c = (_weights(tmp_path / k / "model.pt") for k in "abc")
     assert a.keys() == b.keys() == c.keys()

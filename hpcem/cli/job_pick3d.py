@@ -46,6 +46,8 @@ class Params(Base):
     lr: float = param(1e-3, "segmentation network learning rate", check=POSITIVE, group="model")
     meta_lr: float = param(1e-3, "label-correction / reweighting learning rate", check=POSITIVE, group="model")
     meta_every: int = param(1, "upper-level step every N lower-level steps", check=AT_LEAST_1, group="model")
+    warmup: float = param(0.2, "fraction of the steps trained on the given labels before the meta-learning starts",
+                          check=(lambda v: 0 <= v < 1, "in [0, 1)"), group="model")
     optimizer: str = param("adam", "segmentation optimiser", choices=("adam", "sgd"), group="model")
     seed: int = param(0, "random seed", group="model")
     save_every: int = param(200, "train: checkpoint every N steps", check=AT_LEAST_1, group="model")

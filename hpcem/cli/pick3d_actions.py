@@ -26,7 +26,8 @@ def _config(p, n_species: int):
         raise InputError("needs 4 positive widths (one per down-block)", field="--widths")
     return TrainConfig(n_classes=n_species + 1, method=p.method, widths=widths, bottleneck=p.bottleneck,
                        patch=p.patch, batch=p.batch, meta_batch=p.meta_batch, steps=p.steps, lr=p.lr,
-                       meta_lr=p.meta_lr, meta_every=p.meta_every, optimizer=p.optimizer, seed=p.seed)
+                       meta_lr=p.meta_lr, meta_every=p.meta_every, warmup=p.warmup, optimizer=p.optimizer,
+                       seed=p.seed)
 
 
 def _restart(p, ctx):

@@ -1,13 +1,15 @@
 """RobPicker's three networks (seed 004, Methods): the segmentation 3D U-Net, the label-correction
 network sharing its feature extractor, and the data-reweighting MLP; and the Dice loss (eq 15).
 
-U-Net (DeepFinder's shape): four down-blocks of four 3x3x3 convolutions (normalisation + ReLU
-each) with a 2x2x2 max-pooling between the second and third, a bottleneck of two convolutions,
-four up-blocks (2x2x2 transposed convolution, concatenation with the block's skip, two
-convolutions) and a 1x1x1 convolution to species + background.  Widths are scaled to the CPU
-(``widths``).  GroupNorm replaces the seed's BatchNorm: batches are small on a CPU, and the
-bi-level step evaluates the network at perturbed weights, which would otherwise move BatchNorm's
-running statistics.  Patches must be multiples of 16 (four poolings).
+U-Net (DeepFinder's shape): four down-blocks of four 3x3x3 convolutions (batch normalisation +
+ReLU each) with a 2x2x2 max-pooling between the second and third, a bottleneck of two
+convolutions, four up-blocks (2x2x2 transposed convolution, concatenation with the block's skip,
+two convolutions) and a 1x1x1 convolution to species + background.  Widths are scaled to the CPU
+(``widths``).  Batch normalisation as the seed's: at inference its running statistics of the
+training patches normalise every patch alike, where a per-patch normalisation (GroupNorm, tried)
+blew the noise of empty background patches up to particle contrast and labelled whole regions
+as particles (measured: clusters of 10^6 voxels).  The bi-level step's extra forward passes run
+on copies of the running statistics (:func:`forward_with`).  Patches must be multiples of 16.
 
 Label correction (eq 14): S = softmax(conv1x1(M)) of the U-Net's last feature map M (shared,
 not its own parameters), alpha = sigmoid(conv1x1(relu(conv1x1([S, L])))), corrected label
@@ -24,8 +26,7 @@ DICE_SMOOTH = 1.0     # voxels: an absent class predicted absent costs nothing
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:
-    groups = 4 if cout % 4 == 0 else 1
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
 
 
 class UNet3D(nn.Module):
@@ -72,13 +73,19 @@ class UNet3D(nn.Module):
 class LabelCorrector(nn.Module):
     """g(L, M; C) of eq 14 on the U-Net's feature map M; about (F + 3c + 3) c parameters."""
 
-    def __init__(self, n_features: int, n_classes: int, alpha_bias: float = -2.0):
+    def __init__(self, n_features: int, n_classes: int, alpha_bias: float = -4.0):
         super().__init__()
         c = int(n_classes)
         self.s_head = nn.Conv3d(n_features, c, 1)
         self.mix1 = nn.Conv3d(2 * c, c, 1)
         self.mix2 = nn.Conv3d(c, c, 1)
-        nn.init.constant_(self.mix2.bias, alpha_bias)      # start near the given labels (alpha ~ 0.12)
+        nn.init.constant_(self.mix2.bias, alpha_bias)      # start at the given labels (alpha ~ 0.02)
+
+    def start_from(self, head: nn.Conv3d) -> None:
+        """S starts as the segmentation network's own prediction (its head's weights)."""
+        with torch.no_grad():
+            self.s_head.weight.copy_(head.weight)
+            self.s_head.bias.copy_(head.bias)
 
     def forward(self, features: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
         S = torch.softmax(self.s_head(features), dim=1)
@@ -95,6 +102,16 @@ class Reweighter(nn.Module):
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(losses.reshape(-1, 1))).reshape(-1)
+
+
+def forward_with(seg: UNet3D, names, weights, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``seg`` at other weights (``names`` -> ``weights``), its normalisation's running
+    statistics left untouched (the forward pass updates copies)."""
+    from torch.func import functional_call
+
+    state = dict(zip(names, weights))
+    state.update({k: b.clone() for k, b in seg.named_buffers()})
+    return functional_call(seg, state, (x,))
 
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:

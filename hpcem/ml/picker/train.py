@@ -3,6 +3,12 @@ RobPicker (label correction + data reweighting tuned on a clean meta set through
 step of :mod:`hpcem.ml.picker.meta`) and the seed's ablations (DR-only, LC-only), on the same
 network, data, patches and number of segmentation-network steps.
 
+The meta-learned methods first train ``warmup`` (a fraction of the steps) on the given labels,
+as the supervised baseline does, then switch the label correction and reweighting on, the
+correction's S head starting from the segmentation head (S is then the network's own
+prediction): started from random weights, S spread about a fifth of each patch's target over
+every species and the network learnt diffuse outputs (measured: no species-2 picks left).
+
 :class:`PickerTrainer` is the state object: ``step()`` runs one lower-level step (and, every
 ``meta_every`` steps, one upper-level step); ``state()`` / ``restore()`` hold everything a
 continued run needs (weights, optimiser moments, the patch sampler's random state), so a run
@@ -15,10 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
-
 from .meta import hypergradient, meta_direction
-from .nets import LabelCorrector, Reweighter, UNet3D, dice_per_sample, one_hot
+from .nets import LabelCorrector, Reweighter, UNet3D, dice_per_sample, forward_with, one_hot
 
 METHODS = ("robpicker", "supervised", "dr_only", "lc_only")
 # oneDNN's 3D convolutions run their backward pass several times faster on channels-last
@@ -39,9 +43,14 @@ class TrainConfig:
     lr: float = 1e-3
     meta_lr: float = 1e-3
     meta_every: int = 1
+    warmup: float = 0.2                  # fraction of the steps trained on the given labels first
     weight_decay: float = 0.0
     optimizer: str = "adam"
     seed: int = 0
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(round(self.warmup * self.steps)) if (self.uses_lc or self.uses_dr) else 0
 
     @property
     def uses_lc(self) -> bool:
@@ -83,6 +92,7 @@ class PickerTrainer:
         self.meta_opt = torch.optim.Adam(self.upper, lr=cfg.meta_lr) if self.upper else None
         self.rng = np.random.default_rng([cfg.seed, 3])
         self.steps_done = 0
+        self.warmup_steps = cfg.warmup_steps     # kept by a continued run whose --steps is raised
 
     # ---------------------------------------------------------------- the training loss (eq 1)
     def _tensor(self, a, dtype=torch.float32):
@@ -91,12 +101,12 @@ class PickerTrainer:
     def _input(self, a):
         return self._tensor(a).contiguous(memory_format=MEMORY_FORMAT)
 
-    def _targets(self, feats, noisy):
-        return self.lc(feats, noisy) if self.lc is not None else noisy
+    def _targets(self, feats, noisy, active: bool = True):
+        return self.lc(feats, noisy) if self.lc is not None and active else noisy
 
-    def _weights(self, losses):
+    def _weights(self, losses, active: bool = True):
         """h(loss; R), normalised to mean 1 over the batch (Adam is blind to a common scale)."""
-        if self.dr is None:
+        if self.dr is None or not active:
             return torch.ones_like(losses)
         w = self.dr(losses)
         return w / (w.mean() + 1e-8)
@@ -105,16 +115,19 @@ class PickerTrainer:
         cfg = self.cfg
         xb, yb = self.train.batch(self.rng, cfg.batch)
         x, noisy = self._input(xb), one_hot(self._tensor(yb, torch.int64), cfg.n_classes)
-        meta_now = bool(self.upper) and self.steps_done % cfg.meta_every == 0
+        active = bool(self.upper) and self.steps_done >= self.warmup_steps
+        if active and self.lc is not None and self.steps_done == self.warmup_steps:
+            self.lc.start_from(self.seg.head)
+        meta_now = active and (self.steps_done - self.warmup_steps) % cfg.meta_every == 0
         before = [p.detach().clone() for p in self.params] if meta_now else None
         feats = self.seg.features(x)
         probs = torch.softmax(self.seg.head(feats), dim=1)
         M = feats.detach()
         with torch.no_grad():
-            target = self._targets(M, noisy)
+            target = self._targets(M, noisy, active)
         losses = dice_per_sample(probs, target)
         with torch.no_grad():
-            w = self._weights(losses.detach())
+            w = self._weights(losses.detach(), active)
         loss = (w * losses).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -129,13 +142,13 @@ class PickerTrainer:
     def meta_loss(self, weights=None, batch=None):
         xb, yb = batch if batch is not None else self.meta.batch(self.rng, self.cfg.meta_batch)
         x, y = self._input(xb), one_hot(self._tensor(yb, torch.int64), self.cfg.n_classes)
-        logits = self.seg(x) if weights is None else functional_call(self.seg, dict(zip(self.names, weights)), (x,))
+        logits = forward_with(self.seg, self.names, self.params if weights is None else weights, x)
         return dice_per_sample(torch.softmax(logits, dim=1), y).mean()
 
     def _fd_loss(self, x, noisy, M, losses_before):
         def loss_at(weights):
             with torch.no_grad():
-                probs = torch.softmax(functional_call(self.seg, dict(zip(self.names, weights)), (x,)), dim=1)
+                probs = torch.softmax(forward_with(self.seg, self.names, weights, x), dim=1)
             losses = dice_per_sample(probs, self._targets(M, noisy))
             return (self._weights(losses_before) * losses).mean()
         return loss_at
@@ -153,7 +166,7 @@ class PickerTrainer:
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict:
-        st = {"steps_done": self.steps_done, "seg": _tensors(self.seg.state_dict()),
+        st = {"steps_done": self.steps_done, "warmup_steps": self.warmup_steps, "seg": _tensors(self.seg.state_dict()),
               "opt": _opt_state(self.opt), "rng": _rng_state(self.rng)}
         for key, m in (("lc", self.lc), ("dr", self.dr)):
             if m is not None:
@@ -164,6 +177,7 @@ class PickerTrainer:
 
     def restore(self, st: dict) -> None:
         self.steps_done = int(st["steps_done"])
+        self.warmup_steps = int(st["warmup_steps"])
         self.seg.load_state_dict(_from_numpy(st["seg"], self.device))
         for key, m in (("lc", self.lc), ("dr", self.dr)):
             if m is not None:
