@@ -162,7 +162,7 @@ class PickerTrainer:
         for p, g in zip(self.upper, grads):
             p.grad = g
         self.meta_opt.step()
-        return float(lval)
+        return float(lval.detach())
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict:
