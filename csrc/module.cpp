@@ -11,4 +11,5 @@ PYBIND11_MODULE(_core, m) {
   register_marginalise(m);
   register_gtm(m);
   register_tv(m);
+  register_tomo(m);
 }

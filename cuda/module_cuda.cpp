@@ -10,6 +10,7 @@ using hpcem_cuda::project;
 void register_marginalise_cuda(py::module_& m);
 void register_gtm_cuda(py::module_& m);
 void register_tv_cuda(py::module_& m);
+void register_tomo_cuda(py::module_& m);
 
 static void ok(const std::string& err) {
   if (!err.empty()) throw std::runtime_error("hpcem._cuda: " + err);
@@ -44,4 +45,5 @@ PYBIND11_MODULE(_cuda, m) {
   register_marginalise_cuda(m);
   register_gtm_cuda(m);
   register_tv_cuda(m);
+  register_tomo_cuda(m);
 }

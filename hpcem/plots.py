@@ -94,3 +94,33 @@ def central_slices(path, vol, title=None) -> str:
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def slices_with_picks(path, vol, coords=None, classes=None, radii=None, title=None) -> str:
+    """Orthogonal central slices (xy, xz, yz) of a [z, y, x] volume with the picks (x, y, z voxels)
+    whose centre lies within their radius (``radii[class - 1]``, voxels) of each slice drawn as
+    circles coloured by class."""
+    from matplotlib.patches import Circle
+
+    v = np.asarray(vol, dtype=np.float64)
+    cz, cy, cx = (s // 2 for s in v.shape)
+    c = np.zeros((0, 3)) if coords is None else np.asarray(coords, np.float64).reshape(-1, 3)
+    k = np.ones(len(c), int) if classes is None else np.asarray(classes, int)
+    r = np.full(int(k.max(initial=1)), 3.0) if radii is None else np.asarray(radii, np.float64)
+    views = [("xy (z=%d)" % cz, v[cz], 0, 1, 2, cz), ("xz (y=%d)" % cy, v[:, cy, :], 0, 2, 1, cy),
+             ("yz (x=%d)" % cx, v[:, :, cx], 1, 2, 0, cx)]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2), gridspec_kw={"width_ratios": [s[1].shape[1] for s in views]})
+    colours = plt.get_cmap("tab10")
+    for ax, (name, img, a, b, axis, pos) in zip(axes, views):
+        ax.imshow(_norm(img), cmap="gray", vmin=0, vmax=1, origin="lower")
+        rad = r[k - 1] if len(c) else np.zeros(0)
+        near = np.abs(c[:, axis] - pos) < rad
+        for (x, y), kk, rr, d in zip(c[near][:, [a, b]], k[near], rad[near], np.abs(c[near][:, axis] - pos)):
+            ax.add_patch(Circle((x, y), np.sqrt(max(rr * rr - d * d, 1.0)), fill=False, lw=1.0,
+                                color=colours((kk - 1) % 10)))
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -37,6 +37,10 @@ REGISTRY = {
         ("sml", "hpcem.cli.job_sml", "deep 2D classification of aligned particles by statistical manifold learning (ROME GTM)"),
         ("deep2d", "hpcem.cli.job_deep2d", "deep 2D classification, ROME strategy I: MAP alignment then GTM (sml)"),
     ],
+    "cryo-ET": [
+        ("pick3d", "hpcem.cli.job_pick3d", "cryo-ET particle picking: train (RobPicker or supervised 3D U-Net), predict, "
+         "evaluate"),
+    ],
     "analysis": [
         ("fsc", "hpcem.cli.job_fsc", "FSC curve between two maps, resolutions at 0.143 and 0.5, PNG plot"),
     ],

@@ -64,3 +64,38 @@ def normalise_background(images: np.ndarray, radius_px: float) -> np.ndarray:
     std = v.std(axis=-1)
     std = np.where(std > 0, std, 1.0)
     return ((x - mean[..., None, None]) / std[..., None, None]).astype(out_dtype)
+
+
+def sphere_voxels(shape, centres_xyz, radii) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into a [z, y, x] grid of ``shape`` of the voxels within ``radii`` (voxels) of
+    ``centres_xyz`` (N, 3), and for each the index of its sphere; vectorised per distinct radius
+    (no loop over spheres), voxels outside the grid dropped."""
+    shape = tuple(int(s) for s in shape)
+    c = np.asarray(centres_xyz, np.float64).reshape(-1, 3)
+    r = np.broadcast_to(np.asarray(radii, np.float64), (len(c),))
+    flat, owner = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for rad in np.unique(r):
+        sel = np.flatnonzero(r == rad)
+        m = int(np.ceil(rad)) + 1
+        o = np.arange(-m, m + 1)
+        off = np.stack(np.meshgrid(o, o, o, indexing="ij"), -1).reshape(-1, 3)    # (K, 3) x, y, z offsets
+        base = np.rint(c[sel]).astype(np.int64)
+        vox = base[:, None, :] + off[None]                                         # (n, K, 3)
+        inside = np.sum((vox - c[sel][:, None, :]) ** 2, axis=-1) <= rad * rad
+        for axis, n in zip((0, 1, 2), (shape[2], shape[1], shape[0])):
+            inside &= (vox[..., axis] >= 0) & (vox[..., axis] < n)
+        i, k = np.nonzero(inside)
+        v = vox[i, k]
+        flat.append((v[:, 2] * shape[1] + v[:, 1]) * shape[2] + v[:, 0])
+        owner.append(sel[i])
+    return np.concatenate(flat), np.concatenate(owner)
+
+
+def paint_spheres(shape, centres_xyz, radii, values, dtype=np.int8) -> np.ndarray:
+    """A [z, y, x] volume of ``shape``: ``values[i]`` inside sphere i (centre ``centres_xyz[i]``,
+    radius ``radii[i]`` in voxels), 0 elsewhere; where spheres overlap the later one wins."""
+    out = np.zeros(int(np.prod(shape)), dtype=dtype)
+    flat, owner = sphere_voxels(shape, centres_xyz, radii)
+    order = np.argsort(owner, kind="stable")
+    out[flat[order]] = np.asarray(values)[owner[order]]
+    return out.reshape(tuple(int(s) for s in shape))

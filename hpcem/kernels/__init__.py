@@ -16,6 +16,8 @@ Families, each documented in its module (Fourier layout and notation there):
   (the ROME GTM E- and M-step)
 * :mod:`hpcem.kernels.tv`  tv_weights, tv_prox_step, tv_penalties, tv_data_value, tv_extrapolate,
   tv_extrapolate_residual (the sparsity + TV regularised M-step's stencils)
+* :mod:`hpcem.kernels.tomo`  tilt_project, tilt_backproject (single-axis tilt series of a
+  tomogram in real space, exact adjoints)
 
 Helpers: :func:`is_cupy`, :func:`array_namespace`, :func:`to_host`, :func:`has_cuda`,
 :func:`set_threads` / :func:`max_threads` (OpenMP threads of the CPU kernels).
@@ -40,6 +42,7 @@ coarse_diff2, pair_diff2, posteriors, segment_posteriors, accumulate = (
 project3d, project2d, backproject3d, backproject2d, symmetrise3d = (
     _device_aware(getattr(_proj, k)) for k in ("project3d", "project2d", "backproject3d", "backproject2d",
                                                "symmetrise3d"))
+from .tomo import tilt_backproject, tilt_project
 
 __all__ = [
     # projection
@@ -47,6 +50,8 @@ __all__ = [
     # marginalisation
     "coarse_diff2", "coarse_flops", "posteriors", "pair_diff2", "segment_posteriors",
     "accumulate", "Posteriors", "SegmentPosteriors",
+    # tilt series
+    "tilt_project", "tilt_backproject",
     # GTM
     "gtm_solve", "gtm_solve_flops", "gtm_distances", "gtm_responsibilities", "gtm_accumulate",
     # regularised reconstruction

@@ -92,6 +92,26 @@ def _chain_atoms(n_atoms: int, axes_A: np.ndarray, rng: np.random.Generator, ste
     return np.array(out[:n_atoms])
 
 
+def splat_trilinear(shape, points_xyz: np.ndarray, weights=None) -> np.ndarray:
+    """Point masses at ``points_xyz`` (N, 3) (x, y, z in voxels of a [z, y, x] grid of ``shape``)
+    spread trilinearly onto the grid (float64); corners outside the grid are dropped."""
+    nz, ny, nx = (int(s) for s in shape)
+    p = np.asarray(points_xyz, np.float64)
+    w = np.ones(len(p)) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), (len(p),))
+    f = np.floor(p).astype(np.int64)
+    fr = p - f
+    grid = np.zeros(nz * ny * nx)
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                wt = w * np.where(dx, fr[:, 0], 1 - fr[:, 0]) * np.where(dy, fr[:, 1], 1 - fr[:, 1]) \
+                    * np.where(dz, fr[:, 2], 1 - fr[:, 2])
+                x, y, z = f[:, 0] + dx, f[:, 1] + dy, f[:, 2] + dz
+                ok = (x >= 0) & (x < nx) & (y >= 0) & (y < ny) & (z >= 0) & (z < nz)
+                grid += np.bincount((z[ok] * ny + y[ok]) * nx + x[ok], weights=wt[ok], minlength=grid.size)
+    return grid.reshape(nz, ny, nx)
+
+
 def render_atoms(n: int, angpix: float, atoms_A: np.ndarray, bfactor: float = 100.0,
                  weights=None) -> np.ndarray:
     """Density (n,n,n) float32 of point masses at ``atoms_A`` (A, origin at the box centre) blurred
@@ -100,19 +120,7 @@ def render_atoms(n: int, angpix: float, atoms_A: np.ndarray, bfactor: float = 10
     atoms of B = ``bfactor`` (a Wilson-like fall-off, unlike wide blobs)."""
     from ..core.fourier import ft3, ift3, kgrid3
 
-    p = np.asarray(atoms_A, np.float64) / angpix + n // 2          # (x, y, z) in voxels
-    w = np.ones(len(p)) if weights is None else np.asarray(weights, np.float64)
-    grid = np.zeros((n, n, n))
-    f = np.floor(p).astype(np.int64)
-    fr = p - f
-    for dz in (0, 1):
-        for dy in (0, 1):
-            for dx in (0, 1):
-                wt = w * np.where(dx, fr[:, 0], 1 - fr[:, 0]) * np.where(dy, fr[:, 1], 1 - fr[:, 1]) \
-                    * np.where(dz, fr[:, 2], 1 - fr[:, 2])
-                x, y, z = f[:, 0] + dx, f[:, 1] + dy, f[:, 2] + dz
-                ok = (x >= 0) & (x < n) & (y >= 0) & (y < n) & (z >= 0) & (z < n)
-                np.add.at(grid, (z[ok], y[ok], x[ok]), wt[ok])
+    grid = splat_trilinear((n, n, n), np.asarray(atoms_A, np.float64) / angpix + n // 2, weights)
     F = ft3(grid)
     kz, ky, kx = kgrid3(n)
     s2 = (kx ** 2 + ky ** 2 + kz ** 2) / (n * angpix) ** 2

@@ -1,0 +1,88 @@
+"""Prediction: segmentation by overlapping patches (softmax averaged where patches overlap, as the
+seed does), the voxel classes by argmax, DBSCAN of each species' voxels (scikit-learn; the seed's
+radius of 1 voxel and 5 samples), and the clusters' centroids as picks.
+
+A pick's score is the mean probability of its species over the cluster's voxels
+(``rlnAutopickFigureOfMerit``); clusters smaller than ``min_fraction`` of the species' sphere
+volume (from its diameter) are dropped, as DeepFinder thresholds cluster sizes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data import pad_to, patch_grid
+
+DBSCAN_EPS = 1.0       # voxels (seed)
+DBSCAN_MIN = 5         # voxels (seed)
+
+
+@dataclass
+class Picks:
+    coords: np.ndarray      # (N, 3) x, y, z voxels
+    classes: np.ndarray     # (N,) 1..S
+    scores: np.ndarray      # (N,) mean probability
+    sizes: np.ndarray       # (N,) voxels in the cluster
+
+
+@torch.no_grad()
+def segment(seg, volume: np.ndarray, patch: int, overlap: int, batch: int = 4, device="cpu", progress=None):
+    """Class probabilities (C, nz, ny, nx) float32 of a normalised tomogram."""
+    shape = volume.shape
+    vol = pad_to(volume, patch)
+    starts = patch_grid(vol.shape, patch, overlap)
+    C = seg.n_classes
+    acc = np.zeros((C,) + vol.shape, np.float32)
+    cnt = np.zeros(vol.shape, np.float32)
+    seg.eval()
+    for b0 in range(0, len(starts), batch):                    # a loop over batches of patches
+        sel = starts[b0:b0 + batch]
+        x = np.stack([vol[z:z + patch, y:y + patch, w:w + patch] for z, y, w in sel])[:, None]
+        xt = torch.as_tensor(x, device=device).contiguous(memory_format=torch.channels_last_3d)
+        p = torch.softmax(seg(xt), dim=1).cpu().numpy()
+        for (z, y, w), pk in zip(sel, p):
+            acc[:, z:z + patch, y:y + patch, w:w + patch] += pk
+            cnt[z:z + patch, y:y + patch, w:w + patch] += 1.0
+        if progress:
+            progress(min(b0 + batch, len(starts)), len(starts))
+    acc /= cnt[None]
+    return acc[:, :shape[0], :shape[1], :shape[2]]
+
+
+def cluster_picks(probs: np.ndarray, min_sizes) -> Picks:
+    """Picks from class probabilities: argmax classes, DBSCAN per species, centroids."""
+    from sklearn.cluster import DBSCAN
+
+    classes = np.argmax(probs, axis=0)
+    out = {k: [] for k in ("coords", "classes", "scores", "sizes")}
+    for k in range(1, probs.shape[0]):                         # a loop over species
+        zyx = np.argwhere(classes == k)
+        if len(zyx) < DBSCAN_MIN:
+            continue
+        lab = DBSCAN(eps=DBSCAN_EPS, min_samples=DBSCAN_MIN).fit(zyx).labels_
+        ok = lab >= 0
+        if not ok.any():
+            continue
+        lab, zyx = lab[ok], zyx[ok]
+        n = lab.max() + 1
+        size = np.bincount(lab, minlength=n).astype(np.float64)
+        centre = np.stack([np.bincount(lab, weights=zyx[:, a], minlength=n) for a in (2, 1, 0)], 1) / size[:, None]
+        pk = probs[k][zyx[:, 0], zyx[:, 1], zyx[:, 2]]
+        score = np.bincount(lab, weights=pk, minlength=n) / size
+        keep = size >= float(min_sizes[k - 1])
+        out["coords"].append(centre[keep])
+        out["classes"].append(np.full(int(keep.sum()), k, np.int64))
+        out["scores"].append(score[keep])
+        out["sizes"].append(size[keep].astype(np.int64))
+    if not out["coords"]:
+        return Picks(np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
+    return Picks(*(np.concatenate(out[k]) for k in ("coords", "classes", "scores", "sizes")))
+
+
+def min_cluster_sizes(diameters_A, angpix: float, min_fraction: float) -> np.ndarray:
+    """Smallest cluster kept per species: ``min_fraction`` of its sphere's volume, at least the
+    DBSCAN minimum."""
+    r = np.asarray(diameters_A, np.float64) / 2.0 / angpix
+    return np.maximum(DBSCAN_MIN, min_fraction * 4.0 / 3.0 * np.pi * r ** 3)
