@@ -25,3 +25,16 @@ def purity(assign, truth) -> float:
     _, truth = np.unique(truth, return_inverse=True)
     return float(np.mean([np.bincount(truth[assign == k]).max() / np.sum(assign == k)
                           for k in np.unique(assign)]))
+
+
+def roc_auc(scores, positive) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean labels ``positive``: the chance
+    that a positive scores above a negative (ties count half; Mann-Whitney)."""
+    from scipy.stats import rankdata
+
+    s, y = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))

@@ -1,0 +1,176 @@
+"""A finished 2D classification as the class ranker reads it: hpcem class2d's (EM or VDAM) or
+RELION's ``run_itNNN_optimiser.star`` (or the job's folder: its last iteration), the model STAR it
+names (classes, sizes, resolutions, accuracies, noise spectrum), the class averages and the
+particles' data STAR.
+
+hpcem's files name their siblings by base name, RELION's by paths from the project folder; both
+are found.  The mask diameter is RELION's ``rlnParticleDiameter`` or, for hpcem, the run's own
+setting in its checkpoint (0 there means 80% of the box).  Class averages are put in units of the
+particles' noise standard deviation: RELION's particles are normalised to a background of
+standard deviation 1, hpcem's are not, so for hpcem runs the noise power per shell of the model
+STAR (``E|N|^2`` of the masked particles' transforms) is divided by the mask's sum of squares.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..io.mrc import read_mrc
+from ..io.star import read_star
+
+MIN_PARTICLES = 10      # classes with fewer particles are not scored (RELION's ranker)
+
+
+def _find(name: str, base_dirs) -> str | None:
+    """A file named in a STAR file: as given (from the working directory), else in ``base_dirs``."""
+    cands = [name] if os.path.isabs(name) else [name] + [os.path.join(b, name) for b in base_dirs] + \
+        [os.path.join(b, os.path.basename(name)) for b in base_dirs]
+    return next((c for c in cands if os.path.isfile(c)), None)
+
+
+def optimiser_of(path: str) -> str:
+    """The optimiser STAR of ``path``: itself, or the last ``*_itNNN_optimiser.star`` of a folder."""
+    if os.path.isdir(path):
+        found = glob.glob(os.path.join(path, "*_it[0-9][0-9][0-9]*_optimiser.star"))
+        it = lambda p: int(re.search(r"_it(\d+)_optimiser", p).group(1))  # noqa: E731
+        if not found:
+            raise InputError("no run_itNNN_optimiser.star in this folder", file=path, field="--i")
+        return max(found, key=it)
+    if not os.path.isfile(path):
+        raise InputError("file not found", file=path, field="--i")
+    return path
+
+
+def _general(blocks, path):
+    b = blocks.get("optimiser_general")
+    if b is None:
+        raise InputError("no data_optimiser_general block (not an optimiser STAR file)", file=path,
+                         field="data_optimiser_general")
+    return b.iloc[0]
+
+
+def _hpcem_run(opt_dir, gen):
+    """(particle diameter in A, input particles STAR) from an hpcem run's checkpoint, if present."""
+    ck = os.path.join(opt_dir, str(gen["hpcemCheckpointFile"]))
+    if not os.path.isfile(ck):
+        return 0.0, None
+    import h5py
+
+    with h5py.File(ck, "r") as f:
+        cfg = json.loads(f.attrs["config_json"])
+        job = json.loads(f.attrs["job_json"])
+    return float(cfg.get("particle_diameter", 0.0)), job.get("params", {}).get("i")
+
+
+def _column(table, name, path, default=None):
+    if name in table.columns:
+        return table[name].to_numpy(np.float64)
+    if default is not None:
+        return np.full(len(table), float(default))
+    raise InputError("missing column", file=path, field=name)
+
+
+@dataclass
+class ClassJob:
+    optimiser: str
+    model_path: str
+    data_path: str
+    images: np.ndarray          # (K, n, n) class averages as written
+    names: list                 # rlnReferenceImage of each class
+    stack: str                  # the class averages' stack (path found)
+    angpix: float
+    box: int
+    diameter: float             # mask diameter (A)
+    distribution: np.ndarray    # rlnClassDistribution
+    counts: np.ndarray          # particles per class (from the data STAR)
+    resolution: np.ndarray      # A
+    acc_rot: np.ndarray         # deg
+    acc_trans: np.ndarray       # A
+    noise_std: float            # the particles' noise standard deviation per pixel
+    particles: pd.DataFrame     # data_particles of the data STAR
+    optics: pd.DataFrame | None
+    input_star: str | None      # the classification's input particles (hpcem runs)
+
+    @property
+    def K(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def radius_px(self) -> float:
+        return min(self.diameter / 2.0 / self.angpix, self.box / 2.0)
+
+    def live(self) -> np.ndarray:
+        """Indices of the classes the ranker scores (at least :data:`MIN_PARTICLES`)."""
+        return np.flatnonzero(self.counts >= MIN_PARTICLES)
+
+    @classmethod
+    def read(cls, path: str) -> "ClassJob":
+        opt = optimiser_of(path)
+        opt_dir = os.path.dirname(os.path.abspath(opt))
+        gen = _general(read_star(opt), opt)
+        is_hpcem = "hpcemCheckpointFile" in gen.index
+        files = {}
+        for key, col in (("model", "rlnModelStarFile"), ("data", "rlnExperimentalDataStarFile")):
+            if col not in gen.index:
+                raise InputError("missing", file=opt, field=col)
+            files[key] = _find(str(gen[col]), [opt_dir])
+            if files[key] is None:
+                raise InputError("%s not found" % gen[col], file=opt, field=col)
+        diameter, input_star = _hpcem_run(opt_dir, gen) if is_hpcem else (float(gen.get("rlnParticleDiameter", 0)), None)
+        model = read_star(files["model"])
+        mg, mc = model.get("model_general"), model.get("model_classes")
+        if mg is None or mc is None:
+            raise InputError("not a model STAR file (needs data_model_general and data_model_classes)",
+                             file=files["model"], field="data_model_classes")
+        angpix = float(mg["rlnPixelSize"].iloc[0])
+        box = int(mg["rlnOriginalImageSize"].iloc[0])
+        names = mc["rlnReferenceImage"].astype(str).tolist()
+        stack = _find(names[0].split("@", 1)[-1], [os.path.dirname(os.path.abspath(files["model"])), opt_dir])
+        if stack is None:
+            raise InputError("class averages %s not found" % names[0], file=files["model"], field="rlnReferenceImage")
+        imgs, _ = read_mrc(stack)
+        imgs = np.asarray(imgs, np.float32).reshape(-1, box, box)
+        idx = np.array([int(nm.split("@", 1)[0]) - 1 for nm in names])
+        if idx.min() < 0 or idx.max() >= len(imgs):
+            raise InputError("image index beyond the stack's %d images" % len(imgs), file=files["model"],
+                             field="rlnReferenceImage")
+        data = read_star(files["data"])
+        parts = data.get("particles", next(iter(data.values())))
+        if "rlnClassNumber" not in parts.columns:
+            raise InputError("missing column", file=files["data"], field="rlnClassNumber")
+        K = len(names)
+        cls_of = parts["rlnClassNumber"].to_numpy(np.int64)
+        counts = np.bincount(cls_of[(cls_of >= 1) & (cls_of <= K)] - 1, minlength=K)[:K]
+        if diameter <= 0:
+            diameter = 0.8 * box * angpix
+        return cls(opt, files["model"], files["data"], imgs[idx], names, stack, angpix, box, diameter,
+                   _column(mc, "rlnClassDistribution", files["model"]), counts.astype(np.int64),
+                   _column(mc, "rlnEstimatedResolution", files["model"]),
+                   _column(mc, "rlnAccuracyRotations", files["model"], default=999.0),
+                   _column(mc, "rlnAccuracyTranslationsAngst", files["model"], default=999.0),
+                   _noise_std(model, box, diameter / angpix / 2.0) if is_hpcem else 1.0,
+                   parts, data.get("optics"), input_star)
+
+
+def _noise_std(model, box: int, radius_px: float) -> float:
+    """Per-pixel noise standard deviation of hpcem's (masked) particles from the model STAR's
+    sigma2 (mean over optics groups and over every coefficient up to Nyquist)."""
+    from ..core.fourier import shell_index2
+    from ..core.masks import soft_circular_mask
+
+    rows = [b["rlnSigma2Noise"].to_numpy(np.float64) for k, b in model.items() if k.startswith("model_optics_group")]
+    if not rows:
+        return 1.0
+    s2 = np.mean(rows, axis=0)
+    shell = shell_index2(box)
+    use = (shell >= 1) & (shell < s2.size)
+    mean_power = s2[shell[use]].mean()
+    msq = float((soft_circular_mask(box, radius_px) ** 2).sum())
+    return float(np.sqrt(mean_power / max(msq, 1.0)))
