@@ -114,15 +114,15 @@ def test_selection_rules():
 @pytest.fixture(scope="module")
 def classified(tmp_path_factory):
     """A test-split set (a map and an SNR not in training) with 35% junk of four kinds, classified
-    by 8 EM iterations of hpcem class2d (K = 12)."""
+    by 8 EM iterations of hpcem class2d (K = 10, 800 particles, 32 px)."""
     from dataclasses import replace
 
     from hpcem.ml.datagen import classify, make_particles, plan
 
     d = str(tmp_path_factory.mktemp("ranker_set"))
-    spec = replace(plan("test", 1, seed=7)[0], n_particles=1000, box=40, K=12, grad=False, iters=8, snr=0.07,
+    spec = replace(plan("test", 1, seed=7)[0], n_particles=800, box=32, K=10, grad=False, iters=8, snr=0.14,
                    junk_fraction=0.35, junk_weights={"noise": 0.3, "contaminant": 0.25, "carbon": 0.2,
-                                                     "aggregate": 0.25}, diameter=100.0, angpix=3.0)
+                                                     "aggregate": 0.25}, diameter=80.0, angpix=3.0, radius_frac=0.28)
     star = make_particles(spec, d)
     return d, classify(spec, d, star, threads=2)
 
@@ -170,7 +170,7 @@ def test_rank_classes_writes_relion_select_outputs(classified, tmp_path, monkeyp
     parts = ParticleSet.read("Select/job005/particles.star")      # image stacks resolve from here
     assert parts.n == int(ranked["rlnNrOfParticles"][sel].sum())
     assert parts.n == int(np.isin(data["rlnClassNumber"], np.flatnonzero(sel) + 1).sum())
-    assert parts.read_images([0]).shape == (1, 40, 40)
+    assert parts.read_images([0]).shape == (1, 32, 32)
     assert os.path.getsize("Select/job005/class_averages.png") > 1000
     assert read_star("Select/job005/backup_selection.star")[""]["rlnSelected"].tolist() == sel.astype(int).tolist()
     # RELION's minimum-selection flags: everything scored once min particles exceeds the set
@@ -215,3 +215,26 @@ def test_ranker_on_twelve_unseen_sets(tmp_path):
     s = summarise(rows)
     print("AUC %.3f purity %.3f recall %.3f" % (s["auc"], s["purity"], s["recall"]))
     assert s["auc"] >= 0.95 and s["purity"] >= 0.95 and s["recall"] >= 0.9
+
+
+def test_accuracies_recomputed_for_older_model_files(classified, tmp_path):
+    """A model STAR without rlnAccuracyRotations/TranslationsAngst (hpcem before issue 14): the
+    ranker computes them from the noise spectrum and the particles' CTFs, as class2d does."""
+    import shutil
+
+    from hpcem.io.star import read_star, write_star
+    from hpcem.ml.classjob import ClassJob
+
+    d, opt = classified
+    run = os.path.dirname(opt)
+    copy = str(tmp_path / "Class2D")
+    shutil.copytree(run, copy)
+    model = [f for f in os.listdir(copy) if f.endswith("_model.star")][0]
+    blocks = read_star(os.path.join(copy, model))
+    blocks["model_classes"] = blocks["model_classes"].drop(columns=["rlnAccuracyRotations",
+                                                                    "rlnAccuracyTranslationsAngst"])
+    write_star(os.path.join(copy, model), blocks)
+    new, old = ClassJob.read(copy), ClassJob.read(opt)
+    live = old.live()
+    assert np.allclose(new.acc_rot[live], old.acc_rot[live], rtol=0.25)
+    assert np.allclose(new.acc_trans[live], old.acc_trans[live], rtol=0.25)

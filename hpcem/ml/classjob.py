@@ -69,11 +69,9 @@ def _hpcem_run(opt_dir, gen):
     return float(cfg.get("particle_diameter", 0.0)), job.get("params", {}).get("i")
 
 
-def _column(table, name, path, default=None):
+def _column(table, name, path):
     if name in table.columns:
         return table[name].to_numpy(np.float64)
-    if default is not None:
-        return np.full(len(table), float(default))
     raise InputError("missing column", file=path, field=name)
 
 
@@ -150,13 +148,46 @@ class ClassJob:
         counts = np.bincount(cls_of[(cls_of >= 1) & (cls_of <= K)] - 1, minlength=K)[:K]
         if diameter <= 0:
             diameter = 0.8 * box * angpix
+        if "rlnAccuracyRotations" in mc.columns and "rlnAccuracyTranslationsAngst" in mc.columns:
+            acc = mc["rlnAccuracyRotations"].to_numpy(np.float64), mc["rlnAccuracyTranslationsAngst"].to_numpy(np.float64)
+        else:
+            acc = _accuracies(imgs[idx], model, parts, data.get("optics"), angpix, int(mg["rlnCurrentImageSize"].iloc[0]))
         return cls(opt, files["model"], files["data"], imgs[idx], names, stack, angpix, box, diameter,
                    _column(mc, "rlnClassDistribution", files["model"]), counts.astype(np.int64),
-                   _column(mc, "rlnEstimatedResolution", files["model"]),
-                   _column(mc, "rlnAccuracyRotations", files["model"], default=999.0),
-                   _column(mc, "rlnAccuracyTranslationsAngst", files["model"], default=999.0),
+                   _column(mc, "rlnEstimatedResolution", files["model"]), acc[0], acc[1],
                    _noise_std(model, box, diameter / angpix / 2.0) if is_hpcem else 1.0,
                    parts, data.get("optics"), input_star)
+
+
+def _sigma2(model) -> np.ndarray:
+    rows = [b["rlnSigma2Noise"].to_numpy(np.float64) for k, b in model.items() if k.startswith("model_optics_group")]
+    return np.mean(rows, axis=0) if rows else None
+
+
+def _accuracies(refs, model, parts, optics, angpix: float, current_size: int):
+    """RELION's accuracies for a model STAR written without them (hpcem before issue 14), from
+    the noise spectrum and the mean CTF^2 of up to 500 of the particles (first optics group's
+    voltage, Cs and amplitude contrast)."""
+    from ..algorithms.map_em.class_accuracy import expected_accuracies
+    from ..core.ctf import ctf_from_columns
+    from ..core.filters import radial_average
+
+    n = refs.shape[-1]
+    s2 = _sigma2(model)
+    ctf2 = np.ones(n // 2 + 1)
+    if "rlnDefocusU" in parts.columns:
+        cols = {c: parts[c].to_numpy()[:500] for c in parts.columns if c.startswith("rlnDefocus") or c == "rlnPhaseShift"}
+        if optics is not None:
+            cols.update({c: float(optics[c].iloc[0]) for c in ("rlnVoltage", "rlnSphericalAberration",
+                                                              "rlnAmplitudeContrast") if c in optics.columns})
+        try:
+            c = ctf_from_columns(n, angpix, cols).astype(np.float64)
+            ctf2 = radial_average((c * c).mean(axis=0), dims=2)[:n // 2 + 1]
+        except KeyError:
+            pass
+    if s2 is None:
+        return np.full(len(refs), 999.0), np.full(len(refs), 999.0)
+    return expected_accuracies(refs, s2, ctf2, current_size // 2, angpix)
 
 
 def _noise_std(model, box: int, radius_px: float) -> float:
@@ -165,10 +196,9 @@ def _noise_std(model, box: int, radius_px: float) -> float:
     from ..core.fourier import shell_index2
     from ..core.masks import soft_circular_mask
 
-    rows = [b["rlnSigma2Noise"].to_numpy(np.float64) for k, b in model.items() if k.startswith("model_optics_group")]
-    if not rows:
+    s2 = _sigma2(model)
+    if s2 is None:
         return 1.0
-    s2 = np.mean(rows, axis=0)
     shell = shell_index2(box)
     use = (shell >= 1) & (shell < s2.size)
     mean_power = s2[shell[use]].mean()

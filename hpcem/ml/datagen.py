@@ -29,7 +29,7 @@ import numpy as np
 from ..simulate.junk import KINDS as JUNK_KINDS
 
 KINDS = ("good",) + JUNK_KINDS
-SNR = {"train": (0.02, 0.05, 0.1, 0.2), "test": (0.03, 0.07, 0.14)}
+SNR = {"train": (0.02, 0.05, 0.1, 0.2), "test": (0.035, 0.07, 0.14, 0.28)}
 MAP_SEED0 = {"train": 1000, "test": 5000}
 
 
@@ -51,7 +51,7 @@ class SetSpec:
     diameter: float
 
 
-def plan(split: str, count: int, seed: int = 0, boxes=(40, 44)) -> list:
+def plan(split: str, count: int, seed: int = 0, boxes=(32, 36)) -> list:
     """``count`` data set specifications of ``split`` ('train' or 'test'), reproducible."""
     specs = []
     for i in range(count):
@@ -65,9 +65,9 @@ def plan(split: str, count: int, seed: int = 0, boxes=(40, 44)) -> list:
         angpix = float(np.round(rng.uniform(2.6, 3.6), 2))
         specs.append(SetSpec(seed=seed * 1000 + i, map_seed=MAP_SEED0[split] + seed * 1000 + i, box=box, angpix=angpix,
                              radius_frac=rf, bfactor=float(rng.uniform(50, 200)), snr=float(rng.choice(SNR[split])),
-                             n_particles=int(rng.integers(1200, 2401)), junk_fraction=float(rng.uniform(0.15, 0.55)),
+                             n_particles=int(rng.integers(1000, 2001)), junk_fraction=float(rng.uniform(0.15, 0.55)),
                              junk_weights={str(k): float(x) for k, x in zip(kinds, w)},
-                             K=int(rng.choice([12, 16, 20, 24])), grad=grad, iters=40 if grad else 12,
+                             K=int(rng.choice([12, 16, 20])), grad=grad, iters=50 if grad else 15,
                              diameter=float(np.round(diameter_px * angpix, 1))))
     return specs
 

@@ -111,11 +111,15 @@ def _conv(x, w, b, stride):
     product."""
     B, H, W, C = x.shape
     Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
-    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    cols = np.concatenate([xp[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride, :]
-                           for i in range(3) for j in range(3)], axis=-1)
+    xp = np.zeros((B, H + 2, W + 2, C), np.float32)
+    xp[:, 1:-1, 1:-1] = x
+    cols = np.empty((B, Ho, Wo, 9, C), np.float32)
+    for i in range(3):
+        for j in range(3):
+            cols[:, :, :, 3 * i + j] = xp[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
     out = cols.reshape(-1, 9 * C) @ w.transpose(2, 3, 1, 0).reshape(9 * C, -1)
-    return np.maximum(out + b, 0.0).reshape(B, Ho, Wo, -1)
+    out += b
+    return np.maximum(out, 0.0, out=out).reshape(B, Ho, Wo, -1)
 
 
 def forward(images, feats, weights) -> np.ndarray:
