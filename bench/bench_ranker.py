@@ -36,9 +36,14 @@ def main(argv=None) -> int:
     rows = [evaluate_set(d, weights, a.min_score) for d in sets]
     for r in rows:
         print(row_line(r))
+    for snr in sorted({r["snr"] for r in rows}):
+        t = summarise([r for r in rows if r["snr"] == snr])
+        print("SNR %.3f: %2d sets  AUC %.3f  purity %.3f  recall %.3f  (perfect ranker: purity %.3f recall %.3f)" % (
+            snr, sum(r["snr"] == snr for r in rows), t["auc"], t["purity"], t["recall"], t["ideal_purity"],
+            t["ideal_recall"]))
     s = summarise(rows)
-    print("%d sets, %d scored classes (%d good), %.0f classes/s" % (len(rows), s["classes"], s["good_classes"],
-                                                                    s["classes_per_s"]))
+    print("%d sets, %d scored classes (%d good), %.0f classes/s; perfect ranker: purity %.3f recall %.3f" % (
+        len(rows), s["classes"], s["good_classes"], s["classes_per_s"], s["ideal_purity"], s["ideal_recall"]))
     print("ranker on unseen sets (min_score %.2f): AUC %.3f  purity %.3f  recall %.3f" % (
         a.min_score, s["auc"], s["purity"], s["recall"]))
     return 0

@@ -60,14 +60,14 @@ def plan(split: str, count: int, seed: int = 0, boxes=(32, 36)) -> list:
         rf = float(rng.uniform(0.22, 0.32))
         kinds = rng.choice(JUNK_KINDS, size=int(rng.integers(3, len(JUNK_KINDS) + 1)), replace=False)
         w = rng.dirichlet(np.full(len(kinds), 2.0))
-        grad = bool(rng.random() < 0.3)
+        grad = bool(rng.random() < 0.7)
         diameter_px = min(0.95 * box, 2 * (rf * box + rng.uniform(2.0, 5.0)))
         angpix = float(np.round(rng.uniform(2.6, 3.6), 2))
         specs.append(SetSpec(seed=seed * 1000 + i, map_seed=MAP_SEED0[split] + seed * 1000 + i, box=box, angpix=angpix,
                              radius_frac=rf, bfactor=float(rng.uniform(50, 200)), snr=float(rng.choice(SNR[split])),
-                             n_particles=int(rng.integers(1000, 2001)), junk_fraction=float(rng.uniform(0.15, 0.55)),
+                             n_particles=int(rng.integers(1000, 2001)), junk_fraction=float(rng.uniform(0.1, 0.45)),
                              junk_weights={str(k): float(x) for k, x in zip(kinds, w)},
-                             K=int(rng.choice([12, 16, 20])), grad=grad, iters=50 if grad else 15,
+                             K=int(rng.choice([12, 16, 20])), grad=grad, iters=60 if grad else 20,
                              diameter=float(np.round(diameter_px * angpix, 1))))
     return specs
 
@@ -137,14 +137,17 @@ def classify(spec: SetSpec, setdir: str, star: str, threads: int = 1) -> str:
     return os.path.join(out, "run_it%03d_optimiser.star" % last)
 
 
-def generate(outdir: str, split: str, count: int, seed: int = 0, threads: int = 1, log=print) -> list:
-    """Make and classify ``count`` sets into ``outdir/setNNN`` (skipping finished ones)."""
+def generate(outdir: str, split: str, count: int, seed: int = 0, threads: int = 1, shard=(0, 1), log=print) -> list:
+    """Make and classify ``count`` sets into ``outdir/setNNN`` (skipping finished ones); with
+    ``shard`` (i, n) only the sets whose index is i modulo n (n processes side by side)."""
     done = []
     for i, spec in enumerate(plan(split, count, seed)):
         setdir = os.path.join(outdir, "set%03d" % i)
         marker = os.path.join(setdir, "done.json")
         if os.path.isfile(marker):
             done.append(setdir)
+            continue
+        if i % shard[1] != shard[0]:
             continue
         os.makedirs(setdir, exist_ok=True)
         t0 = time.time()
@@ -168,8 +171,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", type=int, default=60, help="number of data sets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--j", type=int, default=1, help="threads of each classification")
+    ap.add_argument("--shard", default="0/1", help="i/n: only the sets i, i + n, ... (n processes side by side)")
     a = ap.parse_args(argv)
-    generate(a.o, a.split, a.sets, a.seed, a.j)
+    i, n = (int(x) for x in a.shard.split("/"))
+    generate(a.o, a.split, a.sets, a.seed, a.j, shard=(i, n))
     return 0
 
 

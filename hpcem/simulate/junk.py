@@ -10,9 +10,9 @@ particle disc (no CTF), so that a junk image is as strong as the particles of it
 * ``noise``: nothing (an empty pick): white noise only, once the data set's noise is added;
 * ``ice``: an ice-thickness gradient (a ramp, 2-8 proj_std across the disc) plus thickness
   fluctuations (a random field low-passed to a third of the box);
-* ``carbon``: the edge of a carbon film (a soft step of 2-6 proj_std with an amorphous texture)
+* ``carbon``: the edge of a carbon film (a soft step of 1.5-4 proj_std with an amorphous texture)
   crossing the box within 0.4 box of its centre;
-* ``contaminant``: a dense sphere (crystalline ice, ethane), radius 0.12-0.3 box, 3-10 proj_std;
+* ``contaminant``: a dense sphere (crystalline ice, ethane), radius 0.12-0.3 box, 2-5 proj_std;
 * ``aggregate``: 4-8 particles at random poses clumped (overlapping) within 0.15 box of the centre;
 * ``offcentre``: a particle 0.2-0.35 box off the centre (partly outside the mask);
 * ``cut``: a particle 0.4-0.5 box off the centre (cut by the box edge).
@@ -70,7 +70,7 @@ def _carbon(B, n, angpix, rng, ctx):
     u = np.cos(th) * x + np.sin(th) * y - d
     step = 1.0 / (1.0 + np.exp(-u / 1.5))
     texture = lowpass(rng.standard_normal((B, 2 * n, 2 * n)), 8.0, angpix, dims=2)
-    return _taper(_rescale(step, n, ctx["proj_std"] * rng.uniform(2, 6, B))
+    return _taper(_rescale(step, n, ctx["proj_std"] * rng.uniform(1.5, 4, B))
                   + _rescale(texture * step, n, ctx["proj_std"] * rng.uniform(0.5, 1.5, B)), n)
 
 
@@ -80,7 +80,7 @@ def _contaminant(B, n, angpix, rng, ctx):
     c = rng.uniform(-0.3, 0.3, (B, 2))[:, :, None, None] * n
     r2 = (x - c[:, 0]) ** 2 + (y - c[:, 1]) ** 2
     sphere = np.sqrt(np.maximum(R ** 2 - r2, 0.0))
-    return _rescale(sphere, n, ctx["proj_std"] * rng.uniform(3, 10, B))
+    return _rescale(sphere, n, ctx["proj_std"] * rng.uniform(2, 5, B))
 
 
 def _particles(ctx, count, rng):
