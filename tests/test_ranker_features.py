@@ -151,3 +151,29 @@ def test_expected_accuracies_against_direct_shifts_and_rotations():
     # weaker signal (10x the noise): less accurate alignment
     rot2, trans2 = expected_accuracies(ref[None], 10 * sigma2, ctf2, nsh - 1, angpix)
     assert rot2[0] > rot[0] and trans2[0] > trans[0]
+
+
+def test_junk_kinds_geometry():
+    """Junk images without CTF have the geometry their kind promises, in units of one particle's
+    projected density (the map's total mass is the same in every projection)."""
+    from hpcem.simulate.junk import junk_images
+    from hpcem.simulate.volumes import pseudo_atomic_volume
+
+    n = 32
+    vol = pseudo_atomic_volume(n, 3.0, seed=3, radius_frac=0.25)
+    kinds = ["noise"] * 2 + ["offcentre"] * 4 + ["cut"] * 4 + ["aggregate"] * 4 + ["contaminant"] * 2
+    img = junk_images(kinds, vol, 3.0, None, np.random.default_rng(0)).astype(np.float64)
+    mass = float(vol.sum())
+    c = np.arange(n) - n // 2
+    pos = np.maximum(img, 0)
+    cy = (pos.sum(2) * c).sum(1) / pos.sum((1, 2)).clip(1e-30)
+    cx = (pos.sum(1) * c).sum(1) / pos.sum((1, 2)).clip(1e-30)
+    off = np.hypot(cx, cy) / n
+    total = img.sum((1, 2)) / mass
+    assert np.all(img[:2] == 0)
+    assert np.all(off[2:6] > 0.12) and np.all(total[2:6] > 0.8)          # off-centre, still in the box
+    inner = np.hypot(c[:, None], c[None, :]) <= 0.35 * n                   # a typical mask
+    assert np.all(off[6:10] > 0.3) and np.all(img[6:10][:, inner].sum(1) / mass < 0.5)  # at the box edge
+    assert total[6:10].min() < 0.75                                         # (cut unless near a diagonal)
+    assert np.all(total[10:14] > 2.5) and np.all(off[10:14] < 0.15)        # 4-8 particles, clumped
+    assert np.all(img[14:].max((1, 2)) > 2 * np.abs(img[2:6]).max())      # dense spheres

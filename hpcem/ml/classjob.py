@@ -114,49 +114,57 @@ class ClassJob:
         opt_dir = os.path.dirname(os.path.abspath(opt))
         gen = _general(read_star(opt), opt)
         is_hpcem = "hpcemCheckpointFile" in gen.index
-        files = {}
-        for key, col in (("model", "rlnModelStarFile"), ("data", "rlnExperimentalDataStarFile")):
-            if col not in gen.index:
-                raise InputError("missing", file=opt, field=col)
-            files[key] = _find(str(gen[col]), [opt_dir])
-            if files[key] is None:
-                raise InputError("%s not found" % gen[col], file=opt, field=col)
+        files = {key: _named_file(gen, col, opt, opt_dir)
+                 for key, col in (("model", "rlnModelStarFile"), ("data", "rlnExperimentalDataStarFile"))}
         diameter, input_star = _hpcem_run(opt_dir, gen) if is_hpcem else (float(gen.get("rlnParticleDiameter", 0)), None)
         model = read_star(files["model"])
         mg, mc = model.get("model_general"), model.get("model_classes")
         if mg is None or mc is None:
             raise InputError("not a model STAR file (needs data_model_general and data_model_classes)",
                              file=files["model"], field="data_model_classes")
-        angpix = float(mg["rlnPixelSize"].iloc[0])
-        box = int(mg["rlnOriginalImageSize"].iloc[0])
+        angpix, box = float(mg["rlnPixelSize"].iloc[0]), int(mg["rlnOriginalImageSize"].iloc[0])
         names = mc["rlnReferenceImage"].astype(str).tolist()
-        stack = _find(names[0].split("@", 1)[-1], [os.path.dirname(os.path.abspath(files["model"])), opt_dir])
-        if stack is None:
-            raise InputError("class averages %s not found" % names[0], file=files["model"], field="rlnReferenceImage")
-        imgs, _ = read_mrc(stack)
-        imgs = np.asarray(imgs, np.float32).reshape(-1, box, box)
-        idx = np.array([int(nm.split("@", 1)[0]) - 1 for nm in names])
-        if idx.min() < 0 or idx.max() >= len(imgs):
-            raise InputError("image index beyond the stack's %d images" % len(imgs), file=files["model"],
-                             field="rlnReferenceImage")
+        stack, imgs = _class_images(names, box, files["model"], opt_dir)
         data = read_star(files["data"])
         parts = data.get("particles", next(iter(data.values())))
         if "rlnClassNumber" not in parts.columns:
             raise InputError("missing column", file=files["data"], field="rlnClassNumber")
-        K = len(names)
         cls_of = parts["rlnClassNumber"].to_numpy(np.int64)
-        counts = np.bincount(cls_of[(cls_of >= 1) & (cls_of <= K)] - 1, minlength=K)[:K]
-        if diameter <= 0:
-            diameter = 0.8 * box * angpix
+        K = len(names)
+        counts = np.bincount(cls_of[(cls_of >= 1) & (cls_of <= K)] - 1, minlength=K)[:K].astype(np.int64)
+        diameter = diameter if diameter > 0 else 0.8 * box * angpix
         if "rlnAccuracyRotations" in mc.columns and "rlnAccuracyTranslationsAngst" in mc.columns:
             acc = mc["rlnAccuracyRotations"].to_numpy(np.float64), mc["rlnAccuracyTranslationsAngst"].to_numpy(np.float64)
         else:
-            acc = _accuracies(imgs[idx], model, parts, data.get("optics"), angpix, int(mg["rlnCurrentImageSize"].iloc[0]))
-        return cls(opt, files["model"], files["data"], imgs[idx], names, stack, angpix, box, diameter,
-                   _column(mc, "rlnClassDistribution", files["model"]), counts.astype(np.int64),
+            acc = _accuracies(imgs, model, parts, data.get("optics"), angpix, int(mg["rlnCurrentImageSize"].iloc[0]))
+        return cls(opt, files["model"], files["data"], imgs, names, stack, angpix, box, diameter,
+                   _column(mc, "rlnClassDistribution", files["model"]), counts,
                    _column(mc, "rlnEstimatedResolution", files["model"]), acc[0], acc[1],
                    _noise_std(model, box, diameter / angpix / 2.0) if is_hpcem else 1.0,
                    parts, data.get("optics"), input_star)
+
+
+def _named_file(gen, col, opt, opt_dir) -> str:
+    if col not in gen.index:
+        raise InputError("missing", file=opt, field=col)
+    found = _find(str(gen[col]), [opt_dir])
+    if found is None:
+        raise InputError("%s not found" % gen[col], file=opt, field=col)
+    return found
+
+
+def _class_images(names, box: int, model_path: str, opt_dir: str):
+    """(stack path, class averages (K, box, box)) named by rlnReferenceImage ``NNNNNN@stack``."""
+    stack = _find(names[0].split("@", 1)[-1], [os.path.dirname(os.path.abspath(model_path)), opt_dir])
+    if stack is None:
+        raise InputError("class averages %s not found" % names[0], file=model_path, field="rlnReferenceImage")
+    imgs, _ = read_mrc(stack)
+    imgs = np.asarray(imgs, np.float32).reshape(-1, box, box)
+    idx = np.array([int(nm.split("@", 1)[0]) - 1 for nm in names])
+    if idx.min() < 0 or idx.max() >= len(imgs):
+        raise InputError("image index beyond the stack's %d images" % len(imgs), file=model_path,
+                         field="rlnReferenceImage")
+    return stack, imgs[idx]
 
 
 def _sigma2(model) -> np.ndarray:

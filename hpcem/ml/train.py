@@ -83,11 +83,21 @@ def _augment(x, gen, torch):
     return torch.nn.functional.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
 
 
+def robust_scale(f):
+    """(centre, scale) per feature: median and 1.4826 x the median absolute deviation (the
+    standard deviation where that is zero), so that heavy-tailed features (kurtosis) do not set
+    the scale of every other class."""
+    med = np.median(f, axis=0)
+    mad = 1.4826 * np.median(np.abs(f - med), axis=0)
+    return med, np.where(mad > 1e-12, mad, np.maximum(f.std(axis=0), 1e-6))
+
+
 def fit(images, feats, targets, init: dict | None = None, epochs: int = 100, lr: float = 1e-3, batch: int = 64,
         seed: int = 0, threads: int = 1, sample_weight=None, log=print) -> tuple:
     """Train on class images (B, 64, 64) (:func:`hpcem.ml.net.cnn_input`), raw feature vectors
     (B, F) and target scores (B,) in [0, 1]; ``init`` weights to fine-tune (their feature
-    standardisation kept), else a fresh network with the features standardised over this data.
+    standardisation kept), else a fresh network with the features standardised over this data
+    (:func:`robust_scale`).
     Returns (weights, per-epoch mean training losses)."""
     torch = require_torch()
     torch.set_num_threads(max(1, int(threads)))
@@ -99,7 +109,7 @@ def fit(images, feats, targets, init: dict | None = None, epochs: int = 100, lr:
         load_into(model, init, torch)
         mean, std = init["feat_mean"], init["feat_std"]
     else:
-        mean, std = f.mean(axis=0), np.maximum(f.std(axis=0), 1e-6)
+        mean, std = robust_scale(f)
     stats = {"feat_mean": np.asarray(mean, np.float32), "feat_std": np.asarray(std, np.float32)}
     X = torch.from_numpy(np.asarray(images, np.float32)[:, None])
     Fz = torch.from_numpy(net.standardise(f, stats))

@@ -15,7 +15,7 @@ particle disc (no CTF), so that a junk image is as strong as the particles of it
 * ``contaminant``: a dense sphere (crystalline ice, ethane), radius 0.12-0.3 box, 2-5 proj_std;
 * ``aggregate``: 4-8 particles at random poses clumped (overlapping) within 0.15 box of the centre;
 * ``offcentre``: a particle 0.2-0.35 box off the centre (partly outside the mask);
-* ``cut``: a particle 0.4-0.5 box off the centre (cut by the box edge).
+* ``cut``: a particle 0.4-0.5 box off the centre (cut by the box edge, except near its diagonals).
 """
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ def _on_canvas(imgs, shifts):
 
 
 def _shifted(lo, hi):
+    """Particles moved ``lo``-``hi`` box from the centre in a random direction."""
     def make(B, n, angpix, rng, ctx):
         r = rng.uniform(lo, hi, B) * n
         phi = rng.uniform(0, 2 * np.pi, B)
@@ -147,3 +148,19 @@ def junk_images(kinds, volume, angpix: float, ctf: dict | None, rng) -> np.ndarr
                     "defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amp_contrast", "phase_shift")))
             out[b] = ift2(F, 2 * n)[:, o:o + n, o:o + n]
     return out
+
+
+def add_junk(sim, fraction: float, seed: int = 0) -> np.ndarray:
+    """Replace a random ``fraction`` of a simulated set's particles (:class:`SimulatedData`) by
+    junk of every kind in equal shares, with the set's noise; their true class becomes 0 and
+    their kind is kept in ``sim.meta['junk_kind']``.  Returns the replaced indices."""
+    rng = np.random.default_rng([seed, 14])
+    N = len(sim.images)
+    idx = np.sort(rng.choice(N, size=int(round(fraction * N)), replace=False))
+    kinds = np.array(KINDS)[rng.integers(0, len(KINDS), idx.size)]
+    ctf = None if sim.ctf is None else {k: np.asarray(v)[idx] for k, v in sim.ctf.items()}
+    clean = junk_images(kinds, sim.volumes[0], sim.angpix, ctf, rng)
+    sim.images[idx] = clean + rng.normal(0.0, sim.noise_sigma, clean.shape).astype(np.float32)
+    sim.classes[idx] = 0
+    sim.meta["junk_kind"] = {int(i): str(k) for i, k in zip(idx, kinds)}
+    return idx
