@@ -6,7 +6,9 @@ A data set (:class:`SetSpec`, drawn by :func:`plan`): particles of one pseudo-at
 (:func:`hpcem.simulate.volumes.pseudo_atomic_volume`) at uniformly random poses, shifts up to two
 pixels and CTFs, mixed with junk of a few kinds (:mod:`hpcem.simulate.junk`), all with white noise
 at the set's SNR (the particles' signal variance inside the disc over the noise variance).  The
-``train`` and ``test`` splits use disjoint maps (seeds) and disjoint SNR values.
+``train`` and ``test`` splits use disjoint maps (seeds) and disjoint SNR values (32-36 px boxes);
+``test64`` has other maps again in 64 px boxes (the same SNR per pixel carries 3-4 times the
+information per particle).
 
 ``python -m hpcem.ml.datagen --o DIR --split train --sets 60`` writes ``DIR/setNNN/`` (particles,
 ``truth.npz`` with each particle's kind, ``spec.json``, ``Class2D/`` with the final iteration of the
@@ -29,8 +31,10 @@ import numpy as np
 from ..simulate.junk import KINDS as JUNK_KINDS
 
 KINDS = ("good",) + JUNK_KINDS
-SNR = {"train": (0.02, 0.05, 0.1, 0.2), "test": (0.035, 0.07, 0.14, 0.28)}
-MAP_SEED0 = {"train": 1000, "test": 5000}
+SNR = {"train": (0.02, 0.05, 0.1, 0.2), "test": (0.035, 0.07, 0.14, 0.28), "test64": (0.035, 0.07, 0.14)}
+MAP_SEED0 = {"train": 1000, "test": 5000, "test64": 9000}
+BOXES = {"train": (32, 36), "test": (32, 36), "test64": (64,)}
+STREAM = {"train": 0, "test": 1, "test64": 2}
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,13 @@ class SetSpec:
     diameter: float
 
 
-def plan(split: str, count: int, seed: int = 0, boxes=(32, 36)) -> list:
-    """``count`` data set specifications of ``split`` ('train' or 'test'), reproducible."""
+def plan(split: str, count: int, seed: int = 0) -> list:
+    """``count`` data set specifications of ``split`` ('train', 'test' or 'test64': larger boxes),
+    reproducible."""
     specs = []
     for i in range(count):
-        rng = np.random.default_rng([seed, i, 0 if split == "train" else 1])
-        box = int(rng.choice(boxes))
+        rng = np.random.default_rng([seed, i, STREAM[split]])
+        box = int(rng.choice(BOXES[split]))
         rf = float(rng.uniform(0.22, 0.32))
         kinds = rng.choice(JUNK_KINDS, size=int(rng.integers(3, len(JUNK_KINDS) + 1)), replace=False)
         w = rng.dirichlet(np.full(len(kinds), 2.0))
@@ -167,7 +172,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hpcem.ml.datagen", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--o", required=True, help="output folder")
-    ap.add_argument("--split", choices=("train", "test"), default="train")
+    ap.add_argument("--split", choices=tuple(SNR), default="train")
     ap.add_argument("--sets", type=int, default=60, help="number of data sets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--j", type=int, default=1, help="threads of each classification")
