@@ -38,12 +38,12 @@ def train_shipped(data: str, out: str, epochs: int, seed: int = 0, holdout: floa
     rng = np.random.default_rng(seed)
     val_sets = rng.choice(len(sets), size=int(round(holdout * len(sets))), replace=False) if holdout > 0 else []
     val = np.isin(ex["set"], val_sets)
-    tr = _subset(ex, ~val)
+    tr, v = _subset(ex, ~val), _subset(ex, val)
     weights, hist = fit(tr["images"], tr["feats"], tr["targets"], epochs=epochs, lr=lr, seed=seed, threads=threads,
-                        sample_weight=np.sqrt(tr["counts"]), log=log)
+                        sample_weight=np.sqrt(tr["counts"]), log=log,
+                        val=(v["images"], v["feats"], v["targets"]) if val.any() else None)
     result = {"train_loss": hist[-1]}
     if val.any():
-        v = _subset(ex, val)
         s = net.score(v["images"], v["feats"], weights)
         result.update(val_loss=float(np.mean((s - v["targets"]) ** 2)), val_auc=roc_auc(s, v["p_good"] >= 0.5))
         log("held-out sets: loss %.4f  AUC %.3f" % (result["val_loss"], result["val_auc"]))
