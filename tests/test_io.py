@@ -376,6 +376,30 @@ def test_relion31_star_folder_resolution_and_cwd_precedence(tmp_path, monkeypatc
     np.testing.assert_allclose(ps3.read_images()[:, 0, 0], [101, 100, 202, 200, 201])
 
 
+def test_written_names_resolve_from_the_project(tmp_path, monkeypatch):
+    # names relative to the STAR's own folder (as hpcem simulate writes them) are rewritten on
+    # writing, so a data STAR in another job's folder still finds the stacks from the project
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    p = _write_simple(sim, n_images=3, stack="parts.mrcs")
+    write_mrc(sim / "parts.mrcs", stack_values(3, offset=10), 1.0)
+    monkeypatch.chdir(tmp_path)
+    ps = ParticleSet.read(p)
+    job = tmp_path / "Class2D" / "job001"
+    job.mkdir(parents=True)
+    ps.subset([2, 0]).write(job / "run_it001_data.star")
+    again = ParticleSet.read(job / "run_it001_data.star")
+    assert list(again.table["rlnImageName"]) == ["000003@sim/parts.mrcs", "000001@sim/parts.mrcs"]
+    np.testing.assert_allclose(again.read_images()[:, 0, 0], [12, 10])
+    # outside the project: absolute; names that resolve from the project stay as they are
+    monkeypatch.chdir(job)
+    ParticleSet.read(p).write(job / "abs.star")
+    assert read_star(job / "abs.star")["particles"]["rlnImageName"].iloc[0] == "000001@%s" % (sim / "parts.mrcs")
+    monkeypatch.chdir(tmp_path)
+    again.write(job / "same.star")
+    assert list(read_star(job / "same.star")["particles"]["rlnImageName"]) == list(again.table["rlnImageName"])
+
+
 # --------------------------------------------------------------------------- bad inputs
 def _write_simple(tmp_path, optics_extra=None, particles=None, n_images=3, box=BOX, name="p.star",
                   stack="s.mrcs", stack_shape=None):

@@ -41,6 +41,11 @@ REGISTRY = {
         ("fsc", "hpcem.cli.job_fsc", "FSC curve between two maps, resolutions at 0.143 and 0.5, PNG plot"),
         ("rank_classes", "hpcem.cli.job_rank_classes", "automated 2D class selection (RELION-4's class ranker)"),
     ],
+    "automation": [
+        ("schemer", "hpcem.cli.job_schemer", "run, inspect and steer a RELION-4 Scheme (Schemes/<name>/scheme.star)"),
+        ("mdcatch", "hpcem.cli.job_mdcatch", "read EPU / SerialEM acquisition metadata: movies.star, metadata.json, "
+         "a scheme's variables"),
+    ],
 }
 
 
@@ -77,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "`srun` to split the work over ranks." % __version__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version="hpcem %s" % __version__)
+    p.add_argument("--slurm_template", choices=("cpu", "gpu", "array"), dest="_slurm_template",
+                   help="print the installed path of a SLURM job template (sbatch $(hpcem --slurm_template cpu) "
+                        "<job> ...) and exit")
     sub = p.add_subparsers(dest="job", metavar="<job>")
     epilog = []
     for group, name, mod, helptext in _jobs():
@@ -108,12 +116,36 @@ def parse_command(argv, parser=None):
     return args.job, given(args), notes
 
 
+def _slurm_template(argv) -> str | None:
+    """The path asked for by ``hpcem --slurm_template KIND`` (before MPI is touched), else None."""
+    if not argv or argv[0].split("=", 1)[0] != "--slurm_template":
+        return None
+    from ..runtime.slurm import TEMPLATES, SlurmError, template_path
+
+    kind = argv[0].split("=", 1)[1] if "=" in argv[0] else (argv[1] if len(argv) > 1 else "")
+    if kind not in TEMPLATES:
+        raise InputError("one of %s" % ", ".join(TEMPLATES), field="--slurm_template")
+    try:
+        return template_path(kind)
+    except SlurmError as exc:
+        raise InputError(str(exc), field="--slurm_template") from None
+
+
 def main(argv=None) -> int:
-    from ..parallel.comm import abort_on_error, get_comm
+    from ..parallel.comm import LaunchError, abort_on_error, get_comm
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        path = _slurm_template(argv)
+        if path:
+            print(path)
+            return 0
+        comm = get_comm()
+    except InputError as exc:  # the launcher and MPI disagree: one line from the launcher's rank 0
+        if not isinstance(exc, LaunchError) or exc.reporter:
+            sys.stderr.write("hpcem: error: %s\n" % exc)
+        return 2
     parser = build_parser()
-    comm = get_comm()
     job = argv[0] if argv and not argv[0].startswith("-") else ""
     try:
         job, values, notes = parse_command(argv, parser)

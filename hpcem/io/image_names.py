@@ -51,3 +51,35 @@ def parse_image_names(column: pd.Series, src: str, star_path: str | None):
                              file=src, field=f"rlnImageName ({s})")
         paths.append(str(p))
     return paths, codes.astype(np.int64), index.astype(np.int64) - 1
+
+
+def portable_image_names(column: pd.Series, star_path: str | None) -> pd.Series:
+    """``column`` with every stack readable from the working directory, where RELION resolves
+    image names (the project folder): names that resolve from it, and absolute names, are kept;
+    a name that resolved from the STAR file's folder becomes relative to the working directory
+    when the stack lies under it, absolute otherwise.  So a data STAR written into another job's
+    folder still finds the stacks of a particle file whose names were relative to its own folder."""
+    if star_path is None:
+        return column
+    names = column.astype(str)
+    parts = names.str.split("@", n=1, expand=True)
+    if parts.shape[1] < 2:
+        return column
+    has_at = parts[1].notna()
+    stacks = parts[1].where(has_at, parts[0])
+    star_dir, cwd = Path(star_path).parent, Path.cwd()
+    fixed = {}
+    for s in stacks.unique():
+        p = Path(s)
+        if p.is_absolute() or (cwd / p).is_file() or not (star_dir / p).is_file():
+            fixed[s] = s
+            continue
+        q = (star_dir / p).resolve()
+        try:
+            fixed[s] = str(q.relative_to(cwd.resolve()))
+        except ValueError:
+            fixed[s] = str(q)
+    if all(fixed[s] == s for s in fixed):
+        return column
+    new = stacks.map(fixed)
+    return (parts[0] + "@" + new).where(has_at, new)

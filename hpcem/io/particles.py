@@ -24,7 +24,7 @@ import pandas as pd
 
 from hpcem.errors import InputError
 from hpcem.io.mrc import MrcStack, read_header, write_mrc
-from hpcem.io.image_names import parse_image_names
+from hpcem.io.image_names import parse_image_names, portable_image_names
 from hpcem.io.optics import OpticsGroup, build_optics, convert_relion30, mixed_groups_note
 from hpcem.io.particle_columns import ParticleColumns, check_numeric
 from hpcem.io.resample import resample
@@ -335,11 +335,17 @@ class ParticleSet(ParticleColumns):
         return particles_from_arrays(cls, images, angpix, **kw)
 
     def write(self, path: str | os.PathLike) -> None:
-        """Write optics + particles blocks atomically (image names unchanged).
+        """Write optics + particles blocks atomically, image names readable from the working
+        directory (:func:`hpcem.io.image_names.portable_image_names`).
 
         An in-memory set (from_arrays without a path) also writes its images to
         ``<stem>.mrcs`` beside the STAR file."""
         table = self._table
+        if self._memory is None and "rlnImageName" in table.columns:
+            names = portable_image_names(table["rlnImageName"], self.star_path)
+            if names is not table["rlnImageName"]:
+                table = table.copy()
+                table["rlnImageName"] = names.to_numpy()
         if self._memory is not None:
             path = Path(path)
             stack = path.with_suffix(".mrcs")

@@ -13,6 +13,8 @@ import traceback
 
 import numpy as np
 
+from ..errors import InputError
+
 _CHUNK = 1 << 26  # elements per Allreduce message
 
 
@@ -184,10 +186,13 @@ class Comm(SerialComm):
         self._c.Abort(code)
 
 
-def _launched_by_mpi() -> bool:
-    keys = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS",
-            "HYDRA_CONTROL_FD", "PMI_FD", "SLURM_PROCID")
-    return any(k in os.environ for k in keys)
+class LaunchError(InputError):
+    """The launcher started N tasks but MPI sees another world (see :mod:`hpcem.parallel.launch`);
+    ``reporter`` is True on the one task that prints it (the launcher's rank 0)."""
+
+    def __init__(self, message: str, reporter: bool):
+        super().__init__(message)
+        self.reporter = reporter
 
 
 _WORLD = None
@@ -196,10 +201,13 @@ _WORLD = None
 def get_comm(force_serial: bool = False):
     """The world communicator: :class:`Comm` under mpiexec/srun, else :class:`SerialComm`.
 
-    A plain ``hpcem ...`` never initialises MPI, so it runs on machines where the
-    MPI runtime is missing or broken."""
+    A plain ``hpcem ...`` (the batch script of an sbatch job included) never initialises MPI, so
+    it runs on machines where the MPI runtime is missing or broken.  Under a launcher, a world
+    other than the launcher's task count raises :class:`LaunchError` before any work."""
     global _WORLD
-    if force_serial or os.environ.get("HPCEM_NO_MPI") == "1" or not _launched_by_mpi():
+    from .launch import launch_mismatch, launched_by_mpi, reports, slurm_task
+
+    if force_serial or os.environ.get("HPCEM_NO_MPI") == "1" or not launched_by_mpi():
         return SerialComm()
     if _WORLD is None:
         try:
@@ -207,6 +215,10 @@ def get_comm(force_serial: bool = False):
         except ImportError as exc:  # launched by mpiexec but mpi4py is missing
             raise RuntimeError("hpcem was started under MPI but mpi4py cannot be imported: %s" % exc)
         _WORLD = Comm(MPI.COMM_WORLD)
+    peers = _WORLD.allgather(slurm_task()) if _WORLD.size > 1 else None
+    mismatch = launch_mismatch(_WORLD.size, peers=peers)
+    if mismatch:
+        raise LaunchError(mismatch, reports())
     return _WORLD if _WORLD.size > 1 else SerialComm()
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -48,28 +47,6 @@ def newest(root, kind):
     """The newest checkpoint of ``kind`` written under ``root``, or None."""
     path = newest_checkpoint(root)
     return load_checkpoint(path, kind) if path else None
-
-
-def portable_names(ps):
-    """``ps`` with every rlnImageName readable from anywhere: names that resolve from the
-    working directory (RELION's project-relative names) are kept, others become absolute."""
-    if ps.star_path is None or "rlnImageName" not in ps.table.columns:
-        return ps
-    names = ps.table["rlnImageName"].astype(str)
-    parts = names.str.split("@", n=1, expand=True)
-    if parts.shape[1] < 2 or parts[1].isna().any():
-        return ps
-    star_dir = Path(ps.star_path).parent
-    fixed = {}
-    for s in parts[1].unique():
-        p = Path(s)
-        if p.is_absolute() or (Path.cwd() / p).is_file():
-            fixed[s] = s
-        else:
-            fixed[s] = str((star_dir / p).resolve())
-    if all(fixed[s] == s for s in fixed):
-        return ps
-    return ps.with_columns(rlnImageName=(parts[0] + "@" + parts[1].map(fixed)).to_numpy())
 
 
 def _copy(src: str, dst: str) -> None:
@@ -217,7 +194,7 @@ def deep_classify_2d(ps, map_cfg, sml_cfg, comm, root, resume: bool = False, log
     ck, t_map, map_done = _map_alignment(ps, map_cfg, comm, map_root, resume, log, job)
     res = ck.state["results"]
     map_classes = np.asarray(res["class"], np.int64)
-    aligned = portable_names(ps).with_columns(
+    aligned = ps.with_columns(
         rlnAnglePsi=np.asarray(res["psi"], np.float64), rlnOriginXAngst=np.asarray(res["ox"], np.float64),
         rlnOriginYAngst=np.asarray(res["oy"], np.float64), hpcemMapClassNumber=map_classes)
     if comm.rank == 0:
