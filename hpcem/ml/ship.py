@@ -30,7 +30,7 @@ def _subset(ex, keep):
 
 
 def train_shipped(data: str, out: str, epochs: int, seed: int = 0, holdout: float = 0.0, lr: float = 1e-3,
-                  threads: int = 1, log=print) -> dict:
+                  threads: int = 1, batch: int = 64, save_every: int = 0, log=print) -> dict:
     sets = sorted(d for d in glob.glob(os.path.join(data, "set*")) if os.path.isfile(os.path.join(d, "done.json")))
     ex = simulated_examples(sets)
     log("%d sets, %d classes (%d with >= half good particles)" % (len(sets), len(ex["targets"]),
@@ -39,8 +39,13 @@ def train_shipped(data: str, out: str, epochs: int, seed: int = 0, holdout: floa
     val_sets = rng.choice(len(sets), size=int(round(holdout * len(sets))), replace=False) if holdout > 0 else []
     val = np.isin(ex["set"], val_sets)
     tr, v = _subset(ex, ~val), _subset(ex, val)
-    weights, hist = fit(tr["images"], tr["feats"], tr["targets"], epochs=epochs, lr=lr, seed=seed, threads=threads,
-                        sample_weight=np.sqrt(tr["counts"]), log=log,
+    def keep(epoch, w):                 # the weights so far, beside --o (a long run can be stopped)
+        net.save_weights(os.path.splitext(out)[0] + "_epoch%03d.npz" % epoch, w, seed=np.int64(seed),
+                         epochs=np.int64(epoch), lr=np.float64(lr), batch=np.int64(batch))
+
+    weights, hist = fit(tr["images"], tr["feats"], tr["targets"], epochs=epochs, lr=lr, batch=batch, seed=seed,
+                        threads=threads, sample_weight=np.sqrt(tr["counts"]), log=log,
+                        every=(save_every, keep) if save_every and out else None,
                         val=(v["images"], v["feats"], v["targets"]) if val.any() else None)
     result = {"train_loss": hist[-1]}
     if val.any():
@@ -49,6 +54,7 @@ def train_shipped(data: str, out: str, epochs: int, seed: int = 0, holdout: floa
         log("held-out sets: loss %.4f  AUC %.3f" % (result["val_loss"], result["val_auc"]))
     if out:
         net.save_weights(out, weights, seed=np.int64(seed), epochs=np.int64(epochs), lr=np.float64(lr),
+                         batch=np.int64(batch),
                          n_sets=np.int64(len(sets)), n_classes=np.int64(len(tr["targets"])),
                          final_loss=np.float64(hist[-1]))
         log("wrote %s (%d bytes)" % (out, os.path.getsize(out)))
@@ -64,9 +70,11 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--holdout", type=float, default=0.0, help="fraction of sets held out (reported, not trained)")
+    ap.add_argument("--batch", type=int, default=64, help="classes per optimiser step")
+    ap.add_argument("--save_every", type=int, default=0, help="also write the weights every N epochs (beside --o)")
     ap.add_argument("--j", type=int, default=1, help="torch threads")
     a = ap.parse_args(argv)
-    train_shipped(a.data, a.o, a.epochs, a.seed, a.holdout, a.lr, a.j)
+    train_shipped(a.data, a.o, a.epochs, a.seed, a.holdout, a.lr, a.j, a.batch, a.save_every)
     return 0
 
 

@@ -93,13 +93,14 @@ def robust_scale(f):
 
 
 def fit(images, feats, targets, init: dict | None = None, epochs: int = 100, lr: float = 1e-3, batch: int = 64,
-        seed: int = 0, threads: int = 1, sample_weight=None, val=None, log=print) -> tuple:
+        seed: int = 0, threads: int = 1, sample_weight=None, val=None, every=None, log=print) -> tuple:
     """Train on class images (B, 64, 64) (:func:`hpcem.ml.net.cnn_input`), raw feature vectors
     (B, F) and target scores (B,) in [0, 1]; ``init`` weights to fine-tune (their feature
     standardisation kept), else a fresh network with the features standardised over this data
     (:func:`robust_scale`).
     ``val`` (images, features, targets) of held-out classes: their loss is logged with the
-    training loss.  Returns (weights, per-epoch mean training losses)."""
+    training loss.  ``every`` (n, callback): callback(epoch, weights) after every n-th epoch (to
+    keep the weights of a long run).  Returns (weights, per-epoch mean training losses)."""
     torch = require_torch()
     torch.set_num_threads(max(1, int(threads)))
     torch.manual_seed(seed)
@@ -138,4 +139,6 @@ def fit(images, feats, targets, init: dict | None = None, epochs: int = 100, lr:
                 vs = net.score(val[0], val[1], export(model, stats["feat_mean"], stats["feat_std"]))
                 extra = "  held-out loss %.5f" % float(np.mean((vs - val[2]) ** 2))
             log("epoch %4d  loss %.5f%s  (%.0f s)" % (ep + 1, history[-1], extra, time.time() - t0))
+        if every and (ep + 1) % every[0] == 0:
+            every[1](ep + 1, export(model, stats["feat_mean"], stats["feat_std"]))
     return export(model, stats["feat_mean"], stats["feat_std"]), history
