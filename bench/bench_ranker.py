@@ -7,8 +7,9 @@ and pooled: ROC AUC of good (at least half good particles) against junk classes,
     python bench/bench_ranker.py --dir /tmp/ranker_test --sets 12          # generates the sets once
     python bench/bench_ranker.py --dir /tmp/ranker_test --sets 12 --model my_ranker.npz
 
-Generating a set (1,200-2,400 particles, 40-44 px, K 12-24, 12 EM iterations or 40 VDAM
-mini-batches) takes 0.5-2 minutes on one core; scoring takes well under a second per set.
+Generating a set (1,000-2,000 particles, 32-36 px, K 12-20, 20 EM iterations or 60 VDAM
+mini-batches; hpcem.ml.datagen) takes 3-10 minutes on one shared core; scoring takes well under a
+second per set.  ``--split test64`` scores the 64 px sets (other maps again).
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default="bench/out/ranker_test", help="folder of the test sets (made when missing)")
     ap.add_argument("--sets", type=int, default=12)
+    ap.add_argument("--split", default="test", choices=("test", "test64"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="", help="weights (.npz); default: the shipped ones")
     ap.add_argument("--min_score", type=float, default=0.15)
     ap.add_argument("--j", type=int, default=1, help="threads of each classification")
     a = ap.parse_args(argv)
     os.makedirs(a.dir, exist_ok=True)
-    sets = generate(a.dir, "test", a.sets, a.seed, a.j)
+    sets = generate(a.dir, a.split, a.sets, a.seed, a.j)
     weights = net.load_weights(a.model or None)
     rows = [evaluate_set(d, weights, a.min_score) for d in sets]
     for r in rows:

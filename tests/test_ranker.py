@@ -179,6 +179,28 @@ def test_rank_classes_writes_relion_select_outputs(classified, tmp_path, monkeyp
     assert len(read_star("Select/job006/class_averages.star")[""]) == all_scored.sum()
 
 
+def test_ranking_needs_no_torch(classified, tmp_path, run_hpcem):
+    """The installed `hpcem rank_classes` with `import torch` made to fail: scoring runs in numpy
+    from the shipped weights, and the selection equals the in-process one."""
+    from hpcem.cli.main import run_job
+    from hpcem.io.star import read_star
+
+    d, opt = classified
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "torch.py").write_text("raise ImportError('torch is blocked by this test')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(block)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x])}
+    probe = run_hpcem(["rank_classes", "--train", "--i", opt, "--labels", opt, "--o", str(tmp_path / "x.npz")],
+                      env=env, check=False)
+    assert probe.returncode == 2 and "PyTorch" in probe.stderr      # the block works (the test can fail)
+    run_hpcem(["rank_classes", "--i", opt, "--o", str(tmp_path / "numpy"), "--min_score", "0.15"], env=env)
+    run_job("rank_classes", {"i": opt, "o": str(tmp_path / "here"), "min_score": 0.15})
+    scores = [read_star(str(tmp_path / s / "rank_model.star"))["model_classes"]["rlnClassScore"].to_numpy()
+              for s in ("numpy", "here")]
+    assert np.allclose(scores[0], scores[1], atol=1e-6)
+    assert os.path.getsize(str(tmp_path / "numpy" / "particles.star")) > 0
+
+
 def test_train_on_own_selection(classified, tmp_path):
     """--train fine-tunes the shipped weights on a Select job's class_averages.star; the new
     weights load, and rank the classes it was taught in the taught order."""
