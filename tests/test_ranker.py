@@ -128,8 +128,14 @@ def classified(tmp_path_factory):
 
 
 def test_ranker_separates_good_from_junk_classes(classified):
+    """The shipped weights, in numpy, on an unseen classification: good classes (at least half good
+    particles) rank above junk classes (AUC), --min_score 0.15 keeps nearly every good particle,
+    and its purity is within 0.1 of what a perfect ranker's selection has (the classes of at least
+    74% good particles: mixed classes bound the purity, not the ranker); at 0.5 the selection is as
+    pure as the perfect ranker's."""
     from hpcem.metrics import roc_auc
     from hpcem.ml.classjob import ClassJob
+    from hpcem.ml.evaluate import ORACLE_SHARE
     from hpcem.ml.select import score_job
     from hpcem.ml.trainset import good_share
 
@@ -139,13 +145,21 @@ def test_ranker_separates_good_from_junk_classes(classified):
     scores = score_job(job, net.load_weights())
     p = good_share(job, kind)
     live = scores > UNSCORED
-    sel = select_classes(scores, job.counts, 0.15)
-    good_sel = (p * job.counts)[sel].sum()
-    auc, purity, recall = roc_auc(scores[live], p[live] >= 0.5), good_sel / job.counts[sel].sum(), \
-        good_sel / (kind == 0).sum()
-    print("AUC %.3f purity %.3f recall %.3f; scores %s; good share %s" % (
-        auc, purity, recall, np.round(scores, 2), np.round(p, 2)))
-    assert auc >= 0.9 and purity >= 0.9 and recall >= 0.85
+
+    def purity_recall(sel):
+        good_sel = (p * job.counts)[sel].sum()
+        return good_sel / job.counts[sel].sum(), good_sel / (kind == 0).sum()
+
+    auc = roc_auc(scores[live], p[live] >= 0.5)
+    purity, recall = purity_recall(select_classes(scores, job.counts, 0.15))
+    purity_50, recall_50 = purity_recall(select_classes(scores, job.counts, 0.5))
+    ideal_purity, ideal_recall = purity_recall(live & (p >= ORACLE_SHARE))
+    print("AUC %.3f; min_score 0.15: purity %.3f recall %.3f; 0.5: purity %.3f recall %.3f; perfect ranker: "
+          "purity %.3f recall %.3f\nscores %s\ngood share %s" % (auc, purity, recall, purity_50, recall_50,
+                                                               ideal_purity, ideal_recall, np.round(scores, 2),
+                                                               np.round(p, 2)))
+    assert auc >= 0.95 and recall >= 0.9 and purity >= ideal_purity - 0.1
+    assert purity_50 >= ideal_purity - 0.01 and recall_50 >= 0.75
 
 
 def test_rank_classes_writes_relion_select_outputs(classified, tmp_path, monkeypatch):
