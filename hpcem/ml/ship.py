@@ -1,8 +1,10 @@
 """Training the shipped class-ranker weights (``hpcem/ml/data/class_ranker.npz``) on simulated
 classifications of known composition (:mod:`.datagen`), reproducibly:
 
-    python -m hpcem.ml.datagen --o DATA --split train --sets 64
-    python -m hpcem.ml.ship --data DATA --o hpcem/ml/data/class_ranker.npz --seed 0
+    python -m hpcem.ml.datagen --o DATA --split train --sets 38      # or in shards: --shard i/n
+    python -m hpcem.ml.ship --data DATA --o hpcem/ml/data/class_ranker.npz --epochs 40 --batch 32 --seed 0
+
+(the shipped file: these commands, --j 2; measured in DESIGN_NOTES, issue 14).
 
 Targets from each class's share of good particles (:func:`.trainset.composition_targets`).  With
 ``--holdout F`` a fraction of the sets (whole sets) is kept out and its loss and AUC reported, to
