@@ -66,3 +66,16 @@ def pick_scores(picks: dict, truth: dict, tolerances: dict) -> dict:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
         out[s] = {"gt": gt, "pred": pred, "tp": tp, "precision": precision, "recall": recall, "f1": f1}
     return out
+
+
+def roc_auc(scores, positive) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean labels ``positive``: the chance
+    that a positive scores above a negative (ties count half; Mann-Whitney)."""
+    from scipy.stats import rankdata
+
+    s, y = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))

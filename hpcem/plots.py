@@ -77,6 +77,20 @@ def montage(path, images, labels=None, ncols: int | None = None) -> str:
     return _save(fig, path)
 
 
+def line_plot(path, y, xlabel: str, ylabel: str, logy: bool = False, title=None) -> str:
+    """One curve ``y`` against 1, 2, ... (a loss per epoch)."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(np.arange(1, len(y) + 1), y)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def central_slices(path, vol, title=None) -> str:
     """The three orthogonal central slices (z, y, x = n//2) of a volume side by side; ``vol`` may be
     a dict ``{label: volume}``: one row per volume (e.g. with and without regularisation)."""

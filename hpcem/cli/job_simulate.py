@@ -40,6 +40,9 @@ class Params(Base):
                        choices=("blobs", "atoms"))
     bfactor: float = param(100.0, "--model atoms: B-factor of the pseudo-atoms (A^2)", check=NON_NEGATIVE)
     blobs: int = param(60, "--model blobs: Gaussian blobs per volume", check=AT_LEAST_1)
+    junk: float = param(0.0, "share of the particles replaced by junk (empty picks, ice, carbon edges, contaminants, "
+                        "aggregates, off-centre and cut particles; true class 0)",
+                        check=(lambda v: 0 <= v < 1, "in [0, 1)"))
     seed: int = param(0, "random seed")
     n_tomos: int = param(8, "tomo mode: number of tomograms", check=AT_LEAST_1, group="tomo")
     size: str = param("256,256,128", "tomo mode: tomogram size x,y,z in voxels", group="tomo")
@@ -76,6 +79,10 @@ def run(p: Params, ctx):
                            astig=p.astig, voltage=p.voltage, cs=p.cs, amp_contrast=p.amp_contrast,
                            max_shift_A=p.max_shift or None, n_blobs=p.blobs, seed=p.seed, model=p.model,
                            bfactor=p.bfactor)
+    if p.junk > 0:
+        from ..simulate.junk import add_junk
+
+        add_junk(sim, p.junk, p.seed)
     paths = write_dataset(sim, p.o)
     stamp(os.path.join(p.o, "job.json"), job_record(ctx.name, p, ctx.argv))
     ctx.log("hpcem simulate: %d particles (%s mode), box %d, %.2f A/px, SNR %g, noise sigma %.4g" % (

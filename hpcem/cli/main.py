@@ -43,6 +43,7 @@ REGISTRY = {
     ],
     "analysis": [
         ("fsc", "hpcem.cli.job_fsc", "FSC curve between two maps, resolutions at 0.143 and 0.5, PNG plot"),
+        ("rank_classes", "hpcem.cli.job_rank_classes", "automated 2D class selection (RELION-4's class ranker)"),
     ],
     "automation": [
         ("schemer", "hpcem.cli.job_schemer", "run, inspect and steer a RELION-4 Scheme (Schemes/<name>/scheme.star)"),

@@ -63,3 +63,18 @@ def resample_volume(vol: np.ndarray, angpix_from: float, n: int, angpix: float) 
     G = window(F, n, ndim=3)
     out = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(G))).real * (n / m2) ** 3
     return out.astype(np.float32)
+
+
+def fourier_resize(a: np.ndarray, m: int, ndim: int = 2) -> np.ndarray:
+    """Images (..., n, n) (or maps with ``ndim`` 3) of box n resized to box ``m`` by cropping or
+    zero-padding their full centred transforms (the pixel size becomes ``n / m`` times larger
+    or smaller); values keep their scale.  float64."""
+    a = np.asarray(a, np.float64)
+    n = a.shape[-1]
+    if m == n:
+        return a.copy()
+    axes = tuple(range(-ndim, 0))
+    F = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(a, axes=axes), axes=axes), axes=axes)
+    G = window(F, m, ndim=ndim)
+    out = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(G, axes=axes), axes=axes), axes=axes).real
+    return out * (m / n) ** ndim

@@ -1,6 +1,8 @@
-"""The optional ``[ml]`` extra (PyTorch CPU build, scikit-learn): the cryo-ET picker
-(:mod:`hpcem.ml.picker`).  Nothing here imports torch at import time; :func:`require_torch`
-gives the one clear message when the extra is missing."""
+"""Machine learning of hpcem: the 2D class ranker (RELION-4's relion_class_ranker, seed 000
+section 3.2; inference in numpy from a weights file, :mod:`hpcem.ml.net`) and the cryo-ET picker
+(:mod:`hpcem.ml.picker`).  Training and the picker need the optional ``[ml]`` extra (PyTorch CPU
+build, scikit-learn); nothing here imports torch at import time, and :func:`require_torch` gives
+the one clear message when the extra is missing."""
 from __future__ import annotations
 
 from ..errors import InputError

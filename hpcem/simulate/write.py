@@ -51,6 +51,8 @@ def write_dataset(sim, outdir: str, with_poses: bool = True) -> dict:
             "noise_sigma": sim.noise_sigma, "mode": sim.meta.get("mode"), "seed": sim.meta.get("seed"),
             "n_classes": int(sim.classes.max()),
             "views": None if sim.views is None else np.asarray(sim.views).tolist()}
+    if "junk_kind" in sim.meta:     # particle index (0-based) -> junk kind (hpcem.simulate.junk)
+        info["junk_kind"] = {str(i): k for i, k in sim.meta["junk_kind"].items()}
     paths["info"] = os.path.join(outdir, "truth.json")
     with atomic_write(paths["info"]) as tmp:
         with open(tmp, "w") as f:

@@ -31,6 +31,7 @@ from ...runtime.device import HOST
 from ...runtime.memory import MemoryPlan
 from ...runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, param
 from ..vdam.options import GradOptions
+from .class_accuracy import expected_accuracies, mean_ctf2, shells_above, shells_to_angstrom
 from .options import ImageOptions
 from .results import gather_results, new_results, pose_change_stats
 from .space2d import InPlaneSpace
@@ -93,6 +94,7 @@ class Class2D:
         self.pclass = np.full(cfg.K, 1.0 / cfg.K)
         self.sigma_offset = max(cfg.offset_range, 1.0) * self.angpix / 2.0  # A
         self.r_cur, self.iteration, self.resolution = 0, 0, np.inf
+        self.class_res = np.full(cfg.K, np.inf)   # (K,) A, each class's own resolution
         self.res = new_results(self.hi - self.lo, self.space.pose_keys)
         self.corr = Corrections(self.parts, self.res, cfg.norm, cfg.scale)
         self.prev = None
@@ -120,6 +122,7 @@ class Class2D:
         """Read this rank's particles; translations are searched around each particle's current
         origin (RELION), starting at the input's."""
         self.parts.load()
+        self.ctf2 = mean_ctf2(self.parts, self.comm, self.nsh)
         o = self.ps.origins_angst(np.arange(self.lo, self.hi)) if self.hi > self.lo else np.zeros((0, 2))
         self.res["ox"][:], self.res["oy"][:] = o[:, 0], o[:, 1]
 
@@ -228,8 +231,10 @@ class Class2D:
         wmean = np.stack([np.bincount(shell2.ravel(), weights=self.W[k].ravel(), minlength=self.nsh)[:self.nsh]
                           for k in range(K)]) / np.maximum(counts, 1.0)[None, :]
         tau2_new = self._power(refs)
-        res_shell = mstep.resolution_shell(cfg.tau2_fudge * tau2_new * wmean)
+        ssnr = cfg.tau2_fudge * tau2_new * wmean
+        res_shell = mstep.resolution_shell(ssnr)
         self.resolution = n * self.angpix / max(res_shell, 1)
+        self.class_res = shells_to_angstrom(shells_above(ssnr, 1.0), n, self.angpix)
         self.refs, self.tau2 = refs, tau2_new
         self.pclass = mstep.class_priors(sums.class_weight)
         self.sigma_offset = mstep.sigma_offset(sums.offset2, self.N)
@@ -280,7 +285,8 @@ class Class2D:
     def state(self):
         return {"refs": self.refs, "sigma2": self.sigma2, "tau2": self.tau2, "pclass": self.pclass,
                 "sigma_offset": self.sigma_offset, "r_cur": self.r_cur, "iteration": self.iteration,
-                "resolution": self.resolution, "img_power": self.parts.img_power,
+                "resolution": self.resolution, "class_resolution": self.class_res,
+                "img_power": self.parts.img_power,
                 "results": gather_results(self.comm, self.res), **self.corr.state()}
 
     def restore(self, st):
@@ -289,6 +295,7 @@ class Class2D:
         self.pclass = np.asarray(st["pclass"])
         self.sigma_offset, self.r_cur = float(st["sigma_offset"]), int(st["r_cur"])
         self.iteration, self.resolution = int(st["iteration"]), float(st["resolution"])
+        self.class_res = np.asarray(st.get("class_resolution", np.full(self.config.K, self.resolution)), np.float64)
         for k in self.res:
             self.res[k] = np.asarray(st["results"][k])[self.lo:self.hi].astype(self.res[k].dtype)
         self.corr.load(st)
@@ -296,7 +303,16 @@ class Class2D:
     def write(self, root, state, stats):
         from .io2d import write_iteration
 
-        return write_iteration(root, self.ps, state, stats, self.config, self.angpix)
+        return write_iteration(root, self.ps, state, stats, self.config, self.angpix, self.class_columns(state))
+
+    def class_columns(self, state) -> dict:
+        """RELION's per-class columns of data_model_classes: resolution and alignment accuracies
+        (:mod:`.class_accuracy`), from the noise spectrum averaged over the optics groups."""
+        g = np.asarray(self.parts.group_counts, np.float64)
+        sigma2 = g @ np.asarray(state["sigma2"]) / max(g.sum(), 1.0)
+        rot, trans = expected_accuracies(state["refs"], sigma2, self.ctf2, int(state["r_cur"]), self.angpix)
+        return {"rlnEstimatedResolution": np.asarray(state["class_resolution"], np.float64),
+                "rlnAccuracyRotations": rot, "rlnAccuracyTranslationsAngst": trans}
 
     def plot(self, root, state, stats):
         from .io2d import plot_iteration

@@ -27,6 +27,7 @@ from ..vdam.blobs import blob_images, signal_std
 from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
 from ..vdam.update import mean_fsc_shell, share_prior
 from .class2d import Class2D
+from .class_accuracy import shells_above, shells_to_angstrom
 from .results import pose_change_stats
 
 
@@ -121,6 +122,7 @@ class Class2DGrad(GradFiles, Class2D):
         r_used = self.r_cur
         res_shell = mean_fsc_shell(fsc, self.pclass, self.r_cur)
         self.resolution = n * self.angpix / max(res_shell, 1)
+        self.class_res = shells_to_angstrom(shells_above(fsc[:, :self.r_cur + 1], 0.143), n, self.angpix)
         self.r_cur = int(min(n // 2, max(self.floor_shell, res_shell + cfg.margin_shells, 3)))
         self.start += self.bsize
         self.iteration += 1

@@ -19,7 +19,7 @@ from ...io.star import write_star
 from .iofiles import group_names, model_blocks, write_data_star
 
 
-def write_iteration(root, ps, state: dict, stats: dict, cfg, angpix: float) -> dict:
+def write_iteration(root, ps, state: dict, stats: dict, cfg, angpix: float, class_cols=None) -> dict:
     it = int(state["iteration"])
     refs, res = state["refs"], state["results"]
     K, n = refs.shape[0], refs.shape[1]
@@ -33,7 +33,8 @@ def write_iteration(root, ps, state: dict, stats: dict, cfg, angpix: float) -> d
     write_star(model, model_blocks(2, n, angpix, names, state["pclass"], state["resolution"], state["r_cur"],
                                    state["sigma2"], state["tau2"], state["sigma_offset"], cfg.tau2_fudge,
                                    stats.get("loglik", np.nan), counts=counts,
-                                   group_scale=state.get("group_scale"), group_names=group_names(ps)))
+                                   group_scale=state.get("group_scale"), group_names=group_names(ps),
+                                   class_cols=class_cols))
     return {"model": model, "data": data}
 
 

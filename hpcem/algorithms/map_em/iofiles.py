@@ -38,9 +38,11 @@ def group_names(ps) -> list:
 
 
 def model_blocks(dim, n, angpix, names, pclass, resolution, r_cur, sigma2, tau2, sigma_offset, tau2_fudge,
-                 loglik, counts=None, extra_class_cols=None, group_scale=None, group_names=None) -> dict:
+                 loglik, counts=None, extra_class_cols=None, group_scale=None, group_names=None,
+                 class_cols=None) -> dict:
     """The blocks of a RELION model STAR (``dim`` 2 or 3 references of box ``n``); with
-    ``group_scale`` (--scale) a data_model_groups table of the optics groups' scale corrections."""
+    ``group_scale`` (--scale) a data_model_groups table of the optics groups' scale corrections;
+    ``class_cols`` per-class columns of data_model_classes (replacing the defaults)."""
     K = len(names)
     nsh = sigma2.shape[1]
     shell_res = np.arange(nsh) / (n * angpix)         # 1/A
@@ -48,6 +50,7 @@ def model_blocks(dim, n, angpix, names, pclass, resolution, r_cur, sigma2, tau2,
                "rlnEstimatedResolution": [float(resolution)] * K}
     if counts is not None:
         classes["rlnNrOfParticles"] = np.asarray(counts, np.int64)
+    classes.update(class_cols or {})
     blocks = {
         "model_general": {
             "rlnReferenceDimensionality": int(dim), "rlnDataDimensionality": 2, "rlnOriginalImageSize": n,

@@ -1,0 +1,187 @@
+"""Training and test data for the class ranker: simulated data sets of known composition, each
+classified by hpcem class2d (EM or VDAM), so that every class average comes with the true share of
+good particles among its members.
+
+A data set (:class:`SetSpec`, drawn by :func:`plan`): particles of one pseudo-atomic map
+(:func:`hpcem.simulate.volumes.pseudo_atomic_volume`) at uniformly random poses, shifts up to two
+pixels and CTFs, mixed with junk of a few kinds (:mod:`hpcem.simulate.junk`), all with white noise
+at the set's SNR (the particles' signal variance inside the disc over the noise variance).  The
+``train`` and ``test`` splits use disjoint maps (seeds) and disjoint SNR values (32-36 px boxes);
+``test64`` has other maps again in 64 px boxes (the same SNR per pixel carries 3-4 times the
+information per particle).
+
+``python -m hpcem.ml.datagen --o DIR --split train --sets 60`` writes ``DIR/setNNN/`` (particles,
+``truth.npz`` with each particle's kind, ``spec.json``, ``Class2D/`` with the final iteration of the
+classification) and skips the sets already done, so that it resumes after an interruption.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..simulate.junk import KINDS as JUNK_KINDS
+
+KINDS = ("good",) + JUNK_KINDS
+SNR = {"train": (0.02, 0.05, 0.1, 0.2), "test": (0.035, 0.07, 0.14, 0.28), "test64": (0.035, 0.07, 0.14)}
+MAP_SEED0 = {"train": 1000, "test": 5000, "test64": 9000}
+BOXES = {"train": (32, 36), "test": (32, 36), "test64": (64,)}
+STREAM = {"train": 0, "test": 1, "test64": 2}
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    seed: int
+    map_seed: int
+    box: int
+    angpix: float
+    radius_frac: float
+    bfactor: float
+    snr: float
+    n_particles: int
+    junk_fraction: float
+    junk_weights: dict
+    K: int
+    grad: bool
+    iters: int
+    diameter: float
+
+
+def plan(split: str, count: int, seed: int = 0) -> list:
+    """``count`` data set specifications of ``split`` ('train', 'test' or 'test64': larger boxes),
+    reproducible."""
+    specs = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, i, STREAM[split]])
+        box = int(rng.choice(BOXES[split]))
+        rf = float(rng.uniform(0.22, 0.32))
+        kinds = rng.choice(JUNK_KINDS, size=int(rng.integers(3, len(JUNK_KINDS) + 1)), replace=False)
+        w = rng.dirichlet(np.full(len(kinds), 2.0))
+        grad = bool(rng.random() < 0.7)
+        diameter_px = min(0.95 * box, 2 * (rf * box + rng.uniform(2.0, 5.0)))
+        angpix = float(np.round(rng.uniform(2.6, 3.6), 2))
+        specs.append(SetSpec(seed=seed * 1000 + i, map_seed=MAP_SEED0[split] + seed * 1000 + i, box=box, angpix=angpix,
+                             radius_frac=rf, bfactor=float(rng.uniform(50, 200)), snr=float(rng.choice(SNR[split])),
+                             n_particles=int(rng.integers(1000, 2001)), junk_fraction=float(rng.uniform(0.1, 0.45)),
+                             junk_weights={str(k): float(x) for k, x in zip(kinds, w)},
+                             K=int(rng.choice([12, 16, 20])), grad=grad, iters=60 if grad else 20,
+                             diameter=float(np.round(diameter_px * angpix, 1))))
+    return specs
+
+
+def make_particles(spec: SetSpec, outdir: str) -> str:
+    """Simulate the set's particles (good and junk, shuffled) into ``outdir``: particles.star +
+    .mrcs and truth.npz (``kind``: index into :data:`KINDS` per particle)."""
+    from ..core.euler import random_rotations
+    from ..io.particles import write_particle_stack
+    from ..simulate.junk import junk_images
+    from ..simulate.particles import _add_noise, _ctf_draw, simulate_projections
+    from ..simulate.volumes import pseudo_atomic_volume
+
+    rng = np.random.default_rng(spec.seed)
+    n, N = spec.box, spec.n_particles
+    vol = pseudo_atomic_volume(n, spec.angpix, seed=spec.map_seed, radius_frac=spec.radius_frac, bfactor=spec.bfactor)
+    n_junk = int(round(spec.junk_fraction * N))
+    names = list(spec.junk_weights)
+    junk = rng.choice(names, size=n_junk, p=np.array([spec.junk_weights[k] for k in names]))
+    kind = np.concatenate([np.zeros(N - n_junk, np.int64), [KINDS.index(k) for k in junk]]).astype(np.int64)
+    ctf = _ctf_draw(N, rng, (5000.0, 25000.0), 1000.0, 300.0, 2.7, 0.1)
+    good = np.flatnonzero(kind == 0)
+    r = np.sqrt(rng.uniform(0, 1, good.size)) * 2.0
+    phi = rng.uniform(0, 2 * np.pi, good.size)
+    shifts = np.stack([r * np.cos(phi), r * np.sin(phi)], 1)
+    sub = lambda idx: {k: v[idx] for k, v in ctf.items()}  # noqa: E731
+    clean = np.empty((N, n, n), np.float32)
+    clean[good] = simulate_projections([vol], random_rotations(good.size, rng), np.zeros(good.size, np.int64),
+                                       shifts, sub(good), spec.angpix)
+    signal_var = clean[good][:, _disc(n)].var(axis=1).mean()
+    bad = np.flatnonzero(kind > 0)
+    clean[bad] = junk_images(np.array(KINDS)[kind[bad]], vol, spec.angpix, sub(bad), rng)
+    sigma = float(np.sqrt(signal_var / spec.snr))
+    images = clean + rng.normal(0.0, sigma, clean.shape).astype(np.float32)
+    order = rng.permutation(N)
+    star = os.path.join(outdir, "particles.star")
+    c = sub(order)
+    write_particle_stack(star, images[order], spec.angpix, defocus_u=c["defocus_u"], defocus_v=c["defocus_v"],
+                         defocus_angle=c["defocus_angle"], voltage=300.0, cs=2.7, amp_contrast=0.1)
+    np.savez(os.path.join(outdir, "truth.npz"), kind=kind[order], kinds=np.array(KINDS), noise_sigma=sigma)
+    return star
+
+
+def _disc(n):
+    c = np.arange(n) - n // 2
+    return (c[:, None] ** 2 + c[None, :] ** 2) <= (0.35 * n) ** 2
+
+
+def classify(spec: SetSpec, setdir: str, star: str, threads: int = 1) -> str:
+    """hpcem class2d on the set (EM, or VDAM mini-batches); keeps only the final iteration's files.
+    Returns the final optimiser STAR."""
+    from ..cli.main import run_job
+
+    out = os.path.join(setdir, "Class2D")
+    args = {"i": star, "o": out + "/run", "K": spec.K, "iters": spec.iters, "particle_diameter": spec.diameter,
+            "ctf": True, "psi_step": 15.0, "offset_range": 2.0, "offset_step": 1.0, "random_seed": spec.seed % 1000,
+            "j": threads}
+    if spec.grad:
+        args["grad"] = True
+    with open(os.path.join(setdir, "class2d.log"), "w") as log, contextlib.redirect_stdout(log):
+        run_job("class2d", args)
+    files = glob.glob(os.path.join(out, "run_it*_*"))
+    last = max(int(re.search(r"_it(\d+)_", f).group(1)) for f in files)
+    for f in files:
+        if int(re.search(r"_it(\d+)_", f).group(1)) != last:
+            os.remove(f)
+    return os.path.join(out, "run_it%03d_optimiser.star" % last)
+
+
+def generate(outdir: str, split: str, count: int, seed: int = 0, threads: int = 1, shard=(0, 1), log=print) -> list:
+    """Make and classify ``count`` sets into ``outdir/setNNN`` (skipping finished ones); with
+    ``shard`` (i, n) only the sets whose index is i modulo n (n processes side by side)."""
+    done = []
+    for i, spec in enumerate(plan(split, count, seed)):
+        setdir = os.path.join(outdir, "set%03d" % i)
+        marker = os.path.join(setdir, "done.json")
+        if os.path.isfile(marker):
+            done.append(setdir)
+            continue
+        if i % shard[1] != shard[0]:
+            continue
+        os.makedirs(setdir, exist_ok=True)
+        t0 = time.time()
+        star = make_particles(spec, setdir)
+        opt = classify(spec, setdir, star, threads)
+        info = dict(asdict(spec), optimiser=os.path.relpath(opt, setdir), seconds=time.time() - t0)
+        with open(marker, "w") as f:
+            json.dump(info, f, indent=1)
+        log("%s: %s box %d SNR %.2f N %d junk %.2f K %d %s: %.0f s" % (
+            setdir, split, spec.box, spec.snr, spec.n_particles, spec.junk_fraction, spec.K,
+            "VDAM" if spec.grad else "EM", time.time() - t0), flush=True)
+        done.append(setdir)
+    return done
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hpcem.ml.datagen", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--o", required=True, help="output folder")
+    ap.add_argument("--split", choices=tuple(SNR), default="train")
+    ap.add_argument("--sets", type=int, default=60, help="number of data sets")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--j", type=int, default=1, help="threads of each classification")
+    ap.add_argument("--shard", default="0/1", help="i/n: only the sets i, i + n, ... (n processes side by side)")
+    a = ap.parse_args(argv)
+    i, n = (int(x) for x in a.shard.split("/"))
+    generate(a.o, a.split, a.sets, a.seed, a.j, shard=(i, n))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
