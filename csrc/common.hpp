@@ -29,6 +29,7 @@ void register_backproject(py::module_& m);
 void register_marginalise(py::module_& m);
 void register_marginalise_posteriors(py::module_& m);  // called by register_marginalise
 void register_gtm(py::module_& m);
+void register_importance(py::module_& m);
 
 // ---------------------------------------------------------------------------
 // Fourier-space interpolation on a padded half grid (project / backproject).

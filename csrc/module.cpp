@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
   register_backproject(m);
   register_marginalise(m);
   register_gtm(m);
+  register_importance(m);
 }

@@ -9,6 +9,7 @@ using hpcem_cuda::project;
 
 void register_marginalise_cuda(py::module_& m);
 void register_gtm_cuda(py::module_& m);
+void register_importance_cuda(py::module_& m);
 
 static void ok(const std::string& err) {
   if (!err.empty()) throw std::runtime_error("hpcem._cuda: " + err);
@@ -40,4 +41,5 @@ PYBIND11_MODULE(_cuda, m) {
   });
   register_marginalise_cuda(m);
   register_gtm_cuda(m);
+  register_importance_cuda(m);
 }

@@ -85,14 +85,21 @@ def noise_weights(sigma2, hw, sh):
 
 def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_class_prior,
               r_cur: int, radius_px: float, opts: EStepOptions, candidates=None, remap=None,
-              subset=None, slots=None, n_slots: int = 1) -> EStepSums:
+              subset=None, slots=None, n_slots: int = 1, class_segments: bool = False, class_mix=None,
+              accumulate: bool = True) -> EStepSums:
     """E-step of every particle of ``parts`` (a :class:`FourierParticles`); updates ``results``
     (rank-local dict of (nb,) arrays: class, the space's pose keys, ox, oy [A], pmax, nsig,
     loglik) in place and returns the :class:`EStepSums`; the data sums go to the space.
     ``remap(local_index, pj) -> pj`` redirects the sums (class3d's random initial classes);
     ``subset`` (rank-local indices) limits the E-step to those particles (VDAM's mini-batches);
     ``slots`` (rank-local (nb,) ints below ``n_slots``, dense spaces only) sends each particle's
-    sums to its slot's accumulators (VDAM's half sets in one pass)."""
+    sums to its slot's accumulators (VDAM's half sets in one pass); ``class_segments``: posteriors
+    per (particle, class), the class posteriors through ``class_mix`` (:mod:`hpcem.estep.classes`);
+    ``accumulate`` False: posteriors, results and log-likelihoods only (no sums into the space).
+
+    A candidate generator may also have ``bind(space, trans, angpix)`` (called first) and
+    ``observe(sel, res, o_px)`` (called with every batch's result: the importance sampler's
+    marginals)."""
     candidates = candidates or FullGrid()
     n, angpix = parts.n, float(parts.ps.angpix)
     kidx = coefficients(parts.shell, r_cur)
@@ -100,6 +107,9 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     r_c = min(int(r_cur), coarse_shell(n, angpix, radius_px, space.coarse_step_deg,
                                        opts.coarse_factor if opts.oversampling else 0))
     mc = int(np.searchsorted(sh, r_c, side="right"))
+    if hasattr(candidates, "bind"):
+        candidates.bind(space, trans, angpix)
+    order = candidates.plan(space, results, trans.T)
     refs_c, refs_f = space.begin(kidx, mc, r_cur + 1.0, r_c + 1.0, candidates.dense, n_slots)
     phc, phf = trans.phases(n, kidx, mc)
     lpk = np.asarray(log_class_prior, np.float64)
@@ -112,7 +122,6 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     onehot = np.zeros((kidx.size, int(r_cur) + 1))   # coefficient -> shell sums (double: the sums must not
     #                                                  depend on how the particles are batched over ranks)
     onehot[np.arange(kidx.size), sh] = 1.0
-    order = candidates.plan(space, results, trans.T)
     order = np.arange(parts.size) if order is None else order
     if subset is not None:
         order = order[np.isin(order, subset)]
@@ -129,8 +138,12 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
                           children_t=trans.children, children_j=space.children, lpt_c=lpt_c, lpt_f=lpt_f,
                           lpj_c=lpj_c, lpj_f=lpj_f, candidates=candidates.for_batch(sel, trans.T),
                           frac=opts.frac, maxsig=opts.maxsig, groups=space.cap_groups, mc=mc,
-                          remap_j=rmap, acc_into=acc_into, best_fit=best_fit)
-        if acc_into is None:
+                          remap_j=rmap, acc_into=acc_into, best_fit=best_fit,
+                          class_segments=space.K if class_segments else 1, class_mix=class_mix,
+                          accumulate=accumulate)
+        if hasattr(candidates, "observe"):
+            candidates.observe(sel, res, o_px)
+        if acc_into is None and accumulate:
             space.insert(res, kidx, r_cur + 1.0)
         _add_statistics(sums, res, sel, g, o_px, onehot, space, trans, angpix, rmap)
         _store_results(results, res, sel, o_px, space, trans, angpix)

@@ -14,6 +14,8 @@ Families, each documented in its module (Fourier layout and notation there):
   segment_posteriors, accumulate (the MAP-EM E-step over class x orientation x translation)
 * :mod:`hpcem.kernels.gtm`  gtm_solve, gtm_distances, gtm_responsibilities, gtm_accumulate
   (the ROME GTM E- and M-step)
+* :mod:`hpcem.kernels.importance`  is_draw, is_candidates (importance-sampled quadrature over
+  poses: draws from the mixture distributions, the product of the drawn sets as candidates)
 
 Helpers: :func:`is_cupy`, :func:`array_namespace`, :func:`to_host`, :func:`has_cuda`,
 :func:`set_threads` / :func:`max_threads` (OpenMP threads of the CPU kernels).
@@ -23,6 +25,7 @@ from __future__ import annotations
 from ._backend import array_namespace, has_cuda, max_threads, set_threads, to_host
 from ._checks import KernelArgumentError, is_cupy
 from .gtm import gtm_accumulate, gtm_distances, gtm_responsibilities, gtm_solve, gtm_solve_flops
+from .importance import Draws, is_candidates, is_draw
 from .marginalise import (Posteriors, SegmentPosteriors, accumulate, coarse_diff2, coarse_flops,
                           pair_diff2, posteriors, segment_posteriors)
 from .projection import backproject2d, backproject3d, project2d, project3d, symmetrise3d
@@ -35,6 +38,8 @@ __all__ = [
     "accumulate", "Posteriors", "SegmentPosteriors",
     # GTM
     "gtm_solve", "gtm_solve_flops", "gtm_distances", "gtm_responsibilities", "gtm_accumulate",
+    # importance sampling
+    "is_draw", "is_candidates", "Draws",
     # dispatch helpers
     "KernelArgumentError", "is_cupy", "array_namespace", "to_host", "set_threads",
     "max_threads", "has_cuda",

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...core.euler import angular_distance, euler_to_matrix, wrap180
-from ...core.sampling import (angular_step, asymmetric_directions, inplane_angles, local_neighbours,
-                              oversample_directions)
+from ...core.sampling import (angular_step, asymmetric_directions, direction_vectors, inplane_angles,
+                              local_neighbours, oversample_directions)
 from ...estep import ragged_arange
 from ...recon.projector import BackProjector, Projector
 
@@ -180,6 +180,23 @@ class ProjectionSpace:
 
     def coarse_index(self, cls, j1):
         return np.asarray(cls, np.int64) * self.Jc1 + np.asarray(j1, np.int64)
+
+    # ------------------------------------------------------------ the importance sampler's view
+    def is_grids(self):
+        """Coarse quadrature of the importance sampler: direction unit vectors (nd, 3), in-plane
+        angles (npsi,) deg, and their steps (deg)."""
+        s = self.samp
+        return direction_vectors(s.rot, s.tilt), s.psi_c, angular_step(s.order), s.psi_step
+
+    def is_fine(self, jf):
+        """(class, coarse direction, coarse psi, fine direction vectors (P, 3), fine psi deg) of fine
+        hypotheses ``jf`` (the coarse ones without oversampling)."""
+        s = self.samp
+        jf = np.asarray(jf, np.int64)
+        k, r = jf // s.Jf1, jf % s.Jf1
+        e, q = r // s.psi_f.size, r % s.psi_f.size
+        d = np.searchsorted(s.dchild_off, e, side="right") - 1
+        return k, d, q // s.mpsi, direction_vectors(s.frot[e], s.ftilt[e]), s.psi_f[q]
 
 
 def pose_distance(prev, new, ops):
