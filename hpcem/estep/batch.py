@@ -71,6 +71,7 @@ class EStepResult:
     data: object = None     # (U, M) complex: sum w c X conj(ph) / sigma2
     wsum: object = None     # (U, M) float: sum w c^2 / sigma2
     class_post: object = None   # (B, K) class posteriors used (class segments only)
+    evaluated: int = 0          # (t, j) pairs scored: coarse candidates plus fine children
     observe: object = None      # class segments: every significant fine pair with its posterior within its
     #                             class, (pair_i, pair_t, pair_j, weight) (the per-class pose marginals)
 
@@ -197,7 +198,7 @@ def _fine_pass(xp, X, ctf, s_e, phf, refs_f, children_t, children_j, lpt_f, lpj_
         fit = xp.where(ok[None], _best_fit(xp, X, ctf, s_e, phf, Rf, best_t, best_row), 0.0)
     return dict(pairs=(pi[keep], pt[keep], pj[keep], w[keep]), rows=rows[keep], Rf=Rf,
                 uniq_all=uniq_all, logZ=logZ, pmax=pmax, best_t=best_t, best_j=best_j, fit=fit,
-                observe=observe, class_post=class_post)
+                observe=observe, class_post=class_post, n_fine=int(pi.size))
 
 
 def _best_fit(xp, X, ctf, s_e, phf, Rf, best_t, best_row):
@@ -215,8 +216,9 @@ def _best_fit(xp, X, ctf, s_e, phf, Rf, best_t, best_row):
     return xp.stack([xa, aa, rr])
 
 
-def _accumulate_compact(xp, X, ctf, s_a, phf, fine, remap_j, acc_dtype, noise):
-    """M-step sums of the accumulated pairs, compacted to the fine hypotheses they use."""
+def _accumulate_compact(xp, X, ctf, s_a, phf, fine, remap_j, acc_dtype, noise, residual=False):
+    """M-step sums of the accumulated pairs, compacted to the fine hypotheses they use; with
+    ``residual`` the data sums less ``wsum R`` (the posterior-weighted residuals of SAGD's gradient)."""
     pi, pt, pj, w = fine["pairs"]
     M = X.shape[1]
     wdt = xp.float32 if acc_dtype == np.complex64 else xp.float64
@@ -229,9 +231,13 @@ def _accumulate_compact(xp, X, ctf, s_a, phf, fine, remap_j, acc_dtype, noise):
         data = xp.zeros((uniq.size, M), dtype=acc_dtype)
         wsum = xp.zeros((uniq.size, M), dtype=wdt)
         kernels.accumulate(X, ctf, s_a, phf, Rf, pi, pt, inv, w, data, wsum, noise)
+        if residual:
+            data -= wsum * Rf
         return uniq, data, wsum
     # sums go to the remapped hypothesis, the noise uses the evaluated reference: bucket the pairs
     # by (target, evaluated reference) and fold the buckets into their targets
+    if residual:
+        raise ValueError("estep_batch: residual sums cannot be remapped")
     tgt = xp.asarray(remap_j(pi, pj), dtype=xp.int64)
     utgt, tinv = xp.unique(tgt, return_inverse=True)
     key = tinv.astype(xp.int64).reshape(-1) * uniq.size + inv
@@ -265,7 +271,8 @@ def _accumulate_dense(xp, X, ctf, s_a, phf, fine, acc_into, noise):
 def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, children_t, children_j,
                 lpt_c, lpt_f, lpj_c, lpj_f, extra_c=None, candidates=None, frac=0.999, maxsig=200,
                 groups=1, mc=None, remap_j=None, acc_into=None, acc_dtype=np.complex64,
-                best_fit=False, class_segments=1, class_mix=None, accumulate=True) -> EStepResult:
+                best_fit=False, class_segments=1, class_mix=None, accumulate=True,
+                residual=False) -> EStepResult:
     """E-step of one batch (see the module docstring).
 
     ``X`` complex64 (B, M), ``ctf`` / ``s_e`` / ``s_a`` float32 (B, M); ``phases_c`` (T, >=mc) /
@@ -275,12 +282,14 @@ def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, childre
     children; ``refs_c`` / ``phases_c`` may hold just ``mc`` columns; ``best_fit``: also the sums of
     ``EStepResult.fit`` (--norm / --scale); ``class_segments`` K > 1: posteriors per (particle, class)
     (:mod:`hpcem.estep.classes`), the class posteriors mixed by ``class_mix`` (B, K) -> (B, K) before
-    the sums; ``accumulate`` False: posteriors and log-likelihoods only, no M-step sums."""
+    the sums; ``accumulate`` False: posteriors and log-likelihoods only, no M-step sums; ``residual``
+    (compacted sums only): data sums less ``wsum R``."""
     xp = namespace(X)
     B, M = X.shape
     mc = M if mc is None else int(min(max(mc, 1), M))
     Xc, ctfc, sec = (_columns(xp, a, mc) for a in (X, ctf, s_e))
     phc = _columns(xp, xp.asarray(phases_c), mc)
+    n_coarse = B * len(lpj_c) * xp.asarray(phases_c).shape[0] if candidates is None else len(candidates[1])
     if candidates is None:
         *coarse, nsig = _dense_coarse(xp, Xc, ctfc, sec, phc, refs_c, lpt_c, lpj_c, extra_c, frac,
                                       maxsig, groups, class_segments)
@@ -293,7 +302,8 @@ def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, childre
     noise = xp.zeros((B, M), dtype=xp.float32)
     res = EStepResult(*fine["pairs"], logZ=fine["logZ"], pmax=fine["pmax"], best_t=fine["best_t"],
                       best_j=fine["best_j"], nsig=nsig, noise=noise, fit=fine["fit"],
-                      class_post=fine["class_post"], observe=fine["observe"])
+                      class_post=fine["class_post"], observe=fine["observe"],
+                      evaluated=int(n_coarse) + fine["n_fine"])
     if not accumulate:
         return res
     if acc_into is not None:
@@ -302,5 +312,5 @@ def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, childre
         _accumulate_dense(xp, X, ctf, s_a, phf, fine, acc_into, noise)
     else:
         res.uniq_j, res.data, res.wsum = _accumulate_compact(xp, X, ctf, s_a, phf, fine, remap_j,
-                                                             acc_dtype, noise)
+                                                             acc_dtype, noise, residual)
     return res

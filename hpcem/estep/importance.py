@@ -76,7 +76,7 @@ class ImportanceSampler:
 
     dense = False
 
-    def __init__(self, gidx, K: int = 1, s0: float = 10.0, seed: int = 0, max_frac: float = 0.3, cap: int = CAP):
+    def __init__(self, gidx, K: int = 1, s0: float = 10.0, seed: int = 0, max_frac: float = 0.05, cap: int = CAP):
         self.gidx = np.asarray(gidx, np.int64)
         self.K, self.s0, self.seed, self.max_frac = int(K), float(s0), int(seed), float(max_frac)
         S = self.gidx.size * self.K

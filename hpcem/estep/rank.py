@@ -38,9 +38,19 @@ class EStepSums:
     offset2: np.ndarray         # (1,) sum w |new origin|^2 (A^2)
     r_cur: int                  # the E-step's resolution limit (shell)
     scale_fit: np.ndarray = None   # (2, G) per optics group at the best poses: sum s_e Re(X (cR)*), sum s_e |cR|^2
+    evaluated: np.ndarray = None   # (2,) (t, j) pairs scored (coarse + fine), fine quadrature points of the particles
+
+    def __post_init__(self):
+        if self.evaluated is None:
+            self.evaluated = np.zeros(2)
+
+    @property
+    def fraction_evaluated(self) -> float:
+        """Scored pairs over the size of the fine quadrature (the particles' hypotheses x translations)."""
+        return float(self.evaluated[0] / max(self.evaluated[1], 1.0))
 
     def reduce(self, comm) -> None:
-        for a in (self.noise, self.class_weight, self.offset2, self.scale_fit):
+        for a in (self.noise, self.class_weight, self.offset2, self.scale_fit, self.evaluated):
             comm.allreduce_(a)
 
     def add(self, other: "EStepSums") -> None:
@@ -48,6 +58,7 @@ class EStepSums:
         self.noise += other.noise
         self.class_weight += other.class_weight
         self.offset2 += other.offset2
+        self.evaluated += other.evaluated
         if self.scale_fit is not None:
             self.scale_fit += other.scale_fit
 
@@ -140,7 +151,7 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
                           frac=opts.frac, maxsig=opts.maxsig, groups=space.cap_groups, mc=mc,
                           remap_j=rmap, acc_into=acc_into, best_fit=best_fit,
                           class_segments=space.K if class_segments else 1, class_mix=class_mix,
-                          accumulate=accumulate)
+                          accumulate=accumulate, residual=getattr(space, "residual", False))
         if hasattr(candidates, "observe"):
             candidates.observe(sel, res, o_px)
         if acc_into is None and accumulate:
@@ -173,6 +184,7 @@ def _add_statistics(sums, res, sel, g, o_px, onehot, space, trans, angpix, rmap)
     pj = res.pair_j if rmap is None else rmap(res.pair_i, res.pair_j)
     sums.class_weight += np.bincount(space.class_of(pj), weights=res.weight, minlength=space.K)[:space.K]
     sums.offset2 += np.dot(res.weight.astype(np.float64), trans.origin_power(o_px, res.pair_i, res.pair_t, angpix))
+    sums.evaluated += [float(res.evaluated), float(len(sel)) * space.K * space.Jf1 * len(trans.fine)]
 
 
 def _store_results(results, res, sel, o_px, space, trans, angpix):

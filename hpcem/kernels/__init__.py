@@ -9,7 +9,8 @@ argument; the compiled code trusts what passes.
 Families, each documented in its module (Fourier layout and notation there):
 
 * :mod:`hpcem.kernels.projection`  project3d, project2d, backproject3d, backproject2d,
-  symmetrise3d (padded half transforms, trilinear / bilinear, exact adjoints)
+  symmetrise3d (padded half transforms, trilinear / bilinear, exact adjoints); project3d_at,
+  backproject3d_at (the same at listed frequencies only)
 * :mod:`hpcem.kernels.marginalise`  coarse_diff2, pair_diff2, posteriors,
   segment_posteriors, accumulate (the MAP-EM E-step over class x orientation x translation)
 * :mod:`hpcem.kernels.gtm`  gtm_solve, gtm_distances, gtm_responsibilities, gtm_accumulate
@@ -28,11 +29,12 @@ from .gtm import gtm_accumulate, gtm_distances, gtm_responsibilities, gtm_solve,
 from .importance import Draws, is_candidates, is_draw
 from .marginalise import (Posteriors, SegmentPosteriors, accumulate, coarse_diff2, coarse_flops,
                           pair_diff2, posteriors, segment_posteriors)
-from .projection import backproject2d, backproject3d, project2d, project3d, symmetrise3d
+from .projection import (backproject2d, backproject3d, backproject3d_at, project2d, project3d, project3d_at,
+                         symmetrise3d)
 
 __all__ = [
     # projection
-    "project3d", "project2d", "backproject3d", "backproject2d", "symmetrise3d",
+    "project3d", "project2d", "backproject3d", "backproject2d", "symmetrise3d", "project3d_at", "backproject3d_at",
     # marginalisation
     "coarse_diff2", "coarse_flops", "posteriors", "pair_diff2", "segment_posteriors",
     "accumulate", "Posteriors", "SegmentPosteriors",

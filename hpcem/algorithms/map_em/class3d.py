@@ -76,11 +76,14 @@ class Class3D:
             sub, J = self.subset, self.samp.Jf1
             remap = lambda li, pj: sub[m.idx[li]] * J + pj % J  # noqa: E731
         cand = LocalSearch(self.config.sigma_ang, all_classes=True) if self.config.sigma_ang > 0 else None
+        if m.sampler is not None:
+            cand = m.importance(self.st["iteration"])
         return m.e_step(self.samp, self.trans, int(self.st["r_cur"]), candidates=cand, remap=remap,
                         uniform_priors=True, cc=self.first and self.config.firstiter_cc)
 
     def reduce(self, sums):
         self.m.reduce(sums)
+        self.evaluated = sums.fraction_evaluated
 
     def m_step(self, sums):
         m, cfg, K, n = self.m, self.config, self.K, self.n
@@ -103,14 +106,18 @@ class Class3D:
             m.res["class"] = self.subset[m.idx] + 1
         stats = pose_change_stats(self.comm, self.prev, m.res, self.space, first=self.first)
         stats.update(iteration=self.st["iteration"], r_cur=r_used, resolution=self.st["resolution"],
-                     sigma_offset=m.sigma_offset, pclass=m.pclass.copy())
+                     sigma_offset=m.sigma_offset, pclass=m.pclass.copy(), evaluated=self.evaluated)
         return stats
 
     def state(self):
         m = self.m
-        return {"refs": m.refs, "sigma2": m.sigma2, "tau2": m.tau2, "pclass": m.pclass,
-                "sigma_offset": m.sigma_offset, "img_power": m.img_power, "results": m.gather_results(),
-                **m.corr.state(), **self.st}
+        st = {"refs": m.refs, "sigma2": m.sigma2, "tau2": m.tau2, "pclass": m.pclass,
+              "sigma_offset": m.sigma_offset, "img_power": m.img_power, "results": m.gather_results(),
+              **m.corr.state(), **self.st}
+        smp = m.gather_sampler()
+        if smp is not None:
+            st["sampler"] = smp
+        return st
 
     def write(self, root, state, stats):
         from .io3d import write_class3d_iteration
@@ -127,10 +134,11 @@ class Class3D:
 
     def log_line(self, st):
         return ("it %3d  r_cur %2d  res %6.2f A  dclass %5.3f  dang %6.2f deg  doff %5.2f A  sig_off %5.2f A  "
-                "nsig %7.1f  classes %s  logL %.6e  (%.1f s, E-step %.1f s)" % (
+                "nsig %7.1f  classes %s  logL %.6e  poses evaluated %.2e  (%.1f s, E-step %.1f s)" % (
                     st["iteration"], st["r_cur"], st["resolution"], st["changes_classes"], st["changes_orient"],
                     st["changes_offsets"], st["sigma_offset"], st["mean_nsig"],
-                    " ".join("%.2f" % p for p in st["pclass"]), st["loglik"], st["t_iter"], st["t_estep"]))
+                    " ".join("%.2f" % p for p in st["pclass"]), st["loglik"], st.get("evaluated", float("nan")),
+                    st["t_iter"], st["t_estep"]))
 
     def finish(self, root):
         pass

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...core.euler import angular_distance, euler_to_matrix, wrap180
+from ... import kernels
+from ...core.fourier import freqs, hermitian_weights2
 from ...core.sampling import (angular_step, asymmetric_directions, direction_vectors, inplane_angles,
                               local_neighbours, oversample_directions)
 from ...estep import ragged_arange
@@ -108,14 +110,20 @@ class ProjectionSpace:
         self.refs = None
         self.bps = None
         self.row_norm = None   # (weights over the half grid, norm): every slice scaled to that norm
+        self.residual = False  # back-project the residuals (SAGD's gradient), weighted by the slices' h / 2
+
+    def _freqs(self, kidx):
+        """(ky, kx) int32 of flat half-grid coefficients."""
+        iy, kx = np.divmod(np.asarray(kidx, np.int64), self.n // 2 + 1)
+        return freqs(self.n)[iy].astype(np.int32), kx.astype(np.int32)
 
     def _project(self, k, eul, kidx, r_max):
-        A = euler_to_matrix(*eul).astype(np.float32)
+        """Slices at poses ``eul`` on the coefficients ``kidx`` (all inside ``r_max``)."""
+        A = euler_to_matrix(*eul).astype(np.float64)
+        ky, kx = self._freqs(kidx)
         out = np.empty((A.shape[0], kidx.size), np.complex64)
-        nn = self.n * (self.n // 2 + 1)
         for s in range(0, A.shape[0], CHUNK):  # chunks of slices
-            full = self._projs[k].project(A[s:s + CHUNK], r_max=r_max).reshape(-1, nn)
-            np.take(full, kidx, axis=1, out=out[s:s + full.shape[0]])
+            out[s:s + CHUNK] = kernels.project3d_at(self._projs[k].data, A[s:s + CHUNK], ky, kx, PAD)
         if self.row_norm is not None:
             from ...estep.crosscorr import normalise_rows
 
@@ -150,18 +158,22 @@ class ProjectionSpace:
         return None
 
     def insert(self, res, kidx, r_max):
-        """Back-project a batch's compacted fine sums into the class accumulators."""
-        n, nn = self.n, self.n * (self.n // 2 + 1)
+        """Back-project a batch's compacted fine sums (on the coefficients ``kidx``, all inside
+        ``r_max``) into the class accumulators."""
+        ky, kx = self._freqs(kidx)
+        h = self._h_half[kidx] if self.residual else None
         for k in range(self.K):  # classes
             m = np.flatnonzero(res.uniq_j // self.Jf1 == k)
-            for c0 in range(0, m.size, 1024):
-                mm = m[c0:c0 + 1024]
-                D = np.zeros((mm.size, nn), np.complex64)
-                W = np.zeros((mm.size, nn), np.float32)
-                D[:, kidx] = res.data[mm]
-                W[:, kidx] = res.wsum[mm]
-                A = euler_to_matrix(*self.samp.fine_euler(res.uniq_j[mm] % self.Jf1)).astype(np.float32)
-                self.bps[k].insert(D.reshape(-1, n, n // 2 + 1), W.reshape(-1, n, n // 2 + 1), A, r_max=r_max)
+            for c0 in range(0, m.size, CHUNK):
+                mm = m[c0:c0 + CHUNK]
+                D = res.data[mm] * h if self.residual else res.data[mm]
+                A = euler_to_matrix(*self.samp.fine_euler(res.uniq_j[mm] % self.Jf1)).astype(np.float64)
+                kernels.backproject3d_at(np.asarray(D, np.complex64), np.asarray(res.wsum[mm], np.float32), A, ky, kx,
+                                         self.bps[k].data, self.bps[k].weight, PAD)
+
+    @property
+    def _h_half(self):
+        return (hermitian_weights2(self.n) / 2.0).ravel().astype(np.float32)
 
     def class_of(self, jf):
         return np.asarray(jf) // self.Jf1
