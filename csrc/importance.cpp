@@ -107,7 +107,7 @@ void draw_segment(const double* prev, const double* val, int C, int D, const dou
 }
 
 // prev (S, C, D), val (S, C), grid (M, D), inv_T / alpha (S,), keys (S,) uint64
-py::tuple is_draw(carray<double> prev, carray<double> val, carray<double> grid, int kind, double kappa,
+py::tuple is_draw(carray<double> prev, carray<double> val, carray<double> grid, int kind, carray<double> kappa,
                   carray<double> inv_T, carray<double> alpha, double s0, carray<uint64_t> keys, long max_draws) {
   require(prev.ndim() == 3, "is_draw: prev must be (S, C, D)");
   const long S = long(prev.shape(0));
@@ -115,13 +115,14 @@ py::tuple is_draw(carray<double> prev, carray<double> val, carray<double> grid, 
   require(val.ndim() == 2 && val.shape(0) == S && val.shape(1) == C, "is_draw: val must be (S, C)");
   require(grid.ndim() == 2 && grid.shape(1) == D && grid.shape(0) > 0, "is_draw: grid must be (M, D)");
   require(inv_T.ndim() == 1 && inv_T.shape(0) == S && alpha.ndim() == 1 && alpha.shape(0) == S &&
-              keys.ndim() == 1 && keys.shape(0) == S,
-          "is_draw: inv_T, alpha and keys must be (S,)");
+              keys.ndim() == 1 && keys.shape(0) == S && kappa.ndim() == 1 && kappa.shape(0) == S,
+          "is_draw: kappa, inv_T, alpha and keys must be (S,)");
   require(kind == 0 || kind == 1, "is_draw: kind must be 0 (unit vectors) or 1 (points)");
   require(max_draws >= 1, "is_draw: max_draws must be >= 1");
   const long M = long(grid.shape(0));
   std::vector<Draw> res(static_cast<size_t>(S));
-  const double *P = prev.data(), *V = val.data(), *G = grid.data(), *IT = inv_T.data(), *A = alpha.data();
+  const double *P = prev.data(), *V = val.data(), *G = grid.data(), *IT = inv_T.data(), *A = alpha.data(),
+               *KA = kappa.data();
   const uint64_t* Kk = keys.data();
   {
     py::gil_scoped_release nogil;
@@ -131,7 +132,7 @@ py::tuple is_draw(carray<double> prev, carray<double> val, carray<double> grid, 
       std::vector<int32_t> cnt(static_cast<size_t>(M));
 #pragma omp for schedule(dynamic, 4)
       for (long s = 0; s < S; ++s)
-        draw_segment(P + size_t(s) * C * D, V + size_t(s) * C, C, D, G, M, kind, kappa, IT[s], A[s], s0, Kk[s],
+        draw_segment(P + size_t(s) * C * D, V + size_t(s) * C, C, D, G, M, kind, KA[s], IT[s], A[s], s0, Kk[s],
                      max_draws, q, u, cnt, res[size_t(s)]);
     }
   }

@@ -49,7 +49,8 @@ __device__ double block_sum(double v, double* red) {
 
 // one block per segment: cdf (S, M) running sum of q, cnt (S, M) draws per point
 __global__ void k_draw_count(const double* __restrict__ prev, const double* __restrict__ val,
-                             const double* __restrict__ grid, int C, int D, long M, int kind, double kappa,
+                             const double* __restrict__ grid, int C, int D, long M, int kind,
+                             const double* __restrict__ kappa_s,
                              const double* __restrict__ inv_T, const double* __restrict__ alpha, double s0,
                              const uint64_t* __restrict__ keys, long max_draws, double* __restrict__ cdf,
                              int* __restrict__ cnt, long* __restrict__ nuniq, long* __restrict__ ndraw,
@@ -57,6 +58,7 @@ __global__ void k_draw_count(const double* __restrict__ prev, const double* __re
   __shared__ double red[THREADS];
   __shared__ double sh_N;
   const long s = blockIdx.x;
+  const double kappa = kappa_s[s];
   const double* p = prev + size_t(s) * C * D;
   const double* v = val + size_t(s) * C;
   double* q = cdf + size_t(s) * M;
@@ -172,13 +174,13 @@ void check(const std::string& e) {
 
 void register_importance_cuda(py::module_& m) {
   m.def("is_draw_count", [](uintptr_t prev, uintptr_t val, uintptr_t grid, long S, int C, int D, long M, int kind,
-                            double kappa, uintptr_t inv_T, uintptr_t alpha, double s0, uintptr_t keys, long max_draws,
+                            uintptr_t kappa, uintptr_t inv_T, uintptr_t alpha, double s0, uintptr_t keys, long max_draws,
                             uintptr_t cdf, uintptr_t cnt, uintptr_t nuniq, uintptr_t ndraw, uintptr_t ess,
                             uintptr_t stream) {
     py::gil_scoped_release nogil;
     if (S > 0)
       k_draw_count<<<unsigned(S), THREADS, 0, stream_of(stream)>>>(
-          P_<const double>(prev), P_<const double>(val), P_<const double>(grid), C, D, M, kind, kappa,
+          P_<const double>(prev), P_<const double>(val), P_<const double>(grid), C, D, M, kind, P_<const double>(kappa),
           P_<const double>(inv_T), P_<const double>(alpha), s0, P_<const uint64_t>(keys), max_draws, P_<double>(cdf),
           P_<int>(cnt), P_<long>(nuniq), P_<long>(ndraw), P_<double>(ess));
     check(last("is_draw_count"));

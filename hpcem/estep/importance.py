@@ -5,7 +5,8 @@ The third candidate generator of the E-step (beside :class:`~.candidates.FullGri
 keeps the marginals of its last E-step over viewing directions, in-plane angles and
 translations (eqs 17-19, as points with values: directions and angles as unit vectors,
 translations as absolute origins in pixels, so that they survive a change of quadrature grid
-and of search centre).  The next E-step draws from the mixture of eq 20 (the marginals raised to
+and of search centre; with the spacing of the quadrature they were made on, which widens the
+kernels when the quadrature has become finer since: "smooth transitions between resolutions").  The next E-step draws from the mixture of eq 20 (the marginals raised to
 1/T, diffused by the kernels of eqs 21-23, mixed with the uniform distribution in proportion
 alpha), N = s0 ESS draws per dimension (:func:`hpcem.kernels.is_draw`), and evaluates the
 product of the drawn sets, each candidate carrying the properly weighted factor of eq 13 as its
@@ -21,7 +22,7 @@ import numpy as np
 
 from .. import kernels
 
-CAP = 32          # points kept per segment and dimension
+CAP = 128         # points kept per segment and dimension
 SEED_EPOCH = 46105 / 200.0    # the seed's iterations per epoch (thermus: 46,105 images, 200 per mini-batch)
 _MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
                  0x27D4EB2F165667C5], dtype=np.uint64)
@@ -47,11 +48,12 @@ def random_keys(seed: int, it: int, gidx, cls, dim: int):
 
 class Marginals:
     """The kept marginal of one dimension: ``pts`` (S, CAP, D) points, ``val`` (S, CAP) values
-    (0: empty slot, the largest 1)."""
+    (0: empty slot, the largest 1), ``step`` (S,) the spacing of the quadrature they were made on."""
 
     def __init__(self, S: int, D: int, cap: int = CAP):
         self.pts = np.zeros((S, cap, D), np.float32)
         self.val = np.zeros((S, cap), np.float32)
+        self.step = np.zeros(S, np.float32)
 
     def put(self, seg, pts, val):
         """Set the marginals of the segments in ``seg`` (cleared by the caller) from ``(seg, pts,
@@ -104,9 +106,14 @@ class ImportanceSampler:
         dirs, psi, step_d, step_p = space.is_grids()
         rad = np.deg2rad
         self.grid = {"d": dirs, "p": np.stack([np.cos(rad(psi)), np.sin(rad(psi))], 1), "t": trans.coarse}
-        r_t = max(trans.step, 1e-3)
-        self.kappa = {"d": np.log(4.0) / (1.0 - np.cos(rad(step_d))), "p": np.log(2.0) / (1.0 - np.cos(rad(step_p))),
-                      "t": 1.0 / (2.0 * r_t ** 2)}
+        self.step = {"d": float(step_d), "p": float(step_p), "t": max(float(trans.step), 1e-3)}
+
+    @staticmethod
+    def _kappa(dim, step):
+        """Bandwidths of eqs 21-23 for grid spacings ``step`` (deg, or pixels for translations)."""
+        if dim == "t":
+            return 1.0 / (2.0 * step ** 2)
+        return (np.log(4.0) if dim == "d" else np.log(2.0)) / (1.0 - np.cos(np.deg2rad(step)))
 
     def plan(self, space, results, T):
         self.results = results
@@ -127,8 +134,10 @@ class ImportanceSampler:
             if dim == "t":   # stored as absolute origins; grid point t is the origin o - t
                 prev = o[:, None, :] - prev
             keys = random_keys(self.seed, self.it, np.repeat(self.gidx[sel], K), cls, code)
+            # the kernel as wide as the coarser of this quadrature and the one the marginal was made on
+            kappa = self._kappa(dim, np.maximum(m.step[seg].astype(np.float64), self.step[dim]))
             draws[dim] = kernels.is_draw(prev, m.val[seg].astype(np.float64), self.grid[dim], 1 if dim == "t" else 0,
-                                         self.kappa[dim], inv_T, alpha, self.s0, keys)
+                                         kappa, inv_T, alpha, self.s0, keys)
         n = [np.diff(draws[d].offsets) for d in "dpt"]
         count = float(np.sum(n[0] * n[1] * n[2]))
         full = float(B * K * self.space.Jc1 * T)
@@ -164,8 +173,10 @@ class ImportanceSampler:
             for dim, idx in (("d", d), ("p", p), ("t", tc)):
                 lw[dim] = _lookup(last[1][dim], lseg, idx)
         seg = sel[pi] * K + (k if K > 1 else 0)
-        for m in self.m.values():     # every segment of the batch gets this E-step's marginals
-            m.val[(sel[:, None] * K + np.arange(K)[None]).ravel()] = 0.0
+        segs = (sel[:, None] * K + np.arange(K)[None]).ravel()
+        for dim, m in self.m.items():     # every segment of the batch gets this E-step's marginals
+            m.val[segs] = 0.0
+            m.step[segs] = self.step[dim]
         o = np.asarray(o_px, np.float64)[pi]
         rad = np.deg2rad(psi)
         for dim, key, pts in (("d", pj // max(self.space.samp.psi_f.size, 1), vec),
@@ -181,13 +192,14 @@ class ImportanceSampler:
     # ------------------------------------------------------------ checkpoint
     def state(self) -> dict:
         return {"tau_prev": self.tau_prev, **{"%s_pts" % d: m.pts for d, m in self.m.items()},
-                **{"%s_val" % d: m.val for d, m in self.m.items()}}
+                **{"%s_val" % d: m.val for d, m in self.m.items()}, **{"%s_step" % d: m.step for d, m in self.m.items()}}
 
     def load(self, st: dict) -> None:
         self.tau_prev = np.asarray(st["tau_prev"], np.float64).copy()
         for d, m in self.m.items():
             m.pts[...] = np.asarray(st["%s_pts" % d])
             m.val[...] = np.asarray(st["%s_val" % d])
+            m.step[...] = np.asarray(st["%s_step" % d])
 
 
 def _lookup(draws, seg, idx):

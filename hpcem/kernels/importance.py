@@ -45,7 +45,7 @@ class Draws:
     ess: np.ndarray
 
 
-def is_draw(prev, val, grid, kind: int, kappa: float, inv_T, alpha, s0: float, keys,
+def is_draw(prev, val, grid, kind: int, kappa, inv_T, alpha, s0: float, keys,
             max_draws: int = 1 << 20) -> Draws:
     """Draws of every segment over one dimension (see the module docstring).
 
@@ -65,7 +65,9 @@ def is_draw(prev, val, grid, kind: int, kappa: float, inv_T, alpha, s0: float, k
     inv_T = c.cast(inv_T, "inv_T", np.float64, shape=(S,))
     alpha = c.cast(alpha, "alpha", np.float64, shape=(S,))
     keys = c.cast(keys, "keys", np.uint64, shape=(S,))
-    kappa = c.number(kappa, "kappa")
+    kappa = c.cast(np.full(S, float(kappa)) if np.ndim(kappa) == 0 else kappa, "kappa", np.float64, shape=(S,))
+    if not bool((kappa >= 0).all()):
+        c.fail("kappa: must be >= 0")
     s0 = c.number(s0, "s0", positive=True)
     max_draws = c.count(max_draws, "max_draws", minimum=1)
     if not c.gpu:
