@@ -142,18 +142,18 @@ def test_abinitio_from_a_random_start(ab_set, run_hpcem):
 def test_abinitio_ranks_and_continue(tmp_path, run_hpcem):
     """K = 2 (class posteriors, class similarity, class shares in the checkpoint) on a small set."""
     tmp = str(tmp_path)
-    _, star = _write(tmp, 240, 32, 0.3, seed=6)
-    base = ["abinitio", "--i", star, "--write_iter", 3, "--num_init_iters", 4, "--radwn_step", 3.0,
-            "--num_final_iters", 3, "--minisize_num_init_iters", 4, "--minisize", 120, "--K", 2,
-            "--class_anneal_start", 4, "--class_anneal_end", 8, "--particle_diameter", 72, "--ctf", "--random_seed", 1]
+    _, star = _write(tmp, 160, 32, 0.3, seed=6)
+    base = ["abinitio", "--i", star, "--write_iter", 3, "--num_init_iters", 3, "--radwn_step", 6.0,
+            "--num_final_iters", 2, "--minisize_init", 60, "--minisize_num_init_iters", 3, "--minisize", 80,
+            "--K", 2, "--class_anneal_start", 3, "--class_anneal_end", 5, "--particle_diameter", 72, "--ctf", "--random_seed", 1]
     one, two, part = (os.path.join(tmp, x) for x in ("one", "two", "part"))
     run_hpcem(base + ["--o", one + "/run"])
     run_hpcem(base + ["--o", two + "/run"], n_ranks=2)
     shutil.copytree(one, part)
     for f in os.listdir(part):
-        if f.startswith("run_it009") or f.startswith("run_class") or f.startswith("run_data"):
+        if f.startswith("run_it006") or f.startswith("run_class") or f.startswith("run_data"):
             os.remove(os.path.join(part, f))
-    run_hpcem(["abinitio", "--continue", os.path.join(part, "run_it006_optimiser.star")])
+    run_hpcem(["abinitio", "--continue", os.path.join(part, "run_it003_optimiser.star")])
     from hpcem.io.star import read_star
 
     c1 = read_star(os.path.join(one, "run_data.star"))["particles"]["rlnClassNumber"].to_numpy()
