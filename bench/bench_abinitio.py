@@ -95,8 +95,8 @@ def initial_models(a, truth):
         is_speedup(os.path.join(a.dir, out, "run_log.star"))
         b = 50 if a.quick else 200
         out = "IM_s%d" % seed
-        t = hpcem(["initial_model", "--i", "particles.star", "--o", out + "/run", "--ctf", "--particle_diameter", a.diameter,
-                   "--iter", b, "--grad_write_iter", b, "--random_seed", seed, "--j", a.j], a.dir)
+        t = hpcem(["initial_model", "--i", "particles.star", "--o", out + "/run", "--ctf", "--particle_diameter",
+                   a.diameter, "--iter", b, "--grad_write_iter", b, "--random_seed", seed, "--j", a.j], a.dir)
         best.setdefault("initial_model", []).append(row("initial_model (VDAM)", seed, t, fsc_to_truth(
             truth, os.path.join(a.dir, out, "initial_model.mrc"))))
         if shutil.which("relion_refine") and not a.no_relion:
@@ -151,8 +151,8 @@ def main(argv=None):
 
     os.makedirs(a.dir, exist_ok=True)
     if not os.path.exists(os.path.join(a.dir, "particles.star")):
-        hpcem(["simulate", "--o", a.dir, "--n", a.n, "--box", a.box, "--angpix", ANGPIX, "--snr", 0.05, "--model", "atoms",
-               "--seed", 11], a.dir)
+        hpcem(["simulate", "--o", a.dir, "--n", a.n, "--box", a.box, "--angpix", ANGPIX, "--snr", 0.05,
+               "--model", "atoms", "--seed", 11], a.dir)
     truth = np.asarray(read_mrc(os.path.join(a.dir, "truth_class001.mrc"))[0], np.float64)
     print("%d particles, %d px, %g A/px, SNR 0.05, CTF, C1" % (a.n, a.box, ANGPIX))
     initial_models(a, truth)

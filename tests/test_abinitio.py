@@ -145,7 +145,8 @@ def test_abinitio_ranks_and_continue(tmp_path, run_hpcem):
     _, star = _write(tmp, 160, 32, 0.3, seed=6)
     base = ["abinitio", "--i", star, "--write_iter", 3, "--num_init_iters", 3, "--radwn_step", 6.0,
             "--num_final_iters", 2, "--minisize_init", 60, "--minisize_num_init_iters", 3, "--minisize", 80,
-            "--K", 2, "--class_anneal_start", 3, "--class_anneal_end", 5, "--particle_diameter", 72, "--ctf", "--random_seed", 1]
+            "--K", 2, "--class_anneal_start", 3, "--class_anneal_end", 5, "--particle_diameter", 72, "--ctf",
+            "--random_seed", 1]
     one, two, part = (os.path.join(tmp, x) for x in ("one", "two", "part"))
     run_hpcem(base + ["--o", one + "/run"])
     run_hpcem(base + ["--o", two + "/run"], n_ranks=2)

@@ -108,5 +108,6 @@ def test_refine3d_with_importance_sampling(tmp_path, run_hpcem):
         A = euler_to_matrix(q["rlnAngleRot"].to_numpy(), q["rlnAngleTilt"].to_numpy(), q["rlnAnglePsi"].to_numpy())
         err.append(float(np.median(angular_distance(A, At))))
         res.append(resolution_at(fsc(read_mrc(os.path.join(out, "run_class001.mrc"))[0], truth)[1], 0.5, 64, 3.0))
-    print("median orientation error %s deg, FSC 0.5 to the truth %s A (full, IS)" % (np.round(err, 2), np.round(res, 2)))
+    print("median orientation error %s deg, FSC 0.5 to the truth %s A (full, IS)"
+          % (np.round(err, 2), np.round(res, 2)))
     assert err[1] <= 1.05 * err[0] + 0.1 and res[1] <= 1.05 * res[0]
