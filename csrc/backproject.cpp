@@ -326,6 +326,49 @@ py::tuple symmetrise3d(py::array data, py::array weight, carray<double> ops, dou
   return py::make_tuple(Do, Wo);
 }
 
+// values / weights (B, M) at the listed slice frequencies (ky, kx): the adjoint of project3d_at,
+// by the same slabs (each slab thread visits every listed coefficient of every slice)
+template <typename T>
+void bp3d_at_impl(const cfloat* S, const float* W, const double* R, const int32_t* KY, const int32_t* KX, long B,
+                  long M, Acc<T> acc, int P, double pad) {
+  py::gil_scoped_release nogil;
+  const int ns = n_slabs(P, omp_get_max_threads()), fmin = freq_min(P);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int i = 0; i < ns; ++i) {
+    const int slo = fmin + int(long(i) * P / ns), shi = fmin + int(long(i + 1) * P / ns);
+    for (long b = 0; b < B; ++b) {
+      const SliceGeom g(R + 9 * b, pad, true);
+      const size_t row = size_t(b) * M;
+      for (long m = 0; m < M; ++m) {
+        const float fkx = float(KX[m]), fky = float(KY[m]);
+        splat<T, true>(acc, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky, g.cz0 * fkx + g.cz1 * fky,
+                       S[row + m], W[row + m], slo, shi);
+      }
+    }
+  }
+}
+
+void backproject3d_at(carray<cfloat> values, carray<float> weights, carray<double> rot, carray<int32_t> ky,
+                      carray<int32_t> kx, py::array data, py::array weight, double pad) {
+  require(rot.ndim() == 3 && rot.shape(1) == 3 && rot.shape(2) == 3, "backproject3d_at: rotations must be (B, 3, 3)");
+  const long B = long(rot.shape(0)), M = long(kx.shape(0));
+  require(ky.ndim() == 1 && kx.ndim() == 1 && ky.shape(0) == M, "backproject3d_at: ky, kx must be (M,)");
+  require(values.ndim() == 2 && values.shape(0) == B && values.shape(1) == M && weights.ndim() == 2 &&
+              weights.shape(0) == B && weights.shape(1) == M,
+          "backproject3d_at: values and weights must be (B, M)");
+  long K;
+  int P;
+  if (is_double_acc(data, weight)) {
+    auto acc = get_acc<double>(data, weight, 3, K, P);
+    require(K == P, "backproject3d_at: accumulators must be (P, P, P//2+1)");
+    bp3d_at_impl<double>(values.data(), weights.data(), rot.data(), ky.data(), kx.data(), B, M, acc, P, pad);
+  } else {
+    auto acc = get_acc<float>(data, weight, 3, K, P);
+    require(K == P, "backproject3d_at: accumulators must be (P, P, P//2+1)");
+    bp3d_at_impl<float>(values.data(), weights.data(), rot.data(), ky.data(), kx.data(), B, M, acc, P, pad);
+  }
+}
+
 }  // namespace
 
 void register_backproject(py::module_& m) {
@@ -333,6 +376,9 @@ void register_backproject(py::module_& m) {
         py::arg("data_acc"), py::arg("weight_acc"), py::arg("r_max"), py::arg("pad"), py::arg("kernel") = KERNEL_LINEAR,
         "Adjoint of project3d (same kernel: 0 trilinear, 1 Gaussian): accumulate slices (and weights) into "
         "padded half-grid accumulators in place.");
+  m.def("backproject3d_at", &backproject3d_at, py::arg("values"), py::arg("weights"), py::arg("rotations"),
+        py::arg("ky"), py::arg("kx"), py::arg("data_acc"), py::arg("weight_acc"), py::arg("pad"),
+        "Adjoint of project3d_at: accumulate (B, M) values and weights at the listed frequencies in place.");
   m.def("backproject2d", &backproject2d, py::arg("slices"), py::arg("weights"), py::arg("rotations2d"),
         py::arg("ref_index"), py::arg("data_acc"), py::arg("weight_acc"), py::arg("r_max"), py::arg("pad"),
         "Adjoint of project2d: accumulate into (K, P, P//2+1) accumulators in place.");

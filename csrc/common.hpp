@@ -31,6 +31,7 @@ void register_marginalise_posteriors(py::module_& m);  // called by register_mar
 void register_gtm(py::module_& m);
 void register_tv(py::module_& m);
 void register_tomo(py::module_& m);
+void register_importance(py::module_& m);
 
 // ---------------------------------------------------------------------------
 // Fourier-space interpolation on a padded half grid (project / backproject).

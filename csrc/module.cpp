@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   register_gtm(m);
   register_tv(m);
   register_tomo(m);
+  register_importance(m);
 }

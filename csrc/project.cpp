@@ -135,6 +135,36 @@ py::array_t<cfloat> project2d(carray<cfloat> refs, carray<double> rot, carray<in
   return out;
 }
 
+// vol (P, P, P/2+1) complex64; rot (B, 3, 3); ky, kx (M,) int32 -> out (B, M): the slice
+// coefficients at the listed frequencies only (the E-step's coefficients inside its limit)
+py::array_t<cfloat> project3d_at(carray<cfloat> vol, carray<double> rot, carray<int32_t> ky, carray<int32_t> kx,
+                                 double pad) {
+  require(vol.ndim() == 3, "project3d_at: volume must be (P, P, P//2+1)");
+  const int P = int(vol.shape(0));
+  require(vol.shape(1) == P && vol.shape(2) == P / 2 + 1, "project3d_at: volume must be (P, P, P//2+1)");
+  require(rot.ndim() == 3 && rot.shape(1) == 3 && rot.shape(2) == 3, "project3d_at: rotations must be (B, 3, 3)");
+  require(ky.ndim() == 1 && kx.ndim() == 1 && ky.shape(0) == kx.shape(0), "project3d_at: ky, kx must be (M,)");
+  const long B = long(rot.shape(0)), M = long(kx.shape(0));
+  py::array_t<cfloat> out({size_t(B), size_t(M)});
+  const cfloat* V = vol.data();
+  const double* R = rot.data();
+  const int32_t *KY = ky.data(), *KX = kx.data();
+  cfloat* O = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(static)
+    for (long b = 0; b < B; ++b) {
+      const SliceGeom g(R + 9 * b, pad, true);
+      cfloat* o = O + size_t(b) * M;
+      for (long m = 0; m < M; ++m) {
+        const float fkx = float(KX[m]), fky = float(KY[m]);
+        o[m] = sample3d(V, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky, g.cz0 * fkx + g.cz1 * fky);
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_project(py::module_& m) {
@@ -142,6 +172,8 @@ void register_project(py::module_& m) {
         py::arg("r_max"), py::arg("pad"), py::arg("kernel") = KERNEL_LINEAR,
         "Fourier slices (B, n, n//2+1) of a padded half volume at pad * A^T (kx, ky, 0), trilinear "
         "(kernel 0) or the Gaussian kernel sum (kernel 1).");
+  m.def("project3d_at", &project3d_at, py::arg("vol_ft_pad"), py::arg("rotations"), py::arg("ky"), py::arg("kx"),
+        py::arg("pad"), "Slice coefficients (B, M) at the listed frequencies (ky, kx) only.");
   m.def("project2d", &project2d, py::arg("refs_ft_pad"), py::arg("rotations2d"), py::arg("ref_index"),
         py::arg("n"), py::arg("r_max"), py::arg("pad"),
         "Rotated transforms (B, n, n//2+1) of padded half references at pad * R^T k, bilinear.");

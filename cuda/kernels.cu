@@ -162,6 +162,86 @@ __global__ void k_backproject(const float2* __restrict__ S, const float* __restr
   }
 }
 
+// one thread per (slice b, listed frequency m); the same trilinear sample as k_project
+__global__ void k_project_at(const float2* __restrict__ vol, int P, const double* __restrict__ rot, long B,
+                             const int* __restrict__ ky, const int* __restrict__ kx, long M, float pad,
+                             float2* __restrict__ out) {
+  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= B * M) return;
+  const long b = t / M, m = t % M;
+  const double* A = rot + 9 * b;
+  const float fkx = float(kx[m]), fky = float(ky[m]);
+  float px = float(pad * A[0]) * fkx + float(pad * A[3]) * fky;
+  float py = float(pad * A[1]) * fkx + float(pad * A[4]) * fky;
+  float pz = float(pad * A[2]) * fkx + float(pad * A[5]) * fky;
+  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
+  const bool flip = px < 0.f;
+  if (flip) { px = -px; py = -py; pz = -pz; }
+  const int x0 = int(floorf(px)), y0 = int(floorf(py)), z0 = int(floorf(pz));
+  const float fx = px - x0, fy = py - y0, fz = pz - z0;
+  float2 acc = make_float2(0.f, 0.f);
+  for (int dz = 0; dz < 2; ++dz) {
+    const int z = z0 + dz;
+    if (z < fmin || z > fmax) continue;
+    const float wz = dz ? fz : 1.f - fz;
+    for (int dy = 0; dy < 2; ++dy) {
+      const int y = y0 + dy;
+      if (y < fmin || y > fmax) continue;
+      const float wzy = wz * (dy ? fy : 1.f - fy);
+      const float2* row = vol + (size_t(fft_index(z, P)) * P + fft_index(y, P)) * Ph;
+      for (int dx = 0; dx < 2; ++dx) {
+        const int x = x0 + dx;
+        if (x >= Ph) continue;
+        const float w = wzy * (dx ? fx : 1.f - fx);
+        acc.x += w * row[x].x;
+        acc.y += w * row[x].y;
+      }
+    }
+  }
+  if (flip) acc.y = -acc.y;
+  out[t] = acc;
+}
+
+template <typename T>
+__global__ void k_backproject_at(const float2* __restrict__ S, const float* __restrict__ W,
+                                 const double* __restrict__ rot, long B, const int* __restrict__ ky,
+                                 const int* __restrict__ kx, long M, T* __restrict__ data, T* __restrict__ weight,
+                                 int P, float pad) {
+  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= B * M) return;
+  const long b = t / M, m = t % M;
+  const double* A = rot + 9 * b;
+  const float fkx = float(kx[m]), fky = float(ky[m]);
+  float px = float(pad * A[0]) * fkx + float(pad * A[3]) * fky;
+  float py = float(pad * A[1]) * fkx + float(pad * A[4]) * fky;
+  float pz = float(pad * A[2]) * fkx + float(pad * A[5]) * fky;
+  float2 v = S[t];
+  const float wt = W[t];
+  if (px < 0.f) { px = -px; py = -py; pz = -pz; v.y = -v.y; }
+  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
+  const int x0 = int(floorf(px)), y0 = int(floorf(py)), z0 = int(floorf(pz));
+  const float fx = px - x0, fy = py - y0, fz = pz - z0;
+  for (int dz = 0; dz < 2; ++dz) {
+    const int z = z0 + dz;
+    if (z < fmin || z > fmax) continue;
+    const float wz = dz ? fz : 1.f - fz;
+    for (int dy = 0; dy < 2; ++dy) {
+      const int y = y0 + dy;
+      if (y < fmin || y > fmax) continue;
+      const float wzy = wz * (dy ? fy : 1.f - fy);
+      const size_t off = (size_t(fft_index(z, P)) * P + fft_index(y, P)) * Ph;
+      for (int dx = 0; dx < 2; ++dx) {
+        const int x = x0 + dx;
+        if (x >= Ph) continue;
+        const float w = wzy * (dx ? fx : 1.f - fx);
+        atomicAdd(data + 2 * (off + x), T(w * v.x));
+        atomicAdd(data + 2 * (off + x) + 1, T(w * v.y));
+        atomicAdd(weight + off + x, T(w * wt));
+      }
+    }
+  }
+}
+
 template <typename T>
 __global__ void k_symmetrise(const T* __restrict__ D, const T* __restrict__ Wt, T* __restrict__ Do,
                              T* __restrict__ Wo, int P, const double* __restrict__ ops, int G, double r_pad) {
@@ -247,6 +327,29 @@ std::string backproject(uintptr_t slices, uintptr_t weights, uintptr_t rot, uint
   else
     launch_backproject<float>(slices, weights, rot, idx, B, n, data, weight, P, r_max, pad, three_d, stream, gauss);
   return last("backproject");
+}
+
+std::string project_at(uintptr_t vol, int P, uintptr_t rot, long B, uintptr_t ky, uintptr_t kx, long M, double pad,
+                       uintptr_t out, uintptr_t stream) {
+  if (B * M == 0) return {};
+  k_project_at<<<blocks(B * M, 256), 256, 0, stream_of(stream)>>>(P_<const float2>(vol), P, P_<const double>(rot), B,
+                                                                  P_<const int>(ky), P_<const int>(kx), M, float(pad),
+                                                                  P_<float2>(out));
+  return last("project3d_at");
+}
+
+std::string backproject_at(uintptr_t values, uintptr_t weights, uintptr_t rot, long B, uintptr_t ky, uintptr_t kx,
+                           long M, uintptr_t data, uintptr_t weight, int P, bool dbl, double pad, uintptr_t stream) {
+  if (B * M == 0) return {};
+  if (dbl)
+    k_backproject_at<double><<<blocks(B * M, 256), 256, 0, stream_of(stream)>>>(
+        P_<const float2>(values), P_<const float>(weights), P_<const double>(rot), B, P_<const int>(ky),
+        P_<const int>(kx), M, P_<double>(data), P_<double>(weight), P, float(pad));
+  else
+    k_backproject_at<float><<<blocks(B * M, 256), 256, 0, stream_of(stream)>>>(
+        P_<const float2>(values), P_<const float>(weights), P_<const double>(rot), B, P_<const int>(ky),
+        P_<const int>(kx), M, P_<float>(data), P_<float>(weight), P, float(pad));
+  return last("backproject3d_at");
 }
 
 template <typename T>

@@ -13,5 +13,9 @@ std::string backproject(uintptr_t slices, uintptr_t weights, uintptr_t rot, uint
                         uintptr_t stream, int kernel = 0);
 std::string symmetrise3d(uintptr_t data, uintptr_t weight, uintptr_t out_data, uintptr_t out_weight, int P,
                          uintptr_t ops, int G, double r_pad, bool dbl, uintptr_t stream);
+std::string project_at(uintptr_t vol, int P, uintptr_t rot, long B, uintptr_t ky, uintptr_t kx, long M, double pad,
+                       uintptr_t out, uintptr_t stream);
+std::string backproject_at(uintptr_t values, uintptr_t weights, uintptr_t rot, long B, uintptr_t ky, uintptr_t kx,
+                           long M, uintptr_t data, uintptr_t weight, int P, bool dbl, double pad, uintptr_t stream);
 int device_count();
 }  // namespace hpcem_cuda

@@ -11,6 +11,7 @@ void register_marginalise_cuda(py::module_& m);
 void register_gtm_cuda(py::module_& m);
 void register_tv_cuda(py::module_& m);
 void register_tomo_cuda(py::module_& m);
+void register_importance_cuda(py::module_& m);
 
 static void ok(const std::string& err) {
   if (!err.empty()) throw std::runtime_error("hpcem._cuda: " + err);
@@ -42,8 +43,17 @@ PYBIND11_MODULE(_cuda, m) {
                            uintptr_t ops, int G, double r_pad, bool dbl, uintptr_t stream) {
     ok(hpcem_cuda::symmetrise3d(data, weight, out_data, out_weight, P, ops, G, r_pad, dbl, stream));
   });
+  m.def("project3d_at", [](uintptr_t vol, int P, uintptr_t rot, long B, uintptr_t ky, uintptr_t kx, long M,
+                           double pad, uintptr_t out, uintptr_t stream) {
+    ok(hpcem_cuda::project_at(vol, P, rot, B, ky, kx, M, pad, out, stream));
+  });
+  m.def("backproject3d_at", [](uintptr_t values, uintptr_t weights, uintptr_t rot, long B, uintptr_t ky, uintptr_t kx,
+                               long M, uintptr_t data, uintptr_t weight, int P, bool dbl, double pad, uintptr_t stream) {
+    ok(hpcem_cuda::backproject_at(values, weights, rot, B, ky, kx, M, data, weight, P, dbl, pad, stream));
+  });
   register_marginalise_cuda(m);
   register_gtm_cuda(m);
   register_tv_cuda(m);
   register_tomo_cuda(m);
+  register_importance_cuda(m);
 }

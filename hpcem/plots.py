@@ -91,6 +91,22 @@ def line_plot(path, y, xlabel: str, ylabel: str, logy: bool = False, title=None)
     return _save(fig, path)
 
 
+def series(path, x, curves: dict, xlabel: str = "", log: bool = False, title=None) -> str:
+    """Curves ``{label: y}`` against ``x``, one panel each (log y axes with ``log``)."""
+    fig, axes = plt.subplots(len(curves), 1, figsize=(6, 2.2 * len(curves)), sharex=True, squeeze=False)
+    for ax, (label, y) in zip(axes[:, 0], curves.items()):
+        y = np.asarray(y, np.float64)
+        ax.plot(x, y, lw=1)
+        if log and np.all(y[np.isfinite(y)] > 0):
+            ax.set_yscale("log")
+        ax.set_ylabel(label, fontsize=8)
+    axes[-1, 0].set_xlabel(xlabel)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def central_slices(path, vol, title=None) -> str:
     """The three orthogonal central slices (z, y, x = n//2) of a volume side by side; ``vol`` may be
     a dict ``{label: volume}``: one row per volume (e.g. with and without regularisation)."""

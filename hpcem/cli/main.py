@@ -34,6 +34,8 @@ REGISTRY = {
         ("refine3d", "hpcem.cli.job_refine3d", "3D auto-refine with gold-standard halves"),
         ("initial_model", "hpcem.cli.job_initial_model", "3D initial model(s) from the particles alone (VDAM, as "
          "RELION-4)"),
+        ("abinitio", "hpcem.cli.job_abinitio", "ab initio 3D maps from random starts (SAGD with importance-sampled "
+         "poses, as cryoSPARC)"),
         ("sml", "hpcem.cli.job_sml", "deep 2D classification of aligned particles by statistical manifold learning (ROME GTM)"),
         ("deep2d", "hpcem.cli.job_deep2d", "deep 2D classification, ROME strategy I: MAP alignment then GTM (sml)"),
     ],

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import kernels
+from . import classes
 from .children import product_children, segment_offsets
 from .select import most_probable_dense, top_per_segment
 from .xp import add_at, argsort_stable, namespace, repeat
@@ -69,6 +70,10 @@ class EStepResult:
     uniq_j: object = None   # (U,) fine hypotheses with sums (compacted mode; remapped)
     data: object = None     # (U, M) complex: sum w c X conj(ph) / sigma2
     wsum: object = None     # (U, M) float: sum w c^2 / sigma2
+    class_post: object = None   # (B, K) class posteriors used (class segments only)
+    evaluated: int = 0          # (t, j) pairs scored: coarse candidates plus fine children
+    observe: object = None      # class segments: every significant fine pair with its posterior within its
+    #                             class, (pair_i, pair_t, pair_j, weight) (the per-class pose marginals)
 
 
 def _rows(xp, refs, idx):
@@ -80,8 +85,9 @@ def _columns(xp, a, m):
     return a if a.shape[1] == m else xp.ascontiguousarray(a[:, :m])
 
 
-def _dense_coarse(xp, Xc, ctfc, sec, phc, refs_c, lpt_c, lpj_c, extra_c, frac, maxsig, groups):
-    """Coarse pass over the full grid; returns the kept coarse pairs and their extra prior."""
+def _dense_coarse(xp, Xc, ctfc, sec, phc, refs_c, lpt_c, lpj_c, extra_c, frac, maxsig, groups, K=1):
+    """Coarse pass over the full grid; returns the kept coarse pairs and their extra prior.  With
+    ``K`` > 1 class segments the significance and the cap apply per (particle, class)."""
     B, mc = Xc.shape
     J = len(lpj_c)
     Rc = _columns(xp, _rows(xp, refs_c, xp.arange(J) if callable(refs_c) else slice(None)), mc)
@@ -92,9 +98,12 @@ def _dense_coarse(xp, Xc, ctfc, sec, phc, refs_c, lpt_c, lpj_c, extra_c, frac, m
         xp.minimum(d2, BIG, out=d2)
     lt = xp.ascontiguousarray(lpt_c, dtype=xp.float32)
     lj = xp.ascontiguousarray(lpj_c, dtype=xp.float32)
+    if K > 1:   # one row per (particle, class)
+        d2, lt, lj = classes.segment_rows(xp, d2, lt, lj, K)
+        groups = 1
     post = kernels.posteriors(d2, lt, lj, frac)
     nsig = xp.asarray(post.nsig, dtype=xp.int64)
-    ci = repeat(xp, xp.arange(B, dtype=xp.int64), nsig)
+    ci = repeat(xp, xp.arange(d2.shape[0], dtype=xp.int64), nsig)
     ct, cj = post.t_idx.astype(xp.int64), post.j_idx.astype(xp.int64)
     over = xp.flatnonzero(nsig > maxsig) if maxsig > 0 else xp.zeros(0, dtype=xp.int64)
     if over.size:
@@ -107,19 +116,27 @@ def _dense_coarse(xp, Xc, ctfc, sec, phc, refs_c, lpt_c, lpj_c, extra_c, frac, m
         order = argsort_stable(xp, ci)
         ci, ct, cj = ci[order], ct[order], cj[order]
     del d2
+    if K > 1:
+        ci, cj = classes.rows_to_pairs(ci, cj, K, J // K)
+        nsig = classes.per_particle_nsig(xp, nsig, B, K)
     cextra = (xp.asarray(extra_c, dtype=xp.float64)[ci, cj] if extra_c is not None
               else xp.zeros(ci.size, dtype=xp.float64))
     return ci, ct, cj, cextra, nsig
 
 
-def _sparse_coarse(xp, Xc, ctfc, sec, phc, refs_c, lpt_c, lpj_c, candidates, frac, maxsig):
-    """Coarse pass over explicit per-particle candidates (CSR over particles)."""
+def _sparse_coarse(xp, Xc, ctfc, sec, phc, refs_c, lpt_c, lpj_c, candidates, frac, maxsig, K=1):
+    """Coarse pass over explicit per-particle candidates (CSR over particles); with ``K`` > 1
+    class segments the candidates are regrouped and their significance taken per (particle, class)."""
     off, t_idx, j_idx, extra = candidates
     off = xp.asarray(off, dtype=xp.int64)
     t_idx, j_idx = xp.asarray(t_idx, dtype=xp.int64), xp.asarray(j_idx, dtype=xp.int64)
     extra = xp.zeros(t_idx.size, dtype=xp.float64) if extra is None else xp.asarray(extra, dtype=xp.float64)
     B = Xc.shape[0]
-    pi0 = repeat(xp, xp.arange(B, dtype=xp.int64), xp.diff(off))
+    if K > 1:
+        pi0, t_idx, j_idx, extra, off = classes.sort_candidates(xp, off, t_idx, j_idx, extra, K,
+                                                                len(lpj_c) // K, B)
+    else:
+        pi0 = repeat(xp, xp.arange(B, dtype=xp.int64), xp.diff(off))
     uj, inv = xp.unique(j_idx, return_inverse=True)
     Rc = _columns(xp, _rows(xp, refs_c, uj), Xc.shape[1])
     d2 = kernels.pair_diff2(Xc, ctfc, sec, phc, Rc, pi0, t_idx, inv.astype(xp.int64).reshape(-1))
@@ -130,6 +147,8 @@ def _sparse_coarse(xp, Xc, ctfc, sec, phc, refs_c, lpt_c, lpj_c, candidates, fra
     nsig = xp.asarray(sp.nsig, dtype=xp.int64)
     keep = xp.minimum(nsig, maxsig) if maxsig > 0 else nsig
     sel, _ = top_per_segment(sp.weight, off, keep)
+    if K > 1:
+        nsig = classes.per_particle_nsig(xp, nsig, B, K)
     return pi0[sel], t_idx[sel], j_idx[sel], extra[sel], nsig
 
 
@@ -143,8 +162,9 @@ def _fine_refs(xp, refs_f, pj):
 
 
 def _fine_pass(xp, X, ctf, s_e, phf, refs_f, children_t, children_j, lpt_f, lpj_f,
-               coarse, frac, best_fit=False):
-    """Children of the kept coarse pairs, their exact diff2 and posteriors per particle."""
+               coarse, frac, best_fit=False, K=1, class_mix=None):
+    """Children of the kept coarse pairs, their exact diff2 and posteriors per particle (with
+    ``K`` > 1 class segments: per (particle, class), combined by :func:`classes.combine`)."""
     ci, ct, cj, cextra = coarse
     B = X.shape[0]
     pi, pt, pj, parent = product_children(ci, ct, cj, children_t, children_j)
@@ -152,21 +172,33 @@ def _fine_pass(xp, X, ctf, s_e, phf, refs_f, children_t, children_j, lpt_f, lpj_
     d2f = kernels.pair_diff2(X, ctf, s_e, phf, Rf, pi, pt, rows)
     mlp = (d2f.astype(xp.float64) - xp.asarray(lpt_f, dtype=xp.float64)[pi, pt]
            - xp.asarray(lpj_f, dtype=xp.float64)[pj] - cextra[parent])
-    foff = segment_offsets(xp.bincount(pi, minlength=B))
-    sp = kernels.segment_posteriors(mlp, foff, frac)
-    arg = xp.asarray(sp.argmax, dtype=xp.int64)
+    observe = class_post = None
+    if K > 1:   # children stay in their parent's segment: the pairs are grouped by segment already
+        J1 = len(lpj_f) // K
+        seg = pi * K + pj // J1
+        foff = segment_offsets(xp.bincount(seg, minlength=B * K))
+        sp = kernels.segment_posteriors(mlp, foff, frac)
+        w, logZ, pmax, arg, class_post = classes.combine(xp, sp, seg, B, K, class_mix)
+        sig = xp.asarray(sp.significant, dtype=bool)
+        within = xp.flatnonzero(sig)
+        observe = (pi[within], pt[within], pj[within], xp.asarray(sp.weight, dtype=xp.float32)[within])
+        keep = xp.flatnonzero(sig & (w > classes.W_MIN))
+    else:
+        foff = segment_offsets(xp.bincount(pi, minlength=B))
+        sp = kernels.segment_posteriors(mlp, foff, frac)
+        w, logZ, pmax = xp.asarray(sp.weight, dtype=xp.float32), xp.asarray(sp.logZ), xp.asarray(sp.pmax)
+        arg = xp.asarray(sp.argmax, dtype=xp.int64)
+        keep = xp.flatnonzero(xp.asarray(sp.significant, dtype=bool) & (w > 0))
     ok = arg >= 0
     best_t = xp.where(ok, pt[xp.maximum(arg, 0)], 0)
     best_j = xp.where(ok, pj[xp.maximum(arg, 0)], 0)
-    w = xp.asarray(sp.weight, dtype=xp.float32)
-    keep = xp.flatnonzero(xp.asarray(sp.significant, dtype=bool) & (w > 0))
     fit = None
     if best_fit:
         best_row = xp.where(ok, rows[xp.maximum(arg, 0)], 0) if rows.size else xp.zeros(B, dtype=xp.int64)
         fit = xp.where(ok[None], _best_fit(xp, X, ctf, s_e, phf, Rf, best_t, best_row), 0.0)
     return dict(pairs=(pi[keep], pt[keep], pj[keep], w[keep]), rows=rows[keep], Rf=Rf,
-                uniq_all=uniq_all, logZ=xp.asarray(sp.logZ), pmax=xp.asarray(sp.pmax),
-                best_t=best_t, best_j=best_j, fit=fit)
+                uniq_all=uniq_all, logZ=logZ, pmax=pmax, best_t=best_t, best_j=best_j, fit=fit,
+                observe=observe, class_post=class_post, n_fine=int(pi.size))
 
 
 def _best_fit(xp, X, ctf, s_e, phf, Rf, best_t, best_row):
@@ -184,8 +216,9 @@ def _best_fit(xp, X, ctf, s_e, phf, Rf, best_t, best_row):
     return xp.stack([xa, aa, rr])
 
 
-def _accumulate_compact(xp, X, ctf, s_a, phf, fine, remap_j, acc_dtype, noise):
-    """M-step sums of the accumulated pairs, compacted to the fine hypotheses they use."""
+def _accumulate_compact(xp, X, ctf, s_a, phf, fine, remap_j, acc_dtype, noise, residual=False):
+    """M-step sums of the accumulated pairs, compacted to the fine hypotheses they use; with
+    ``residual`` the data sums less ``wsum R`` (the posterior-weighted residuals of SAGD's gradient)."""
     pi, pt, pj, w = fine["pairs"]
     M = X.shape[1]
     wdt = xp.float32 if acc_dtype == np.complex64 else xp.float64
@@ -198,9 +231,13 @@ def _accumulate_compact(xp, X, ctf, s_a, phf, fine, remap_j, acc_dtype, noise):
         data = xp.zeros((uniq.size, M), dtype=acc_dtype)
         wsum = xp.zeros((uniq.size, M), dtype=wdt)
         kernels.accumulate(X, ctf, s_a, phf, Rf, pi, pt, inv, w, data, wsum, noise)
+        if residual:
+            data -= wsum * Rf
         return uniq, data, wsum
     # sums go to the remapped hypothesis, the noise uses the evaluated reference: bucket the pairs
     # by (target, evaluated reference) and fold the buckets into their targets
+    if residual:
+        raise ValueError("estep_batch: residual sums cannot be remapped")
     tgt = xp.asarray(remap_j(pi, pj), dtype=xp.int64)
     utgt, tinv = xp.unique(tgt, return_inverse=True)
     key = tinv.astype(xp.int64).reshape(-1) * uniq.size + inv
@@ -234,7 +271,8 @@ def _accumulate_dense(xp, X, ctf, s_a, phf, fine, acc_into, noise):
 def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, children_t, children_j,
                 lpt_c, lpt_f, lpj_c, lpj_f, extra_c=None, candidates=None, frac=0.999, maxsig=200,
                 groups=1, mc=None, remap_j=None, acc_into=None, acc_dtype=np.complex64,
-                best_fit=False) -> EStepResult:
+                best_fit=False, class_segments=1, class_mix=None, accumulate=True,
+                residual=False) -> EStepResult:
     """E-step of one batch (see the module docstring).
 
     ``X`` complex64 (B, M), ``ctf`` / ``s_e`` / ``s_a`` float32 (B, M); ``phases_c`` (T, >=mc) /
@@ -242,29 +280,37 @@ def estep_batch(X, ctf, s_e, s_a, *, phases_c, phases_f, refs_c, refs_f, childre
     ``lpj_c`` (Jc,), ``lpj_f`` (Jf,) log priors; ``extra_c`` (B, Jc) (dense mode) or the
     ``extra`` of ``candidates`` (sparse mode) particle-specific log priors inherited by the
     children; ``refs_c`` / ``phases_c`` may hold just ``mc`` columns; ``best_fit``: also the sums of
-    ``EStepResult.fit`` (--norm / --scale)."""
+    ``EStepResult.fit`` (--norm / --scale); ``class_segments`` K > 1: posteriors per (particle, class)
+    (:mod:`hpcem.estep.classes`), the class posteriors mixed by ``class_mix`` (B, K) -> (B, K) before
+    the sums; ``accumulate`` False: posteriors and log-likelihoods only, no M-step sums; ``residual``
+    (compacted sums only): data sums less ``wsum R``."""
     xp = namespace(X)
     B, M = X.shape
     mc = M if mc is None else int(min(max(mc, 1), M))
     Xc, ctfc, sec = (_columns(xp, a, mc) for a in (X, ctf, s_e))
     phc = _columns(xp, xp.asarray(phases_c), mc)
+    n_coarse = B * len(lpj_c) * xp.asarray(phases_c).shape[0] if candidates is None else len(candidates[1])
     if candidates is None:
         *coarse, nsig = _dense_coarse(xp, Xc, ctfc, sec, phc, refs_c, lpt_c, lpj_c, extra_c, frac,
-                                      maxsig, groups)
+                                      maxsig, groups, class_segments)
     else:
         *coarse, nsig = _sparse_coarse(xp, Xc, ctfc, sec, phc, refs_c, lpt_c, lpj_c, candidates,
-                                       frac, maxsig)
+                                       frac, maxsig, class_segments)
     phf = xp.ascontiguousarray(phases_f, dtype=xp.complex64)
     fine = _fine_pass(xp, X, ctf, s_e, phf, refs_f, children_t, children_j, lpt_f, lpj_f, coarse, frac,
-                      best_fit)
+                      best_fit, class_segments, class_mix)
     noise = xp.zeros((B, M), dtype=xp.float32)
     res = EStepResult(*fine["pairs"], logZ=fine["logZ"], pmax=fine["pmax"], best_t=fine["best_t"],
-                      best_j=fine["best_j"], nsig=nsig, noise=noise, fit=fine["fit"])
+                      best_j=fine["best_j"], nsig=nsig, noise=noise, fit=fine["fit"],
+                      class_post=fine["class_post"], observe=fine["observe"],
+                      evaluated=int(n_coarse) + fine["n_fine"])
+    if not accumulate:
+        return res
     if acc_into is not None:
         if remap_j is not None:
             raise ValueError("estep_batch: remap_j needs compacted sums (acc_into=None)")
         _accumulate_dense(xp, X, ctf, s_a, phf, fine, acc_into, noise)
     else:
         res.uniq_j, res.data, res.wsum = _accumulate_compact(xp, X, ctf, s_a, phf, fine, remap_j,
-                                                             acc_dtype, noise)
+                                                             acc_dtype, noise, residual)
     return res

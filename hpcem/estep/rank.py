@@ -39,9 +39,19 @@ class EStepSums:
     offset2: np.ndarray         # (1,) sum w |new origin|^2 (A^2)
     r_cur: int                  # the E-step's resolution limit (shell)
     scale_fit: np.ndarray = None   # (2, G) per optics group at the best poses: sum s_e Re(X (cR)*), sum s_e |cR|^2
+    evaluated: np.ndarray = None   # (2,) (t, j) pairs scored (coarse + fine), fine quadrature points of the particles
+
+    def __post_init__(self):
+        if self.evaluated is None:
+            self.evaluated = np.zeros(2)
+
+    @property
+    def fraction_evaluated(self) -> float:
+        """Scored pairs over the size of the fine quadrature (the particles' hypotheses x translations)."""
+        return float(self.evaluated[0] / max(self.evaluated[1], 1.0))
 
     def reduce(self, comm) -> None:
-        for a in (self.noise, self.class_weight, self.offset2, self.scale_fit):
+        for a in (self.noise, self.class_weight, self.offset2, self.scale_fit, self.evaluated):
             comm.allreduce_(a)
 
     def add(self, other: "EStepSums") -> None:
@@ -49,6 +59,7 @@ class EStepSums:
         self.noise += other.noise
         self.class_weight += other.class_weight
         self.offset2 += other.offset2
+        self.evaluated += other.evaluated
         if self.scale_fit is not None:
             self.scale_fit += other.scale_fit
 
@@ -86,7 +97,8 @@ def noise_weights(sigma2, hw, sh):
 
 def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_class_prior,
               r_cur: int, radius_px: float, opts: EStepOptions, candidates=None, remap=None,
-              subset=None, slots=None, n_slots: int = 1) -> EStepSums:
+              subset=None, slots=None, n_slots: int = 1, class_segments: bool = False, class_mix=None,
+              accumulate: bool = True) -> EStepSums:
     """E-step of every particle of ``parts`` (a :class:`FourierParticles`); updates ``results``
     (rank-local dict of (nb,) arrays: class, the space's pose keys, ox, oy [A], pmax, nsig,
     loglik) in place and returns the :class:`EStepSums`; the data sums go to the space.
@@ -94,9 +106,15 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     (class3d's random initial classes);
     ``subset`` (rank-local indices) limits the E-step to those particles (VDAM's mini-batches);
     ``slots`` (rank-local (nb,) ints below ``n_slots``, dense spaces only) sends each particle's
-    sums to its slot's accumulators (VDAM's half sets in one pass).  The batches run on the
-    particles' device (``parts.device``: references, phases and weights placed there once; per
-    batch only the per-particle results and the noise sums come back)."""
+    sums to its slot's accumulators (VDAM's half sets in one pass); ``class_segments``: posteriors
+    per (particle, class), the class posteriors through ``class_mix`` (:mod:`hpcem.estep.classes`);
+    ``accumulate`` False: posteriors, results and log-likelihoods only (no sums into the space).
+    The batches run on the particles' device (``parts.device``: references, phases and weights
+    placed there once; per batch only the per-particle results and the noise sums come back).
+
+    A candidate generator may also have ``bind(space, trans, angpix)`` (called first) and
+    ``observe(sel, res, o_px)`` (called with every batch's result: the importance sampler's
+    marginals)."""
     candidates = candidates or FullGrid()
     dev = getattr(parts, "device", HOST)
     n, angpix = parts.n, float(parts.ps.angpix)
@@ -105,6 +123,9 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     r_c = min(int(r_cur), coarse_shell(n, angpix, radius_px, space.coarse_step_deg,
                                        opts.coarse_factor if opts.oversampling else 0))
     mc = int(np.searchsorted(sh, r_c, side="right"))
+    if hasattr(candidates, "bind"):
+        candidates.bind(space, trans, angpix)
+    order = candidates.plan(space, results, trans.T)
     refs_c, refs_f = space.begin(kidx, mc, r_cur + 1.0, r_c + 1.0, candidates.dense, n_slots)
     phc, phf = (dev.put(p) for p in trans.phases(n, kidx, mc))
     lpk = np.asarray(log_class_prior, np.float64)
@@ -118,7 +139,6 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     #                                                  depend on how the particles are batched over ranks)
     onehot[np.arange(kidx.size), sh] = 1.0
     onehot = dev.put(onehot)
-    order = candidates.plan(space, results, trans.T)
     order = np.arange(parts.size) if order is None else order
     if subset is not None:
         order = order[np.isin(order, subset)]
@@ -136,8 +156,12 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
                           children_t=trans.children, children_j=space.children, lpt_c=lpt_c, lpt_f=lpt_f,
                           lpj_c=lpj_c, lpj_f=lpj_f, candidates=candidates.for_batch(sel, trans.T),
                           frac=opts.frac, maxsig=opts.maxsig, groups=space.cap_groups, mc=mc,
-                          remap_j=rmap, acc_into=acc_into, best_fit=best_fit)
-        if acc_into is None:
+                          remap_j=rmap, acc_into=acc_into, best_fit=best_fit,
+                          class_segments=space.K if class_segments else 1, class_mix=class_mix,
+                          accumulate=accumulate, residual=getattr(space, "residual", False))
+        if hasattr(candidates, "observe"):
+            candidates.observe(sel, res, o_px)
+        if acc_into is None and accumulate:
             space.insert(res, kidx, r_cur + 1.0)
         _add_statistics(sums, res, g, dev.put(o_px), onehot, space, trans, angpix, rmap, dev)
         _store_results(results, _host_summaries(res, dev), sel, o_px, space, trans, angpix)
@@ -170,6 +194,7 @@ def _add_statistics(sums, res, g, o_px, onehot, space, trans, angpix, rmap, dev)
     sums.class_weight += dev.get(xp.bincount(space.class_of(pj), weights=res.weight, minlength=space.K)[:space.K])
     sums.offset2 += dev.get(xp.dot(res.weight.astype(np.float64),
                                    trans.origin_power(o_px, res.pair_i, res.pair_t, angpix)))
+    sums.evaluated += [float(res.evaluated), float(len(sel)) * space.K * space.Jf1 * len(trans.fine)]
 
 
 def _host_summaries(res, dev):

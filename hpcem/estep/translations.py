@@ -28,6 +28,8 @@ class TranslationSampling:
         child = np.array([[-d, -d], [d, -d], [-d, d], [d, d]]) if oversampling > 0 else np.zeros((1, 2))
         self.fine = (self.coarse[:, None, :] + child[None]).reshape(-1, 2)
         m = len(child)
+        self.m = m                      # fine children of a coarse translation
+        self.step = float(offset_step)
         self.children = RegularChildren(np.arange(m * self.T).reshape(self.T, m))
         self._grids = {}    # array namespace -> (coarse, fine) grids there
 

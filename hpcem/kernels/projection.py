@@ -131,6 +131,33 @@ def project3d(vol_ft_pad, rotations, n: int, r_max=None, pad=2, kernel="linear")
     return out
 
 
+def _freqs(c, ky, kx, P):
+    ky = c.cast(ky, "ky", np.int32, ndim=1)
+    kx = c.cast(kx, "kx", np.int32, ndim=1)
+    if ky.shape != kx.shape:
+        c.fail(f"ky, kx: must have the same length, got {ky.shape[0]} and {kx.shape[0]}")
+    if kx.size and (int(kx.min()) < 0 or 2 * int(abs(ky).max()) > P or 2 * int(kx.max()) > P):
+        c.fail("kx, ky: frequencies outside the padded box (kx >= 0, |k| <= P/2)")
+    return ky, kx
+
+
+def project3d_at(vol_ft_pad, rotations, ky, kx, pad=2):
+    """Slice coefficients ``(B, M)`` complex64 at the listed 2D frequencies ``(ky[m], kx[m])`` only
+    (``kx >= 0``): :func:`project3d`'s values there, without computing the rest of the slices."""
+    c = _backend.args_for("project3d_at", vol_ft_pad=vol_ft_pad)
+    vol = c.array(vol_ft_pad, "vol_ft_pad", np.complex64, ndim=3)
+    P = vol.shape[0]
+    if tuple(vol.shape) != (P, P, P // 2 + 1):
+        c.fail(f"vol_ft_pad: shape must be (P, P, P//2+1), got {tuple(vol.shape)}")
+    rot = _rotations(c, rotations, "rotations", 3)
+    ky, kx = _freqs(c, ky, kx, P)
+    if not c.gpu:
+        return _backend.core("project3d_at", vol, rot, ky, kx, float(pad))
+    out = c.xp.empty((rot.shape[0], kx.shape[0]), dtype=np.complex64)
+    _backend.cuda("project3d_at", vol, P, rot, rot.shape[0], ky, kx, kx.shape[0], float(pad), out)
+    return out
+
+
 def project2d(ref_ft_pad, rotations2d, n: int, r_max=None, pad=2, ref_index=None):
     """Rotated transforms ``(B, n, n//2+1)`` of padded half references.
 
@@ -177,6 +204,29 @@ def backproject3d(slices, weights, rotations, data_acc, weight_acc, r_max=None, 
         _backend.core("backproject3d", s, w, rot, data_acc, weight_acc, r, float(pad), kern)
     else:
         _backend.cuda("backproject3d", s, w, rot, B, int(n), data_acc, weight_acc, P, dbl, r, float(pad), kern)
+    return data_acc, weight_acc
+
+
+def backproject3d_at(values, weights, rotations, ky, kx, data_acc, weight_acc, pad=2):
+    """Adjoint of :func:`project3d_at`, in place: ``values`` complex64 and ``weights`` float32
+    ``(B, M)`` at the listed frequencies, accumulated as :func:`backproject3d` would the full slices."""
+    c = _backend.args_for("backproject3d_at", values=values, data_acc=data_acc, weight_acc=weight_acc)
+    v = c.array(values, "values", np.complex64, ndim=2, strided="copy")
+    w = c.array(weights, "weights", np.float32, shape=tuple(v.shape), strided="copy", convert=True)
+    c.array(data_acc, "data accumulator", (np.complex128, np.complex64), ndim=3)
+    P = data_acc.shape[0]
+    dbl = _accumulators(c, data_acc, weight_acc, (P, P, P // 2 + 1))
+    rot = _rotations(c, rotations, "rotations", 3)
+    if rot.shape[0] != v.shape[0]:
+        c.fail(f"rotations: {rot.shape[0]} rotations for {v.shape[0]} rows")
+    ky, kx = _freqs(c, ky, kx, P)
+    if kx.shape[0] != v.shape[1]:
+        c.fail(f"values: {v.shape[1]} columns for {kx.shape[0]} frequencies")
+    if not c.gpu:
+        _backend.core("backproject3d_at", v, w, rot, ky, kx, data_acc, weight_acc, float(pad))
+    else:
+        _backend.cuda("backproject3d_at", v, w, rot, v.shape[0], ky, kx, kx.shape[0], data_acc, weight_acc, P, dbl,
+                      float(pad))
     return data_acc, weight_acc
 
 

@@ -141,14 +141,16 @@ class Class3D:
                 sub, J, idx = self.subset, self.samp.Jf1, m.idx
                 remap = lambda li, pj, sub=sub, J=J, idx=idx: sub[idx[li]] * J + pj % J  # noqa: E731
             own, m.refs = m.refs, refs
-            sums[h] = m.e_step(self.samp, self.trans, int(self.st["r_cur"]), candidates=cand, remap=remap,
-                               uniform_priors=True, cc=self.first and self.config.firstiter_cc)
+            sums[h] = m.e_step(self.samp, self.trans, int(self.st["r_cur"]), remap=remap, uniform_priors=True,
+                               candidates=m.importance(self.st["iteration"]) if m.sampler is not None else cand,
+                               cc=self.first and self.config.firstiter_cc)
             m.refs = own
         return sums
 
     def reduce(self, sums):
         for h, m in self.models.items():
             m.reduce(sums[h])
+        self.evaluated = float(np.mean([s.fraction_evaluated for s in sums.values()]))
 
     def _class_maps(self, m, r_cur):
         """The model's K maps from its own sums and their tau2 (power of the unregularised masked
@@ -226,7 +228,7 @@ class Class3D:
         stats = self._change_stats()
         stats.update(iteration=self.st["iteration"], r_cur=r_used, resolution=self.st["resolution"],
                      sigma_offset=float(np.mean([m.sigma_offset for m in self.models.values()])),
-                     pclass=self.pclass.copy(), tv=tv, wiener=wiener)
+                     pclass=self.pclass.copy(), tv=tv, wiener=wiener, evaluated=self.evaluated)
         return stats
 
     def _renumber_half2(self, t2, sums2):
@@ -266,8 +268,10 @@ class Class3D:
         return out
 
     def _model_state(self, m):
+        smp = m.gather_sampler()     # (collective)
         return {"refs": m.refs, "sigma2": m.sigma2, "tau2": m.tau2, "pclass": m.pclass,
-                "sigma_offset": m.sigma_offset, "img_power": m.img_power, **m.corr.state()}
+                "sigma_offset": m.sigma_offset, "img_power": m.img_power, **m.corr.state(),
+                **({"sampler": smp} if smp is not None else {})}
 
     def state(self):
         st = {"results": self._merged_results(), **self.st}
@@ -301,11 +305,11 @@ class Class3D:
         tv = tv_lines(st.get("tv", {}))
         t_tv = sum(t["seconds"] for t in st.get("tv", {}).values() if t)
         return ("it %3d  r_cur %2d  res %6.2f A  dclass %5.3f  dang %6.2f deg  doff %5.2f A  sig_off %5.2f A  "
-                "nsig %7.1f  classes %s  logL %.6e  (%.1f s, E-step %.1f s%s)%s" % (
+                "nsig %7.1f  classes %s  logL %.6e  poses evaluated %.2e  (%.1f s, E-step %.1f s%s)%s" % (
                     st["iteration"], st["r_cur"], st["resolution"], st["changes_classes"], st["changes_orient"],
                     st["changes_offsets"], st["sigma_offset"], st["mean_nsig"],
-                    " ".join("%.2f" % p for p in st["pclass"]), st["loglik"], st["t_iter"], st["t_estep"],
-                    ", TV M-step %.1f s" % t_tv if tv else "", tv))
+                    " ".join("%.2f" % p for p in st["pclass"]), st["loglik"], st.get("evaluated", float("nan")),
+                    st["t_iter"], st["t_estep"], ", TV M-step %.1f s" % t_tv if tv else "", tv))
 
     def finish(self, root):
         pass

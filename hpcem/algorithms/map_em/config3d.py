@@ -49,6 +49,11 @@ class Map3DConfig(ImageOptions):
                               "refine3d) instead of the sphere of --particle_diameter", group="model")
     skip_gridding: bool = param(False, "M-step reconstruction without the gridding correction iterations",
                                 action="store_true", group="compute")
+    importance_sampling: bool = param(False, "E-step poses drawn from each particle's importance distribution of "
+                                      "the previous iteration (cryoSPARC's, seed 003) instead of the full grid or "
+                                      "the local search", action="store_true", group="sampling")
+    s0: float = param(10.0, "importance samples per effective sample size (with --importance_sampling)",
+                      check=POSITIVE, group="sampling")
     batch: int = param(0, "particles per kernel call (0: automatic)", check=NON_NEGATIVE, group="compute")
     frac: float = param(0.999, cli=False)
     margin_shells: int = param(4, cli=False)
@@ -103,6 +108,7 @@ class InitialModelConfig(_Class3DBase, GradOptions):
     offset_range: float = param(6.0, "translation search range (pixels)", check=NON_NEGATIVE, group="sampling")
     offset_step: float = param(2.0, "translation step (pixels)", check=POSITIVE, group="sampling")
     cross_halves: bool = param(False, cli=False)   # VDAM keeps its own half sets
+    importance_sampling: bool = param(False, cli=False)
     grad_em_iters: int = param(0, "EM iterations after the mini-batches: class2d --grad only (0 here)",
                                check=(lambda v: v == 0, "0: final EM iterations exist in class2d --grad only"),
                                group="vdam")

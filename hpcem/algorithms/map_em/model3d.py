@@ -17,6 +17,7 @@ from ...core.masks import soft_circular_mask, soft_spherical_mask
 from ...core.symmetry import symmetry_ops
 from ...estep import FourierParticles, crosscorr, run_estep
 from ...estep.corrections import Corrections
+from ...estep.importance import SEED_EPOCH, ImportanceSampler
 from ...parallel.decomp import block_range
 from ...recon import mstep
 from .results import gather_results, new_results
@@ -53,6 +54,8 @@ class Model3D:
         self.corr = Corrections(self.parts, self.res, cfg.norm, cfg.scale)
         self.bps = None
         self.cc = False
+        self.sampler = (ImportanceSampler(self.idx, cfg.K, cfg.s0, cfg.random_seed)
+                        if getattr(cfg, "importance_sampling", False) else None)
 
     # ------------------------------------------------------------ data
     def memory_items(self, samp, T: int, r_cur: int) -> dict:
@@ -91,6 +94,12 @@ class Model3D:
         return np.array(out)
 
     # ------------------------------------------------------------ iteration
+    def importance(self, iteration: int):
+        """The importance sampler for the E-step of ``iteration`` (each iteration an epoch)."""
+        self.sampler.position(SEED_EPOCH * iteration, iteration)
+        self.sampler.frozen = False
+        return self.sampler
+
     def e_step(self, samp, trans, r_cur: int, candidates=None, remap=None, uniform_priors=False, cc=False,
                subset=None):
         """Posteriors of this rank's particles (results updated in place); the fine sums go to
@@ -109,7 +118,8 @@ class Model3D:
         sums = run_estep(self.parts, space, trans, self.res, sigma2=sigma2, sigma_offset=self.sigma_offset,
                          log_class_prior=np.log(np.maximum(prior, 1e-30)), r_cur=r_cur,
                          radius_px=self.radius_px, opts=opts, candidates=candidates, remap=remap,
-                         subset=subset)
+                         subset=subset, class_segments=candidates is self.sampler and self.sampler is not None
+                         and self.cfg.K > 1)
         self.bps = space.bps
         return sums
 
@@ -156,6 +166,13 @@ class Model3D:
     def gather_results(self):
         return gather_results(self.comm, self.res)
 
+    def gather_sampler(self):
+        """The importance sampler's marginals of all this model's particles (collective), or None."""
+        if self.sampler is None:
+            return None
+        parts = self.comm.allgather(self.sampler.state())
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
     def set_results(self, full):
         for k in self.res:
             self.res[k] = np.asarray(full[k])[self.lo:self.hi].astype(self.res[k].dtype)
@@ -169,6 +186,10 @@ class Model3D:
             self.tau2 = np.asarray(st["tau2"])
         if "pclass" in st:
             self.pclass = np.asarray(st["pclass"])
+        if self.sampler is not None and "sampler" in st:
+            K, lo, hi = self.cfg.K, self.lo, self.hi
+            self.sampler.load({k: np.asarray(v)[lo:hi] if k == "tau_prev" else np.asarray(v)[lo * K:hi * K]
+                               for k, v in st["sampler"].items()})
         self.corr.load(st)
 
 

@@ -141,19 +141,23 @@ class Refine3D:
         cand = LocalSearch(self.local) if self.local > 0 else None
         self.prev = {h: {k: v.copy() for k, v in m.res.items()} for h, m in self.models.items()}
         cc = bool(cfg.firstiter_cc) and st["iteration"] == 0
-        return {h: m.e_step(self.samp, self.trans, self.r_e, candidates=cand, cc=cc) for h, m in self.models.items()}
+        return {h: m.e_step(self.samp, self.trans, self.r_e, cc=cc,
+                            candidates=m.importance(st["iteration"]) if m.sampler is not None else cand)
+                for h, m in self.models.items()}
 
     def reduce(self, acc):
         """Within each half group: the sums; then the pose changes over all ranks."""
         space = ProjectionSpace(self.samp, 1, self.n, self.m0.ops)
-        sums = np.zeros(5)
+        sums = np.zeros(7)
         for h, m in self.models.items():
             m.reduce(acc[h])
             m.update_noise_priors(acc[h])
             if self.st["iteration"] > 0:
-                sums += change_sums(self.prev[h], m.res, space)
+                sums[:5] += change_sums(self.prev[h], m.res, space)
+            if self.sub.rank == 0:      # each half's reduced count once
+                sums[5:] += acc[h].evaluated
         self.world.allreduce_(sums)
-        self.changes = sums
+        self.changes, self.evaluated = sums[:5], sums[5] / max(sums[6], 1.0)
 
     def _half_fsc(self):
         """Unfiltered half maps (both, on every rank) and their masked and unmasked FSC."""
@@ -185,7 +189,7 @@ class Refine3D:
         self._schedule(res)
         s = self.changes
         stats = {"iteration": self.st["iteration"], "r_cur": r_used, "resolution": res, "order": order,
-                 "local_sigma": self.local, "n_trans": self.trans.T, "fsc": curve,
+                 "local_sigma": self.local, "n_trans": self.trans.T, "fsc": curve, "evaluated": self.evaluated,
                  "changes_orient": s[1] / s[3] if s[3] else np.nan, "changes_offsets": s[2] / s[3] if s[3] else np.nan,
                  "converged": self.st["converged"]}
         stats.update(self._half_summaries())
@@ -293,10 +297,11 @@ class Refine3D:
         every rank (collective)."""
         mine = {}
         for h, m in self.models.items():
+            smp = m.gather_sampler()
             mine[h] = {"results": m.gather_results(), "refs": m.refs, "sigma2": m.sigma2,
                        "tau2": m.tau2 if m.tau2 is not None else np.zeros((1, m.nsh)),
                        "img_power": m.img_power, "sigma_offset": m.sigma_offset, "pclass": m.pclass,
-                       **m.corr.state()}
+                       **m.corr.state(), **({"sampler": smp} if smp is not None else {})}
         if self.half is None:
             return mine
         out = {}
@@ -321,7 +326,7 @@ class Refine3D:
               "results": self._merge(hs)}
         for h in (1, 2):
             st["half%d" % h] = {k: hs[h][k] for k in ("refs", "sigma2", "tau2", "img_power", "sigma_offset",
-                                                       "pclass", "group_scale") if k in hs[h]}
+                                                       "pclass", "group_scale", "sampler") if k in hs[h]}
         return st
 
     def write(self, root, state, stats):
@@ -352,10 +357,10 @@ class Refine3D:
         so = st["sigma_offset_half"]
         t_tv = sum(t["seconds"] for t in st.get("tv_half", {}).values() if t)
         return ("it %3d  order %d%s  T %d  r_cur %2d  res %6.2f A  dang %6.2f deg  doff %5.2f A  "
-                "sig_off %5.2f/%5.2f A  nsig %6.1f  (%.1f s, E-step %.1f s%s)%s%s" % (
+                "sig_off %5.2f/%5.2f A  nsig %6.1f  poses evaluated %.2e  (%.1f s, E-step %.1f s%s)%s%s" % (
                     st["iteration"], st["order"], " local %.2f" % st["local_sigma"] if st["local_sigma"] > 0 else "",
                     st["n_trans"], st["r_cur"], st["resolution"], st["changes_orient"], st["changes_offsets"],
-                    so[0], so[1], st["mean_nsig"], st["t_iter"], st["t_estep"],
+                    so[0], so[1], st["mean_nsig"], st.get("evaluated", 1.0), st["t_iter"], st["t_estep"],
                     ", TV M-step %.1f s" % t_tv if tv else "",
                     "  -> converged, final iteration next" if st["converged"] else "", tv))
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from ...core.euler import angular_distance, euler_to_matrix, wrap180
-from ...core.sampling import (angular_step, asymmetric_directions, inplane_angles, local_neighbours,
-                              oversample_directions)
+from ... import kernels
+from ...core.fourier import freqs, hermitian_weights2
+from ...core.sampling import (angular_step, asymmetric_directions, direction_vectors, inplane_angles,
+                              local_neighbours, oversample_directions)
 from ...estep import ragged_arange
 from ...estep.xp import namespace, repeat
 from ...recon.projector import BackProjector, Projector
@@ -116,17 +118,32 @@ class ProjectionSpace:
         self.refs = None
         self.bps = None
         self.row_norm = None   # (weights over the half grid, norm): every slice scaled to that norm
+        self.residual = False  # back-project the residuals (SAGD's gradient), weighted by the slices' h / 2
+
+    def _freqs(self, kidx):
+        """(ky, kx) int32 of flat half-grid coefficients."""
+        iy, kx = np.divmod(np.asarray(kidx, np.int64), self.n // 2 + 1)
+        return freqs(self.n)[iy].astype(np.int32), kx.astype(np.int32)
 
     def _project(self, k, eul, kidx, r_max):
-        """Slices (len, kidx.size) of class k at Euler angles ``eul`` (host), on the device."""
-        xp = self.device.xp
-        A = euler_to_matrix(*eul).astype(np.float32)
-        out = xp.empty((A.shape[0], kidx.size), dtype=np.complex64)
-        nn = self.n * (self.n // 2 + 1)
-        kd = self._kidx_on_device(kidx)
-        for s in range(0, A.shape[0], CHUNK):  # chunks of slices
-            full = self._projs[k].project(A[s:s + CHUNK], r_max=r_max).reshape(-1, nn)
-            out[s:s + full.shape[0]] = xp.take(full, kd, axis=1)
+        """Slices (len, kidx.size) of class k at Euler angles ``eul`` (host) on the coefficients
+        ``kidx`` (all inside ``r_max``), on the device: on the CPU only those coefficients are
+        interpolated (project3d_at); on a GPU the whole slices, then the coefficients taken."""
+        if not self.device.gpu:
+            A = euler_to_matrix(*eul).astype(np.float64)
+            ky, kx = self._freqs(kidx)
+            out = np.empty((A.shape[0], kidx.size), np.complex64)
+            for s in range(0, A.shape[0], CHUNK):  # chunks of slices
+                out[s:s + CHUNK] = kernels.project3d_at(self._projs[k].data, A[s:s + CHUNK], ky, kx, PAD)
+        else:
+            xp = self.device.xp
+            A = euler_to_matrix(*eul).astype(np.float32)
+            out = xp.empty((A.shape[0], kidx.size), dtype=np.complex64)
+            nn = self.n * (self.n // 2 + 1)
+            kd = self._kidx_on_device(kidx)
+            for s in range(0, A.shape[0], CHUNK):  # chunks of slices
+                full = self._projs[k].project(A[s:s + CHUNK], r_max=r_max).reshape(-1, nn)
+                out[s:s + full.shape[0]] = xp.take(full, kd, axis=1)
         if self.row_norm is not None:
             from ...estep.crosscorr import normalise_rows
 
@@ -168,10 +185,27 @@ class ProjectionSpace:
         return None
 
     def insert(self, res, kidx, r_max):
-        """Back-project a batch's compacted fine sums into the class accumulators."""
+        """Back-project a batch's compacted fine sums (on the coefficients ``kidx``, all inside
+        ``r_max``) into the class accumulators: on the CPU with the trilinear kernel only at those
+        coefficients (backproject3d_at), else (GPU, --bp_kernel gauss) as whole slices."""
+        if self.device.gpu or self.bp_kernel != "linear":
+            return self._insert_slices(res, kidx, r_max)
+        ky, kx = self._freqs(kidx)
+        h = self._h_half[kidx] if self.residual else None
+        for k in range(self.K):  # classes
+            m = np.flatnonzero(res.uniq_j // self.Jf1 == k)
+            for c0 in range(0, m.size, CHUNK):
+                mm = m[c0:c0 + CHUNK]
+                D = res.data[mm] * h if self.residual else res.data[mm]
+                A = euler_to_matrix(*self.samp.fine_euler(res.uniq_j[mm] % self.Jf1)).astype(np.float64)
+                kernels.backproject3d_at(np.asarray(D, np.complex64), np.asarray(res.wsum[mm], np.float32), A, ky, kx,
+                                         self.bps[k].data, self.bps[k].weight, PAD)
+
+    def _insert_slices(self, res, kidx, r_max):
         n, nn, dev = self.n, self.n * (self.n // 2 + 1), self.device
         uniq_j = np.asarray(dev.get(res.uniq_j))            # hypothesis numbers (U values) to the host
         kd = self._kidx_on_device(kidx)
+        h = dev.put(self._h_half[kidx]) if self.residual else None
         for k in range(self.K):  # classes
             m = np.flatnonzero(uniq_j // self.Jf1 == k)
             for c0 in range(0, m.size, 1024):
@@ -179,10 +213,14 @@ class ProjectionSpace:
                 md = dev.put(mm)
                 D = dev.zeros((mm.size, nn), np.complex64)
                 W = dev.zeros((mm.size, nn), np.float32)
-                D[:, kd] = res.data[md]
+                D[:, kd] = res.data[md] * h if self.residual else res.data[md]
                 W[:, kd] = res.wsum[md]
                 A = euler_to_matrix(*self.samp.fine_euler(uniq_j[mm] % self.Jf1)).astype(np.float32)
                 self.bps[k].insert(D.reshape(-1, n, n // 2 + 1), W.reshape(-1, n, n // 2 + 1), A, r_max=r_max)
+
+    @property
+    def _h_half(self):
+        return (hermitian_weights2(self.n) / 2.0).ravel().astype(np.float32)
 
     def class_of(self, jf):
         return namespace(jf).asarray(jf) // self.Jf1
@@ -201,6 +239,23 @@ class ProjectionSpace:
 
     def coarse_index(self, cls, j1):
         return np.asarray(cls, np.int64) * self.Jc1 + np.asarray(j1, np.int64)
+
+    # ------------------------------------------------------------ the importance sampler's view
+    def is_grids(self):
+        """Coarse quadrature of the importance sampler: direction unit vectors (nd, 3), in-plane
+        angles (npsi,) deg, and their steps (deg)."""
+        s = self.samp
+        return direction_vectors(s.rot, s.tilt), s.psi_c, angular_step(s.order), s.psi_step
+
+    def is_fine(self, jf):
+        """(class, coarse direction, coarse psi, fine direction vectors (P, 3), fine psi deg) of fine
+        hypotheses ``jf`` (the coarse ones without oversampling)."""
+        s = self.samp
+        jf = np.asarray(jf, np.int64)
+        k, r = jf // s.Jf1, jf % s.Jf1
+        e, q = r // s.psi_f.size, r % s.psi_f.size
+        d = np.searchsorted(s.dchild_off, e, side="right") - 1
+        return k, d, q // s.mpsi, direction_vectors(s.frot[e], s.ftilt[e]), s.psi_f[q]
 
 
 def pose_distance(prev, new, ops):

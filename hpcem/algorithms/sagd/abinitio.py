@@ -1,0 +1,274 @@
+"""Ab initio 3D reconstruction from random starts by SAGD (seed 003; cryoSPARC's Ab-Initio
+Reconstruction), the state object of :func:`hpcem.runtime.driver.run_iterations`.
+
+Per iteration (:mod:`.schedule`): the mini-batch of SAG's fixed partition; the E-step of its
+particles (split over the ranks) over the quadrature of the current resolution, with
+importance-sampled candidates (:class:`hpcem.estep.importance.ImportanceSampler`) or the full
+grid, per-class posteriors mixed by the class similarity for K > 1; the gradient of each class
+map from the back-projected residuals (:func:`.sagd.data_gradient`); the SAG step with the
+Lipschitz line search, then non-negativity, the particle window and re-centring; the running
+noise estimate and class shares; a class whose share falls below ``class_reseed / K`` is
+re-seeded from the largest.  ``finish`` assigns every particle a class and pose against the final
+maps and writes ``run_classKKK.mrc``, ``run_data.star``, central slices and the log.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...core.fourier import ft3, ift3
+from ...estep import FullGrid
+from ...estep.importance import SEED_EPOCH, ImportanceSampler
+from ...runtime.memory import MemoryPlan
+from ..vdam.blobs import signal_std
+from .model import SagdModel
+from .priors import Prior
+from .sagd import LINE_SEARCH_EVERY, SAG, Basis, Lipschitz, data_curvature, data_gradient
+from .schedule import Batches, Schedule, quadrature
+
+PRIOR_MEMORY = 0.9     # running average of the class shares over mini-batches
+
+
+class AbInitio:
+    kind = "abinitio"
+    checkpoint_name = "checkpoint.h5"
+
+    def __init__(self, ps, cfg, comm, log=print):
+        self.ps, self.config, self.comm, self.log = ps, cfg, comm, log
+        self.n, self.K, self.N = ps.box, cfg.K, ps.n
+        self.sched = Schedule(cfg, self.n, ps.angpix, self.N)
+        self.m = SagdModel(ps, cfg, comm)
+        self.basis = Basis(self.n, int(np.floor(self.sched.r_max)) + 2)
+        self.prior = Prior(cfg.prior, self.m.mask3, cfg.prior_weight)
+        self.sampler = (ImportanceSampler(self.m.idx, self.K, cfg.s0, cfg.random_seed) if cfg.importance_sampling
+                        else None)
+        self.it, self.visits, self.phase, self.phase_start = 0, 0, -1, 0
+        self.V = self.sag = self.batches = None
+        self.lip = Lipschitz()
+        self.pclass = np.full(self.K, 1.0 / self.K)
+        self.rows = []
+        self.finished = False
+
+    # ------------------------------------------------------------ driver interface: start
+    def memory_plan(self):
+        n, K = self.n, self.K
+        nb = int(np.ceil(self.N / max(1, min(self.config.minisize_init, self.config.minisize))))
+        P = 2 * n
+        return MemoryPlan({"particles (transforms + CTFs)": self.m.parts.nbytes(),
+                           "SAG gradients (%d mini-batches)" % nb: nb * K * self.basis.size * 8,
+                           "maps and moves": 4 * K * n ** 3 * 8,
+                           "projectors and back-projectors": K * P * P * (P // 2 + 1) * 8 * 4},
+                          what="%d particles, K=%d, %d iterations" % (self.N, K, self.sched.total),
+                          hint="run on more ranks/nodes, or lower --K or the box size")
+
+    def prepare(self):
+        self.m.load()
+
+    def initialise(self):
+        cfg = self.config
+        sd = signal_std(self.ps, self.m.radius_px, cfg.random_seed)
+        self.V = self.m.random_maps(cfg.random_seed, sd, cfg.init_radwn_cutoff)
+        self.prior.fit(self.V)
+        self._new_phase(0)
+        sub, quad, r = self._batch(0)
+        scale = self._noise_scale(r, quad, sub)
+        self.m.start_noise(scale)
+        self.log("random starts: %d class(es); initial noise scale %.3g (ESS fraction %.4f); %d iterations"
+                 % (self.K, scale, cfg.target_initial_ess_fraction, self.sched.total))
+
+    def _noise_scale(self, r, quad, sub) -> float:
+        """The noise scale giving the target ESS fraction on the first mini-batch (bisection in log)."""
+        target = self.config.target_initial_ess_fraction
+        lo, hi = np.log(1e-2), np.log(1e6)
+        for _ in range(12):
+            mid = 0.5 * (lo + hi)
+            if self.m.ess_fraction(self.V, r, quad, sub, np.exp(mid)) < target:
+                lo = mid
+            else:
+                hi = mid
+        return float(np.exp(0.5 * (lo + hi)))
+
+    def restore(self, st):
+        from .files import restore_state
+
+        restore_state(self, st)
+
+    def done(self):
+        return self.it >= self.sched.total
+
+    # ------------------------------------------------------------ one iteration
+    def _new_phase(self, it):
+        ph = self.sched.phase(it)
+        if ph != self.phase:
+            self.phase, self.phase_start = ph, it
+            self.batches = Batches(self.config.random_seed, self.N, self.sched.batch_size(it), ph)
+            self.sag = SAG(self.batches.n_batches, self.K, self.basis.size)
+
+    def _batch(self, it):
+        b = self.batches.index(it - self.phase_start)
+        return self.m.local(self.batches.members(b)), quadrature(self.sched.radius(it), self.m.radius_px), \
+            self.sched.shell(it)
+
+    def _candidates(self):
+        return self.sampler if self.sampler is not None else FullGrid()
+
+    def _class_mix(self):
+        s = self.sched.class_similarity(self.it)
+        if self.K < 2 or s <= 0:
+            return None
+        return lambda r: (1.0 - s) * r + s / self.K
+
+    def e_step(self):
+        it = self.it
+        self._new_phase(it)
+        self.b = self.batches.index(it - self.phase_start)
+        self.sub, self.quad, self.r = self._batch(it)
+        if self.sampler is not None:
+            self.sampler.position(SEED_EPOCH * self.visits / self.N, it)
+            self.sampler.frozen = False
+            self.sampler.reset_counts()
+        sums, self.space = self.m.e_step(self.V, self.r, self.quad, self.sub, self.m.sigma2(), self._candidates(),
+                                         self._class_mix())
+        return sums
+
+    def reduce(self, sums):
+        for bp in self.space.bps:
+            self.comm.allreduce_(bp.data)
+            self.comm.allreduce_(bp.weight)
+        sums.reduce(self.comm)
+        self.frac_eval = sums.fraction_evaluated
+
+    def _sums(self):
+        """Completed (and symmetrised) residual and weight sums of every class."""
+        from ... import kernels
+
+        out = []
+        for bp in self.space.bps:
+            D, W = bp.completed()
+            if len(self.m.ops) > 1:
+                D, W = kernels.symmetrise3d(D, W, np.asarray(self.m.ops, np.float64), bp.P / 2.0)
+            out.append((D, W))
+        return out
+
+    def m_step(self, sums):
+        cfg, n, it = self.config, self.n, self.it
+        loglik = self.m.batch_loglik(self.sub)
+        sw = self._sums()
+        G = np.stack([data_gradient(D, n, self.basis) for D, _ in sw])
+        self.sag.add(self.b, G)
+        nb = self.batches.n_batches
+        evals = 0
+        if (it - self.phase_start) % LINE_SEARCH_EVERY == 0:
+            dV = np.stack([self.basis.volume(g) for g in G]) + self.prior.grad(self.V) / nb
+            evals = self._line_search(dV, [W for _, W in sw], nb)
+        else:
+            self.lip.decrease()
+        eps = self.sched.epsilon(it)
+        move = np.stack([self.basis.volume(g) for g in self.sag.mean()]) + self.prior.grad(self.V) / nb
+        self.V = self._project(self.V - (eps / self.lip.L) * move)
+        self.m.update_noise(sums.noise, self.m.group_counts(self.sub), self.r)
+        share = sums.class_weight / max(float(sums.class_weight.sum()), 1e-300)
+        self.pclass = PRIOR_MEMORY * self.pclass + (1.0 - PRIOR_MEMORY) * share
+        reseeded = self._reseed()
+        self.space = None
+        self.it += 1
+        self.visits += int(self.batches.members(self.b).size)
+        stats = {"iteration": self.it, "r": self.sched.radius(it), "resolution": n * self.ps.angpix / self.r,
+                 "batch": int(self.batches.members(self.b).size), "epsilon": eps, "step": eps / self.lip.L,
+                 "L": self.lip.L, "evaluated": self.frac_eval, "pclass": self.pclass.copy(), "evals": evals,
+                 "reseeded": reseeded, "order": self.quad.order, "psi_step": self.quad.psi_step,
+                 "t_step": self.quad.t_step, "epoch": self.visits / self.N, "loglik": loglik}
+        self.rows.append([self.it, stats["resolution"], stats["step"], stats["evaluated"], stats["epoch"]]
+                         + list(self.pclass))
+        return stats
+
+    def _line_search(self, dV, Ws, nb) -> int:
+        """Algorithm 1's line search on this mini-batch (collective: every trial is an E-step)."""
+        dn2 = float(np.sum(dV ** 2))
+        if dn2 <= 0:
+            return 0
+        if self.sampler is not None:
+            self.sampler.frozen = True
+
+        def f_at(L):
+            V1 = self.V if L is None else self.V - dV / L
+            self.m.e_step(V1, self.r, self.quad, self.sub, self.m.sigma2(), self._candidates(), self._class_mix(),
+                          accumulate=False)
+            return -self.m.batch_loglik(self.sub) + self.prior.value(V1) / nb
+
+        f0 = f_at(None)
+        guess = (sum(data_curvature(d, W) for d, W in zip(dV, Ws)) + self.prior.curvature(dV) / nb) / dn2
+        evals = 1 + self.lip.search(f_at, f0, dn2, guess)
+        if self.sampler is not None:
+            self.sampler.frozen = False
+        return evals
+
+    def _project(self, V):
+        """Non-negativity, the particle window, re-centring (the SAG gradients move with the maps)."""
+        cfg = self.config
+        if cfg.nonneg:
+            V = np.maximum(V, 0.0)
+        if cfg.window:
+            V = V * self.m.mask3
+        if cfg.center:
+            V = np.stack([self._centre(k, v) for k, v in enumerate(V)])
+            if cfg.nonneg:
+                V = np.maximum(V, 0.0)
+        return V
+
+    def _centre(self, k, v):
+        n = self.n
+        tot = float(v.sum())
+        if tot <= 0:
+            return v
+        c = np.arange(n) - n // 2
+        com = np.array([np.tensordot(v, c, axes=([a], [0])).sum() / tot for a in range(3)])   # (z, y, x)
+        if np.linalg.norm(com) < 0.1:
+            return v
+        from ...core.fourier import freqs
+
+        f = freqs(n)
+        kz, ky, kx = np.meshgrid(f, f, np.arange(n // 2 + 1), indexing="ij")
+        ph = np.exp(2j * np.pi * (kz * com[0] + ky * com[1] + kx * com[2]) / n)     # shift by -com
+        self.sag.apply_phase(k, ph.ravel()[self.basis.idx])
+        return ift3(ft3(v) * ph, n)
+
+    def _reseed(self):
+        """(emptied class, source) when a class's share fell below class_reseed / K, else None."""
+        K = self.K
+        a = int(np.argmin(self.pclass))
+        if K < 2 or self.config.class_reseed <= 0 or self.pclass[a] >= self.config.class_reseed / K:
+            return None
+        b = int(np.argmax(self.pclass))
+        rng = np.random.default_rng([self.config.random_seed, 43, self.it])
+        noise = self.m.random_maps(int(rng.integers(1 << 30)), 1.0, self.config.init_radwn_cutoff)[0]
+        v = self.V[b]
+        self.V[a] = np.maximum(v + 0.2 * v.std() * noise / max(noise.std(), 1e-30), 0.0) * self.m.mask3
+        self.sag.copy_class(b, a)
+        self.pclass[a] = self.pclass[b] = 0.5 * self.pclass[b]
+        return a, b
+
+    # ------------------------------------------------------------ files
+    def state(self):
+        from .files import collect_state
+
+        return collect_state(self)
+
+    def write(self, root, state, stats):
+        from .files import write_iteration
+
+        return write_iteration(self, root, state, stats)
+
+    def plot(self, root, state, stats):
+        from .files import plot_iteration
+
+        plot_iteration(self, root, state)
+
+    def log_line(self, st):
+        from .files import log_line
+
+        return log_line(st)
+
+    def finish(self, root):
+        from .files import final_pass_and_files
+
+        final_pass_and_files(self, root)

@@ -1,0 +1,107 @@
+"""The iteration schedule of ab initio SAGD and the quadrature over poses at each resolution.
+
+Schedule (cryoSPARC's Ab-Initio phases, seed 003 section 4.2's frequency marching):
+``num_init_iters`` at the initial resolution, then the Fourier radius rises by ``radwn_step``
+per iteration to the final resolution, then ``num_final_iters`` there; mini-batches of
+``minisize_init`` particles until ``minisize_num_init_iters``, ``minisize`` after; the SAGD step
+factor ``epsilon = max(1/16, high_lr 2^-floor(it / high_lr_duration))`` (the seed's
+``max(1/16, 2^(1 - floor(tau/150)))`` with the defaults); the class similarity ``beta`` until
+``class_anneal_start``, falling linearly to 0 at ``class_anneal_end``.
+
+Quadrature (section 3.2) at Fourier radius ``r = D omega*`` (cycles per box): the angle between
+discrete wave numbers at that radius ``alpha = arccos((r^2 - 1) / (r^2 + 1)) / 2``; directions
+``M_d = (3.6 / alpha)^2``, here the HEALPix order whose 12 4^o equal-area directions are nearest to
+it in ratio (HEALPix instead of the seed's Saff-Kuijlaars spiral: equal weights 4 pi / M_d,
+hierarchical, the grid every other hpcem job uses); ``M_psi = 2 pi / alpha`` in-plane angles;
+translations on a square grid within ``offset_range`` at the arc ``alpha`` moves the particle's
+edge (``alpha`` times its radius: the translation accuracy matching the angular one; the seed's
+``M_t = (D omega*)^2`` spaces them a full period of omega* apart), with the seed's broad Gaussian
+prior centred in the box.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_RADIUS = 2.0
+
+
+@dataclass(frozen=True)
+class Quadrature:
+    order: int          # HEALPix order of the directions
+    psi_step: float     # deg
+    t_step: float       # pixels
+
+    def describe(self) -> str:
+        return "HEALPix order %d, psi %.2f deg, translations every %.2f px" % (self.order, self.psi_step, self.t_step)
+
+
+def quadrature(r: float, radius_px: float) -> Quadrature:
+    """The seed's quadrature sizes at Fourier radius ``r`` (see the module docstring)."""
+    r = max(float(r), MIN_RADIUS)
+    alpha = 0.5 * np.arccos((r * r - 1.0) / (r * r + 1.0))
+    m_d = (3.6 / alpha) ** 2
+    orders = np.arange(0, 8)
+    order = int(orders[np.argmin(np.abs(np.log(12.0 * 4.0 ** orders) - np.log(m_d)))])
+    n_psi = int(np.ceil(2.0 * np.pi / alpha - 1e-9))
+    return Quadrature(order, 360.0 / n_psi, float(max(alpha * radius_px, 0.5)))
+
+
+class Schedule:
+    def __init__(self, cfg, n: int, angpix: float, n_particles: int):
+        self.cfg, self.n, self.N = cfg, int(n), int(n_particles)
+        self.r_init = min(n * angpix / cfg.init_res, n / 2.0)
+        self.r_max = max(min(n * angpix / cfg.max_res, n / 2.0), self.r_init)
+        self.n_anneal = int(np.ceil((self.r_max - self.r_init) / cfg.radwn_step - 1e-9))
+        self.total = int(cfg.num_init_iters + self.n_anneal + cfg.num_final_iters)
+
+    def radius(self, it: int) -> float:
+        """Fourier radius (cycles per box) of iteration ``it`` (0-based)."""
+        a = it - self.cfg.num_init_iters
+        if a < 0:
+            return self.r_init
+        return float(min(self.r_max, self.r_init + (a + 1) * self.cfg.radwn_step))
+
+    def shell(self, it: int) -> int:
+        """The E-step's resolution limit (shell index) of iteration ``it``."""
+        return int(max(MIN_RADIUS, np.floor(self.radius(it) + 1e-9)))
+
+    def phase(self, it: int) -> int:
+        return 0 if it < self.cfg.minisize_num_init_iters else 1
+
+    def batch_size(self, it: int) -> int:
+        b = self.cfg.minisize_init if self.phase(it) == 0 else self.cfg.minisize
+        return int(min(max(b, 1), self.N))
+
+    def epsilon(self, it: int) -> float:
+        c = self.cfg
+        return float(max(1.0 / 16.0, c.high_lr * 2.0 ** (-np.floor(it / c.high_lr_duration))))
+
+    def class_similarity(self, it: int) -> float:
+        c = self.cfg
+        if it < c.class_anneal_start:
+            return float(c.class_anneal_beta)
+        if it >= c.class_anneal_end or c.class_anneal_end <= c.class_anneal_start:
+            return 0.0
+        return float(c.class_anneal_beta * (c.class_anneal_end - it) / (c.class_anneal_end - c.class_anneal_start))
+
+
+class Batches:
+    """SAG's fixed partition of the particles into mini-batches, one per batch-size phase: a
+    seeded permutation cut into ``ceil(N / B)`` subsets; each epoch visits every subset once in a
+    seeded order.  Iteration ``it`` of the phase starting at ``start`` takes subset
+    :meth:`subset` (the same for any rank count and after ``--continue``)."""
+
+    def __init__(self, seed: int, N: int, B: int, phase: int):
+        self.seed, self.N, self.B, self.phase = int(seed), int(N), int(B), int(phase)
+        self.perm = np.random.default_rng([self.seed, 17, self.phase]).permutation(self.N)
+        self.n_batches = int(np.ceil(self.N / self.B))
+
+    def index(self, k: int) -> int:
+        """The subset of the phase's ``k``-th iteration."""
+        e, pos = divmod(int(k), self.n_batches)
+        return int(np.random.default_rng([self.seed, 19, self.phase, e]).permutation(self.n_batches)[pos])
+
+    def members(self, b: int) -> np.ndarray:
+        return np.sort(self.perm[b * self.B:(b + 1) * self.B])

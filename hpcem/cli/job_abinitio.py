@@ -1,0 +1,43 @@
+"""Ab initio 3D reconstruction from random starts (cryoSPARC's Ab-Initio Reconstruction; seed 003):
+K maps from random densities by stochastic average gradient descent on the MAP objective
+(exponential prior, non-negativity), poses marginalised over a quadrature sized from the current
+resolution (frequency marching from --init_res to --max_res) with importance-sampled candidates.
+cryoSPARC's parameters under their names without the abinit_ prefix (--init_res, --max_res,
+--num_init_iters, --num_final_iters, --minisize_init, --minisize, --minisize_num_init_iters,
+--high_lr, --class_anneal_beta, --nonneg, ...). Writes run_itNNN_classKKK.mrc, _data.star,
+_model.star, _optimiser.star, an HDF5 checkpoint and central slices every --write_iter iterations,
+run_log.star/.png (resolution, step size, fraction of the quadrature evaluated, class shares), and
+at the end run_classKKK.mrc and run_data.star (every particle's class and pose); resume with
+--continue. Under `mpiexec -n N` each mini-batch's particles are split across ranks; rank 0 writes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..algorithms.sagd.config import AbInitioConfig
+from .common import IterativeJobIO, job_record, resolve_run, set_threads, stamp
+from .inputs import read_particles
+
+
+@dataclass(frozen=True)
+class Params(IterativeJobIO, AbInitioConfig):
+    pass
+
+
+def run(p: Params, ctx):
+    from ..algorithms.sagd.abinitio import AbInitio
+    from ..algorithms.sagd.schedule import Schedule
+    from ..runtime.driver import run_iterations
+
+    set_threads(p.j)
+    p, root, restart = resolve_run(p, ctx)
+    ps = read_particles(p.i, p.angpix, ctf=p.ctf, diameter=p.particle_diameter)
+    cfg = AbInitioConfig.subset(p)
+    cfg = cfg.replace(iters=Schedule(cfg, ps.box, ps.angpix, ps.n).total)
+    ctx.log("hpcem abinitio: %d particles, box %d, %.3f A/px, K %d, %.1f -> %.1f A, sym %s, ctf %s, %s, %d rank(s)" % (
+        ps.n, ps.box, ps.angpix, cfg.K, cfg.init_res, cfg.max_res, cfg.sym, "on" if cfg.ctf else "off",
+        "importance sampling s0 %g" % cfg.s0 if cfg.importance_sampling else "full quadrature", ctx.comm.size))
+    job = job_record(ctx.name, p, ctx.argv)
+    if ctx.comm.rank == 0:
+        stamp(root.file("job.json"), job)
+    run_iterations(AbInitio(ps, cfg, ctx.comm, ctx.log), root, ctx.comm, ctx.log, restart=restart, job=job)
+    return 0
