@@ -194,7 +194,7 @@ def _add_statistics(sums, res, g, o_px, onehot, space, trans, angpix, rmap, dev)
     sums.class_weight += dev.get(xp.bincount(space.class_of(pj), weights=res.weight, minlength=space.K)[:space.K])
     sums.offset2 += dev.get(xp.dot(res.weight.astype(np.float64),
                                    trans.origin_power(o_px, res.pair_i, res.pair_t, angpix)))
-    sums.evaluated += [float(res.evaluated), float(len(sel)) * space.K * space.Jf1 * len(trans.fine)]
+    sums.evaluated += [float(res.evaluated), float(len(g)) * space.K * space.Jf1 * len(trans.fine)]
 
 
 def _host_summaries(res, dev):
