@@ -17,11 +17,10 @@ seeded), each half has its own K class maps built from its own particles, and ev
 scores half 1 against half 2's maps and half 2 against half 1's.  A map that holds the particle
 it scores favours that particle's current class and pose by its own contribution (at low SNR by
 far more than the difference between the classes), which freezes the random initial classes;
-the other half's maps hold no such term.  Half 1 is scored first and its maps rebuilt, then
-half 2 is scored against those new maps (one chain of updates; see :meth:`Class3D.e_step`).  After
-every M-step half 2's classes are renumbered to match half 1's (greatest map correlation first):
-scored across, each half takes the other's numbering, and two halves numbered the other way round
-would swap numbers every iteration (seen: each half at ARI 0.87, the whole at 0.00).  The class maps written each iteration are
+the other half's maps hold no such term.  After every M-step half 2's classes are renumbered to
+match half 1's (greatest map correlation first): scored across, each half takes the other's
+numbering, and two halves numbered the other way round would swap numbers every iteration (seen:
+each half at ARI 0.87, the whole at 0.00).  The class maps written each iteration are
 reconstructed from both halves' sums.  ``--no-cross_halves`` is RELION's plain EM.
 
 With --tv (seed 002) each class map is the regularised reconstruction of :mod:`hpcem.recon.tv`
@@ -124,54 +123,34 @@ class Class3D:
         return self.st["iteration"] >= self.config.iters
 
     # ------------------------------------------------------------ iteration
+    def _scoring_refs(self):
+        """{half: the class maps its particles are scored against} (cross halves: the other's)."""
+        if not self.cross or self.st["iteration"] == 0:
+            return {h: m.refs for h, m in self.models.items()}
+        return {1: self.models[2].refs, 2: self.models[1].refs}
+
     def e_step(self):
-        """Cross halves after the first iteration: half 1 is scored against half 2's maps, half 1's
-        maps are then rebuilt (its sums reduced here), and half 2 is scored against those new maps.
-        Scored both against the other's previous maps, the halves would form two interleaved chains
-        that never meet (h1 -> h2 -> h1 on odd iterations, h2 -> h1 -> h2 on even ones: measured,
-        one chain at ARI 0.47 while the other stayed at 0.02, trading places every iteration)."""
         self.prev = {h: {k: v.copy() for k, v in m.res.items()} for h, m in self.models.items()}
         self.first = self.st["iteration"] == 0
-        self.updated = {}     # half -> (t2, ssnr, tv) of the maps already rebuilt this iteration
-        sequential = self.cross and not self.first
-        sums = {}
-        for h, m in self.models.items():
-            refs = self.models[3 - h].refs if sequential else m.refs
-            sums[h] = self._score(m, refs)
-            if sequential and h == 1:
-                m.reduce(sums[1])
-                self._update_half(1, sums[1])
-        return sums
-
-    def _score(self, m, refs):
-        """The E-step of model ``m``'s particles against the class maps ``refs``."""
         cand = LocalSearch(self.config.sigma_ang, all_classes=True) if self.config.sigma_ang > 0 else None
-        remap = None
-        if self.first and self.K > 1:
-            sub, J, idx = self.subset, self.samp.Jf1, m.idx
-            remap = lambda li, pj: sub[idx[li]] * J + pj % J  # noqa: E731
-        own, m.refs = m.refs, refs
-        try:
-            return m.e_step(self.samp, self.trans, int(self.st["r_cur"]), remap=remap, uniform_priors=True,
-                            candidates=m.importance(self.st["iteration"]) if m.sampler is not None else cand,
-                            cc=self.first and self.config.firstiter_cc)
-        finally:
+        sums = {}
+        for h, refs in self._scoring_refs().items():
+            m = self.models[h]
+            remap = None
+            if self.first and self.K > 1:
+                sub, J, idx = self.subset, self.samp.Jf1, m.idx
+                remap = lambda li, pj, sub=sub, J=J, idx=idx: sub[idx[li]] * J + pj % J  # noqa: E731
+            own, m.refs = m.refs, refs
+            sums[h] = m.e_step(self.samp, self.trans, int(self.st["r_cur"]), remap=remap, uniform_priors=True,
+                               candidates=m.importance(self.st["iteration"]) if m.sampler is not None else cand,
+                               cc=self.first and self.config.firstiter_cc)
             m.refs = own
+        return sums
 
     def reduce(self, sums):
         for h, m in self.models.items():
-            if h not in self.updated:
-                m.reduce(sums[h])
+            m.reduce(sums[h])
         self.evaluated = float(np.mean([s.fraction_evaluated for s in sums.values()]))
-
-    def _update_half(self, h, sums_h):
-        """Half (or the only model) ``h``'s noise model, priors and class maps from its reduced sums."""
-        m, cfg = self.models[h], self.config
-        m.update_noise_priors(sums_h)
-        m.refs, t2, tv = self._class_maps(m, sums_h.r_cur)
-        m.tau2 = m.power3(m.refs)
-        ssnr = cfg.tau2_fudge * m.tau2 * np.stack([m.mean_weight(k) for k in range(self.K)]) * PAD ** 3
-        self.updated[h] = (t2, ssnr, tv)
 
     def _class_maps(self, m, r_cur):
         """The model's K maps from its own sums and their tau2 (power of the unregularised masked
@@ -221,12 +200,12 @@ class Class3D:
     def m_step(self, sums):
         cfg, K, n = self.config, self.K, self.n
         r_used = self.st["r_cur"]
-        for h in self.models:
-            if h not in self.updated:
-                self._update_half(h, sums[h])
-        t2 = {h: u[0] for h, u in self.updated.items()}
-        ssnr = [u[1] for u in self.updated.values()]
-        tv = self.updated[max(self.updated)][2]
+        t2, ssnr, tv = {}, [], {}
+        for h, m in self.models.items():
+            m.update_noise_priors(sums[h])
+            m.refs, t2[h], tv = self._class_maps(m, sums[h].r_cur)
+            m.tau2 = m.power3(m.refs)
+            ssnr.append(cfg.tau2_fudge * m.tau2 * np.stack([m.mean_weight(k) for k in range(K)]) * PAD ** 3)
         if self.first and K > 1:   # the random initial classes
             for m in self.models.values():
                 m.res["class"] = self.subset[m.idx] + 1
