@@ -46,8 +46,6 @@ from .refine3d import split_halves
 from .results import pose_change_stats
 from .space3d import PAD, ProjectionSpace, Sampling3D
 
-MODEL_KEYS = ("refs", "sigma2", "tau2", "pclass", "sigma_offset", "img_power")
-
 
 def matching_classes(refs1, refs2) -> np.ndarray:
     """For each map of ``refs1`` the index of the map of ``refs2`` it matches: greedily by the
