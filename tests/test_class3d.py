@@ -1,7 +1,8 @@
 """hpcem class3d on two simulated conformations mixed 50/50 (CTF, known truth):
 
 * adjusted Rand index of the assignments against the true conformations >= 0.8;
-* --continue from iteration k reaches the same final maps and assignments as an uninterrupted run;
+* --continue from iteration k reaches the same final maps and assignments as an uninterrupted run, and
+  may change the searches (--healpix_order, --sigma_ang) as relion_refine's does;
 * 1, 2 and 3 ranks (`mpiexec`, particles split across ranks) give the same maps and assignments;
 * a reference that is not a cubic map fails up front naming the file and field;
 * half 2's classes are renumbered to half 1's by map correlation (cross-half scoring).
@@ -64,6 +65,13 @@ def test_class3d_continue_same_result(tmp_path, run_hpcem):
     ca = read_star(os.path.join(full, "run_it003_data.star"))["particles"]["rlnClassNumber"].to_numpy()
     cb = read_star(os.path.join(part, "run_it003_data.star"))["particles"]["rlnClassNumber"].to_numpy()
     assert np.mean(ca == cb) > 0.99
+    # as relion_refine --continue: the searches may change (finer, local), the rest is the run's own
+    p = run_hpcem(["class3d", "--continue", os.path.join(part, "run_it003_optimiser.star"), "--iter", 4,
+                   "--healpix_order", 2, "--sigma_ang", 8, "--K", 5])
+    log = p.stdout + p.stderr
+    assert "192 directions" in log and "ignored: --K" in log
+    cd = read_star(os.path.join(part, "run_it004_data.star"))["particles"]
+    assert set(np.unique(cd["rlnClassNumber"])) <= {1, 2}
 
 
 @pytest.mark.parametrize("ranks", [2, 3])

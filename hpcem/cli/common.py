@@ -15,6 +15,9 @@ from ..runtime.params import NON_NEGATIVE, Params, param
 
 # flags that may change when a run is continued (everything else is the run's own)
 CONTINUABLE = frozenset({"i", "o", "continue_", "iters", "batch", "j", "angpix", "gpu"})
+# and those relion_refine --continue also takes for a classification: the searches and the prior
+CONTINUABLE_SEARCH = frozenset({"healpix_order", "psi_step", "sigma_ang", "offset_range", "offset_step",
+                                "tau2_fudge", "maxsig"})
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ def resolve_run(p, ctx: JobContext):
                 raise InputError("required (or --continue)", field="--" + name)
         return p, OutputRoot.parse(p.o), None
     root, ck = resolve_checkpoint(p.continue_, p.o if "o" in given else None, ctx.name)
-    q = continued(p, ck.job.get("params", {}), given, log)
+    q = continued(p, ck.job.get("params", {}), given, log,
+                  may_change=CONTINUABLE | getattr(type(p), "continue_may_change", frozenset()))
     if "iters" in given:
         q = q.replace(iters=max(int(p.iters), ck.iteration))
     if not q.i:

@@ -3,22 +3,25 @@ exact marginalisation over classes x HEALPix directions (asymmetric unit of --sy
 x translations with adaptive oversampling; K maps reconstructed by back-projection with the
 reference-power prior (--tau2_fudge). Input poses are ignored (global search). Writes
 run_itNNN_classKKK.mrc, _data.star, _model.star, _optimiser.star, an HDF5 checkpoint and central
-slices per class under the rootname --o; resume with --continue run_itNNN_optimiser.star. Under
+slices per class under the rootname --o; resume with --continue run_itNNN_optimiser.star (as with
+relion_refine, the searches and --tau2_fudge may change there: --healpix_order, --sigma_ang, ...). Under
 `mpiexec -n N` the particles are split across ranks; rank 0 writes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import InputError
 from ..algorithms.map_em.config3d import Class3DConfig
 from ..runtime.device import DeviceOptions
-from .common import (IterativeJobIO, job_device, job_record, ref_angpix_param, ref_param, resolve_run, set_threads,
-                     stamp)
+from .common import (CONTINUABLE_SEARCH, IterativeJobIO, job_device, job_record, ref_angpix_param, ref_param,
+                     resolve_run, set_threads, stamp)
 from .inputs import read_mask, read_particles, read_reference
 
 
 @dataclass(frozen=True)
 class Params(IterativeJobIO, Class3DConfig, DeviceOptions):
+    continue_may_change: ClassVar[frozenset] = CONTINUABLE_SEARCH
     ref: str = ref_param()
     ref_angpix: float = ref_angpix_param()
 
