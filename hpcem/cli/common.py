@@ -15,9 +15,10 @@ from ..runtime.params import NON_NEGATIVE, Params, param
 
 # flags that may change when a run is continued (everything else is the run's own)
 CONTINUABLE = frozenset({"i", "o", "continue_", "iters", "batch", "j", "angpix", "gpu"})
-# and those relion_refine --continue also takes for a classification: the searches and the prior
+# and those relion_refine --continue also takes for a classification: the searches and the prior (and
+# hpcem's own candidate generator, --importance_sampling)
 CONTINUABLE_SEARCH = frozenset({"healpix_order", "psi_step", "sigma_ang", "offset_range", "offset_step",
-                                "tau2_fudge", "maxsig"})
+                                "tau2_fudge", "maxsig", "importance_sampling", "s0"})
 
 
 @dataclass(frozen=True)
