@@ -18,7 +18,7 @@ CONTINUABLE = frozenset({"i", "o", "continue_", "iters", "batch", "j", "angpix",
 # and those relion_refine --continue also takes for a classification: the searches and the prior (and
 # hpcem's own candidate generator, --importance_sampling)
 CONTINUABLE_SEARCH = frozenset({"healpix_order", "psi_step", "sigma_ang", "offset_range", "offset_step",
-                                "tau2_fudge", "maxsig", "importance_sampling", "s0"})
+                                "tau2_fudge", "maxsig", "importance_sampling", "s0", "cross_join"})
 
 
 @dataclass(frozen=True)

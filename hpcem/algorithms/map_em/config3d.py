@@ -73,6 +73,10 @@ class _Class3DBase(Map3DConfig):
                                "of the other half, so that no particle is scored against its own contribution "
                                "(which freezes the random initial classes at low SNR); --no-cross_halves: RELION's "
                                "plain EM", action=YES_NO, group="model")
+    cross_join: bool = param(False, "with cross halves: score each half against the other half's maps of the last "
+                             "two iterations averaged, which joins the halves' two interleaved chains; turn it on "
+                             "(--continue ... --cross_join) once the classes have begun to separate: from the start "
+                             "it locks into a split by alignment quality", action="store_true", group="model")
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class InitialModelConfig(_Class3DBase, GradOptions):
     offset_range: float = param(6.0, "translation search range (pixels)", check=NON_NEGATIVE, group="sampling")
     offset_step: float = param(2.0, "translation step (pixels)", check=POSITIVE, group="sampling")
     cross_halves: bool = param(False, cli=False)   # VDAM keeps its own half sets
+    cross_join: bool = param(False, cli=False)
     importance_sampling: bool = param(False, cli=False)
     grad_em_iters: int = param(0, "EM iterations after the mini-batches: class2d --grad only (0 here)",
                                check=(lambda v: v == 0, "0: final EM iterations exist in class2d --grad only"),
