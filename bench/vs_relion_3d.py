@@ -76,10 +76,16 @@ def part_files(tmp, quick, run, hpcem_cmd):
     a, apix = read_mrc(os.path.join(d, "hpcem_from_run_data.mrc"))
     b, _ = read_mrc(os.path.join(d, "relion_from_run_data.mrc"))
     _, c = fsc(a, b)
+    truth, _ = read_mrc(os.path.join(d, "truth_class001.mrc"))
+    shells = [s for s in (10, 20, 28, 30, 31, 32) if s < c.size]
     print("\nRELION reads hpcem's files (refine3d run on %s)" % d)
     print("relion_reconstruct --i run_data.star vs hpcem reconstruct (same file): FSC min to Nyquist %.4f, "
           "at Nyquist %.4f (%.1f s vs %.1f s)" % (c[1:].min(), c[-1], t_r, t_h))
-    stars = sorted(glob.glob(os.path.join(out, "run*.star")))
+    print("   FSC at shells %s: hpcem vs RELION %s" % (shells, " ".join("%.4f" % c[s] for s in shells)))
+    for name, v in (("hpcem", a), ("RELION", b)):
+        ct = fsc(v, truth)[1]
+        print("   %-6s vs the true map: %s" % (name, " ".join("%.4f" % ct[s] for s in shells)))
+    stars = sorted(f for f in glob.glob(os.path.join(out, "run*.star")) if not f.endswith(".relion.star"))
     bad = []
     for s in stars:
         ok, nb, why = _star_handler_reads(os.path.relpath(s, d), d)
