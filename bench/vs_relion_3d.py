@@ -60,6 +60,42 @@ def _header(path):
                 int(h.ispg), int(h.mode))
 
 
+def _nyquist_circle_weights(d, data, k=6):
+    """Per particle (the first ``k`` of ``data``, no CTF): the weight hpcem's and relion_reconstruct's
+    accumulators hold within 2 padded voxels of the rim (padded radius pad n/2 +- 2), from one
+    particle at a time (RELION's from --write_debug_output).  hpcem inserts the two image pixels on
+    the Nyquist circle, (n/2, 0) and (0, n/2), in every image; RELION keeps or drops each by rounding."""
+    import mrcfile
+    import starfile
+
+    from hpcem.io.particles import ParticleSet
+    from hpcem.recon.projector import BackProjector, _padded_radius2
+    from hpcem.recon.reconstruct import backproject_particles
+
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        ps, blocks = ParticleSet.read(data), starfile.read(data, always_dict=True)
+        P = 2 * ps.box
+        f = np.fft.fftfreq(P, 1.0 / P).astype(int)
+        r = np.sqrt(_padded_radius2(P))
+        rim = (r >= P / 2 - 2) & (r < P / 2 + 2)
+        out = []
+        for i in range(k):
+            starfile.write(dict(blocks, particles=blocks["particles"].iloc[i:i + 1]), "one.star", overwrite=True)
+            subprocess.run(["relion_reconstruct", "--i", "one.star", "--o", "one.mrc", "--write_debug_output"],
+                           capture_output=True, check=True)
+            with mrcfile.open("one_weight.mrc") as m:
+                rw = m.data.astype(np.float64)
+            h = rw.shape[0] // 2
+            bp = BackProjector(ps.box, pad=2)
+            backproject_particles(ps, np.array([i]), bp, ctf=False)
+            out.append((float(bp.completed()[1][rim].sum()), float(rw[np.ix_(f + h, f + h, np.arange(P // 2 + 1))][rim].sum())))
+        return out
+    finally:
+        os.chdir(cwd)
+
+
 def part_files(tmp, quick, run, hpcem_cmd):
     from hpcem.core.fsc import fsc
     from hpcem.io.mrc import read_mrc
@@ -76,10 +112,19 @@ def part_files(tmp, quick, run, hpcem_cmd):
     a, apix = read_mrc(os.path.join(d, "hpcem_from_run_data.mrc"))
     b, _ = read_mrc(os.path.join(d, "relion_from_run_data.mrc"))
     _, c = fsc(a, b)
+    truth, _ = read_mrc(os.path.join(d, "truth_class001.mrc"))
+    shells = [s for s in (10, 20, 28, 30, 31, 32) if s < c.size]
     print("\nRELION reads hpcem's files (refine3d run on %s)" % d)
     print("relion_reconstruct --i run_data.star vs hpcem reconstruct (same file): FSC min to Nyquist %.4f, "
           "at Nyquist %.4f (%.1f s vs %.1f s)" % (c[1:].min(), c[-1], t_r, t_h))
-    stars = sorted(glob.glob(os.path.join(out, "run*.star")))
+    print("   FSC at shells %s: hpcem vs RELION %s" % (shells, " ".join("%.4f" % c[s] for s in shells)))
+    for name, v in (("hpcem", a), ("RELION", b)):
+        ct = fsc(v, truth)[1]
+        print("   %-6s vs the true map: %s" % (name, " ".join("%.4f" % ct[s] for s in shells)))
+    rim = _nyquist_circle_weights(d, data)
+    print("   one particle at a time, weight within 2 padded voxels of the rim, hpcem - RELION: %s"
+          % " ".join("%+.2f" % (h - r) for h, r in rim))
+    stars = sorted(f for f in glob.glob(os.path.join(out, "run*.star")) if not f.endswith(".relion.star"))
     bad = []
     for s in stars:
         ok, nb, why = _star_handler_reads(os.path.relpath(s, d), d)

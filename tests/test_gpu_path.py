@@ -98,6 +98,16 @@ def data2d(tmp_path_factory):
     return tmp, star
 
 
+@pytest.fixture(scope="module")
+def cpu2d(data2d):
+    """The CPU class2d run (2 iterations) both emulated-GPU class2d tests compare against, made once."""
+    tmp, star = data2d
+    out = os.path.join(tmp, "cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        traffic = _class2d(star, out, 2, False, mp)
+    return out, traffic
+
+
 def _class2d(star, out, iters, gpu, monkeypatch):
     if gpu:
         monkeypatch.setenv("HPCEM_GPU_EMULATE", "1")
@@ -108,10 +118,10 @@ def _class2d(star, out, iters, gpu, monkeypatch):
     return TRAFFIC.snapshot()
 
 
-def test_class2d_on_the_emulated_gpu_equals_cpu_and_keeps_particles_there(data2d, monkeypatch):
+def test_class2d_on_the_emulated_gpu_equals_cpu_and_keeps_particles_there(data2d, cpu2d, monkeypatch):
     tmp, star = data2d
-    cpu, dev1, dev2 = (os.path.join(tmp, x) for x in ("cpu", "dev1", "dev2"))
-    assert _class2d(star, cpu, 2, False, monkeypatch)["h2d_bytes"] == 0
+    (cpu, cpu_traffic), dev1, dev2 = cpu2d, *(os.path.join(tmp, x) for x in ("dev1", "dev2"))
+    assert cpu_traffic["h2d_bytes"] == 0
     t1 = _class2d(star, dev1, 1, True, monkeypatch)
     t2 = _class2d(star, dev2, 2, True, monkeypatch)
     r1, c1 = _classes(cpu, 2)
@@ -132,10 +142,9 @@ def test_class2d_on_the_emulated_gpu_equals_cpu_and_keeps_particles_there(data2d
     assert 0 < it2_h2d - it2_trip < particles / 4
 
 
-def test_class2d_two_ranks_on_the_emulated_gpu_equal_one_cpu_rank(data2d, monkeypatch, run_hpcem):
+def test_class2d_two_ranks_on_the_emulated_gpu_equal_one_cpu_rank(data2d, cpu2d, run_hpcem):
     tmp, star = data2d
-    cpu = os.path.join(tmp, "cpu_r")
-    _class2d(star, cpu, 2, False, monkeypatch)
+    cpu = cpu2d[0]
     out = os.path.join(tmp, "dev_r2")
     run_hpcem(["class2d", "--i", star, "--o", out, "--iter", 2, "--gpu"] + SMALL, n_ranks=2,
               env=dict(os.environ, HPCEM_GPU_EMULATE="1"))

@@ -227,3 +227,33 @@ def test_mixed_pixel_sizes_reconstruct_like_one_group(tmp_path, run_hpcem):
         res[name] = (resolution_at(c, 0.5, 48, apix), resolution_at(c, 0.143, 48, apix))
     print("FSC 0.5 / 0.143 to the truth: mixed groups %.2f / %.2f A, one group %.2f / %.2f A" % (res["mixed"] + res["one"]))
     assert res["mixed"][0] <= 1.05 * res["one"][0] and res["mixed"][1] <= 1.05 * res["one"][1]
+
+
+def test_each_independent_coefficient_is_inserted_once():
+    """One image at the identity pose: its slice is the kz = 0 plane, every sample lands on a voxel
+    (pad 2), and after the Friedel completion each voxel of the plane inside the radius holds weight
+    1, on the kx = 0 line too (inserting both (0, ky) and its mate (0, -ky) gave 2 there)."""
+    from hpcem.recon.projector import BackProjector
+    from hpcem.recon.reconstruct import backproject_particles
+
+    n = 16
+
+    class OneImage:
+        box, angpix = n, 2.0
+
+        def read_images(self, idx):
+            return np.random.default_rng(0).normal(size=(len(idx), n, n)).astype(np.float32)
+
+        def origins_px(self, idx):
+            return np.zeros((len(idx), 2))
+
+        def poses(self, idx):
+            return np.zeros(len(idx)), np.zeros(len(idx)), np.zeros(len(idx))
+
+    bp = BackProjector(n, pad=2)
+    backproject_particles(OneImage(), np.arange(1), bp, ctf=False)
+    _, W = bp.completed()
+    k = np.arange(1, n // 2)
+    assert np.allclose(W[0, 2 * k, 0], 1.0) and np.allclose(W[0, -2 * k, 0], 1.0)   # the kx = 0 line
+    d = np.arange(1, 6)                                                            # |(d, d)| < n/2
+    assert np.allclose(W[0, 0, 2 * k], 1.0) and np.allclose(W[0, 2 * d, 2 * d], 1.0)

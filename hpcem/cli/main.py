@@ -81,7 +81,10 @@ def run_job(name: str, values: dict, comm=None, argv=None) -> int:
     return int(mod.run(mod.Params(**named), ctx) or 0)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; with ``only`` (a job name, or "" for none) only that job's module is
+    imported and given its flags, the others listed by name and help line (each `hpcem` start then
+    imports one job's code, not every job's)."""
     p = argparse.ArgumentParser(
         prog="hpcem",
         description="hpcem %s: distributed cryo-EM processing. Run any job under `mpiexec -n N` or "
@@ -94,11 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="job", metavar="<job>")
     epilog = []
     for group, name, mod, helptext in _jobs():
+        epilog.append("  %-12s %s  [%s]" % (name, helptext, group))
+        if only is not None and name != only:
+            sub.add_parser(name, help=helptext, allow_abbrev=False)
+            continue
         m = importlib.import_module(mod)
         sp = sub.add_parser(name, help=helptext, description=(m.__doc__ or helptext).strip(),
                             formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
         (m.add_arguments if hasattr(m, "add_arguments") else lambda s: add_arguments(s, m.Params))(sp)
-        epilog.append("  %-12s %s  [%s]" % (name, helptext, group))
     p.epilog = "jobs:\n" + "\n".join(epilog)
     return p
 
@@ -151,8 +157,8 @@ def main(argv=None) -> int:
         if not isinstance(exc, LaunchError) or exc.reporter:
             sys.stderr.write("hpcem: error: %s\n" % exc)
         return 2
-    parser = build_parser()
     job = argv[0] if argv and not argv[0].startswith("-") else ""
+    parser = build_parser(only=job)
     try:
         job, values, notes = parse_command(argv, parser)
         if not job:

@@ -1,8 +1,16 @@
-"""hpcem I/O: MRC, STAR and particle sets with RELION-compatible semantics."""
-from hpcem.io.atomic import atomic_write
-from hpcem.io.mrc import MrcStack, read_header, read_mrc, write_mrc
-from hpcem.io.particles import OpticsGroup, ParticleSet, write_particle_stack
-from hpcem.io.star import read_star, write_star
+"""hpcem I/O: MRC, STAR and particle sets with RELION-compatible semantics.
 
-__all__ = ["atomic_write", "MrcStack", "read_header", "read_mrc", "write_mrc", "OpticsGroup",
-           "ParticleSet", "write_particle_stack", "read_star", "write_star"]
+The names below are loaded on first use (PEP 562): ``hpcem.io.atomic`` alone imports neither
+pandas nor scipy."""
+from importlib import import_module
+
+_LAZY = {"atomic_write": "atomic", "MrcStack": "mrc", "read_header": "mrc", "read_mrc": "mrc", "write_mrc": "mrc",
+         "OpticsGroup": "particles", "ParticleSet": "particles", "write_particle_stack": "particles",
+         "read_star": "star", "write_star": "star"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module("." + _LAZY[name], __name__), name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

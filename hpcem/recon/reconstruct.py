@@ -32,17 +32,33 @@ def particle_slices(ps, idx, ctf: bool):
     return F, c, A
 
 
+def friedel_unique(n: int) -> np.ndarray:
+    """(n, n//2+1) float32: 0 on the kx = 0 coefficients with ky < 0 (other than -n/2), 1 elsewhere.  A real
+    image's half transform holds both (0, ky) and its Friedel mate (0, -ky); the 3D half-grid accumulators
+    are completed by Friedel symmetry, so inserting both counts the kx = 0 line twice (in data and
+    weights: unbiased, but that line outweighs its neighbours in every trilinear cell).  With this mask
+    each independent coefficient is inserted once, as relion_reconstruct does (its FSC with hpcem's
+    map from the same particles rises from 0.995 to 0.9999 at shells 10-28 of 32; notes, issue 10)."""
+    m = np.ones((n, n // 2 + 1), np.float32)
+    m[n // 2 + 1:, 0] = 0.0
+    return m
+
+
 def backproject_particles(ps, idx, bp: BackProjector, ctf: bool = True, batch: int = 256,
                           r_max: float | None = None, progress=None) -> None:
-    """Insert particles ``idx`` of ``ps`` at their poses (CTF x image and CTF^2)."""
+    """Insert particles ``idx`` of ``ps`` at their poses (CTF x image and CTF^2), each independent
+    Fourier coefficient once (:func:`friedel_unique`)."""
     put = bp.device.put
+    once = friedel_unique(ps.box)
     for s in range(0, len(idx), batch):
         b = idx[s:s + batch]
         F, c, A = particle_slices(ps, b, ctf)
         if c is None:
-            bp.insert(put(F.astype(np.complex64, copy=False)), put(np.ones(F.shape, np.float32)), A, r_max=r_max)
+            bp.insert(put((F * once).astype(np.complex64)), put(np.broadcast_to(once, F.shape).astype(np.float32)),
+                      A, r_max=r_max)
         else:
-            bp.insert(put((F * c).astype(np.complex64)), put((c * c).astype(np.float32)), A, r_max=r_max)
+            bp.insert(put((F * (c * once)).astype(np.complex64)), put((c * c * once).astype(np.float32)), A,
+                      r_max=r_max)
         if progress is not None:
             progress(min(s + batch, len(idx)), len(idx))
 

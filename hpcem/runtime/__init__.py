@@ -1,7 +1,17 @@
 """What every job shares: the iteration driver, the checkpoint schema, ``--continue``, the output
-rootname, the memory planner, validated parameters and logging."""
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: F401
-from .driver import run_iterations  # noqa: F401
-from .memory import MemoryPlan  # noqa: F401
-from .output import OutputRoot  # noqa: F401
-from .params import Params, param  # noqa: F401
+rootname, the memory planner, validated parameters and logging.
+
+The names below are loaded on first use (PEP 562), so that importing one light submodule (e.g.
+``hpcem.runtime.params`` for the command line) does not import h5py, pandas and scipy."""
+from importlib import import_module
+
+_LAZY = {"Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+         "run_iterations": "driver", "MemoryPlan": "memory", "OutputRoot": "output", "Params": "params",
+         "param": "params"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module("." + _LAZY[name], __name__), name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
