@@ -2,9 +2,8 @@
 set of known composition never used in training (other map, other SNR), RELION's Select outputs,
 the selection rules, the weights file's safety, numpy against torch, and training.
 
-The issue's numbers over 12 unseen sets (AUC >= 0.95, recall >= 0.9; purity against a perfect
-ranker's selection, see DESIGN_NOTES) are checked with HPCEM_FULL_TESTS=1 (bench/bench_ranker.py
-prints them too)."""
+The issue's numbers over 12 unseen sets (AUC >= 0.95; at --min_score 0.15 purity >= 0.95 and
+recall >= 0.9) are asserted with HPCEM_FULL_TESTS=1 (bench/bench_ranker.py prints them too)."""
 import os
 import pickle
 
@@ -258,9 +257,10 @@ def test_ranker_on_twelve_unseen_sets(tmp_path):
     s = summarise(rows)
     print("AUC %.3f purity %.3f recall %.3f (perfect ranker: purity %.3f recall %.3f)" % (
         s["auc"], s["purity"], s["recall"], s["ideal_purity"], s["ideal_recall"]))
-    # the issue asks purity >= 0.95: the classifications' mixed classes bound it below that (a
-    # perfect ranker's selection has 0.90 on these sets), so purity is held against that bound
-    assert s["auc"] >= 0.95 and s["recall"] >= 0.9 and s["purity"] >= s["ideal_purity"] - 0.1
+    # the issue's target, as the issue states it: AUC >= 0.95, and the particles selected at
+    # --min_score 0.15 >= 95% true particles while keeping >= 90% of them
+    assert s["auc"] >= 0.95
+    assert s["purity"] >= 0.95 and s["recall"] >= 0.9
 
 
 def test_accuracies_recomputed_for_older_model_files(classified, tmp_path):
