@@ -131,8 +131,9 @@ def test_ranker_separates_good_from_junk_classes(classified):
     """The shipped weights, in numpy, on an unseen classification: good classes (at least half good
     particles) rank above junk classes (AUC), --min_score 0.15 keeps nearly every good particle,
     and at 0.5 the selection is as pure as a perfect ranker's (the classes of at least 74% good
-    particles).  The issue's purity target at 0.15 (>= 0.95) is not met on this set (0.83, with
-    mixed classes selected; see DESIGN_NOTES): it is asserted by the gated 12-set test."""
+    particles) and keeps as many good particles.  The issue's purity target at 0.15 (>= 0.95) is
+    not met on this set (0.83, mixed classes selected; see DESIGN_NOTES): the gated 12-set test
+    asserts it."""
     from hpcem.metrics import roc_auc
     from hpcem.ml.classjob import ClassJob
     from hpcem.ml.evaluate import ORACLE_SHARE
@@ -159,7 +160,7 @@ def test_ranker_separates_good_from_junk_classes(classified):
                                                                ideal_purity, ideal_recall, np.round(scores, 2),
                                                                np.round(p, 2)))
     assert auc >= 0.95 and recall >= 0.9
-    assert purity_50 >= ideal_purity - 0.01 and recall_50 >= 0.75
+    assert purity_50 >= ideal_purity - 0.01 and recall_50 >= ideal_recall - 0.05
 
 
 def test_rank_classes_writes_relion_select_outputs(classified, tmp_path, monkeypatch):
