@@ -120,3 +120,25 @@ def test_memory_plan_refuses_before_compute(small, run_hpcem):
     assert p.returncode == 2
     assert "memory" in p.stderr and "GiB" in p.stderr
     assert not os.path.exists(os.path.join(tmp, "huge", "run_it001_classes.mrcs"))
+
+
+def test_small_classes_are_kept_nearly_empty_ones_reseeded():
+    """EM re-seeds only nearly empty classes (prior < --class_inactivity_threshold / K, RELION's
+    VDAM rule): a junk class of 4% of the particles keeps its average and prior (half the fair
+    share, the rule before issue 14, re-seeded it from the largest class every iteration), a class
+    of 1% at K = 4 (below 0.1 / 4) is re-seeded from the largest class."""
+    from types import SimpleNamespace
+
+    from hpcem.algorithms.map_em.class2d import Class2D, Class2DConfig
+
+    rng = np.random.default_rng(0)
+    refs = rng.standard_normal((4, 16, 16)).astype(np.float32)
+    algo = SimpleNamespace(config=Class2DConfig(K=4, iters=20), iteration=2, refs=refs.copy(),
+                           pclass=np.array([0.55, 0.40, 0.04, 0.01]), tau2=np.ones((4, 9)), resolution=20.0,
+                           angpix=3.0, mask=np.ones((16, 16)))
+    Class2D._revive_empty_classes(algo)
+    assert np.array_equal(algo.refs[2], refs[2]) and algo.pclass[2] == 0.04     # the 4% class is kept
+    assert np.array_equal(algo.refs[1], refs[1]) and algo.pclass[1] == 0.40
+    assert not np.array_equal(algo.refs[3], refs[3])                           # the 1% class re-seeded ...
+    assert np.corrcoef(algo.refs[3].ravel(), refs[0].ravel())[0, 1] > 0.9       # ... from the largest
+    assert np.isclose(algo.pclass[0], 0.275) and np.isclose(algo.pclass[3], 0.275)

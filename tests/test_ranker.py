@@ -2,9 +2,8 @@
 set of known composition never used in training (other map, other SNR), RELION's Select outputs,
 the selection rules, the weights file's safety, numpy against torch, and training.
 
-The issue's numbers over 12 unseen sets (AUC >= 0.95, recall >= 0.9; purity against a perfect
-ranker's selection, see DESIGN_NOTES) are checked with HPCEM_FULL_TESTS=1 (bench/bench_ranker.py
-prints them too)."""
+The issue's numbers over 12 unseen sets (AUC >= 0.95; at --min_score 0.15 purity >= 0.95 and
+recall >= 0.9) are asserted with HPCEM_FULL_TESTS=1 (bench/bench_ranker.py prints them too)."""
 import os
 import pickle
 
@@ -131,9 +130,10 @@ def classified(tmp_path_factory):
 def test_ranker_separates_good_from_junk_classes(classified):
     """The shipped weights, in numpy, on an unseen classification: good classes (at least half good
     particles) rank above junk classes (AUC), --min_score 0.15 keeps nearly every good particle,
-    and its purity is within 0.1 of what a perfect ranker's selection has (the classes of at least
-    74% good particles: mixed classes bound the purity, not the ranker); at 0.5 the selection is as
-    pure as the perfect ranker's."""
+    and at 0.5 the selection is as pure as a perfect ranker's (the classes of at least 74% good
+    particles) and keeps as many good particles.  The issue's purity target at 0.15 (>= 0.95) is
+    not met on this set (0.83, mixed classes selected; see DESIGN_NOTES): the gated 12-set test
+    asserts it."""
     from hpcem.metrics import roc_auc
     from hpcem.ml.classjob import ClassJob
     from hpcem.ml.evaluate import ORACLE_SHARE
@@ -159,8 +159,8 @@ def test_ranker_separates_good_from_junk_classes(classified):
           "purity %.3f recall %.3f\nscores %s\ngood share %s" % (auc, purity, recall, purity_50, recall_50,
                                                                ideal_purity, ideal_recall, np.round(scores, 2),
                                                                np.round(p, 2)))
-    assert auc >= 0.95 and recall >= 0.9 and purity >= ideal_purity - 0.1
-    assert purity_50 >= ideal_purity - 0.01 and recall_50 >= 0.75
+    assert auc >= 0.95 and recall >= 0.9
+    assert purity_50 >= ideal_purity - 0.01 and recall_50 >= ideal_recall - 0.05
 
 
 def test_rank_classes_writes_relion_select_outputs(classified, tmp_path, monkeypatch):
@@ -258,9 +258,10 @@ def test_ranker_on_twelve_unseen_sets(tmp_path):
     s = summarise(rows)
     print("AUC %.3f purity %.3f recall %.3f (perfect ranker: purity %.3f recall %.3f)" % (
         s["auc"], s["purity"], s["recall"], s["ideal_purity"], s["ideal_recall"]))
-    # the issue asks purity >= 0.95: the classifications' mixed classes bound it below that (a
-    # perfect ranker's selection has 0.90 on these sets), so purity is held against that bound
-    assert s["auc"] >= 0.95 and s["recall"] >= 0.9 and s["purity"] >= s["ideal_purity"] - 0.1
+    # the issue's target, as the issue states it: AUC >= 0.95, and the particles selected at
+    # --min_score 0.15 >= 95% true particles while keeping >= 90% of them
+    assert s["auc"] >= 0.95
+    assert s["purity"] >= 0.95 and s["recall"] >= 0.9
 
 
 def test_accuracies_recomputed_for_older_model_files(classified, tmp_path):

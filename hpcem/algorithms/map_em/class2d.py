@@ -263,14 +263,17 @@ class Class2D:
         return (ift2(F, n) * self.mask).astype(np.float32)
 
     def _revive_empty_classes(self):
-        """A class below half its fair share is re-seeded from the largest class (its average plus
-        a seeded perturbation; both take half its prior), so that EM can split classes that merged
-        early.  Only in the first 3/4 of the iterations; identical on every rank."""
+        """A nearly empty class (prior below ``--class_inactivity_threshold`` / K, RELION's VDAM
+        rule and default 0.1) is re-seeded from the largest class (its average plus a seeded
+        perturbation; both take half its prior), so that EM can split classes that merged early.
+        Only in the first 3/4 of the iterations; identical on every rank.  (Half the fair share,
+        the rule before issue 14, re-seeded every small class: junk of a few per cent of the
+        particles never kept a class of its own and went into the good classes.)"""
         cfg = self.config
         if self.iteration + 1 > 0.75 * cfg.iters:
             return
         rng = np.random.default_rng([cfg.random_seed, self.iteration + 1])
-        for k in np.flatnonzero(self.pclass < 0.5 / cfg.K):
+        for k in np.flatnonzero(self.pclass < cfg.class_inactivity_threshold / cfg.K):
             big = int(np.argmax(self.pclass))
             ref = self.refs[big].astype(np.float64)
             noise = lowpass(rng.standard_normal(ref.shape), self.resolution if np.isfinite(self.resolution)

@@ -24,8 +24,9 @@ class GradOptions(Params):
     grad_min_resol: float = param(20.0, "frequencies below this resolution (A) are always updated in full "
                                   "(not weighted by the half-set FSC)", check=NON_NEGATIVE, group="vdam")
     class_inactivity_threshold: float = param(0.1, "a class whose posterior mass falls below this / K takes "
-                                              "over the most active class's moments", check=NON_NEGATIVE,
-                                              group="vdam")
+                                              "over the most active class's moments (EM: is re-seeded from the "
+                                              "largest class in the first 3/4 of the iterations)",
+                                              check=NON_NEGATIVE, group="vdam")
     grad_em_iters: int = param(0, "the last this many of --iter are EM iterations over all particles (exact "
                                "class averages and assignments after the mini-batches)", check=NON_NEGATIVE,
                                group="vdam")
