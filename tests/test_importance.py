@@ -185,6 +185,13 @@ def test_importance_sampled_loglik_within_a_thousandth(small_set):
           "(%.3f nats mean)" % (IS.fraction, rel.mean(), rel.max(), np.abs(est - full).mean()))
     assert IS.fraction < 0.05
     assert rel.mean() < 1e-3 and np.percentile(rel, 95) < 1e-3
+    # forced dense (abinitio while K > 1 classes are still moving): the full quadrature, and the
+    # marginals still made, at the sampler's current position
+    IS.frozen, IS.force_dense = False, True
+    IS.position(3000, 1)
+    IS.reset_counts()
+    dense = _estep(parts, truth, 2, 1.0, 8, IS, {k: v.copy() for k, v in res0.items()}, parts.img_power)
+    assert IS.fraction == 1.0 and np.allclose(dense, full, rtol=1e-6) and np.all(IS.tau_prev == 3000)
 
 
 def test_importance_sampled_class_posteriors(tmp_path):
