@@ -39,7 +39,8 @@ def collect_state(a):
     if not _writes(a):
         return None
     st = {"iteration": a.it, "visits": a.visits, "phase": a.phase, "phase_start": a.phase_start, "maps": a.V,
-          "pclass": a.pclass, "churn": a.churn, "prior_scale": np.atleast_1d(a.prior.scale), "L": a.lip.L, "ls_searches": a.lip.searches, "noise_S": a.m.S, "noise_C": a.m.C,
+          "pclass": a.pclass, "churn": a.churn, "prior_scale": np.atleast_1d(a.prior.scale), "L": a.lip.L,
+          "ls_searches": a.lip.searches, "noise_S": a.m.S, "noise_C": a.m.C,
           "sigma2": a.m.sigma2(), "results": gather_results(a.comm, a.m.res), "log": np.array(a.rows, np.float64),
           **a.sag.state()}
     smp = _gather_sampler(a)
