@@ -160,7 +160,7 @@ def test_importance_sampled_loglik_within_a_thousandth(small_set):
     from hpcem.algorithms.map_em.results import new_results
     from hpcem.core.filters import lowpass
     from hpcem.core.masks import soft_circular_mask
-    from hpcem.estep import FourierParticles, FullGrid
+    from hpcem.estep import FourierParticles
     from hpcem.estep.importance import ImportanceSampler
     from hpcem.io.particles import ParticleSet
     from hpcem.parallel.comm import SerialComm
@@ -171,13 +171,16 @@ def test_importance_sampled_loglik_within_a_thousandth(small_set):
     parts.load()
     truth = np.asarray(d.volumes[0], np.float64)
     res0 = new_results(ps.n, ("rot", "tilt", "psi"), 1)
-    full = _estep(parts, truth, 2, 1.0, 8, FullGrid(), {k: v.copy() for k, v in res0.items()}, parts.img_power)
     IS = ImportanceSampler(np.arange(ps.n), 1, s0=10.0, seed=3)
     IS.position(2000, 0)                   # marginals of a late epoch (alpha 0.05, T 1.25)
     _estep(parts, lowpass(truth, 12.0, 3.75, dims=3), 2, 1.0, 8, IS, {k: v.copy() for k, v in res0.items()},
            parts.img_power)
     assert IS.fraction == 1.0              # no marginals yet: the dense pass
-    IS.frozen = True
+    IS.frozen, IS.force_dense = True, True  # forced (abinitio while K > 1 classes move): the full quadrature
+    IS.reset_counts()
+    full = _estep(parts, truth, 2, 1.0, 8, IS, {k: v.copy() for k, v in res0.items()}, parts.img_power)
+    assert IS.fraction == 1.0
+    IS.force_dense = False
     IS.reset_counts()
     est = _estep(parts, truth, 2, 1.0, 8, IS, {k: v.copy() for k, v in res0.items()}, parts.img_power)
     rel = np.abs(est - full) / np.abs(full)

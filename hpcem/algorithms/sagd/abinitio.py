@@ -26,6 +26,8 @@ from .sagd import LINE_SEARCH_EVERY, SAG, Basis, Lipschitz, data_curvature, data
 from .schedule import Batches, Schedule, quadrature
 
 PRIOR_MEMORY = 0.9     # running average of the class shares over mini-batches
+CHURN_MAX = 0.05       # K > 1: importance sampling only while fewer particles than this change class per visit
+CHURN_MEMORY = 0.5     # running average of that fraction over mini-batches
 
 
 class AbInitio:
@@ -45,6 +47,7 @@ class AbInitio:
         self.V = self.sag = self.batches = None
         self.lip = Lipschitz()
         self.pclass = np.full(self.K, 1.0 / self.K)
+        self.churn = 1.0
         self.rows = []
         self.finished = False
 
@@ -125,10 +128,29 @@ class AbInitio:
         if self.sampler is not None:
             self.sampler.position(SEED_EPOCH * self.visits / self.N, it)
             self.sampler.frozen = False
+            self.sampler.force_dense = self._classes_moving()
             self.sampler.reset_counts()
+        prev = self.m.res["class"][self.sub].copy()
         sums, self.space = self.m.e_step(self.V, self.r, self.quad, self.sub, self.m.sigma2(), self._candidates(),
                                          self._class_mix())
+        self._update_churn(prev, self.m.res["class"][self.sub])
         return sums
+
+    def _classes_moving(self) -> bool:
+        """K > 1: whether the classes are still being decided (class similarity on, or more than
+        CHURN_MAX of the particles changed class at their last visits): the E-step then uses the
+        full quadrature, whose class posteriors are exact; the importance-sampled estimates carry
+        errors of a few nats per class, which decide classes at random while the classes differ by
+        less (the seed's rule for alpha and T: rely on the uniform while the density changes)."""
+        return self.K > 1 and (self.sched.class_similarity(self.it) > 0 or self.churn > CHURN_MAX)
+
+    def _update_churn(self, prev, new):
+        """Running fraction of the mini-batch's previously visited particles that changed class."""
+        seen = prev > 0
+        c = np.array([float(np.sum(seen & (prev != new))), float(np.sum(seen))])
+        self.comm.allreduce_(c)
+        if c[1] > 0:
+            self.churn = CHURN_MEMORY * self.churn + (1.0 - CHURN_MEMORY) * c[0] / c[1]
 
     def reduce(self, sums):
         for bp in self.space.bps:
@@ -175,6 +197,7 @@ class AbInitio:
         stats = {"iteration": self.it, "r": self.sched.radius(it), "resolution": n * self.ps.angpix / self.r,
                  "batch": int(self.batches.members(self.b).size), "epsilon": eps, "step": eps / self.lip.L,
                  "L": self.lip.L, "evaluated": self.frac_eval, "pclass": self.pclass.copy(), "evals": evals,
+                 "churn": self.churn,
                  "reseeded": reseeded, "order": self.quad.order, "psi_step": self.quad.psi_step,
                  "t_step": self.quad.t_step, "epoch": self.visits / self.N, "loglik": loglik}
         self.rows.append([self.it, stats["resolution"], stats["step"], stats["evaluated"], stats["epoch"]]
