@@ -33,6 +33,33 @@ __device__ inline bool slice_point(const double* A, bool three_d, float pad, int
   return true;
 }
 
+// thread t of a launch over B slices of n x (n/2+1) frequencies: its slice b and frequency (kx, ky);
+// false past the end
+__device__ inline bool slice_thread(long B, int n, long& t, long& b, int& kx, int& ky) {
+  const int nh = n / 2 + 1;
+  t = long(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= B * n * nh) return false;
+  kx = int(t % nh);
+  ky = fft_freq(int((t / nh) % n), n);
+  b = t / (long(nh) * n);
+  return true;
+}
+
+// thread t of a launch over B slices x M listed frequencies (ky[m], kx[m]): p = pad * A_b^T (kx, ky, 0);
+// false past the end
+__device__ inline bool listed_point(const double* rot, long B, const int* ky, const int* kx, long M, float pad,
+                                    long& t, float& px, float& py, float& pz) {
+  t = long(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= B * M) return false;
+  const long b = t / M, m = t % M;
+  const double* A = rot + 9 * b;
+  const float fkx = float(kx[m]), fky = float(ky[m]);
+  px = float(pad * A[0]) * fkx + float(pad * A[3]) * fky;
+  py = float(pad * A[1]) * fkx + float(pad * A[4]) * fky;
+  pz = float(pad * A[2]) * fkx + float(pad * A[5]) * fky;
+  return true;
+}
+
 // one back-projected sample: w (vr, vi) into data[off], w wt into weight[off]
 template <typename T>
 __device__ inline void splat_atomic(T* data, T* weight, size_t off, float w, float vr, float vi, float wt) {
@@ -44,13 +71,9 @@ __device__ inline void splat_atomic(T* data, T* weight, size_t off, float w, flo
 __global__ void k_project(const float2* __restrict__ vol, int P, int K_or_0, const double* __restrict__ rot,
                           const int64_t* __restrict__ idx, long B, int n, double r_max, float pad, bool three_d,
                           float2* __restrict__ out, bool gauss) {
-  const int nh = n / 2 + 1;
-  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= B * n * nh) return;
-  const int kx = int(t % nh);
-  const int iy = int((t / nh) % n);
-  const long b = t / (long(nh) * n);
-  const int ky = fft_freq(iy, n);
+  long t, b;
+  int kx, ky;
+  if (!slice_thread(B, n, t, b, kx, ky)) return;
   float px, py, pz;
   float2 acc = make_float2(0.f, 0.f);
   if (slice_point(rot + (three_d ? 9 : 4) * b, three_d, pad, kx, ky, r_max, px, py, pz)) {
@@ -80,13 +103,9 @@ __global__ void k_backproject(const float2* __restrict__ S, const float* __restr
                               const double* __restrict__ rot, const int64_t* __restrict__ idx, long B, int n,
                               T* __restrict__ data, T* __restrict__ weight, int P, double r_max, float pad,
                               bool three_d, bool gauss) {
-  const int nh = n / 2 + 1;
-  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= B * n * nh) return;
-  const int kx = int(t % nh);
-  const int iy = int((t / nh) % n);
-  const long b = t / (long(nh) * n);
-  const int ky = fft_freq(iy, n);
+  long t, b;
+  int kx, ky;
+  if (!slice_thread(B, n, t, b, kx, ky)) return;
   float px, py, pz;
   if (!slice_point(rot + (three_d ? 9 : 4) * b, three_d, pad, kx, ky, r_max, px, py, pz)) return;
   float2 v = S[t];
@@ -108,14 +127,9 @@ __global__ void k_backproject(const float2* __restrict__ S, const float* __restr
 __global__ void k_project_at(const float2* __restrict__ vol, int P, const double* __restrict__ rot, long B,
                              const int* __restrict__ ky, const int* __restrict__ kx, long M, float pad,
                              float2* __restrict__ out) {
-  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= B * M) return;
-  const long b = t / M, m = t % M;
-  const double* A = rot + 9 * b;
-  const float fkx = float(kx[m]), fky = float(ky[m]);
-  float px = float(pad * A[0]) * fkx + float(pad * A[3]) * fky;
-  float py = float(pad * A[1]) * fkx + float(pad * A[4]) * fky;
-  float pz = float(pad * A[2]) * fkx + float(pad * A[5]) * fky;
+  long t;
+  float px, py, pz;
+  if (!listed_point(rot, B, ky, kx, M, pad, t, px, py, pz)) return;
   const bool flip = px < 0.f;
   if (flip) { px = -px; py = -py; pz = -pz; }
   float2 acc = make_float2(0.f, 0.f);
@@ -132,14 +146,9 @@ __global__ void k_backproject_at(const float2* __restrict__ S, const float* __re
                                  const double* __restrict__ rot, long B, const int* __restrict__ ky,
                                  const int* __restrict__ kx, long M, T* __restrict__ data, T* __restrict__ weight,
                                  int P, float pad) {
-  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= B * M) return;
-  const long b = t / M, m = t % M;
-  const double* A = rot + 9 * b;
-  const float fkx = float(kx[m]), fky = float(ky[m]);
-  float px = float(pad * A[0]) * fkx + float(pad * A[3]) * fky;
-  float py = float(pad * A[1]) * fkx + float(pad * A[4]) * fky;
-  float pz = float(pad * A[2]) * fkx + float(pad * A[5]) * fky;
+  long t;
+  float px, py, pz;
+  if (!listed_point(rot, B, ky, kx, M, pad, t, px, py, pz)) return;
   float2 v = S[t];
   const float wt = W[t];
   if (px < 0.f) { px = -px; py = -py; pz = -pz; v.y = -v.y; }
