@@ -17,6 +17,10 @@
 
 3. --solver_only: the solver alone on synthetic sums of each box (no E-step; minutes at 256 px where
    step 2's refine3d iteration takes longer than a shared machine allows): ms and GB/s per iteration.
+4. --mstep_only: the whole regularised M-step (gridding estimate + solver) on real sums of simulated
+   particles at their true poses, one half timed and doubled, against an E-step scaled from box 128:
+
+    python bench/bench_tv.py --mstep_only --boxes 256 --particles 200 --iters 30 --full_iters 150
 
 The last line is the headline: the M-step's fraction of an iteration at box 128 (target < 0.2).
 """
@@ -92,7 +96,7 @@ def compare_refine(d, n):
                   sum(float(t[1]) for t in its), tv))
 
 
-def mstep_vs_estep(d, box, n, per_half, iters):
+def mstep_vs_estep(d, box, n, per_half, iters, full_iters):
     sim, star, ref = dataset(os.path.join(d, "box%d" % box), box, n, seed=5)
     ini = box * sim.angpix / (0.8 * box / 2)          # E-step limit at 0.8 Nyquist
     order = 4 if box <= 128 else 3                     # refine3d's memory plan assumes a global search: order 4
@@ -110,6 +114,7 @@ def mstep_vs_estep(d, box, n, per_half, iters):
     t_m = float(it[2])
     solver = [float(s) for s in re.findall(r"TV [12]: .* it \S+ s \(solver (\S+) s\)", log)[:2]]
     per_it = sum(solver) / (2 * iters)
+    t_m += 2 * (full_iters - iters) * per_it          # run with fewer solver iterations: the rest at the same rate
     gbs = BYTES_PER_VOXEL * box ** 3 / per_it / 1e9
     return t_e, t_m, per_it, gbs, int(np.ceil(4.0 * t_m / (2 * t_particle)))
 
@@ -133,16 +138,62 @@ def solver_only(box, iters):
     return 1e3 * per_it, BYTES_PER_VOXEL * box ** 3 / per_it / 1e9, 1e3 * (time.process_time() - cpu) / r.iterations
 
 
+def mstep_only(box, n, iters, full_iters):
+    """The regularised M-step of one half on real sums, without an E-step (box 256, where one refine3d
+    iteration needs ~12 GB and more time than a shared machine allows): ``n`` simulated particles
+    back-projected at their true poses, then :class:`TVReconstructor` with ``iters`` solver
+    iterations.  (gridding estimate s, solver ms per iteration, GB/s, M-step s of 2 halves x
+    ``full_iters`` iterations: twice the half's, the missing iterations at the measured rate)."""
+    from hpcem.core.euler import euler_to_matrix
+    from hpcem.core.fourier import ft2, shift_phases
+    from hpcem.recon.projector import BackProjector
+    from hpcem.recon.tv import TVReconstructor, TVSettings
+    from hpcem.simulate.particles import simulate_dataset
+
+    sim = simulate_dataset(n=box, n_particles=n, snr=0.05, ctf=False, seed=5, model="atoms")
+    A = euler_to_matrix(sim.rot, sim.tilt, sim.psi).astype(np.float32)
+    bp = BackProjector(box, 2)
+    bp.insert((ft2(sim.images) * shift_phases(box, sim.origins_A / sim.angpix)).astype(np.complex64), None, A)
+    rec = TVReconstructor(TVSettings(iters=iters, auto=True))
+    rec.reconstruct(bp)
+    last = rec.last
+    per_it = last["solve_seconds"] / last["iterations"]
+    half = last["seconds"] + (full_iters - last["iterations"]) * per_it
+    return last["seconds"] - last["solve_seconds"], 1e3 * per_it, BYTES_PER_VOXEL * box ** 3 / per_it / 1e9, 2 * half
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4000, help="particles of the refine3d comparison")
     ap.add_argument("--boxes", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--per_half", type=int, default=5000, help="particles per half the E-step is scaled to")
     ap.add_argument("--iters", type=int, default=150, help="--tv_iters")
+    ap.add_argument("--full_iters", type=int, default=None,
+                    help="solver iterations the M-step is quoted for (default --iters); with fewer --iters the "
+                         "run's M-step time gets the missing iterations at its measured rate per iteration")
+    ap.add_argument("--particles", type=int, default=None, help="particles of the per-box run (default: "
+                    "400 at 64 px, scaled as 1/box^2, at least 40)")
     ap.add_argument("--skip_refine", action="store_true")
     ap.add_argument("--solver_only", action="store_true", help="only 3.: the solver on synthetic sums")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--mstep_only", action="store_true", help="only 4.: the M-step on real sums, no E-step")
+    ap.add_argument("--estep_128", type=float, default=0.099,
+                    help="--mstep_only: E-step s per particle at box 128 (step 2's, from DESIGN_NOTES), scaled "
+                         "as box^2 to compare")
     a = ap.parse_args()
+    if a.mstep_only:
+        bw = stream_gbs()
+        full = a.full_iters or a.iters
+        for box in a.boxes:
+            n = a.particles or 200
+            grid, ms, gbs, t_m = mstep_only(box, n, a.iters, full)
+            t_e = a.estep_128 * (box / 128.0) ** 2 * 2 * a.per_half
+            print("box %3d: TV M-step %.1f s (2 halves x %d iterations; per half: gridding estimate %.1f s, solver "
+                  "%.1f ms per iteration over %d run, %.2f GB/s = %.0f%% of copy %.1f GB/s); against an E-step of "
+                  "%.0f s for 2 x %d particles (box-128 rate %.3f s/particle scaled as box^2, not measured): "
+                  "%.2f of an iteration" % (box, t_m, full, grid, ms, a.iters, gbs, 100 * gbs / bw, bw, t_e,
+                                             a.per_half, a.estep_128, t_m / (t_m + t_e)))
+        return
     if a.solver_only:
         bw = stream_gbs()
         for box in a.boxes:
@@ -157,13 +208,15 @@ def main():
     print("copy bandwidth (numpy 512 MB copy, read + write): %.1f GB/s" % bw)
     frac = {}
     for box in a.boxes:
-        n = max(40, int(400 * (64 / box) ** 2))
-        t_e, t_m, per_it, gbs, even = mstep_vs_estep(d, box, n, a.per_half, a.iters)
+        n = a.particles or max(40, int(400 * (64 / box) ** 2))
+        full = a.full_iters or a.iters
+        t_e, t_m, per_it, gbs, even = mstep_vs_estep(d, box, n, a.per_half, a.iters, full)
         frac[box] = t_m / (t_m + t_e)
         print("box %3d: E-step %.1f s for 2 x %d particles (measured on %d), TV M-step %.1f s (2 halves x %d "
-              "iterations, %.1f ms each, %.1f GB/s = %.0f%% of copy): %.2f of an iteration (1/5 at %d particles "
-              "per half)" % (box, t_e, a.per_half, n, t_m, a.iters, 1e3 * per_it, gbs, 100 * gbs / bw, frac[box],
-                             even))
+              "iterations%s, %.1f ms each, %.1f GB/s = %.0f%% of copy): %.2f of an iteration (1/5 at %d particles "
+              "per half)" % (box, t_e, a.per_half, n, t_m, full,
+                             "" if full == a.iters else ", %d run and the rest at their rate" % a.iters,
+                             1e3 * per_it, gbs, 100 * gbs / bw, frac[box], even))
     if 128 in frac:
         print("headline: regularised M-step %.2f of an iteration at box 128 (target < 0.20)" % frac[128])
 

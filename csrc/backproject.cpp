@@ -26,52 +26,21 @@ struct Acc {
 // accumulator with slab coordinate (z in 3D, y in 2D) in [slo, shi).
 template <typename T, bool THREE_D>
 inline void splat(Acc<T> acc, int P, float px, float py, float pz, cfloat v, float wt, int slo, int shi) {
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
   if (px < 0.f) { px = -px; py = -py; pz = -pz; v = std::conj(v); }
-  const int x0 = int(std::floor(px)), y0 = int(std::floor(py));
-  const float fx = px - x0, fy = py - y0;
-  if (THREE_D) {
-    const int z0 = int(std::floor(pz));
-    if (z0 < slo - 1 || z0 >= shi) return;
-    const float fz = pz - z0;
-    for (int dz = 0; dz < 2; ++dz) {
-      const int z = z0 + dz;
-      if (z < slo || z >= shi) continue;
-      const float wz = dz ? fz : 1.f - fz;
-      const size_t zoff = size_t(fft_index(z, P)) * P;
-      for (int dy = 0; dy < 2; ++dy) {
-        const int y = y0 + dy;
-        if (y < fmin || y > fmax) continue;
-        const float wzy = wz * (dy ? fy : 1.f - fy);
-        const size_t off = (zoff + size_t(fft_index(y, P))) * Ph;
-        for (int dx = 0; dx < 2; ++dx) {
-          const int x = x0 + dx;
-          if (x >= Ph) continue;
-          const float w = wzy * (dx ? fx : 1.f - fx);
-          acc.data[off + x] += std::complex<T>(T(w * v.real()), T(w * v.imag()));
-          acc.weight[off + x] += T(w * wt);
-        }
-      }
-    }
-  } else {
-    if (y0 < slo - 1 || y0 >= shi) return;
-    for (int dy = 0; dy < 2; ++dy) {
-      const int y = y0 + dy;
-      if (y < slo || y >= shi) continue;
-      const float wy = dy ? fy : 1.f - fy;
-      const size_t off = size_t(fft_index(y, P)) * Ph;
-      for (int dx = 0; dx < 2; ++dx) {
-        const int x = x0 + dx;
-        if (x >= Ph) continue;
-        const float w = wy * (dx ? fx : 1.f - fx);
-        acc.data[off + x] += std::complex<T>(T(w * v.real()), T(w * v.imag()));
-        acc.weight[off + x] += T(w * wt);
-      }
-    }
-  }
+  const int s0 = int(std::floor(THREE_D ? pz : py));
+  if (s0 < slo - 1 || s0 >= shi) return;
+  auto add = [&](int s, size_t off, float w) {
+    if (s < slo || s >= shi) return;
+    acc.data[off] += std::complex<T>(T(w * v.real()), T(w * v.imag()));
+    acc.weight[off] += T(w * wt);
+  };
+  if (THREE_D)
+    linear_neighbours(P, px, py, pz, add);
+  else
+    bilinear_neighbours(P, px, py, add);
 }
 
-// The Gaussian kernel's splat (3D; common.hpp): the 27 neighbours of round(p), those with z in [slo, shi).
+// The Gaussian kernel's splat (3D; interp.hpp): the 27 neighbours of round(p), those with z in [slo, shi).
 template <typename T>
 inline void splat_gauss(Acc<T> acc, int P, float px, float py, float pz, cfloat v, float wt, int slo, int shi) {
   if (px < 0.f) { px = -px; py = -py; pz = -pz; v = std::conj(v); }
@@ -241,31 +210,14 @@ void backproject2d(carray<cfloat> slices, carray<float> weights, carray<double> 
 template <typename T>
 inline void sample_acc(const std::complex<T>* D, const T* Wt, int P, double px, double py, double pz,
                        std::complex<T>& dv, T& wv) {
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
   const bool flip = px < 0;
   if (flip) { px = -px; py = -py; pz = -pz; }
-  const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = int(std::floor(pz));
-  const double fx = px - x0, fy = py - y0, fz = pz - z0;
   std::complex<double> d(0, 0);
   double w = 0;
-  for (int dz = 0; dz < 2; ++dz) {
-    const int z = z0 + dz;
-    if (z < fmin || z > fmax) continue;
-    const double wz = dz ? fz : 1 - fz;
-    for (int dy = 0; dy < 2; ++dy) {
-      const int y = y0 + dy;
-      if (y < fmin || y > fmax) continue;
-      const double wzy = wz * (dy ? fy : 1 - fy);
-      const size_t off = (size_t(fft_index(z, P)) * P + fft_index(y, P)) * Ph;
-      for (int dx = 0; dx < 2; ++dx) {
-        const int x = x0 + dx;
-        if (x >= Ph) continue;
-        const double c = wzy * (dx ? fx : 1 - fx);
-        d += c * std::complex<double>(D[off + x]);
-        w += c * double(Wt[off + x]);
-      }
-    }
-  }
+  linear_neighbours(P, px, py, pz, [&](int, size_t off, double c) {
+    d += c * std::complex<double>(D[off]);
+    w += c * double(Wt[off]);
+  });
   dv = std::complex<T>(flip ? std::conj(d) : d);
   wv = T(w);
 }

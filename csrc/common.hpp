@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "fourier_index.hpp"  // fft_freq, fft_index, freq_min, freq_max
+#include "interp.hpp"         // interpolation weights (trilinear, bilinear, Gaussian), shared with cuda/
 
 namespace py = pybind11;
 using cfloat = std::complex<float>;
@@ -72,42 +73,6 @@ inline void kx_interval(double alpha, double beta, double lo, double hi, int xma
   t1 = std::max(t1, -2.0); t2 = std::min(t2, double(xmax) + 2.0);
   a = std::max(0, int(std::floor(t1)) - 1);
   b = std::min(xmax, int(std::ceil(t2)) + 1);
-}
-
-// Gaussian kernel of seed 002 (eqs 27-29): a sample at p reaches the 27 grid points round(p) + d,
-// d in {-1, 0, 1}^3, with weight exp(-|round(p) + d - p|^2 / h), h = 2 (separable: one factor per
-// axis). On a half grid a neighbour with x = -1 (samples with px < 0.5 after the Friedel flip) is
-// its Friedel mate (1, -y, -z), conjugated. KERNEL_LINEAR / KERNEL_GAUSS select the kernel.
-constexpr int KERNEL_LINEAR = 0, KERNEL_GAUSS = 1;
-constexpr float GAUSS_H = 2.f;
-
-// rounded centre and the three weights along one axis
-inline int gauss_axis(float p, float w[3]) {
-  const int c = int(std::floor(p + 0.5f));
-  for (int d = 0; d < 3; ++d) {
-    const float t = float(c + d - 1) - p;
-    w[d] = std::exp(-t * t / GAUSS_H);
-  }
-  return c;
-}
-
-// The 27 neighbours of round(p) of a point with px >= 0 inside a padded half grid of box P: calls
-// f(z, offset, weight, mate) (z the frequency along the slab axis; mate: the neighbour had x = -1 and
-// stands for its Friedel mate, whose value is the conjugate).
-template <typename F>
-inline void gauss_neighbours(int P, float px, float py, float pz, F&& f) {
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
-  float wx[3], wy[3], wz[3];
-  const int cx = gauss_axis(px, wx), cy = gauss_axis(py, wy), cz = gauss_axis(pz, wz);
-  for (int dz = 0; dz < 3; ++dz)
-    for (int dy = 0; dy < 3; ++dy)
-      for (int dx = 0; dx < 3; ++dx) {
-        int x = cx + dx - 1, y = cy + dy - 1, z = cz + dz - 1;
-        const bool mate = x < 0;
-        if (mate) { x = -x; y = -y; z = -z; }
-        if (x >= Ph || y < fmin || y > fmax || z < fmin || z > fmax) continue;
-        f(z, (size_t(fft_index(z, P)) * P + size_t(fft_index(y, P))) * Ph + x, wz[dz] * wy[dy] * wx[dx], mate);
-      }
 }
 
 // Number of slabs the accumulator is split into for the race-free back-projection

@@ -6,33 +6,17 @@
 
 namespace {
 
-// Trilinear sample of a padded half volume at p (any sign; Friedel for px < 0).
+// Trilinear sample of a padded half volume at p (any sign; Friedel for px < 0; interp.hpp).
 inline cfloat sample3d(const cfloat* vol, int P, float px, float py, float pz) {
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
   bool flip = px < 0.f;
   if (flip) { px = -px; py = -py; pz = -pz; }
-  const int x0 = int(std::floor(px)), y0 = int(std::floor(py)), z0 = int(std::floor(pz));
-  const float fx = px - x0, fy = py - y0, fz = pz - z0;
   cfloat acc(0.f, 0.f);
-  for (int dz = 0; dz < 2; ++dz) {
-    const int z = z0 + dz;
-    if (z < fmin || z > fmax) continue;
-    const float wz = dz ? fz : 1.f - fz;
-    const cfloat* plane = vol + size_t(fft_index(z, P)) * P * Ph;
-    for (int dy = 0; dy < 2; ++dy) {
-      const int y = y0 + dy;
-      if (y < fmin || y > fmax) continue;
-      const float wzy = wz * (dy ? fy : 1.f - fy);
-      const cfloat* row = plane + size_t(fft_index(y, P)) * Ph;
-      if (x0 < Ph) acc += (wzy * (1.f - fx)) * row[x0];
-      if (x0 + 1 < Ph) acc += (wzy * fx) * row[x0 + 1];
-    }
-  }
+  linear_neighbours(P, px, py, pz, [&](int, size_t off, float w) { acc += w * vol[off]; });
   return flip ? std::conj(acc) : acc;
 }
 
 // Gaussian-kernel sum of a padded half volume at p (the forward operator whose adjoint is the
-// Gaussian back-projection; common.hpp): sum over the 27 neighbours of K(n - p) V(n).
+// Gaussian back-projection; interp.hpp): sum over the 27 neighbours of K(n - p) V(n).
 inline cfloat sample3d_gauss(const cfloat* vol, int P, float px, float py, float pz) {
   bool flip = px < 0.f;
   if (flip) { px = -px; py = -py; pz = -pz; }
@@ -44,20 +28,10 @@ inline cfloat sample3d_gauss(const cfloat* vol, int P, float px, float py, float
 }
 
 inline cfloat sample2d(const cfloat* img, int P, float px, float py) {
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
   bool flip = px < 0.f;
   if (flip) { px = -px; py = -py; }
-  const int x0 = int(std::floor(px)), y0 = int(std::floor(py));
-  const float fx = px - x0, fy = py - y0;
   cfloat acc(0.f, 0.f);
-  for (int dy = 0; dy < 2; ++dy) {
-    const int y = y0 + dy;
-    if (y < fmin || y > fmax) continue;
-    const float wy = dy ? fy : 1.f - fy;
-    const cfloat* row = img + size_t(fft_index(y, P)) * Ph;
-    if (x0 < Ph) acc += (wy * (1.f - fx)) * row[x0];
-    if (x0 + 1 < Ph) acc += (wy * fx) * row[x0 + 1];
-  }
+  bilinear_neighbours(P, px, py, [&](int, size_t off, float w) { acc += w * img[off]; });
   return flip ? std::conj(acc) : acc;
 }
 

@@ -1,11 +1,12 @@
 // CUDA twins of csrc/project.cpp and csrc/backproject.cpp: same geometry, same
 // interpolation weights (trilinear / bilinear, or seed 002's Gaussian kernel in 3D), device
-// pointers in. Back-projection uses atomicAdd (float or double accumulators; double atomics
-// need sm_60+).
+// pointers in; the interpolation weights are csrc/interp.hpp's, one definition for both. Back-projection
+// uses atomicAdd (float or double accumulators; double atomics need sm_60+).
 #include <cstdint>
 #include <string>
 
 #include "cuda_common.cuh"
+#include "interp.hpp"  // linear_neighbours, bilinear_neighbours, gauss_neighbours (host + device)
 #include "launchers.hpp"
 
 namespace {
@@ -32,80 +33,66 @@ __device__ inline bool slice_point(const double* A, bool three_d, float pad, int
   return true;
 }
 
-// seed 002's Gaussian kernel along one axis (csrc/common.hpp gauss_axis): rounded centre, 3 weights
-__device__ inline int gauss_axis_d(float p, float w[3]) {
-  const int c = int(floorf(p + 0.5f));
-  for (int d = 0; d < 3; ++d) {
-    const float t = float(c + d - 1) - p;
-    w[d] = expf(-t * t / 2.f);
-  }
-  return c;
+// thread t of a launch over B slices of n x (n/2+1) frequencies: its slice b and frequency (kx, ky);
+// false past the end
+__device__ inline bool slice_thread(long B, int n, long& t, long& b, int& kx, int& ky) {
+  const int nh = n / 2 + 1;
+  t = long(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= B * n * nh) return false;
+  kx = int(t % nh);
+  ky = fft_freq(int((t / nh) % n), n);
+  b = t / (long(nh) * n);
+  return true;
 }
 
-// the 27 neighbours of round(p) (p with px >= 0): calls f(offset, weight, mate) for those inside the
-// half grid; mate: the neighbour had x = -1 and stands for its Friedel mate (1, -y, -z)
-template <typename F>
-__device__ inline void gauss_neighbours(int P, float px, float py, float pz, F f) {
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
-  float wx[3], wy[3], wz[3];
-  const int cx = gauss_axis_d(px, wx), cy = gauss_axis_d(py, wy), cz = gauss_axis_d(pz, wz);
-  for (int dz = 0; dz < 3; ++dz)
-    for (int dy = 0; dy < 3; ++dy)
-      for (int dx = 0; dx < 3; ++dx) {
-        int x = cx + dx - 1, y = cy + dy - 1, z = cz + dz - 1;
-        const bool mate = x < 0;
-        if (mate) { x = -x; y = -y; z = -z; }
-        if (x >= Ph || y < fmin || y > fmax || z < fmin || z > fmax) continue;
-        f((size_t(fft_index(z, P)) * P + fft_index(y, P)) * Ph + x, wz[dz] * wy[dy] * wx[dx], mate);
-      }
+// thread t of a launch over B slices x M listed frequencies (ky[m], kx[m]): p = pad * A_b^T (kx, ky, 0);
+// false past the end
+__device__ inline bool listed_point(const double* rot, long B, const int* ky, const int* kx, long M, float pad,
+                                    long& t, float& px, float& py, float& pz) {
+  t = long(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= B * M) return false;
+  const long b = t / M, m = t % M;
+  const double* A = rot + 9 * b;
+  const float fkx = float(kx[m]), fky = float(ky[m]);
+  px = float(pad * A[0]) * fkx + float(pad * A[3]) * fky;
+  py = float(pad * A[1]) * fkx + float(pad * A[4]) * fky;
+  pz = float(pad * A[2]) * fkx + float(pad * A[5]) * fky;
+  return true;
+}
+
+// one back-projected sample: w (vr, vi) into data[off], w wt into weight[off]
+template <typename T>
+__device__ inline void splat_atomic(T* data, T* weight, size_t off, float w, float vr, float vi, float wt) {
+  atomicAdd(data + 2 * off, T(w * vr));
+  atomicAdd(data + 2 * off + 1, T(w * vi));
+  atomicAdd(weight + off, T(w * wt));
 }
 
 __global__ void k_project(const float2* __restrict__ vol, int P, int K_or_0, const double* __restrict__ rot,
                           const int64_t* __restrict__ idx, long B, int n, double r_max, float pad, bool three_d,
                           float2* __restrict__ out, bool gauss) {
-  const int nh = n / 2 + 1;
-  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= B * n * nh) return;
-  const int kx = int(t % nh);
-  const int iy = int((t / nh) % n);
-  const long b = t / (long(nh) * n);
-  const int ky = fft_freq(iy, n);
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
+  long t, b;
+  int kx, ky;
+  if (!slice_thread(B, n, t, b, kx, ky)) return;
   float px, py, pz;
   float2 acc = make_float2(0.f, 0.f);
   if (slice_point(rot + (three_d ? 9 : 4) * b, three_d, pad, kx, ky, r_max, px, py, pz)) {
     const bool flip = px < 0.f;
     if (flip) { px = -px; py = -py; pz = -pz; }
-    const int x0 = int(floorf(px)), y0 = int(floorf(py)), z0 = three_d ? int(floorf(pz)) : 0;
-    const float fx = px - x0, fy = py - y0, fz = pz - z0;
-    const float2* base = three_d ? vol : vol + size_t(idx[b]) * P * Ph;
-    if (gauss)
-      gauss_neighbours(P, px, py, pz, [&](size_t off, float w, bool mate) {
-        const float2 v = base[off];
-        acc.x += w * v.x;
-        acc.y += w * (mate ? -v.y : v.y);
+    const float2* base = three_d ? vol : vol + size_t(idx[b]) * P * (P / 2 + 1);
+    auto add = [&](int, size_t off, float w) {
+      acc.x += w * base[off].x;
+      acc.y += w * base[off].y;
+    };
+    if (!three_d)
+      bilinear_neighbours(P, px, py, add);
+    else if (gauss)
+      gauss_neighbours(P, px, py, pz, [&](int, size_t off, float w, bool mate) {
+        acc.x += w * base[off].x;
+        acc.y += w * (mate ? -base[off].y : base[off].y);
       });
-    const int nzc = gauss ? 0 : (three_d ? 2 : 1);   // the Gaussian kernel summed above
-    for (int dz = 0; dz < nzc; ++dz) {
-      const int z = z0 + dz;
-      if (three_d && (z < fmin || z > fmax)) continue;
-      const float wz = three_d ? (dz ? fz : 1.f - fz) : 1.f;
-      const float2* plane = three_d ? base + size_t(fft_index(z, P)) * P * Ph : base;
-      for (int dy = 0; dy < 2; ++dy) {
-        const int y = y0 + dy;
-        if (y < fmin || y > fmax) continue;
-        const float wzy = wz * (dy ? fy : 1.f - fy);
-        const float2* row = plane + size_t(fft_index(y, P)) * Ph;
-        for (int dx = 0; dx < 2; ++dx) {
-          const int x = x0 + dx;
-          if (x >= Ph) continue;
-          const float w = wzy * (dx ? fx : 1.f - fx);
-          const float2 v = row[x];
-          acc.x += w * v.x;
-          acc.y += w * v.y;
-        }
-      }
-    }
+    else
+      linear_neighbours(P, px, py, pz, add);
     if (flip) acc.y = -acc.y;
   }
   out[t] = acc;
@@ -116,88 +103,40 @@ __global__ void k_backproject(const float2* __restrict__ S, const float* __restr
                               const double* __restrict__ rot, const int64_t* __restrict__ idx, long B, int n,
                               T* __restrict__ data, T* __restrict__ weight, int P, double r_max, float pad,
                               bool three_d, bool gauss) {
-  const int nh = n / 2 + 1;
-  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= B * n * nh) return;
-  const int kx = int(t % nh);
-  const int iy = int((t / nh) % n);
-  const long b = t / (long(nh) * n);
-  const int ky = fft_freq(iy, n);
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
+  long t, b;
+  int kx, ky;
+  if (!slice_thread(B, n, t, b, kx, ky)) return;
   float px, py, pz;
   if (!slice_point(rot + (three_d ? 9 : 4) * b, three_d, pad, kx, ky, r_max, px, py, pz)) return;
   float2 v = S[t];
   const float wt = W[t];
   if (px < 0.f) { px = -px; py = -py; pz = -pz; v.y = -v.y; }
-  const int x0 = int(floorf(px)), y0 = int(floorf(py)), z0 = three_d ? int(floorf(pz)) : 0;
-  const float fx = px - x0, fy = py - y0, fz = pz - z0;
-  const size_t base = three_d ? 0 : size_t(idx[b]) * P * Ph;
-  if (gauss) {
-    gauss_neighbours(P, px, py, pz, [&](size_t off, float w, bool mate) {
-      atomicAdd(data + 2 * off, T(w * v.x));
-      atomicAdd(data + 2 * off + 1, T(w * (mate ? -v.y : v.y)));
-      atomicAdd(weight + off, T(w * wt));
+  const size_t base = three_d ? 0 : size_t(idx[b]) * P * (P / 2 + 1);
+  auto add = [&](int, size_t off, float w) { splat_atomic(data, weight, base + off, w, v.x, v.y, wt); };
+  if (!three_d)
+    bilinear_neighbours(P, px, py, add);
+  else if (gauss)
+    gauss_neighbours(P, px, py, pz, [&](int, size_t off, float w, bool mate) {
+      splat_atomic(data, weight, off, w, v.x, mate ? -v.y : v.y, wt);
     });
-    return;
-  }
-  for (int dz = 0; dz < (three_d ? 2 : 1); ++dz) {
-    const int z = z0 + dz;
-    if (three_d && (z < fmin || z > fmax)) continue;
-    const float wz = three_d ? (dz ? fz : 1.f - fz) : 1.f;
-    const size_t zoff = three_d ? size_t(fft_index(z, P)) * P : 0;
-    for (int dy = 0; dy < 2; ++dy) {
-      const int y = y0 + dy;
-      if (y < fmin || y > fmax) continue;
-      const float wzy = wz * (dy ? fy : 1.f - fy);
-      const size_t off = base + (zoff + size_t(fft_index(y, P))) * Ph;
-      for (int dx = 0; dx < 2; ++dx) {
-        const int x = x0 + dx;
-        if (x >= Ph) continue;
-        const float w = wzy * (dx ? fx : 1.f - fx);
-        atomicAdd(data + 2 * (off + x), T(w * v.x));
-        atomicAdd(data + 2 * (off + x) + 1, T(w * v.y));
-        atomicAdd(weight + off + x, T(w * wt));
-      }
-    }
-  }
+  else
+    linear_neighbours(P, px, py, pz, add);
 }
 
 // one thread per (slice b, listed frequency m); the same trilinear sample as k_project
 __global__ void k_project_at(const float2* __restrict__ vol, int P, const double* __restrict__ rot, long B,
                              const int* __restrict__ ky, const int* __restrict__ kx, long M, float pad,
                              float2* __restrict__ out) {
-  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= B * M) return;
-  const long b = t / M, m = t % M;
-  const double* A = rot + 9 * b;
-  const float fkx = float(kx[m]), fky = float(ky[m]);
-  float px = float(pad * A[0]) * fkx + float(pad * A[3]) * fky;
-  float py = float(pad * A[1]) * fkx + float(pad * A[4]) * fky;
-  float pz = float(pad * A[2]) * fkx + float(pad * A[5]) * fky;
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
+  long t;
+  float px, py, pz;
+  if (!listed_point(rot, B, ky, kx, M, pad, t, px, py, pz)) return;
   const bool flip = px < 0.f;
   if (flip) { px = -px; py = -py; pz = -pz; }
-  const int x0 = int(floorf(px)), y0 = int(floorf(py)), z0 = int(floorf(pz));
-  const float fx = px - x0, fy = py - y0, fz = pz - z0;
   float2 acc = make_float2(0.f, 0.f);
-  for (int dz = 0; dz < 2; ++dz) {
-    const int z = z0 + dz;
-    if (z < fmin || z > fmax) continue;
-    const float wz = dz ? fz : 1.f - fz;
-    for (int dy = 0; dy < 2; ++dy) {
-      const int y = y0 + dy;
-      if (y < fmin || y > fmax) continue;
-      const float wzy = wz * (dy ? fy : 1.f - fy);
-      const float2* row = vol + (size_t(fft_index(z, P)) * P + fft_index(y, P)) * Ph;
-      for (int dx = 0; dx < 2; ++dx) {
-        const int x = x0 + dx;
-        if (x >= Ph) continue;
-        const float w = wzy * (dx ? fx : 1.f - fx);
-        acc.x += w * row[x].x;
-        acc.y += w * row[x].y;
-      }
-    }
-  }
+  linear_neighbours(P, px, py, pz, [&](int, size_t off, float w) {
+    acc.x += w * vol[off].x;
+    acc.y += w * vol[off].y;
+  });
   if (flip) acc.y = -acc.y;
   out[t] = acc;
 }
@@ -207,39 +146,13 @@ __global__ void k_backproject_at(const float2* __restrict__ S, const float* __re
                                  const double* __restrict__ rot, long B, const int* __restrict__ ky,
                                  const int* __restrict__ kx, long M, T* __restrict__ data, T* __restrict__ weight,
                                  int P, float pad) {
-  const long t = long(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= B * M) return;
-  const long b = t / M, m = t % M;
-  const double* A = rot + 9 * b;
-  const float fkx = float(kx[m]), fky = float(ky[m]);
-  float px = float(pad * A[0]) * fkx + float(pad * A[3]) * fky;
-  float py = float(pad * A[1]) * fkx + float(pad * A[4]) * fky;
-  float pz = float(pad * A[2]) * fkx + float(pad * A[5]) * fky;
+  long t;
+  float px, py, pz;
+  if (!listed_point(rot, B, ky, kx, M, pad, t, px, py, pz)) return;
   float2 v = S[t];
   const float wt = W[t];
   if (px < 0.f) { px = -px; py = -py; pz = -pz; v.y = -v.y; }
-  const int Ph = P / 2 + 1, fmin = freq_min(P), fmax = freq_max(P);
-  const int x0 = int(floorf(px)), y0 = int(floorf(py)), z0 = int(floorf(pz));
-  const float fx = px - x0, fy = py - y0, fz = pz - z0;
-  for (int dz = 0; dz < 2; ++dz) {
-    const int z = z0 + dz;
-    if (z < fmin || z > fmax) continue;
-    const float wz = dz ? fz : 1.f - fz;
-    for (int dy = 0; dy < 2; ++dy) {
-      const int y = y0 + dy;
-      if (y < fmin || y > fmax) continue;
-      const float wzy = wz * (dy ? fy : 1.f - fy);
-      const size_t off = (size_t(fft_index(z, P)) * P + fft_index(y, P)) * Ph;
-      for (int dx = 0; dx < 2; ++dx) {
-        const int x = x0 + dx;
-        if (x >= Ph) continue;
-        const float w = wzy * (dx ? fx : 1.f - fx);
-        atomicAdd(data + 2 * (off + x), T(w * v.x));
-        atomicAdd(data + 2 * (off + x) + 1, T(w * v.y));
-        atomicAdd(weight + off + x, T(w * wt));
-      }
-    }
-  }
+  linear_neighbours(P, px, py, pz, [&](int, size_t off, float w) { splat_atomic(data, weight, off, w, v.x, v.y, wt); });
 }
 
 template <typename T>
@@ -252,7 +165,6 @@ __global__ void k_symmetrise(const T* __restrict__ D, const T* __restrict__ Wt, 
   const int iy = int((t / Ph) % P);
   const int iz = int(t / (long(Ph) * P));
   const double kz = fft_freq(iz, P), ky = fft_freq(iy, P);
-  const int fmin = freq_min(P), fmax = freq_max(P);
   double dr = 0, di = 0, ws = 0;
   if (kx * kx + ky * ky + kz * kz <= r_pad * r_pad) {
     for (int g = 0; g < G; ++g) {
@@ -262,28 +174,12 @@ __global__ void k_symmetrise(const T* __restrict__ D, const T* __restrict__ Wt, 
       double qz = M[2] * kx + M[5] * ky + M[8] * kz;
       const double sgn = qx < 0 ? -1.0 : 1.0;
       qx *= sgn; qy *= sgn; qz *= sgn;
-      const int x0 = int(floor(qx)), y0 = int(floor(qy)), z0 = int(floor(qz));
-      const double fx = qx - x0, fy = qy - y0, fz = qz - z0;
       double sr = 0, si = 0;
-      for (int dz = 0; dz < 2; ++dz) {
-        const int z = z0 + dz;
-        if (z < fmin || z > fmax) continue;
-        const double wz = dz ? fz : 1 - fz;
-        for (int dy = 0; dy < 2; ++dy) {
-          const int y = y0 + dy;
-          if (y < fmin || y > fmax) continue;
-          const double wzy = wz * (dy ? fy : 1 - fy);
-          const size_t off = (size_t(fft_index(z, P)) * P + fft_index(y, P)) * Ph;
-          for (int dx = 0; dx < 2; ++dx) {
-            const int x = x0 + dx;
-            if (x >= Ph) continue;
-            const double c = wzy * (dx ? fx : 1 - fx);
-            sr += c * double(D[2 * (off + x)]);
-            si += c * double(D[2 * (off + x) + 1]);
-            ws += c * double(Wt[off + x]);
-          }
-        }
-      }
+      linear_neighbours(P, qx, qy, qz, [&](int, size_t off, double c) {
+        sr += c * double(D[2 * off]);
+        si += c * double(D[2 * off + 1]);
+        ws += c * double(Wt[off]);
+      });
       dr += sr;
       di += sgn * si;
     }

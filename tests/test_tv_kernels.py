@@ -293,3 +293,26 @@ def test_gauss_reconstruction_matches_linear_on_noiseless_data():
     print("FSC gauss vs linear:", np.round(c[:17], 3), "edge amplitude ratio %.3f" % ratio)
     assert c[1:int(0.8 * 16) + 1].min() > 0.95
     assert abs(ratio - 1) < 0.1
+
+
+def test_summed_backprojector_keeps_the_kernel_and_equals_one_accumulation():
+    """Two halves' back-projectors summed (refine3d's final map, class3d's cross-half maps) are one
+    back-projector of both halves' slices, with the halves' kernel (so its gridding correction)."""
+    from hpcem.recon.projector import BackProjector, summed_backprojector
+
+    n, rng = 12, np.random.default_rng(3)
+    A = random_rotations(40, rng)
+    s = (rng.standard_normal((40, n, n // 2 + 1)) + 1j * rng.standard_normal((40, n, n // 2 + 1))).astype(np.complex64)
+    halves = [BackProjector(n, 2, kernel="gauss") for _ in range(2)]
+    both = BackProjector(n, 2, kernel="gauss")
+    for h, sl in ((halves[0], slice(0, 20)), (halves[1], slice(20, 40))):
+        h.insert(s[sl], None, A[sl])
+    both.insert(s, None, A)
+    summed = summed_backprojector(halves)
+    assert summed.kernel == "gauss" and summed is not halves[0]
+    np.testing.assert_allclose(summed.data, both.data, rtol=1e-6, atol=1e-6 * np.abs(both.data).max())
+    np.testing.assert_allclose(summed.reconstruct(), both.reconstruct(), rtol=1e-5, atol=1e-5)
+    empty = summed_backprojector([], like=halves[1])
+    assert empty.kernel == "gauss" and not empty.weight.any()
+    with pytest.raises(ValueError):
+        summed_backprojector([halves[0], BackProjector(n, 2)])

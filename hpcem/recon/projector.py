@@ -251,6 +251,22 @@ class BackProjector:
         return D, W
 
 
+def summed_backprojector(bps, like=None) -> BackProjector:
+    """A new host back-projector (complex128 / float64) holding the sum of ``bps`` (e.g. the two
+    halves' sums of one class), with their box, padding and kernel, so that its reconstruction
+    applies the right gridding correction; ``like`` gives those when ``bps`` may be empty (a rank
+    that only takes part in the reduction)."""
+    bps = list(bps)
+    first = like if like is not None else bps[0]
+    out = BackProjector(first.n, pad=first.pad, kernel=first.kernel)
+    for bp in bps:
+        if (bp.n, bp.P, bp.kernel) != (out.n, out.P, out.kernel):
+            raise ValueError("summed_backprojector: back-projectors of different boxes, paddings or kernels")
+        out.data += bp.data
+        out.weight += bp.weight
+    return out
+
+
 def padded_crop(F, n: int, pad=2) -> np.ndarray:
     """The centre n box (float64) of the inverse transform of a padded half transform (not corrected)."""
     P = int(round(pad * n))

@@ -38,7 +38,7 @@ import numpy as np
 
 from ...estep import LocalSearch, TranslationSampling
 from ...recon import mstep
-from ...recon.projector import BackProjector
+from ...recon.projector import summed_backprojector
 from ...runtime.device import HOST
 from ...runtime.memory import MemoryPlan
 from .model3d import Model3D, initial_reference, shell_of, tv_lines, tv_stats
@@ -183,33 +183,29 @@ class Class3D:
         return np.stack(refs).astype(np.float32), t2, tv
 
     def _combined_bp(self, k):
-        a, b = self.models[1], self.models[2]
-        bp = BackProjector(self.n, pad=PAD, kernel=a.bp_kernel)
-        bp.data += a.bps[k].data + b.bps[k].data
-        bp.weight += a.bps[k].weight + b.bps[k].weight
-        return bp
+        return summed_backprojector([self.models[1].bps[k], self.models[2].bps[k]])
 
-    def _combined_maps(self, t2):
+    def _combined_maps(self, t2, wiener=False):
         """Cross halves: each class reconstructed from both halves' sums (tau2: the halves' mean),
-        restrained to its previous map with --tv."""
-        a = self.models[1]
-        maps, weights, tv = [], [], {}
+        restrained to its previous map with --tv; ``wiener``: also without the regularisation, from
+        the same sums (the last --tv iteration's PNG), else None."""
+        a, fudge = self.models[1], self.config.tau2_fudge * PAD ** 3
+        maps, weights, tv, plain = [], [], {}, []
         for k in range(self.K):
             bp = self._combined_bp(k)
             prev = self.refs[k] if self.refs is not None else None
             tau2 = 0.5 * (t2[1][k] + t2[2][k])
-            maps.append(a.flatten(a.reconstructor.reconstruct(bp, tau2, self.config.tau2_fudge * PAD ** 3, a.ops,
-                                                              prev=prev)))
+            maps.append(a.flatten(a.reconstructor.reconstruct(bp, tau2, fudge, a.ops, prev=prev)))
             tv[k + 1] = tv_stats(a.reconstructor.last) if a.regularised else None
             weights.append(bp.shell_mean_weight()[:a.nsh] * len(a.ops))
-        return np.stack(maps).astype(np.float32), np.stack(weights), tv
+            if wiener:
+                plain.append(a.flatten(a.plain.reconstruct(bp, tau2, fudge, a.ops)))
+        return np.stack(maps).astype(np.float32), np.stack(weights), tv, np.stack(plain) if wiener else None
 
     def _wiener_maps(self, t2):
-        """The last iteration with --tv: the class maps without the regularisation (for the PNG)."""
+        """The last iteration with --tv, one set of halves: the class maps without the
+        regularisation (for the PNG; cross halves: :meth:`_combined_maps`)."""
         m, fudge = self.m, self.config.tau2_fudge * PAD ** 3
-        if self.cross:
-            return np.stack([m.flatten(m.plain.reconstruct(self._combined_bp(k), 0.5 * (t2[1][k] + t2[2][k]), fudge,
-                                                           m.ops)) for k in range(self.K)])
         return np.stack([m.flatten(m.plain.reconstruct(m.bps[k], t2[1][k], fudge, m.ops)) for k in range(self.K)])
 
     def m_step(self, sums):
@@ -229,16 +225,16 @@ class Class3D:
             self._renumber_half2(t2, sums[2])
         # the E-step's next limit from the maps it scores against (the halves' in cross mode)
         self.st["r_cur"] = mstep.next_r_cur(mstep.resolution_shell(np.concatenate(ssnr)), cfg.margin_shells, n)
+        last = self.m.regularised and self.st["iteration"] + 1 >= cfg.iters
         if self.cross:
-            self.refs, weight, tv = self._combined_maps(t2)
+            self.refs, weight, tv, wiener = self._combined_maps(t2, wiener=last)
             self.tau2 = self.m.power3(self.refs)
             full = cfg.tau2_fudge * self.tau2 * weight * PAD ** 3
             class_weight = sums[1].class_weight + sums[2].class_weight
         else:
             self.refs, self.tau2, full, class_weight = self.m.refs, self.m.tau2, ssnr[0], sums[1].class_weight
+            wiener = self._wiener_maps(t2) if last else None
         self.pclass = mstep.class_priors(class_weight)
-        last = self.m.regularised and self.st["iteration"] + 1 >= cfg.iters
-        wiener = self._wiener_maps(t2) if last else None
         self.st["resolution"] = n * self.m.angpix / max(mstep.resolution_shell(full), 1)
         self.st["iteration"] += 1
         stats = self._change_stats()

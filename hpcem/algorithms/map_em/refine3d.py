@@ -37,7 +37,7 @@ from ...errors import InputError
 from ...estep import LocalSearch, TranslationSampling
 from ...parallel.decomp import half_groups
 from ...recon import mstep
-from ...recon.projector import BackProjector
+from ...recon.projector import summed_backprojector
 from ...runtime.device import HOST
 from ...runtime.memory import MemoryPlan
 from .model3d import Model3D, initial_reference, shell_of, tv_lines, tv_stats
@@ -252,17 +252,11 @@ class Refine3D:
 
     # ------------------------------------------------------------ the final iteration
     def _combined_sums(self):
-        """Back-projector of both halves summed (on every rank)."""
-        bp = BackProjector(self.n, pad=PAD)
+        """Back-projector of both halves summed (on every rank), with the halves' kernel."""
         if self.half is None:
-            for m in self.models.values():
-                bp.data += m.bps[0].data
-                bp.weight += m.bps[0].weight
-            return bp
+            return summed_backprojector(m.bps[0] for m in self.models.values())
         m = self.models[self.half]
-        if self.sub.rank == 0:
-            bp.data += m.bps[0].data
-            bp.weight += m.bps[0].weight
+        bp = summed_backprojector([m.bps[0]] if self.sub.rank == 0 else [], like=m.bps[0])
         self.world.allreduce_(bp.data)
         self.world.allreduce_(bp.weight)
         return bp
