@@ -73,6 +73,7 @@ def test_hypergradient_matches_autograd():
     C = 3
     seg = UNet3D(C, (2, 2, 2, 2), 4).double()
     lc, dr = LabelCorrector(seg.n_features, C).double(), Reweighter(16).double()
+    torch.nn.init.normal_(dr.net[2].weight, std=0.5)      # a trained, not flat, h: every layer gets a gradient
     names = [n for n, _ in seg.named_parameters()]
     I = [p.detach().clone() for p in seg.parameters()]
     Pmap = [0.05 * torch.rand_like(p) + 0.01 for p in I]
