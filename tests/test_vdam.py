@@ -222,3 +222,25 @@ def test_residual_scatter_recovers_the_class_image():
     print("residual scatter %s, gather %s, start %.2f" % (np.round(err, 4), np.round(err_g, 4),
                                                           np.linalg.norm(V - truth) / np.linalg.norm(truth)))
     assert err.max() < 0.03 and err_g.max() < 0.03
+
+
+def test_scatter_back_is_linear_in_the_rows():
+    """scatter_back over 360 live rows (two chunks, the second partial, the zero buffers reused)
+    equals the sum of its scatters over a random partition of the rows (one chunk each)."""
+    from hpcem.core.fourier import shell_index2
+    from hpcem.recon.average2d import scatter_back
+
+    n, r, K, J = 32, 12, 3, 120
+    kidx = np.flatnonzero(shell_index2(n).ravel() <= r)
+    psi_f = np.arange(J) * 3.0
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(K * J, kidx.size)) + 1j * rng.normal(size=(K * J, kidx.size))
+    wsum = rng.uniform(0.1, 1.0, (K * J, kidx.size))
+    refs = rng.normal(size=(J, kidx.size)) + 1j * rng.normal(size=(J, kidx.size))
+    part = rng.random(K * J) < 0.5
+    whole = scatter_back(data, wsum, kidx, psi_f, K, n, r, refs=refs)
+    a = scatter_back(data, wsum * part[:, None], kidx, psi_f, K, n, r, refs=refs)
+    b = scatter_back(data, wsum * ~part[:, None], kidx, psi_f, K, n, r, refs=refs)
+    for x, y, z in ((whole.data, a.data, b.data), (whole.weight, a.weight, b.weight)):
+        assert np.abs(x).max() > 0
+        assert np.abs(x - (y + z)).max() < 1e-5 * np.abs(x).max()

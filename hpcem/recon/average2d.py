@@ -86,14 +86,15 @@ def scatter_back(data, wsum, kidx, psi_f, K: int, n: int, r_cur: int, row0: int 
     nh, npsi = n // 2 + 1, len(psi_f)
     bp = BackProjector2D(n, K, pad=PAD)
     live = np.flatnonzero(np.any(wsum != 0, axis=1))
-    for a in range(0, live.size, 256):          # chunks of rows, for memory
-        loc = live[a:a + 256]
-        rows = row0 + loc
-        full = np.zeros((loc.size, n * nh), np.complex64)
-        full[:, kidx] = data[loc] if refs is None else data[loc] - wsum[loc] * refs[rows % len(refs)]
-        wf = np.zeros((loc.size, n * nh), np.float32)
-        wf[:, kidx] = wsum[loc]
-        bp.insert(full.reshape(-1, n, nh), wf.reshape(-1, n, nh), rotation_2d(psi_f[rows % npsi]),
+    chunk = max(1, min(256, live.size))         # chunks of rows, for memory; the buffers are zero
+    full = np.zeros((chunk, n * nh), np.complex64)      # outside ``kidx`` once and for all
+    wf = np.zeros((chunk, n * nh), np.float32)
+    for a in range(0, live.size, chunk):
+        loc = live[a:a + chunk]
+        rows, m = row0 + loc, loc.size
+        full[:m, kidx] = data[loc] if refs is None else data[loc] - wsum[loc] * refs[rows % len(refs)]
+        wf[:m, kidx] = wsum[loc]
+        bp.insert(full[:m].reshape(-1, n, nh), wf[:m].reshape(-1, n, nh), rotation_2d(psi_f[rows % npsi]),
                   ref_index=rows // npsi, r_max=r_cur + 1.0)
     return bp
 

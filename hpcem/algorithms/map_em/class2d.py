@@ -181,14 +181,14 @@ class Class2D:
         self.corr.apply(self.parts, self.res)
         return self.estep_on(self.refs)
 
-    def estep_on(self, refs, subset=None, slots=None, n_slots=1):
+    def estep_on(self, refs, subset=None, slots=None, n_slots=1, accumulate=True):
         """The shared E-step of this rank's particles (``subset``: only those; ``slots``: their sums
-        into ``n_slots`` row blocks) against ``refs``."""
+        into ``n_slots`` row blocks; ``accumulate`` False: no data sums) against ``refs``."""
         self.space.refs = refs
         return run_estep(self.parts, self.space, self.trans, self.res, sigma2=self.sigma2,
                          sigma_offset=self.sigma_offset, log_class_prior=np.log(np.maximum(self.pclass, 1e-30)),
                          r_cur=self.r_cur, radius_px=self.radius_px, opts=self.config.estep_options(),
-                         subset=subset, slots=slots, n_slots=n_slots)
+                         subset=subset, slots=slots, n_slots=n_slots, accumulate=accumulate)
 
     def reduce(self, sums):
         self.D, self.W = self.rotated_sums()

@@ -143,9 +143,10 @@ class Class2DGrad(GradFiles, Class2D):
         return stats
 
     def _final_pass(self):
-        """Classes and poses of every particle against the final references (no update)."""
+        """Classes and poses of every particle against the final references (no update: only
+        the posteriors, no data sums, as the seed's final pass computes only P(X | k))."""
         t0 = time.time()
-        sums = self.estep_on(self.refs)
+        sums = self.estep_on(self.refs, accumulate=False)
         self.space.data = self.space.wsum = None
         sums.reduce(self.comm)
         self.pclass = mstep.class_priors(sums.class_weight)

@@ -1,0 +1,86 @@
+"""K = 3 initial model on a mixture of three pseudo-atomic maps (issue 11): the classes' ARI at
+every --grad_write_iter mini-batch, the FSC 0.5 of each class against each true map after
+superposition, and the ceiling of the classification: the maximum-likelihood class of every
+particle with the true maps at its TRUE pose (white noise), per low-pass of the maps.
+
+    python bench/bench_im_three_maps.py --dir /tmp/k3 --N 2400 --n 40 --snr 0.1 --iter 100   # small
+    python bench/bench_im_three_maps.py --dir /tmp/k3f --N 6000 --n 64 --snr 0.05 --iter 200 # the issue's
+
+Data: maps pseudo_atomic_volume(seed 21, 22, 23), 3 A/px, CTF, equal thirds (simulate_dataset seed 12).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def ceiling(d, truths, lowpass_A):
+    """ARI of the ML class with the true maps (low-passed to ``lowpass_A``, or full) at the true poses."""
+    from hpcem.core.euler import euler_to_matrix
+    from hpcem.core.filters import lowpass
+    from hpcem.metrics import adjusted_rand_index
+    from hpcem.simulate.particles import simulate_projections
+
+    R = euler_to_matrix(d.rot, d.tilt, d.psi)
+    vols = truths if lowpass_A is None else [lowpass(v, lowpass_A, 3.0, dims=3) for v in truths]
+    ll = [-((d.images.astype(np.float64) - simulate_projections([v], R, np.zeros(len(R), int), d.origins_A / 3.0,
+                                                               d.ctf, 3.0)) ** 2).sum((1, 2)) for v in vols]
+    return adjusted_rand_index(np.argmax(np.array(ll), 0) + 1, d.classes)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--N", type=int, default=2400)
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--snr", type=float, default=0.1)
+    ap.add_argument("--iter", type=int, default=100)
+    ap.add_argument("--j", type=int, default=1)
+    ap.add_argument("--flags", default="", help="extra initial_model flags")
+    a = ap.parse_args(argv)
+    from hpcem.core.align3d import align_maps, apply_alignment
+    from hpcem.core.fsc import fsc, resolution_at
+    from hpcem.io.mrc import read_mrc
+    from hpcem.io.star import read_star
+    from hpcem.metrics import adjusted_rand_index
+    from hpcem.simulate.particles import simulate_dataset
+    from hpcem.simulate.volumes import pseudo_atomic_volume
+    from hpcem.simulate.write import write_dataset
+
+    os.makedirs(a.dir, exist_ok=True)
+    truths = [pseudo_atomic_volume(a.n, 3.0, seed=s).astype(np.float64) for s in (21, 22, 23)]
+    d = simulate_dataset(n=a.n, n_particles=a.N, angpix=3.0, snr=a.snr, ctf=True, seed=12, volumes=truths)
+    star = os.path.join(a.dir, "particles.star")
+    if not os.path.exists(star):
+        write_dataset(d, a.dir)
+    print("ceiling (true maps, true poses): " + ", ".join(
+        "%s ARI %.3f" % ("full" if r is None else "%g A" % r, ceiling(d, truths, r)) for r in (None, 20.0)), flush=True)
+    out = os.path.join(a.dir, "K3")
+    t0 = time.perf_counter()
+    cmd = ["initial_model", "--i", star, "--o", out + "/run", "--particle_diameter", round(a.n * 3.0 * 150 / 192),
+           "--ctf", "--K", 3, "--iter", a.iter, "--grad_write_iter", max(a.iter // 10, 1), "--j", a.j]
+    p = subprocess.run([sys.executable, "-m", "hpcem.cli.main"] + [str(x) for x in cmd] + a.flags.split(),
+                       capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(p.stdout[-3000:] + p.stderr[-3000:])
+    print("initial_model K = 3, %d mini-batches: %.1f s" % (a.iter, time.perf_counter() - t0))
+    for f in sorted(glob.glob(out + "/run_it*_data.star")):
+        c = read_star(f)["particles"]["rlnClassNumber"].to_numpy()
+        tab = [[int(np.sum((c == k + 1) & (d.classes == t + 1))) for t in range(3)] for k in range(3)]
+        print("%s ARI %.3f  class x truth %s" % (os.path.basename(f)[:9], adjusted_rand_index(c, d.classes), tab))
+    maps = [read_mrc(os.path.join(out, "initial_model_class%03d.mrc" % (k + 1)))[0].astype(np.float64)
+            for k in range(3)]
+    for t, truth in enumerate(truths):
+        res = [resolution_at(fsc(truth, apply_alignment(m, align_maps(truth, m)))[1], 0.5, a.n, 3.0) for m in maps]
+        print("truth %d: FSC 0.5 of classes 1-3 after --align %s A" % (t + 1, np.round(res, 1)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
