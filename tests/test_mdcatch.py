@@ -146,7 +146,11 @@ def test_watch_picks_up_new_files_and_retries_a_corrupt_one(tmp_path, capsys):
         t.join(timeout=60)
     assert done["rc"] == 0
     log = capsys.readouterr().out
-    assert log.count("warning:") == 1 and os.path.basename(bad) in log
+    warnings = [line for line in log.splitlines() if line.startswith("warning:")]
+    # one warning for the half-written file however many scans saw it (another, for a file a scan
+    # caught while this test was writing it, is the same behaviour and may or may not happen)
+    assert sum(os.path.basename(bad) in w for w in warnings) == 1
+    assert all("FoilHole_2_" in w or "FoilHole_3_" in w for w in warnings)
     names = list(read_star(os.path.join(out, "movies.star"))["movies"]["rlnMicrographMovieName"])
     assert [os.path.basename(n)[:11] for n in names] == ["FoilHole_1_", "FoilHole_2_", "FoilHole_3_"]
     meta = json.load(open(os.path.join(out, "metadata.json")))

@@ -95,7 +95,8 @@ class Catcher:
         self.cs_table, self.cs, self.q0 = dict(cs_table or {}), cs, q0
         self.particle_diameter, self.movies_root, self.log = particle_diameter, movies_root, log
         self.records: dict = {}      # metadata file -> record
-        self.warned: dict = {}       # metadata file -> (size, mtime) when its warning was given
+        self.warned: set = set()     # metadata files warned about and not read yet (one warning each,
+        #                              however often a file EPU is still writing changes size)
 
     def candidates(self) -> list:
         pattern = EPU_XML_PATTERN if self.software == "EPU" else "*.mdoc"
@@ -110,16 +111,15 @@ class Catcher:
             try:
                 rec = self._read(path)
             except InputError as exc:
-                stamp = _stamp(path)
-                if self.warned.get(path) != stamp:
+                if path not in self.warned:
                     self.log("warning: %s (skipped; tried again at the next scan)" % exc)
-                    self.warned[path] = stamp
+                    self.warned.add(path)
                 continue
             if rec is None:
                 continue
             rec["cs_mm"] = self._cs(rec, path)       # a missing Cs is the user's to fix: one error, no retry
             self.records[path] = rec
-            self.warned.pop(path, None)
+            self.warned.discard(path)
             new += 1
         return new
 
@@ -182,14 +182,6 @@ class Catcher:
                            "optics_groups": summary,
                            "movies": sorted(self.records.values(), key=lambda r: r["movie"])}, f, indent=1, default=str)
         return star, meta
-
-
-def _stamp(path: str):
-    try:
-        st = os.stat(path)
-        return st.st_size, st.st_mtime
-    except OSError:
-        return None
 
 
 def _relative(path: str) -> str:

@@ -51,7 +51,7 @@ class Map3DConfig(ImageOptions):
                                 action="store_true", group="compute")
     importance_sampling: bool = param(False, "E-step poses drawn from each particle's importance distribution of "
                                       "the previous iteration (cryoSPARC's, seed 003) instead of the full grid or "
-                                      "the local search", action="store_true", group="sampling")
+                                      "the local search", action=YES_NO, group="sampling")
     s0: float = param(10.0, "importance samples per effective sample size (with --importance_sampling)",
                       check=POSITIVE, group="sampling")
     batch: int = param(0, "particles per kernel call (0: automatic)", check=NON_NEGATIVE, group="compute")
@@ -76,7 +76,7 @@ class _Class3DBase(Map3DConfig):
     cross_join: bool = param(False, "with cross halves: score each half against the other half's maps of the last "
                              "two iterations averaged, which joins the halves' two interleaved chains; turn it on "
                              "(--continue ... --cross_join) once the classes have begun to separate: from the start "
-                             "it locks into a split by alignment quality", action="store_true", group="model")
+                             "it locks into a split by alignment quality", action=YES_NO, group="model")
 
 
 @dataclass(frozen=True)
