@@ -124,12 +124,9 @@ class ImportanceSampler:
     def for_batch(self, sel, T):
         sel = np.asarray(sel, np.int64)
         K, B = self.K, sel.size
+        full = float(B * K * self.space.Jc1 * T)
         if self.force_dense:
-            full = float(B * K * self.space.Jc1 * T)
-            self.full += full
-            self.evaluated += full
-            self._last = None
-            return None
+            return self._dense_batch(full)
         seg = (sel[:, None] * K + np.arange(K)[None]).ravel()
         alpha, inv_T = (np.repeat(a, K) for a in schedule(self.tau_prev[sel]))
         cls = np.tile(np.arange(K), B)
@@ -147,16 +144,20 @@ class ImportanceSampler:
                                          kappa, inv_T, alpha, self.s0, keys)
         n = [np.diff(draws[d].offsets) for d in "dpt"]
         count = float(np.sum(n[0] * n[1] * n[2]))
-        full = float(B * K * self.space.Jc1 * T)
-        self.full += full
         if count > self.max_frac * full:
-            self._last = None
-            self.evaluated += full
-            return None
+            return self._dense_batch(full)
+        self.full += full
         self.evaluated += count
         self._last = (sel, draws)
         return kernels.is_candidates(draws["d"], draws["p"], draws["t"], cls, K, self.grid["p"].shape[0],
                                      self.space.Jc1)
+
+    def _dense_batch(self, full: float):
+        """This batch on the full grid (the dense pass: no draws), counted as evaluated in full."""
+        self.full += full
+        self.evaluated += full
+        self._last = None
+        return None
 
     def _origins(self, sel):
         r = self.results

@@ -282,7 +282,9 @@ class Class3D:
     def _model_state(self, m):
         smp = m.gather_sampler()     # (collective)
         h = next(k for k, v in self.models.items() if v is m)
-        prev = {"prev_refs": self.prev_refs[h]} if self.cross and self.prev_refs[h] is not None else {}
+        # the maps of the iteration before only where --cross_join scores against them (K maps per half)
+        keep = self.cross and self.config.cross_join and self.prev_refs[h] is not None
+        prev = {"prev_refs": self.prev_refs[h]} if keep else {}
         return {"refs": m.refs, "sigma2": m.sigma2, "tau2": m.tau2, "pclass": m.pclass, **prev,
                 "sigma_offset": m.sigma_offset, "img_power": m.img_power, **m.corr.state(),
                 **({"sampler": smp} if smp is not None else {})}
