@@ -421,3 +421,14 @@ def test_plots_write_png(tmp_path):
         assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(p) > 1000
     leftovers = [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
     assert leftovers == []
+
+
+def test_order_for_resolution_follows_the_resolution():
+    from hpcem.core.sampling import angular_accuracy, order_for_resolution
+    # 60 A radius: 30 A supports 28.6 deg, 2 x that = 57.3 < 60 -> order 1 (30 deg)
+    assert abs(angular_accuracy(30.0, 60.0) - 28.648) < 1e-3
+    assert order_for_resolution(30.0, 60.0) == 1
+    assert order_for_resolution(10.0, 60.0) == 2      # 2 x 9.55 = 19.1 -> 15 deg
+    assert order_for_resolution(5.0, 60.0) == 3       # 9.55 -> 7.5 deg
+    assert order_for_resolution(float("inf"), 60.0) == 0
+    assert order_for_resolution(1.0, 60.0, max_order=4) == 4

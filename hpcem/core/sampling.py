@@ -89,6 +89,26 @@ def angular_step(order: int) -> float:
     return 60.0 / (1 << int(order))
 
 
+def angular_accuracy(resolution_A: float, radius_A: float) -> float:
+    """Angular accuracy (deg) that a map at ``resolution_A`` supports for a particle of radius
+    ``radius_A``: a rotation by res/radius moves the edge of the particle by one resolution length
+    (90 deg when the resolution is not yet known)."""
+    if not np.isfinite(resolution_A) or resolution_A <= 0 or radius_A <= 0:
+        return 90.0
+    return float(np.rad2deg(resolution_A / radius_A))
+
+
+def order_for_resolution(resolution_A: float, radius_A: float, factor: float = 2.0,
+                         max_order: int = 7) -> int:
+    """Lowest HEALPix order whose step is at most ``factor`` x the angular accuracy the resolution
+    supports (auto-sampling: the step follows the resolution, as refine3d's schedule does)."""
+    need = factor * angular_accuracy(resolution_A, radius_A)
+    order = 0
+    while angular_step(order) > need and order < max_order:
+        order += 1
+    return order
+
+
 def inplane_angles(step_deg: float) -> np.ndarray:
     """psi in [0, 360): ``ceil(360/step)`` equally spaced angles starting at 0."""
     if step_deg <= 0:

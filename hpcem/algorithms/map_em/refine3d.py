@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...core.fsc import fsc, fsc_to_ssnr, resolution_at
-from ...core.sampling import angular_step
+from ...core.sampling import angular_accuracy, angular_step
 from ...errors import InputError
 from ...estep import LocalSearch, TranslationSampling
 from ...parallel.decomp import half_groups
@@ -229,7 +229,7 @@ class Refine3D:
         small = s[3] > 0 and s[1] / s[3] < step and s[2] / s[3] < cfg.offset_step * angpix
         st["n_wo_res"] = 0 if gain else st["n_wo_res"] + 1
         st["n_wo_change"] = st["n_wo_change"] + 1 if small else 0
-        need = np.rad2deg(res / self.radius_A) if np.isfinite(res) else 90.0
+        need = angular_accuracy(res, self.radius_A)
         stalled = st["n_wo_res"] >= 1 and st["n_wo_change"] >= 1
         if order < self.max_order:
             # finer sampling when the step is much coarser than the accuracy the resolution supports,
