@@ -4,8 +4,10 @@ x translations with adaptive oversampling; K maps reconstructed by back-projecti
 reference-power prior (--tau2_fudge). Input poses are ignored (global search). Writes
 run_itNNN_classKKK.mrc, _data.star, _model.star, _optimiser.star, an HDF5 checkpoint and central
 slices per class under the rootname --o; resume with --continue run_itNNN_optimiser.star (as with
-relion_refine, the searches and --tau2_fudge may change there: --healpix_order, --sigma_ang, ...). Under
-`mpiexec -n N` the particles are split across ranks; rank 0 writes."""
+relion_refine, the searches and the prior may change there: --healpix_order, --sigma_ang, --tau2_fudge,
+--tv, ...). At low SNR, --auto_sampling --tv --tv_auto lets the searches follow the resolution (cross
+halves, then joined, then the finer order with importance-sampled searches). Under `mpiexec -n N` the
+particles are split across ranks; rank 0 writes."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -22,6 +22,8 @@ match half 1's (greatest map correlation first): scored across, each half takes 
 numbering, and two halves numbered the other way round would swap numbers every iteration (seen:
 each half at ARI 0.87, the whole at 0.00).  The class maps written each iteration are
 reconstructed from both halves' sums.  ``--no-cross_halves`` is RELION's plain EM.
+``--auto_sampling`` (:mod:`.class3d_schedule`) joins the halves and refines the sampling by itself
+as the resolution stalls.
 
 With --tv (seed 002) each class map is the regularised reconstruction of :mod:`hpcem.recon.tv`
 restrained to its previous map; the last iteration also writes ``run_itNNN_classKKK_tv.png``
@@ -41,8 +43,9 @@ from ...recon import mstep
 from ...recon.projector import summed_backprojector
 from ...runtime.device import HOST
 from ...runtime.memory import MemoryPlan
+from . import class3d_schedule as auto
 from .model3d import Model3D, initial_reference, shell_of, tv_lines, tv_stats
-from .refine3d import split_halves
+from .refine3d import max_order_for, split_halves
 from .results import pose_change_stats
 from .space3d import PAD, ProjectionSpace, Sampling3D
 
@@ -75,15 +78,46 @@ class Class3D:
         self.models = {h: Model3D(ps, np.flatnonzero(self.subsets == h), cfg, comm, log, device=device)
                        for h in ((1, 2) if self.cross else (1,))}
         self.m = self.models[1]
-        self.samp = Sampling3D(cfg.healpix_order, cfg.sym, cfg.psi_step, cfg.oversampling)
         self.trans = TranslationSampling(cfg.offset_range, cfg.offset_step, cfg.oversampling)
-        self.space = ProjectionSpace(self.samp, self.K, self.n, self.m.ops)
         r0 = int(min(self.n // 2, max(3, round(shell_of(cfg.ini_high, self.n, ps.angpix)))))
         self.st = {"iteration": 0, "r_cur": r0, "resolution": np.inf}
+        self.auto = bool(getattr(cfg, "auto_sampling", False))
+        if self.auto:       # the --auto_sampling schedule (kept in the checkpoint)
+            self.st["schedule"] = auto.new_schedule(cfg.healpix_order)
+        self._set_order(cfg.healpix_order)
         # the random initial classes: a stream of their own (the halves may come from the same seed)
         self.subset = np.random.default_rng([cfg.random_seed, 3]).permutation(ps.n) % self.K
         self.refs = self.tau2 = None      # the class maps of all particles (files, checkpoint)
         self.prev_refs = {h: None for h in self.models}   # each half's maps of the iteration before
+
+    def _set_order(self, order):
+        self.samp = Sampling3D(order, self.config.sym, self.config.psi_step, self.config.oversampling)
+        self.space = ProjectionSpace(self.samp, self.K, self.n, self.m.ops)
+
+    def _auto_schedule(self):
+        """--auto_sampling: advance the schedule on this iteration's resolution (log what changed)."""
+        sch = self.st["schedule"]
+        radius_A = self.m.radius_px * self.m.angpix
+        msg = auto.advance(sch, self.st["resolution"], radius_A, max_order_for(self.config, self.m.angpix, radius_A))
+        if msg:
+            self.log("class3d " + msg)
+        if sch["order"] != self.samp.order:
+            self._set_order(sch["order"])
+
+    def _joined(self) -> bool:
+        return bool(self.config.cross_join) or (self.auto and auto.joined(self.st["schedule"]))
+
+    def _candidates(self, m):
+        """The E-step's candidate generator for ``m``: the importance sampler (--importance_sampling,
+        or --auto_sampling's joined and fine stages), local searches (--sigma_ang), else the grid."""
+        use = "sample" if self.config.importance_sampling else "grid"
+        if self.auto and not self.config.importance_sampling:
+            use = auto.candidates(self.st["schedule"])
+        if use != "grid":
+            m.sampler.force_dense = use == "record"
+            return m.importance(self.st["iteration"])
+        sigma = float(self.config.sigma_ang)
+        return LocalSearch(sigma, all_classes=True) if sigma > 0 else None
 
     def memory_plan(self):
         s = self.samp
@@ -119,6 +153,9 @@ class Class3D:
             m.set_results({k: np.asarray(v)[m.idx_all] for k, v in results.items()})
         self.refs, self.tau2 = np.asarray(st["refs"], np.float32), np.asarray(st["tau2"])
         self.st = {"iteration": int(st["iteration"]), "r_cur": int(st["r_cur"]), "resolution": float(st["resolution"])}
+        if self.auto:
+            self.st["schedule"] = auto.schedule_from(st.get("schedule", {}), self.config.healpix_order)
+            self._set_order(self.st["schedule"]["order"])
 
     def done(self):
         return self.st["iteration"] >= self.config.iters
@@ -138,7 +175,7 @@ class Class3D:
         out = {}
         for h in self.models:
             other, prev = self.models[3 - h].refs, self.prev_refs[3 - h]
-            if prev is None or self.st["iteration"] < 2 or not self.config.cross_join:
+            if prev is None or self.st["iteration"] < 2 or not self._joined():
                 out[h] = other
             else:
                 out[h] = (0.5 * (other + prev[matching_classes(other, prev)])).astype(np.float32)
@@ -147,7 +184,6 @@ class Class3D:
     def e_step(self):
         self.prev = {h: {k: v.copy() for k, v in m.res.items()} for h, m in self.models.items()}
         self.first = self.st["iteration"] == 0
-        cand = LocalSearch(self.config.sigma_ang, all_classes=True) if self.config.sigma_ang > 0 else None
         sums = {}
         for h, refs in self._scoring_refs().items():
             m = self.models[h]
@@ -157,7 +193,7 @@ class Class3D:
                 remap = lambda li, pj, sub=sub, J=J, idx=idx: sub[idx[li]] * J + pj % J  # noqa: E731
             own, m.refs = m.refs, refs
             sums[h] = m.e_step(self.samp, self.trans, int(self.st["r_cur"]), remap=remap, uniform_priors=True,
-                               candidates=m.importance(self.st["iteration"]) if m.sampler is not None else cand,
+                               candidates=self._candidates(m),
                                cc=self.first and self.config.firstiter_cc)
             m.refs = own
         return sums
@@ -237,10 +273,13 @@ class Class3D:
         self.pclass = mstep.class_priors(class_weight)
         self.st["resolution"] = n * self.m.angpix / max(mstep.resolution_shell(full), 1)
         self.st["iteration"] += 1
-        stats = self._change_stats()
+        stats, order = self._change_stats(), self.samp.order
+        stage = auto.STAGES[self.st["schedule"]["stage"]] if self.auto else ""
+        if self.auto:
+            self._auto_schedule()
         stats.update(iteration=self.st["iteration"], r_cur=r_used, resolution=self.st["resolution"],
                      sigma_offset=float(np.mean([m.sigma_offset for m in self.models.values()])),
-                     pclass=self.pclass.copy(), tv=tv, wiener=wiener, evaluated=self.evaluated)
+                     pclass=self.pclass.copy(), tv=tv, wiener=wiener, evaluated=self.evaluated, order=order, stage=stage)
         return stats
 
     def _renumber_half2(self, t2, sums2):
@@ -283,7 +322,7 @@ class Class3D:
         smp = m.gather_sampler()     # (collective)
         h = next(k for k, v in self.models.items() if v is m)
         # the maps of the iteration before only where --cross_join scores against them (K maps per half)
-        keep = self.cross and self.config.cross_join and self.prev_refs[h] is not None
+        keep = self.cross and self._joined() and self.prev_refs[h] is not None
         prev = {"prev_refs": self.prev_refs[h]} if keep else {}
         return {"refs": m.refs, "sigma2": m.sigma2, "tau2": m.tau2, "pclass": m.pclass, **prev,
                 "sigma_offset": m.sigma_offset, "img_power": m.img_power, **m.corr.state(),
@@ -320,9 +359,10 @@ class Class3D:
     def log_line(self, st):
         tv = tv_lines(st.get("tv", {}))
         t_tv = sum(t["seconds"] for t in st.get("tv", {}).values() if t)
-        return ("it %3d  r_cur %2d  res %6.2f A  dclass %5.3f  dang %6.2f deg  doff %5.2f A  sig_off %5.2f A  "
+        auto_ = "  order %d %s" % (st["order"], st["stage"]) if st.get("stage") else ""
+        return ("it %3d%s  r_cur %2d  res %6.2f A  dclass %5.3f  dang %6.2f deg  doff %5.2f A  sig_off %5.2f A  "
                 "nsig %7.1f  classes %s  logL %.6e  poses evaluated %.2e  (%.1f s, E-step %.1f s%s)%s" % (
-                    st["iteration"], st["r_cur"], st["resolution"], st["changes_classes"], st["changes_orient"],
+                    st["iteration"], auto_, st["r_cur"], st["resolution"], st["changes_classes"], st["changes_orient"],
                     st["changes_offsets"], st["sigma_offset"], st["mean_nsig"],
                     " ".join("%.2f" % p for p in st["pclass"]), st["loglik"], st.get("evaluated", float("nan")),
                     st["t_iter"], st["t_estep"], ", TV M-step %.1f s" % t_tv if tv else "", tv))

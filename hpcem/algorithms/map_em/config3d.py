@@ -34,6 +34,8 @@ class Map3DConfig(ImageOptions):
     random_seed: int = param(0, "seed (initial classes / half sets)", group="model")
     healpix_order: int = param(2, "HEALPix order of the (first) angular sampling",
                                check=(lambda v: 0 <= v <= 6, "in 0..6"), group="sampling")
+    max_healpix_order: int = param(0, "finest HEALPix order of refine3d's and class3d --auto_sampling's schedules "
+                                   "(0: from the Nyquist-limited accuracy)", check=NON_NEGATIVE, group="sampling")
     psi_step: float = param(0.0, cli=False)
     offset_range: float = param(5.0, "translation search range (pixels)", check=NON_NEGATIVE, group="sampling")
     offset_step: float = param(1.0, "translation step (pixels)", check=POSITIVE, group="sampling")
@@ -81,7 +83,10 @@ class _Class3DBase(Map3DConfig):
 
 @dataclass(frozen=True)
 class Class3DConfig(_Class3DBase, TVOptions):
-    pass
+    auto_sampling: bool = param(False, "the searches follow the resolution: cross halves at --healpix_order, then "
+                                "--cross_join once the resolution stalls, then (when it stalls again) the HEALPix "
+                                "order the resolution supports with local searches; for low SNR, with --tv --tv_auto",
+                                action=YES_NO, group="sampling")
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,6 @@ class Refine3DConfig(Map3DConfig, TVOptions):
     tau2_fudge: float = param(1.0, "regularisation parameter T", check=POSITIVE, group="model")
     auto_local_healpix_order: int = param(4, "local angular searches from this HEALPix order on",
                                           check=NON_NEGATIVE, group="sampling")
-    max_healpix_order: int = param(0, "finest HEALPix order (0: from the Nyquist-limited accuracy)",
-                                   check=NON_NEGATIVE, group="sampling")
     low_resol_join_halves: float = param(0.0, "below this resolution (A) both halves' sums are averaged every "
                                          "iteration (RELION's GUI passes 40; 0: never)", check=NON_NEGATIVE,
                                          group="model")

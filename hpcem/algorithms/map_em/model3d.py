@@ -55,7 +55,7 @@ class Model3D:
         self.bps = None
         self.cc = False
         self.sampler = (ImportanceSampler(self.idx, cfg.K, cfg.s0, cfg.random_seed)
-                        if getattr(cfg, "importance_sampling", False) else None)
+                        if getattr(cfg, "importance_sampling", False) or getattr(cfg, "auto_sampling", False) else None)
 
     # ------------------------------------------------------------ data
     def memory_items(self, samp, T: int, r_cur: int) -> dict:
@@ -167,8 +167,9 @@ class Model3D:
         return gather_results(self.comm, self.res)
 
     def gather_sampler(self):
-        """The importance sampler's marginals of all this model's particles (collective), or None."""
-        if self.sampler is None:
+        """The importance sampler's marginals of all this model's particles (collective), or None
+        (also while it has recorded none: class3d --auto_sampling's first stage)."""
+        if self.sampler is None or not self.comm.allreduce(int(np.any(self.sampler.tau_prev >= 0))):
             return None
         parts = self.comm.allgather(self.sampler.state())
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
