@@ -110,6 +110,24 @@ def test_selection_rules():
     assert select_classes(scores, counts, 0.95, min_classes=10).tolist() == [1, 1, 1, 0, 1, 1]
 
 
+def test_reclassify_links_what_it_does_not_rerun(tmp_path):
+    """datagen --reclassify: VDAM sets and EM sets not named are linked as they are (their
+    classification unchanged); a set that is already done is not run again."""
+    import json
+
+    from hpcem.ml.datagen import reclassify
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    for name, grad in (("set000", True), ("set001", False)):
+        (src / name).mkdir(parents=True)
+        (src / name / "done.json").write_text(json.dumps({"grad": grad}))
+    (src / "set002").mkdir()                                    # unfinished: no done.json
+    done = reclassify(str(src), str(out), names=("set009",), log=None)
+    assert [os.path.basename(d) for d in done] == ["set000", "set001"]
+    assert all(os.path.islink(d) and os.path.samefile(d, src / os.path.basename(d)) for d in done)
+    assert not os.path.exists(out / "set002")
+
+
 # ---------------------------------------------------------------- a classification of known composition
 @pytest.fixture(scope="module")
 def classified(tmp_path_factory):
