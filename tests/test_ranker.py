@@ -128,6 +128,19 @@ def test_reclassify_links_what_it_does_not_rerun(tmp_path):
     assert not os.path.exists(out / "set002")
 
 
+def test_perfect_ranker_curve():
+    """Hand-computed: classes of 100 (90% good), 50 (60% good) and 200 (0% good) particles, 150
+    good particles in the set (30 of them in no scored class)."""
+    from hpcem.ml.evaluate import perfect_ranker_curve
+
+    rows = [{"p_good": np.array([0.9, 0.6]), "counts": np.array([100.0, 50.0]), "good_total": 100.0},
+            {"p_good": np.array([0.0]), "counts": np.array([200.0]), "good_total": 50.0}]
+    (s1, pur1, rec1), (s2, pur2, rec2) = perfect_ranker_curve(rows, shares=(0.5, 0.8))
+    assert (s1, s2) == (0.5, 0.8)
+    assert np.isclose(pur1, 120 / 150) and np.isclose(rec1, 120 / 150)
+    assert np.isclose(pur2, 0.9) and np.isclose(rec2, 90 / 150)
+
+
 # ---------------------------------------------------------------- a classification of known composition
 @pytest.fixture(scope="module")
 def classified(tmp_path_factory):
