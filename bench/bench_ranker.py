@@ -21,7 +21,7 @@ import sys
 def main(argv=None) -> int:
     from hpcem.ml import net
     from hpcem.ml.datagen import generate
-    from hpcem.ml.evaluate import evaluate_set, row_line, summarise
+    from hpcem.ml.evaluate import evaluate_set, perfect_ranker_curve, row_line, summarise
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default="bench/out/ranker_test", help="folder of the test sets (made when missing)")
@@ -43,6 +43,8 @@ def main(argv=None) -> int:
         print("SNR %.3f: %2d sets  AUC %.3f  purity %.3f  recall %.3f  (perfect ranker: purity %.3f recall %.3f)" % (
             snr, sum(r["snr"] == snr for r in rows), t["auc"], t["purity"], t["recall"], t["ideal_purity"],
             t["ideal_recall"]))
+    for share, purity, recall in perfect_ranker_curve(rows):
+        print("perfect ranker, classes >= %.2f good: purity %.3f recall %.3f" % (share, purity, recall))
     s = summarise(rows)
     print("%d sets, %d scored classes (%d good), %.0f classes/s; perfect ranker: purity %.3f recall %.3f" % (
         len(rows), s["classes"], s["good_classes"], s["classes_per_s"], s["ideal_purity"], s["ideal_recall"]))

@@ -110,6 +110,37 @@ def test_selection_rules():
     assert select_classes(scores, counts, 0.95, min_classes=10).tolist() == [1, 1, 1, 0, 1, 1]
 
 
+def test_reclassify_links_what_it_does_not_rerun(tmp_path):
+    """datagen --reclassify: VDAM sets and EM sets not named are linked as they are (their
+    classification unchanged); a set that is already done is not run again."""
+    import json
+
+    from hpcem.ml.datagen import reclassify
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    for name, grad in (("set000", True), ("set001", False)):
+        (src / name).mkdir(parents=True)
+        (src / name / "done.json").write_text(json.dumps({"grad": grad}))
+    (src / "set002").mkdir()                                    # unfinished: no done.json
+    done = reclassify(str(src), str(out), names=("set009",), log=None)
+    assert [os.path.basename(d) for d in done] == ["set000", "set001"]
+    assert all(os.path.islink(d) and os.path.samefile(d, src / os.path.basename(d)) for d in done)
+    assert not os.path.exists(out / "set002")
+
+
+def test_perfect_ranker_curve():
+    """Hand-computed: classes of 100 (90% good), 50 (60% good) and 200 (0% good) particles, 150
+    good particles in the set (30 of them in no scored class)."""
+    from hpcem.ml.evaluate import perfect_ranker_curve
+
+    rows = [{"p_good": np.array([0.9, 0.6]), "counts": np.array([100.0, 50.0]), "good_total": 100.0},
+            {"p_good": np.array([0.0]), "counts": np.array([200.0]), "good_total": 50.0}]
+    (s1, pur1, rec1), (s2, pur2, rec2) = perfect_ranker_curve(rows, shares=(0.5, 0.8))
+    assert (s1, s2) == (0.5, 0.8)
+    assert np.isclose(pur1, 120 / 150) and np.isclose(rec1, 120 / 150)
+    assert np.isclose(pur2, 0.9) and np.isclose(rec2, 90 / 150)
+
+
 # ---------------------------------------------------------------- a classification of known composition
 @pytest.fixture(scope="module")
 def classified(tmp_path_factory):

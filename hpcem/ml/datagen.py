@@ -13,6 +13,9 @@ information per particle).
 ``python -m hpcem.ml.datagen --o DIR --split train --sets 60`` writes ``DIR/setNNN/`` (particles,
 ``truth.npz`` with each particle's kind, ``spec.json``, ``Class2D/`` with the final iteration of the
 classification) and skips the sets already done, so that it resumes after an interruption.
+``--reclassify SRC`` re-runs only the classification of SRC's EM sets with the current class2d (same
+settings and seed, the particles linked) and links the VDAM sets unchanged: the training data of the
+shipped weights after a change to class2d EM (issue 14, stop 27: the re-seeding rule).
 """
 from __future__ import annotations
 
@@ -168,6 +171,38 @@ def generate(outdir: str, split: str, count: int, seed: int = 0, threads: int = 
     return done
 
 
+def reclassify(src: str, outdir: str, names=(), threads: int = 1, log=print) -> list:
+    """Re-classify the EM sets of ``src`` (all, or those in ``names``) into ``outdir`` with the
+    current class2d, particles and truth linked; VDAM sets and EM sets not named are linked as
+    they are (resumes: a set with a done.json is skipped)."""
+    from dataclasses import fields
+
+    os.makedirs(outdir, exist_ok=True)
+    done = []
+    for s in sorted(d for d in os.listdir(src) if os.path.isfile(os.path.join(src, d, "done.json"))):
+        with open(os.path.join(src, s, "done.json")) as f:
+            info = json.load(f)
+        out = os.path.join(outdir, s)
+        if info["grad"] or (names and s not in names):
+            if not os.path.lexists(out):
+                os.symlink(os.path.abspath(os.path.join(src, s)), out)
+            done.append(out)
+            continue
+        if not os.path.isfile(os.path.join(out, "done.json")):
+            os.makedirs(out, exist_ok=True)
+            for f in ("particles.star", "particles.mrcs", "truth.npz"):
+                if not os.path.lexists(os.path.join(out, f)):
+                    os.symlink(os.path.abspath(os.path.join(src, s, f)), os.path.join(out, f))
+            spec = SetSpec(**{k.name: info[k.name] for k in fields(SetSpec)})
+            t0 = time.time()
+            opt = classify(spec, out, os.path.join(out, "particles.star"), threads)
+            with open(os.path.join(out, "done.json"), "w") as f:
+                json.dump(dict(info, optimiser=os.path.relpath(opt, out), seconds=time.time() - t0), f, indent=1)
+            log("%s: re-classified (EM, K %d, SNR %.3f): %.0f s" % (out, spec.K, spec.snr, time.time() - t0), flush=True)
+        done.append(out)
+    return done
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hpcem.ml.datagen", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,7 +212,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--j", type=int, default=1, help="threads of each classification")
     ap.add_argument("--shard", default="0/1", help="i/n: only the sets i, i + n, ... (n processes side by side)")
+    ap.add_argument("--reclassify", default="", metavar="SRC",
+                    help="re-classify SRC's EM sets with the current class2d into --o (VDAM sets linked)")
+    ap.add_argument("--only", nargs="*", default=(), help="with --reclassify: only these sets (setNNN)")
     a = ap.parse_args(argv)
+    if a.reclassify:
+        reclassify(a.reclassify, a.o, a.only, a.j)
+        return 0
     i, n = (int(x) for x in a.shard.split("/"))
     generate(a.o, a.split, a.sets, a.seed, a.j, shard=(i, n))
     return 0

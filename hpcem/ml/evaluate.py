@@ -42,7 +42,8 @@ def evaluate_set(setdir: str, weights: dict, min_score: float = 0.15) -> dict:
             "n_scored": int(live.sum()), "scores": scores[live], "good_class": p[live] >= 0.5,
             "selected_good": float(good_per_class[sel].sum()), "selected": float(job.counts[sel].sum()),
             "ideal_good": float(good_per_class[ideal].sum()), "ideal": float(job.counts[ideal].sum()),
-            "good_total": float((kind == 0).sum()), "seconds": secs}
+            "good_total": float((kind == 0).sum()), "seconds": secs,
+            "p_good": p[live], "counts": job.counts[live].astype(float)}
 
 
 def summarise(rows) -> dict:
@@ -57,6 +58,21 @@ def summarise(rows) -> dict:
             "ideal_purity": ideal_good / max(ideal, 1.0), "ideal_recall": ideal_good / max(total, 1.0),
             "classes": int(len(scores)), "good_classes": int(good.sum()),
             "classes_per_s": len(scores) / max(sum(r["seconds"] for r in rows), 1e-9)}
+
+
+def perfect_ranker_curve(rows, shares=(0.5, 0.6, 0.7, ORACLE_SHARE, 0.8, 0.85, 0.88, 0.9, 0.95)) -> list:
+    """(share, purity, recall) of a perfect ranker that selects the scored classes of at least
+    ``share`` good particles, pooled over the rows: the best purity any class selection can reach
+    at each recall on these classifications."""
+    p = np.concatenate([r["p_good"] for r in rows])
+    n = np.concatenate([r["counts"] for r in rows])
+    total = sum(r["good_total"] for r in rows)
+    out = []
+    for t in shares:
+        sel = p >= t
+        good = float((p * n)[sel].sum())
+        out.append((t, good / max(float(n[sel].sum()), 1.0), good / max(total, 1.0)))
+    return out
 
 
 def row_line(r) -> str:
