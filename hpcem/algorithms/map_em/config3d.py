@@ -117,6 +117,11 @@ class InitialModelConfig(_Class3DBase, GradOptions):
     cross_halves: bool = param(False, cli=False)   # VDAM keeps its own half sets
     cross_join: bool = param(False, cli=False)
     importance_sampling: bool = param(False, cli=False)
+    auto_sampling: bool = param(False, "HEALPix order raised with the resolution (the step at most twice the "
+                                "angular accuracy it supports, core.sampling.order_for_resolution), from "
+                                "--healpix_order up to --max_healpix_order", action=YES_NO, group="sampling")
+    max_healpix_order: int = param(3, "finest HEALPix order of --auto_sampling",
+                                   check=(lambda v: 0 <= v <= 6, "in 0..6"), group="sampling")
     grad_em_iters: int = param(0, "EM iterations after the mini-batches: class2d --grad only (0 here)",
                                check=(lambda v: v == 0, "0: final EM iterations exist in class2d --grad only"),
                                group="vdam")

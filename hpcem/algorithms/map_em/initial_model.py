@@ -28,6 +28,7 @@ import numpy as np
 
 from ...core.filters import lowpass
 from ...core.fourier import ft3, ift3, shell_index3
+from ...core.sampling import order_for_resolution
 from ...recon import mstep
 from ...recon.projector import padded_estimate
 from ...runtime.device import HOST
@@ -37,7 +38,7 @@ from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, 
 from ..vdam.update import mean_fsc_shell, share_prior
 from .class3d import Class3D
 from .results import pose_change_stats
-from .space3d import PAD
+from .space3d import PAD, Sampling3D
 
 
 class InitialModel(GradFiles, Class3D):
@@ -53,12 +54,32 @@ class InitialModel(GradFiles, Class3D):
         self.nsh = n // 2 + 1
         self.floor_shell = int(n * ps.angpix / cfg.grad_min_resol) if cfg.grad_min_resol > 0 else 0
         self.st["r_cur"] = max(self.floor_shell, 3)
+        self.st["order"] = cfg.healpix_order
         self.maps = self.mom = self.replaced = None
         self.start = 0
 
     @property
     def iteration(self) -> int:
         return int(self.st["iteration"])
+
+    def restore(self, st):
+        super().restore(st)
+        self.st["order"] = int(st.get("order", self.config.healpix_order))
+        self._sampling()
+
+    def _sampling(self):
+        """The E-step's angular sampling at the schedule's HEALPix order (``--auto_sampling``)."""
+        cfg, order = self.config, int(self.st["order"])
+        if self.samp.order != order:
+            self.samp = Sampling3D(order, "C1", cfg.psi_step, cfg.oversampling)
+
+    def _next_order(self) -> int:
+        """``--auto_sampling``: the order whose step the resolution reached supports (never lower)."""
+        cfg, order = self.config, int(self.st["order"])
+        if not cfg.auto_sampling:
+            return order
+        need = order_for_resolution(self.st["resolution"], self.m.radius_px * self.m.angpix)
+        return max(order, min(need, cfg.max_healpix_order))
 
     # ------------------------------------------------------------ start
     def initialise(self):
@@ -87,6 +108,7 @@ class InitialModel(GradFiles, Class3D):
     # ------------------------------------------------------------ one mini-batch
     def e_step(self):
         m = self.m
+        self._sampling()
         self.prev = {k: v.copy() for k, v in m.res.items()}
         self.bsize = self.sched.batch_size(self.iteration)
         subsets = split_batch(self.config.random_seed, self.start, self.bsize, self.half, m.lo, m.hi)
@@ -117,7 +139,7 @@ class InitialModel(GradFiles, Class3D):
 
     def m_step(self, sums):
         m, cfg, n = self.m, self.config, self.n
-        it, r_used = self.iteration, int(self.st["r_cur"])
+        it, r_used, order_used = self.iteration, int(self.st["r_cur"]), self.samp.order
         eta, fudge = self.sched.step(it), self.sched.fudge(it)
         m.sigma2, m.sigma_offset, batch_pk = batch_noise(m.parts, self.sub, sums, self.comm, r_used, self.bsize)
         m.pclass = running_priors(m.pclass, batch_pk)
@@ -133,6 +155,8 @@ class InitialModel(GradFiles, Class3D):
         self._set_refs()
         self.st["resolution"] = n * m.angpix / max(res_shell, 1)
         self.st["r_cur"] = int(min(n // 2, max(self.floor_shell, res_shell + cfg.margin_shells, 3)))
+        self.st["order"] = self._next_order()
+        self._sampling()     # the final pass at the order reached
         self.start += self.bsize
         self.st["iteration"] += 1
         if self.iteration == cfg.iters:
@@ -140,7 +164,8 @@ class InitialModel(GradFiles, Class3D):
         stats = pose_change_stats(self.comm, self.prev, m.res, self.space, first=self.iteration == 1)
         stats.update(iteration=self.iteration, r_cur=r_used, resolution=self.st["resolution"],
                      sigma_offset=m.sigma_offset, pclass=m.pclass.copy(), batch=self.bsize, step=eta,
-                     fudge=fudge, replaced=self.replaced)
+                     fudge=fudge, replaced=self.replaced,
+                     order=order_used)
         return stats
 
     def _batch_tau2(self, r_cur: int):
