@@ -69,11 +69,12 @@ def main(argv=None):
     V = np.stack(truths)
     allp = np.arange(a.N)
     seed_q = quadrature(r_f, m.radius_px)
-    # the noise: the residual power of a pass at the true maps, twice (first against the images' power)
+    # the noise: the residual power of a pass at the true maps (order 3), twice (first against the images' power)
     m.S, m.C = np.zeros_like(m.sigma0), np.zeros_like(m.sigma0)
     sig2 = m.sigma0
+    noise_q = Quadrature(3, angular_step(3), seed_q.t_step)
     for _ in range(2):
-        sums, _ = m.e_step(V, r, seed_q, allp, sig2, FullGrid(), accumulate=True)
+        sums, _ = m.e_step(V, r, noise_q, allp, sig2, FullGrid(), accumulate=True)
         m.S[:], m.C[:] = 0.0, 0.0
         m.update_noise(sums.noise, m.group_counts(allp), r)
         sig2 = m.sigma2()
