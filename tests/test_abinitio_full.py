@@ -2,8 +2,9 @@
 
 * 10 random starts on 5,000 particles of a pseudo-atomic map (64 px, SNR 0.05, CTF): at least 9 of
   10 maps superpose on the truth (FSC 0.5 after --align) better than 4 px, and agree with each other;
-* K = 3 on a mixture of three maps: ARI >= 0.8 and each true map recovered (better than 5 px);
-* K = 2 on two maps at 32 px: importance sampling separates the classes as the full quadrature does;
+* K = 3 on a mixture of three maps (--max_res 8): ARI >= 0.8 and each true map recovered (better than 5 px);
+* K = 2 on two maps at 32 px (--max_res 9): importance sampling separates the classes as the full
+  quadrature does, to ARI >= 0.8; K = 2 on one map plus 30% junk images: ARI >= 0.8;
 * the map with importance sampling equals the map without within FSC > 0.99 up to the final
   resolution (the same random start);
 * refine3d --importance_sampling: median orientation error and FSC to the truth within 5% of the
@@ -63,7 +64,10 @@ def test_three_maps(tmp_path, run_hpcem):
     truths = [pseudo_atomic_volume(64, 3.0, seed=s).astype(np.float64) for s in (21, 22, 23)]
     d, star = _data(str(tmp_path), truths, 6000, 12)
     out = os.path.join(str(tmp_path), "K3")
-    run_hpcem(["abinitio", "--i", star, "--o", out + "/run", "--K", 3, "--random_seed", 1] + AB)
+    # --max_res 8: with the TRUE maps held fixed, abinitio's E-step classifies this set (300 of its
+    # particles) to ARI 0.53 / 0.64 / 0.74 at 12 A with HEALPix order 2 / 3 / 4 (the seed's quadrature),
+    # 0.76 / 0.86 at 8 A with order 3 / 4 (bench/bench_abinitio_oracle.py): 0.8 is out of reach at 12 A
+    run_hpcem(["abinitio", "--i", star, "--o", out + "/run", "--K", 3, "--random_seed", 1, "--max_res", 8] + AB)
     c = read_star(os.path.join(out, "run_data.star"))["particles"]["rlnClassNumber"].to_numpy()
     maps = [read_mrc(os.path.join(out, "run_class%03d.mrc" % (k + 1)))[0].astype(np.float64) for k in range(3)]
     res = [min(_res(t, m) for m in maps) for t in truths]
@@ -72,30 +76,75 @@ def test_three_maps(tmp_path, run_hpcem):
     assert ari >= 0.8 and max(res) < 15.0
 
 
-def test_two_maps_separate_with_importance_sampling(tmp_path, run_hpcem):
-    """The small case of the K > 1 fault (32 px, 800 particles of two maps, SNR 1): with importance
-    sampling the classes separate as with the full quadrature (before the fix: ARI 0.02 at
-    iteration 80 with IS against 0.66 without), and to the issue's ARI 0.8."""
-    from hpcem.metrics import adjusted_rand_index
+def _small_set(tmp, n_maps, junk=0.0):
+    """32 px, 3.75 A/px, 800 particles at SNR 1 (CTF) of pseudo-atomic maps seeds 1.. (the K > 1
+    cases small enough to run by hand), with a fraction ``junk`` replaced by junk images (class 0)."""
+    from hpcem.simulate.junk import add_junk
     from hpcem.simulate.particles import simulate_dataset
     from hpcem.simulate.volumes import pseudo_atomic_volume
     from hpcem.simulate.write import write_dataset
 
-    tmp = str(tmp_path)
-    vols = [pseudo_atomic_volume(32, 3.75, seed=s).astype(np.float64) for s in (1, 2)]
-    d = simulate_dataset(n=32, n_particles=800, angpix=3.75, snr=1.0, ctf=True, seed=5, volumes=vols, n_classes=2,
-                         model="atoms")
+    vols = [pseudo_atomic_volume(32, 3.75, seed=s).astype(np.float64) for s in range(1, n_maps + 1)]
+    d = simulate_dataset(n=32, n_particles=800, angpix=3.75, snr=1.0, ctf=True, seed=5, volumes=vols,
+                         n_classes=n_maps, model="atoms")
+    if junk > 0:
+        add_junk(d, junk, seed=5)
     write_dataset(d, tmp)
-    ari = []
+    return d, vols, os.path.join(tmp, "particles.star")
+
+
+# --max_res 9: with the TRUE maps held fixed, abinitio's E-step at the seed's quadrature classifies this
+# set to ARI 0.83 at the default 12 A and 0.99-1.0 at 9 A (bench/bench_abinitio_oracle.py --set two), so
+# at 12 A the target is out of reach of any update; at 9 A it tests the SAGD.  --high_lr_duration 40: the
+# step decay shortened with the schedule (with the seed's 150, epsilon stays 2 for all 140 iterations and the
+# classes, separated at iteration 80 (ARI 0.83, each map at 8.3 A), fall apart: ARI 0.00 at 120).
+SMALL = ["--K", 2, "--particle_diameter", 96, "--ctf", "--random_seed", 1, "--num_init_iters", 20, "--radwn_step",
+         0.5, "--num_final_iters", 100, "--class_anneal_start", 20, "--class_anneal_end", 40, "--max_res", 9,
+         "--high_lr_duration", 40]
+
+
+def _small_res(truth, vol):
+    al = align_maps(truth, vol)
+    return resolution_at(fsc(truth, apply_alignment(vol, al))[1], 0.5, truth.shape[0], 3.75)
+
+
+def test_two_maps_separate_with_importance_sampling(tmp_path, run_hpcem):
+    """The small case of the K > 1 fault (32 px, 800 particles of two maps, SNR 1): with importance
+    sampling the classes separate as with the full quadrature (before the fix: ARI 0.02 at
+    iteration 80 with IS against 0.66 without), to the issue's ARI 0.8, each true map recovered
+    (FSC 0.5 of its best class better than 4 px)."""
+    from hpcem.metrics import adjusted_rand_index
+
+    tmp = str(tmp_path)
+    d, vols, star = _small_set(tmp, 2)
+    ari, res = [], []
     for name, extra in (("is", []), ("full", ["--no-importance_sampling"])):
         out = os.path.join(tmp, name)
-        run_hpcem(["abinitio", "--i", os.path.join(tmp, "particles.star"), "--o", out + "/run", "--K", 2,
-                   "--particle_diameter", 96, "--ctf", "--random_seed", 1, "--num_init_iters", 20, "--radwn_step", 0.5,
-                   "--num_final_iters", 100, "--class_anneal_start", 20, "--class_anneal_end", 40] + extra)
+        run_hpcem(["abinitio", "--i", star, "--o", out + "/run"] + SMALL + extra)
         c = read_star(os.path.join(out, "run_data.star"))["particles"]["rlnClassNumber"].to_numpy()
         ari.append(adjusted_rand_index(c, d.classes))
-    print("K = 2 on two maps: ARI with importance sampling %.3f, full quadrature %.3f" % tuple(ari))
-    assert ari[0] >= ari[1] - 0.05 and ari[0] >= 0.8
+        maps = [read_mrc(os.path.join(out, "run_class%03d.mrc" % k))[0].astype(np.float64) for k in (1, 2)]
+        res.append(max(min(_small_res(t, m) for m in maps) for t in vols))
+    print("K = 2 on two maps: ARI with importance sampling %.3f, full quadrature %.3f; worst true map's best "
+          "class FSC 0.5 %.1f / %.1f A" % tuple(ari + res))
+    assert ari[0] >= ari[1] - 0.05 and ari[0] >= 0.8 and max(res) < 4 * 3.75
+
+
+def test_map_and_junk_separate(tmp_path, run_hpcem):
+    """K = 2 on one map plus 30% junk images (every kind of hpcem.simulate.junk): the classes
+    separate particles from junk with ARI >= 0.8 and the particles' class recovers the map."""
+    from hpcem.metrics import adjusted_rand_index
+
+    tmp = str(tmp_path)
+    d, vols, star = _small_set(tmp, 1, junk=0.3)
+    out = os.path.join(tmp, "junk")
+    run_hpcem(["abinitio", "--i", star, "--o", out + "/run"] + SMALL)
+    c = read_star(os.path.join(out, "run_data.star"))["particles"]["rlnClassNumber"].to_numpy()
+    ari = adjusted_rand_index(c, d.classes)
+    maps = [read_mrc(os.path.join(out, "run_class%03d.mrc" % k))[0].astype(np.float64) for k in (1, 2)]
+    res = min(_small_res(vols[0], m) for m in maps)
+    print("K = 2 on one map + 30%% junk: ARI %.3f, best class FSC 0.5 to the map %.1f A" % (ari, res))
+    assert ari >= 0.8 and res < 4 * 3.75
 
 
 def test_importance_sampling_equals_full_quadrature(tmp_path, run_hpcem):
