@@ -81,9 +81,13 @@ class Class3D:
         self.trans = TranslationSampling(cfg.offset_range, cfg.offset_step, cfg.oversampling)
         r0 = int(min(self.n // 2, max(3, round(shell_of(cfg.ini_high, self.n, ps.angpix)))))
         self.st = {"iteration": 0, "r_cur": r0, "resolution": np.inf}
-        self.auto = bool(getattr(cfg, "auto_sampling", False))
-        if self.auto:       # the --auto_sampling schedule (kept in the checkpoint)
+        # class3d's --auto_sampling schedule (kept in the checkpoint; initial_model has its own)
+        self.auto = self.kind == "class3d" and bool(getattr(cfg, "auto_sampling", False))
+        if self.auto:
             self.st["schedule"] = auto.new_schedule(cfg.healpix_order)
+            for m in self.models.values():   # the joined stage records its marginals, the fine one samples
+                if m.sampler is None:
+                    m.add_sampler()
         self._set_order(cfg.healpix_order)
         # the random initial classes: a stream of their own (the halves may come from the same seed)
         self.subset = np.random.default_rng([cfg.random_seed, 3]).permutation(ps.n) % self.K

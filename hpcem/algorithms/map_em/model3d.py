@@ -54,8 +54,9 @@ class Model3D:
         self.corr = Corrections(self.parts, self.res, cfg.norm, cfg.scale)
         self.bps = None
         self.cc = False
-        self.sampler = (ImportanceSampler(self.idx, cfg.K, cfg.s0, cfg.random_seed)
-                        if getattr(cfg, "importance_sampling", False) or getattr(cfg, "auto_sampling", False) else None)
+        self.sampler = None
+        if getattr(cfg, "importance_sampling", False):
+            self.add_sampler()
 
     # ------------------------------------------------------------ data
     def memory_items(self, samp, T: int, r_cur: int) -> dict:
@@ -85,6 +86,10 @@ class Model3D:
         o = self.ps.origins_angst(self.idx)
         self.res.update(rot=np.asarray(rot, np.float64), tilt=np.asarray(tilt, np.float64),
                         psi=np.asarray(psi, np.float64), ox=o[:, 0].copy(), oy=o[:, 1].copy())
+
+    def add_sampler(self):
+        """The importance sampler of this model's particles (its marginals start empty)."""
+        self.sampler = ImportanceSampler(self.idx, self.cfg.K, self.cfg.s0, self.cfg.random_seed)
 
     def power3(self, vols):
         out = []
