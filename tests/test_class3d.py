@@ -34,6 +34,17 @@ def _flags(star, ref, out, extra=()):
             "--offset_range", 2, "--offset_step", 1, "--random_seed", 2] + list(extra)
 
 
+def _assert_same_run(full, part, it):
+    """The continued run ``part`` ends where the uninterrupted ``full`` does: maps and classes."""
+    for k in (1, 2):
+        a, _ = read_mrc(os.path.join(full, "run_it%03d_class%03d.mrc" % (it, k)))
+        b, _ = read_mrc(os.path.join(part, "run_it%03d_class%03d.mrc" % (it, k)))
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    cls = [read_star(os.path.join(d, "run_it%03d_data.star" % it))["particles"]["rlnClassNumber"].to_numpy()
+           for d in (full, part)]
+    assert np.mean(cls[0] == cls[1]) > 0.99
+
+
 def test_class3d_separates_two_conformations(tmp_path, run_hpcem):
     tmp = str(tmp_path)
     d, star, ref = _dataset(tmp, 40, 1200, seed=4, snr=0.3)
@@ -58,13 +69,7 @@ def test_class3d_continue_same_result(tmp_path, run_hpcem):
     run_hpcem(_flags(star, ref, full, small + ["--iter", 3]))
     run_hpcem(_flags(star, ref, part, small + ["--iter", 2]))
     run_hpcem(["class3d", "--continue", os.path.join(part, "run_it002_optimiser.star"), "--iter", 3])
-    for k in (1, 2):
-        a, _ = read_mrc(os.path.join(full, "run_it003_class%03d.mrc" % k))
-        b, _ = read_mrc(os.path.join(part, "run_it003_class%03d.mrc" % k))
-        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
-    ca = read_star(os.path.join(full, "run_it003_data.star"))["particles"]["rlnClassNumber"].to_numpy()
-    cb = read_star(os.path.join(part, "run_it003_data.star"))["particles"]["rlnClassNumber"].to_numpy()
-    assert np.mean(ca == cb) > 0.99
+    _assert_same_run(full, part, 3)
     # as relion_refine --continue: the searches may change (finer, local), the rest is the run's own
     p = run_hpcem(["class3d", "--continue", os.path.join(part, "run_it003_optimiser.star"), "--iter", 4,
                    "--healpix_order", 2, "--sigma_ang", 8, "--cross_join", "--K", 5])
@@ -187,13 +192,7 @@ def test_auto_sampling_run_continues_through_its_stages(tmp_path, run_hpcem):
     assert "chains joined" in log and " joined " in log.split("chains joined")[1]
     run_hpcem(_flags(star, ref, part, small + ["--iter", 9]))
     run_hpcem(["class3d", "--continue", os.path.join(part, "run_it009_optimiser.star"), "--iter", 11])
-    for k in (1, 2):
-        a, _ = read_mrc(os.path.join(full, "run_it011_class%03d.mrc" % k))
-        b, _ = read_mrc(os.path.join(part, "run_it011_class%03d.mrc" % k))
-        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
-    ca = read_star(os.path.join(full, "run_it011_data.star"))["particles"]["rlnClassNumber"].to_numpy()
-    cb = read_star(os.path.join(part, "run_it011_data.star"))["particles"]["rlnClassNumber"].to_numpy()
-    assert np.mean(ca == cb) > 0.99
+    _assert_same_run(full, part, 11)
 
 
 @pytest.mark.skipif(os.environ.get("HPCEM_FULL_TESTS") != "1", reason="full size (~1 h on 2 cores): HPCEM_FULL_TESTS=1")

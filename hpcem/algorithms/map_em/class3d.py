@@ -277,9 +277,9 @@ class Class3D:
         self.pclass = mstep.class_priors(class_weight)
         self.st["resolution"] = n * self.m.angpix / max(mstep.resolution_shell(full), 1)
         self.st["iteration"] += 1
-        stats, order = self._change_stats(), self.samp.order
-        stage = auto.STAGES[self.st["schedule"]["stage"]] if self.auto else ""
-        if self.auto:
+        stats, order, stage = self._change_stats(), self.samp.order, ""
+        if self.auto:      # the stage this iteration ran in, then the next one's
+            stage = auto.STAGES[self.st["schedule"]["stage"]]
             self._auto_schedule()
         stats.update(iteration=self.st["iteration"], r_cur=r_used, resolution=self.st["resolution"],
                      sigma_offset=float(np.mean([m.sigma_offset for m in self.models.values()])),

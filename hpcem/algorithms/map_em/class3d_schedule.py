@@ -53,7 +53,7 @@ def advance(sch: dict, resolution: float, radius_A: float, max_order: int) -> st
     if stage == 0:
         sch.update(stage=1, n_stall=0)
         return "auto-sampling: the halves' chains joined (resolution stalled at %.2f A)" % sch["best_res"]
-    order = max(sch["order"], min(order_for_resolution(sch["best_res"], radius_A), max_order))
+    order = max(sch["order"], order_for_resolution(sch["best_res"], radius_A, max_order=max_order))
     if stage == 1:
         sch.update(stage=2, n_stall=0, order=order)
         return ("auto-sampling: HEALPix order %d (%.2f deg), importance-sampled global searches (resolution %.2f A)"

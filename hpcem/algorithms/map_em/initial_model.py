@@ -38,7 +38,7 @@ from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, 
 from ..vdam.update import mean_fsc_shell, share_prior
 from .class3d import Class3D
 from .results import pose_change_stats
-from .space3d import PAD, Sampling3D
+from .space3d import PAD
 
 
 class InitialModel(GradFiles, Class3D):
@@ -69,17 +69,17 @@ class InitialModel(GradFiles, Class3D):
 
     def _sampling(self):
         """The E-step's angular sampling at the schedule's HEALPix order (``--auto_sampling``)."""
-        cfg, order = self.config, int(self.st["order"])
+        order = int(self.st["order"])
         if self.samp.order != order:
-            self.samp = Sampling3D(order, "C1", cfg.psi_step, cfg.oversampling)
+            self._set_order(order)     # Class3D's, in C1 (the config's symmetry here)
 
     def _next_order(self) -> int:
         """``--auto_sampling``: the order whose step the resolution reached supports (never lower)."""
         cfg, order = self.config, int(self.st["order"])
         if not cfg.auto_sampling:
             return order
-        need = order_for_resolution(self.st["resolution"], self.m.radius_px * self.m.angpix)
-        return max(order, min(need, cfg.max_healpix_order))
+        return max(order, order_for_resolution(self.st["resolution"], self.m.radius_px * self.m.angpix,
+                                               max_order=cfg.max_healpix_order))
 
     # ------------------------------------------------------------ start
     def initialise(self):
