@@ -125,14 +125,18 @@ def _smooth(rng, shape, dims):
 
 
 def _backprojected(space, D, W, kidx, r_max):
-    """Brute-force sums (Jf, M) back-projected per class."""
+    """Brute-force sums (Jf, M) back-projected per class, each independent coefficient once (the
+    kx = 0 line holds both Friedel mates of each coefficient: only one is inserted)."""
+    from hpcem.core.fourier import friedel_unique
+
     n, nn = space.n, space.n * (space.n // 2 + 1)
+    once = friedel_unique(n).ravel()[kidx]
     out = []
     for k in range(space.K):
         bp = BackProjector(n)
         rows = np.arange(k * space.Jf1, (k + 1) * space.Jf1)
         Df, Wf = np.zeros((rows.size, nn), np.complex64), np.zeros((rows.size, nn), np.float32)
-        Df[:, kidx], Wf[:, kidx] = D[rows], W[rows]
+        Df[:, kidx], Wf[:, kidx] = D[rows] * once, W[rows] * once
         A = euler_to_matrix(*space.samp.fine_euler(np.arange(space.Jf1))).astype(np.float32)
         bp.insert(Df.reshape(-1, n, n // 2 + 1), Wf.reshape(-1, n, n // 2 + 1), A, r_max=r_max)
         out.append(bp)

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.fft import next_fast_len
 
 from ..core.euler import rotation_2d
-from ..core.fourier import freqs, ift2, shell_index2
+from ..core.fourier import freqs, friedel_unique, ift2, shell_index2
 from .projector import BackProjector2D, Projector2D, padded_estimate
 
 PAD = 2
@@ -89,11 +89,12 @@ def scatter_back(data, wsum, kidx, psi_f, K: int, n: int, r_cur: int, row0: int 
     chunk = max(1, min(256, live.size))         # chunks of rows, for memory; the buffers are zero
     full = np.zeros((chunk, n * nh), np.complex64)      # outside ``kidx`` once and for all
     wf = np.zeros((chunk, n * nh), np.float32)
+    once = friedel_unique(n).ravel()[kidx]      # the kx = 0 line holds both Friedel mates: insert one
     for a in range(0, live.size, chunk):
         loc = live[a:a + chunk]
         rows, m = row0 + loc, loc.size
-        full[:m, kidx] = data[loc] if refs is None else data[loc] - wsum[loc] * refs[rows % len(refs)]
-        wf[:m, kidx] = wsum[loc]
+        full[:m, kidx] = (data[loc] if refs is None else data[loc] - wsum[loc] * refs[rows % len(refs)]) * once
+        wf[:m, kidx] = wsum[loc] * once
         bp.insert(full[:m].reshape(-1, n, nh), wf[:m].reshape(-1, n, nh), rotation_2d(psi_f[rows % npsi]),
                   ref_index=rows // npsi, r_max=r_cur + 1.0)
     return bp

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core.ctf import ctf_from_params
 from ..core.euler import euler_to_matrix
-from ..core.fourier import ft2, shift_phases
+from ..core.fourier import friedel_unique, ft2, shift_phases
 from ..core.symmetry import symmetry_ops
 from ..parallel.decomp import block_range
 from ..runtime.log import progress_printer
@@ -30,18 +30,6 @@ def particle_slices(ps, idx, ctf: bool):
     A = euler_to_matrix(*ps.poses(idx)).astype(np.float32)
     c = ctf_from_params(n, ps.angpix, ps.ctf_params(idx)) if ctf else None
     return F, c, A
-
-
-def friedel_unique(n: int) -> np.ndarray:
-    """(n, n//2+1) float32: 0 on the kx = 0 coefficients with ky < 0 (other than -n/2), 1 elsewhere.  A real
-    image's half transform holds both (0, ky) and its Friedel mate (0, -ky); the 3D half-grid accumulators
-    are completed by Friedel symmetry, so inserting both counts the kx = 0 line twice (in data and
-    weights: unbiased, but that line outweighs its neighbours in every trilinear cell).  With this mask
-    each independent coefficient is inserted once, as relion_reconstruct does (its FSC with hpcem's
-    map from the same particles rises from 0.995 to 0.9999 at shells 10-28 of 32; notes, issue 10)."""
-    m = np.ones((n, n // 2 + 1), np.float32)
-    m[n // 2 + 1:, 0] = 0.0
-    return m
 
 
 def backproject_particles(ps, idx, bp: BackProjector, ctf: bool = True, batch: int = 256,

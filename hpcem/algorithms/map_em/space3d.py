@@ -18,7 +18,7 @@ import numpy as np
 
 from ...core.euler import angular_distance, euler_to_matrix, wrap180
 from ... import kernels
-from ...core.fourier import freqs, hermitian_weights2
+from ...core.fourier import freqs, friedel_unique, hermitian_weights2
 from ...core.sampling import (angular_step, asymmetric_directions, direction_vectors, inplane_angles,
                               local_neighbours, oversample_directions)
 from ...estep import ragged_arange
@@ -191,21 +191,21 @@ class ProjectionSpace:
         if self.device.gpu or self.bp_kernel != "linear":
             return self._insert_slices(res, kidx, r_max)
         ky, kx = self._freqs(kidx)
-        h = self._h_half[kidx] if self.residual else None
+        hd, hw = self._insert_factors(kidx)
         for k in range(self.K):  # classes
             m = np.flatnonzero(res.uniq_j // self.Jf1 == k)
             for c0 in range(0, m.size, CHUNK):
                 mm = m[c0:c0 + CHUNK]
-                D = res.data[mm] * h if self.residual else res.data[mm]
                 A = euler_to_matrix(*self.samp.fine_euler(res.uniq_j[mm] % self.Jf1)).astype(np.float64)
-                kernels.backproject3d_at(np.asarray(D, np.complex64), np.asarray(res.wsum[mm], np.float32), A, ky, kx,
+                kernels.backproject3d_at(np.asarray(res.data[mm] * hd, np.complex64),
+                                         np.asarray(res.wsum[mm] * hw, np.float32), A, ky, kx,
                                          self.bps[k].data, self.bps[k].weight, PAD)
 
     def _insert_slices(self, res, kidx, r_max):
         n, nn, dev = self.n, self.n * (self.n // 2 + 1), self.device
         uniq_j = np.asarray(dev.get(res.uniq_j))            # hypothesis numbers (U values) to the host
         kd = self._kidx_on_device(kidx)
-        h = dev.put(self._h_half[kidx]) if self.residual else None
+        hd, hw = (dev.put(f) for f in self._insert_factors(kidx))
         for k in range(self.K):  # classes
             m = np.flatnonzero(uniq_j // self.Jf1 == k)
             for c0 in range(0, m.size, 1024):
@@ -213,14 +213,20 @@ class ProjectionSpace:
                 md = dev.put(mm)
                 D = dev.zeros((mm.size, nn), np.complex64)
                 W = dev.zeros((mm.size, nn), np.float32)
-                D[:, kd] = res.data[md] * h if self.residual else res.data[md]
-                W[:, kd] = res.wsum[md]
+                D[:, kd] = res.data[md] * hd
+                W[:, kd] = res.wsum[md] * hw
                 A = euler_to_matrix(*self.samp.fine_euler(uniq_j[mm] % self.Jf1)).astype(np.float32)
                 self.bps[k].insert(D.reshape(-1, n, n // 2 + 1), W.reshape(-1, n, n // 2 + 1), A, r_max=r_max)
 
-    @property
-    def _h_half(self):
-        return (hermitian_weights2(self.n) / 2.0).ravel().astype(np.float32)
+    def _insert_factors(self, kidx):
+        """(data, weight) factors (kidx.size,) float32 of the back-projection: each independent
+        coefficient inserted once (:func:`friedel_unique`: the kx = 0 line holds both Friedel mates),
+        or for the residuals (SAGD's gradient) the slices' h / 2 on the data and 1 on the weights."""
+        if self.residual:
+            return ((hermitian_weights2(self.n) / 2.0).ravel()[kidx].astype(np.float32),
+                    np.ones(len(kidx), np.float32))
+        once = friedel_unique(self.n).ravel()[kidx]
+        return once, once
 
     def class_of(self, jf):
         return namespace(jf).asarray(jf) // self.Jf1
