@@ -56,6 +56,8 @@ def main(argv=None):
     ap.add_argument("--res", type=float, default=12.0, help="resolution (A) of the E-step (abinitio's --max_res)")
     ap.add_argument("--orders", default="seed", help="comma-separated: seed or HEALPix orders")
     ap.add_argument("--maxsig", type=int, default=300)
+    ap.add_argument("--junk_maps", default="", help="set junk: comma-separated MRC files held fixed as further "
+                                                    "junk classes (e.g. a run's junk class map)")
     a = ap.parse_args(argv)
     from hpcem.algorithms.sagd.config import AbInitioConfig
     from hpcem.algorithms.sagd.model import SagdModel
@@ -69,6 +71,10 @@ def main(argv=None):
 
     s = SETS[a.set]
     d, truths = make_set(a, s)
+    if a.junk_maps:
+        from hpcem.io.mrc import read_mrc
+
+        truths = truths + [read_mrc(f)[0].astype(np.float64) for f in a.junk_maps.split(",")]
     K = len(truths)
     ps = read_particles(os.path.join(a.dir, "particles.star"), ctf=True, diameter=s["diameter"])
     cfg = AbInitioConfig(K=K, ctf=True, particle_diameter=s["diameter"], maxsig=a.maxsig, noise_priorw=1e-3)
