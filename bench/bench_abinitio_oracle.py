@@ -6,10 +6,14 @@ noise is the residual power of a first pass at the true maps (per optics group a
 
     python bench/bench_abinitio_oracle.py --dir /tmp/abo --N 300                      # K = 3, 64 px, SNR 0.05
     python bench/bench_abinitio_oracle.py --dir /tmp/abo2 --set two --N 800 --orders seed,2
+    python bench/bench_abinitio_oracle.py --dir /tmp/abo3 --set junk --N 800 --res 9.2   # map + 30% junk
 
 Sets: ``three`` (the gated K = 3 test's maps: pseudo_atomic_volume seeds 21-23, 64 px, 3 A/px,
 SNR 0.05, simulate_dataset seed 12), ``two`` (the gated K = 2 test's: seeds 1-2, 32 px, 3.75 A/px,
-SNR 1, dataset seed 5).  ``--orders``: ``seed`` is the seed's quadrature at the resolution
+SNR 1, dataset seed 5), ``junk`` (the gated map + junk test's: seed 1 of ``two`` with 30% of the particles
+replaced by ``hpcem.simulate.junk.add_junk(d, 0.3, seed=5)``; the second class map is empty, the
+best a junk class can do for empty picks and the junk that is no projection of the map; the classes
+of each junk kind are printed).  ``--orders``: ``seed`` is the seed's quadrature at the resolution
 (:func:`hpcem.algorithms.sagd.schedule.quadrature`); an integer is that HEALPix order with the
 in-plane step of the same angular spacing.
 """
@@ -22,7 +26,8 @@ import time
 import numpy as np
 
 SETS = {"three": dict(n=64, angpix=3.0, snr=0.05, seeds=(21, 22, 23), data_seed=12, diameter=150.0),
-        "two": dict(n=32, angpix=3.75, snr=1.0, seeds=(1, 2), data_seed=5, diameter=96.0)}
+        "two": dict(n=32, angpix=3.75, snr=1.0, seeds=(1, 2), data_seed=5, diameter=96.0),
+        "junk": dict(n=32, angpix=3.75, snr=1.0, seeds=(1,), data_seed=5, diameter=96.0, junk=0.3)}
 
 
 def make_set(a, s):
@@ -33,6 +38,11 @@ def make_set(a, s):
     truths = [pseudo_atomic_volume(s["n"], s["angpix"], seed=k).astype(np.float64) for k in s["seeds"]]
     d = simulate_dataset(n=s["n"], n_particles=a.N, angpix=s["angpix"], snr=s["snr"], ctf=True, seed=s["data_seed"],
                          volumes=truths, n_classes=len(truths), model="atoms")
+    if s.get("junk"):
+        from hpcem.simulate.junk import add_junk
+
+        add_junk(d, s["junk"], seed=5)
+        truths = truths + [np.zeros_like(truths[0])]
     os.makedirs(a.dir, exist_ok=True)
     write_dataset(d, a.dir)
     return d, truths
@@ -46,6 +56,8 @@ def main(argv=None):
     ap.add_argument("--res", type=float, default=12.0, help="resolution (A) of the E-step (abinitio's --max_res)")
     ap.add_argument("--orders", default="seed", help="comma-separated: seed or HEALPix orders")
     ap.add_argument("--maxsig", type=int, default=300)
+    ap.add_argument("--junk_maps", default="", help="set junk: comma-separated MRC files held fixed as further "
+                                                    "junk classes (e.g. a run's junk class map)")
     a = ap.parse_args(argv)
     from hpcem.algorithms.sagd.config import AbInitioConfig
     from hpcem.algorithms.sagd.model import SagdModel
@@ -59,6 +71,10 @@ def main(argv=None):
 
     s = SETS[a.set]
     d, truths = make_set(a, s)
+    if a.junk_maps:
+        from hpcem.io.mrc import read_mrc
+
+        truths = truths + [read_mrc(f)[0].astype(np.float64) for f in a.junk_maps.split(",")]
     K = len(truths)
     ps = read_particles(os.path.join(a.dir, "particles.star"), ctf=True, diameter=s["diameter"])
     cfg = AbInitioConfig(K=K, ctf=True, particle_diameter=s["diameter"], maxsig=a.maxsig, noise_priorw=1e-3)
@@ -76,7 +92,7 @@ def main(argv=None):
     for _ in range(2):
         sums, _ = m.e_step(V, r, noise_q, allp, sig2, FullGrid(), accumulate=True)
         m.S[:], m.C[:] = 0.0, 0.0
-        m.update_noise(sums.noise, m.group_counts(allp), r)
+        m.update_noise(sums.noise, m.group_counts(allp), r, allp)
         sig2 = m.sigma2()
     At = euler_to_matrix(d.rot, d.tilt, d.psi)
     print("set %s: %d particles, %d px, SNR %g, K %d, E-step at %.1f A (Fourier radius %.2f); seed's quadrature: %s"
@@ -91,6 +107,11 @@ def main(argv=None):
         print("%-40s ARI %.3f  median pose error %.1f deg, beyond 20 deg %.1f%%  (%.0f s)"
               % (q.describe(), adjusted_rand_index(c, d.classes), np.median(err), 100 * np.mean(err > 20),
                  time.perf_counter() - t0), flush=True)
+        kinds = d.meta.get("junk_kind")
+        if kinds:
+            kk = np.array([kinds.get(i, "particle") for i in range(a.N)])
+            print("   classes per kind: " + ", ".join("%s %s" % (k, np.bincount(c[kk == k], minlength=K + 1)[1:].tolist())
+                                                     for k in sorted(set(kk))), flush=True)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def noise_weights(sigma2, hw, sh):
 def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_class_prior,
               r_cur: int, radius_px: float, opts: EStepOptions, candidates=None, remap=None,
               subset=None, slots=None, n_slots: int = 1, class_segments: bool = False, class_mix=None,
-              accumulate: bool = True) -> EStepSums:
+              accumulate: bool = True, particle_noise=None) -> EStepSums:
     """E-step of every particle of ``parts`` (a :class:`FourierParticles`); updates ``results``
     (rank-local dict of (nb,) arrays: class, the space's pose keys, ox, oy [A], pmax, nsig,
     loglik) in place and returns the :class:`EStepSums`; the data sums go to the space.
@@ -108,7 +108,9 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     ``slots`` (rank-local (nb,) ints below ``n_slots``, dense spaces only) sends each particle's
     sums to its slot's accumulators (VDAM's half sets in one pass); ``class_segments``: posteriors
     per (particle, class), the class posteriors through ``class_mix`` (:mod:`hpcem.estep.classes`);
-    ``accumulate`` False: posteriors, results and log-likelihoods only (no sums into the space).
+    ``accumulate`` False: posteriors, results and log-likelihoods only (no sums into the space);
+    ``particle_noise`` (rank-local (nb, nsh) array): receives each particle's posterior-weighted
+    residual power per shell up to ``r_cur`` (ab initio's outlier-robust noise estimate).
     The batches run on the particles' device (``parts.device``: references, phases and weights
     placed there once; per batch only the per-particle results and the noise sums come back).
 
@@ -163,7 +165,9 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
             candidates.observe(sel, res, o_px)
         if acc_into is None and accumulate:
             space.insert(res, kidx, r_cur + 1.0)
-        _add_statistics(sums, res, g, dev.put(o_px), onehot, space, trans, angpix, rmap, dev)
+        per = _add_statistics(sums, res, g, dev.put(o_px), onehot, space, trans, angpix, rmap, dev)
+        if particle_noise is not None:
+            particle_noise[sel, :per.shape[1]] = per
         _store_results(results, _host_summaries(res, dev), sel, o_px, space, trans, angpix)
         if best_fit:
             fit = np.asarray(res.fit, np.float64)
@@ -187,14 +191,17 @@ def _batches(order, bs: int, slots):
 
 
 def _add_statistics(sums, res, g, o_px, onehot, space, trans, angpix, rmap, dev):
-    """The batch's noise, class and offset sums (reduced on the device, added on the host)."""
+    """The batch's noise, class and offset sums (reduced on the device, added on the host); returns
+    the per-particle noise sums (B, shells)."""
     xp = dev.xp
-    np.add.at(sums.noise[:, :onehot.shape[1]], g, dev.get(res.noise.astype(np.float64) @ onehot))
+    per = dev.get(res.noise.astype(np.float64) @ onehot)       # (B, shells) each particle's residual power
+    np.add.at(sums.noise[:, :onehot.shape[1]], g, per)
     pj = res.pair_j if rmap is None else rmap(res.pair_i, res.pair_j)
     sums.class_weight += dev.get(xp.bincount(space.class_of(pj), weights=res.weight, minlength=space.K)[:space.K])
     sums.offset2 += dev.get(xp.dot(res.weight.astype(np.float64),
                                    trans.origin_power(o_px, res.pair_i, res.pair_t, angpix)))
     sums.evaluated += [float(res.evaluated), float(len(g)) * space.K * space.Jf1 * len(trans.fine)]
+    return per
 
 
 def _host_summaries(res, dev):

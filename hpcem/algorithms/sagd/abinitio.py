@@ -187,7 +187,7 @@ class AbInitio:
         eps = self.sched.epsilon(it)
         move = np.stack([self.basis.volume(g) for g in self.sag.mean()]) + self.prior.grad(self.V) / nb
         self.V = self._project(self.V - (eps / self.lip.L) * move)
-        self.m.update_noise(sums.noise, self.m.group_counts(self.sub), self.r)
+        self.m.update_noise(sums.noise, self.m.group_counts(self.sub), self.r, self.sub)
         share = sums.class_weight / max(float(sums.class_weight.sum()), 1e-300)
         self.pclass = PRIOR_MEMORY * self.pclass + (1.0 - PRIOR_MEMORY) * share
         reseeded = self._reseed()

@@ -82,6 +82,9 @@ class AbInitioConfig(Params):
                                check=NON_NEGATIVE, group="noise")
     noise_priorw: float = param(50.0, "weight (images) of the images' power as the noise prior (abinit_noise_priorw)",
                                 check=NON_NEGATIVE, group="noise")
+    robust_noise: bool = param(True, "noise power per shell from the median particle (scaled to the mean of pure "
+                               "noise), so that junk images (ice gradients, carbon edges) do not inflate it; "
+                               "--no-robust_noise: the mean", action=YES_NO, group="noise")
     random_seed: int = param(0, "seed of the random initial maps, mini-batches and draws", group="model")
     write_iter: int = param(50, "maps, data and a checkpoint every this many iterations (and at the last)",
                             check=AT_LEAST_1, group="I/O")

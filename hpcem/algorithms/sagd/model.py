@@ -11,6 +11,10 @@ group and shell, ``sigma0^2`` the images' power, ``S`` / ``C`` the residual powe
 counts of the mini-batches, forgotten by ``FORGET`` per iteration, started as ``initw`` images of
 ``scale sigma0^2``; ``scale`` makes the mean effective sample size of the first mini-batch's pose
 posteriors ``target_initial_ess_fraction`` of the quadrature (:meth:`SagdModel.ess_fraction`).
+With ``robust_noise`` (default) the images' power and each mini-batch's residual power are the
+*median* particle's per shell, scaled by mean / median of the chi-square of the shell's 2 m degrees
+of freedom (:func:`robust_shell_power`): junk images (ice gradients and carbon edges of 2-8 x the
+particle's contrast) otherwise inflate the low shells' noise 4-8x and the map is lost (issue 12).
 """
 from __future__ import annotations
 
@@ -26,6 +30,23 @@ from ..map_em.space3d import ProjectionSpace, Sampling3D
 
 FORGET = 1.0 - 1.0 / 50.0     # the noise estimate's memory: about 50 mini-batches
 POSES = ProjectionSpace.pose_keys
+POWER_SAMPLE = 4000           # images whose median power is the robust sigma0^2
+
+
+def robust_shell_power(P, groups, G: int, cnt) -> np.ndarray:
+    """(G, shells) per-group median over the rows of ``P`` (particles x shells: a shell's power summed
+    over its ``cnt`` coefficients) times mean / median of chi-square with 2 cnt degrees of freedom (the
+    mean for pure Gaussian noise; junk rows move the median little), summed over the group's rows
+    (the sum of ``len`` rows at that level), so that it replaces a plain sum."""
+    from scipy.stats import chi2
+
+    k = 2.0 * np.maximum(np.asarray(cnt, np.float64)[:P.shape[1]], 1.0)
+    out = np.zeros((G, P.shape[1]))
+    for g in range(G):
+        rows = P[groups == g]
+        if len(rows):
+            out[g] = np.median(rows, axis=0) * (k / chi2.median(k)) * len(rows)
+    return out
 
 
 class _Probe(FullGrid):
@@ -56,10 +77,33 @@ class SagdModel:
                                  coarse_factor=1.2 if cfg.oversampling else 0.0, oversampling=cfg.oversampling)
         self.sigma_offset = max(cfg.offset_range, 1.0) * self.angpix / 2.0
         self.sigma0 = self.S = self.C = None
+        self.pnoise = None       # (nb, shells) each particle's residual power of its last E-step
 
     def load(self):
         self.parts.load()
         self.sigma0 = np.asarray(self.parts.img_power, np.float64)
+        self.pnoise = np.zeros((self.idx.size, self.sigma0.shape[1]))
+        if self.cfg.robust_noise:
+            self.sigma0 = self._robust_image_power()
+
+    def _robust_image_power(self) -> np.ndarray:
+        """The images' power per group and shell from the median image of an evenly spaced sample of
+        at most POWER_SAMPLE (the same for any rank count; collective)."""
+        pa, nsh = self.parts, self.sigma0.shape[1]
+        sample = np.unique(np.linspace(0, self.ps.n - 1, min(self.ps.n, POWER_SAMPLE)).astype(np.int64))
+        mine = sample[(sample >= self.lo) & (sample < self.hi)] - self.lo
+        onehot = np.zeros((pa.shell.size, nsh))
+        inside = np.flatnonzero(pa.shell < nsh)
+        onehot[inside, pa.shell[inside]] = 1.0
+        rows = np.zeros((mine.size, nsh))
+        for s in range(0, mine.size, 256):
+            X = pa.X[mine[s:s + 256]]
+            rows[s:s + 256] = (X.real.astype(np.float64) ** 2 + X.imag.astype(np.float64) ** 2) @ onehot
+        parts = self.comm.allgather((rows, pa.groups[mine]))
+        rows, groups = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        cnt = np.maximum(mstep.shell_counts(pa.shell, nsh), 1.0)
+        counts = np.maximum(np.bincount(groups, minlength=pa.G), 1.0)[:, None]
+        return robust_shell_power(rows, groups, pa.G, cnt) / counts / cnt[None, :]
 
     def local(self, members):
         """Rank-local indices of the global particles ``members`` held here."""
@@ -85,7 +129,8 @@ class SagdModel:
         sums = run_estep(self.parts, space, trans, self.search, sigma2=sigma2, sigma_offset=self.sigma_offset,
                          log_class_prior=np.full(self.K, -np.log(self.K)), r_cur=int(r), radius_px=self.radius_px,
                          opts=self.opts, candidates=candidates, subset=np.asarray(sub, np.int64),
-                         class_segments=self.K > 1, class_mix=class_mix, accumulate=accumulate)
+                         class_segments=self.K > 1, class_mix=class_mix, accumulate=accumulate,
+                         particle_noise=self.pnoise if accumulate else None)
         if accumulate if record is None else record:
             for k in self.res:
                 self.res[k][sub] = self.search[k][sub]
@@ -114,9 +159,16 @@ class SagdModel:
         self.S = w * float(scale) * self.sigma0
         self.C = np.full(self.sigma0.shape, float(w))
 
-    def update_noise(self, noise, counts_g, r: int) -> None:
-        """Add a mini-batch's residual power (``noise`` (G, nsh) sums, ``counts_g`` particles per group)."""
+    def update_noise(self, noise, counts_g, r: int, sub=None) -> None:
+        """Add a mini-batch's residual power (``noise`` (G, nsh) sums, ``counts_g`` particles per group;
+        with ``robust_noise`` the median particle's of the rank-local mini-batch ``sub`` instead of
+        ``noise``: collective)."""
         cnt = mstep.shell_counts(self.parts.shell, self.sigma0.shape[1])
+        if self.cfg.robust_noise:
+            sub = np.asarray(sub, np.int64)
+            parts = self.comm.allgather((self.pnoise[sub], self.parts.groups[sub]))
+            rows, groups = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            noise = robust_shell_power(rows, groups, self.parts.G, cnt)
         self.S *= FORGET
         self.C *= FORGET
         upd = np.arange(self.sigma0.shape[1]) <= r
