@@ -5,6 +5,7 @@ particle with the true maps at its TRUE pose (white noise), per low-pass of the 
 
     python bench/bench_im_three_maps.py --dir /tmp/k3 --N 2400 --n 40 --snr 0.1 --iter 100   # small
     python bench/bench_im_three_maps.py --dir /tmp/k3f --N 6000 --n 64 --snr 0.05 --iter 200 # the issue's
+    # the early phase only, against the plain run: --seed 1 --write 10 --stop_after 80 --no_ceiling [--flags "--tv --tv_auto"]
 
 Data: maps pseudo_atomic_volume(seed 21, 22, 23), 3 A/px, CTF, equal thirds (simulate_dataset seed 12).
 """
@@ -43,6 +44,11 @@ def main(argv=None):
     ap.add_argument("--iter", type=int, default=100)
     ap.add_argument("--j", type=int, default=1)
     ap.add_argument("--flags", default="", help="extra initial_model flags")
+    ap.add_argument("--seed", type=int, default=0, help="--random_seed of initial_model")
+    ap.add_argument("--write", type=int, default=0, help="--grad_write_iter (0: --iter / 10)")
+    ap.add_argument("--stop_after", type=int, default=0, help="stop the run once this mini-batch is written")
+    ap.add_argument("--no_ceiling", action="store_true", help="skip the true-pose ceiling")
+    ap.add_argument("--name", default="K3", help="output folder in --dir")
     a = ap.parse_args(argv)
     from hpcem.core.align3d import align_maps, apply_alignment
     from hpcem.core.fsc import fsc, resolution_at
@@ -59,21 +65,35 @@ def main(argv=None):
     star = os.path.join(a.dir, "particles.star")
     if not os.path.exists(star):
         write_dataset(d, a.dir)
-    print("ceiling (true maps, true poses): " + ", ".join(
-        "%s ARI %.3f" % ("full" if r is None else "%g A" % r, ceiling(d, truths, r)) for r in (None, 20.0)), flush=True)
-    out = os.path.join(a.dir, "K3")
+    if not a.no_ceiling:
+        print("ceiling (true maps, true poses): " + ", ".join(
+            "%s ARI %.3f" % ("full" if r is None else "%g A" % r, ceiling(d, truths, r)) for r in (None, 20.0)),
+            flush=True)
+    out = os.path.join(a.dir, a.name)
     t0 = time.perf_counter()
     cmd = ["initial_model", "--i", star, "--o", out + "/run", "--particle_diameter", round(a.n * 3.0 * 150 / 192),
-           "--ctf", "--K", 3, "--iter", a.iter, "--grad_write_iter", max(a.iter // 10, 1), "--j", a.j]
-    p = subprocess.run([sys.executable, "-m", "hpcem.cli.main"] + [str(x) for x in cmd] + a.flags.split(),
-                       capture_output=True, text=True)
-    if p.returncode:
-        sys.exit(p.stdout[-3000:] + p.stderr[-3000:])
-    print("initial_model K = 3, %d mini-batches: %.1f s" % (a.iter, time.perf_counter() - t0))
+           "--ctf", "--K", 3, "--iter", a.iter, "--grad_write_iter", a.write or max(a.iter // 10, 1), "--j", a.j,
+           "--random_seed", a.seed]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "log.txt"), "w") as log:
+        p = subprocess.Popen([sys.executable, "-m", "hpcem.cli.main"] + [str(x) for x in cmd] + a.flags.split(),
+                             stdout=log, stderr=subprocess.STDOUT, text=True)
+        stop = os.path.join(out, "run_it%03d_data.star" % a.stop_after)
+        while p.poll() is None and not (a.stop_after and os.path.exists(stop)):
+            time.sleep(2)
+        if p.poll() is None:
+            time.sleep(5)      # the rest of that mini-batch's files
+            p.kill()
+            p.wait()
+        elif p.returncode:
+            sys.exit(open(log.name).read()[-4000:])
+    print("initial_model K = 3 %s: %.1f s" % (a.flags, time.perf_counter() - t0))
     for f in sorted(glob.glob(out + "/run_it*_data.star")):
         c = read_star(f)["particles"]["rlnClassNumber"].to_numpy()
         tab = [[int(np.sum((c == k + 1) & (d.classes == t + 1))) for t in range(3)] for k in range(3)]
         print("%s ARI %.3f  class x truth %s" % (os.path.basename(f)[:9], adjusted_rand_index(c, d.classes), tab))
+    if not os.path.exists(os.path.join(out, "initial_model_class001.mrc")):
+        return 0
     maps = [read_mrc(os.path.join(out, "initial_model_class%03d.mrc" % (k + 1)))[0].astype(np.float64)
             for k in range(3)]
     for t, truth in enumerate(truths):

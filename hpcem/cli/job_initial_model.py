@@ -4,21 +4,23 @@ growing size, K classes in C1 from random Gaussian blobs, then every map aligned
 --sym and symmetrised into initial_model.mrc (the most populated class; with K > 1 also
 initial_model_classKKK.mrc) in the output folder.  Writes run_itNNN_classKKK.mrc, _data.star,
 _model.star, _optimiser.star, an HDF5 checkpoint and central slices every --grad_write_iter
-mini-batches and at the last; resume with --continue.  Under `mpiexec -n N` each mini-batch's
+mini-batches and at the last; resume with --continue (the searches and the prior may change there:
+--auto_sampling, --healpix_order, --tv, ...).  Under `mpiexec -n N` each mini-batch's
 particles are split across ranks; rank 0 writes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..algorithms.map_em.config3d import InitialModelConfig
 from ..runtime.device import DeviceOptions
-from .common import IterativeJobIO
+from .common import CONTINUABLE_SEARCH, IterativeJobIO
 from .job_class3d import run_map3d
 
 
 @dataclass(frozen=True)
 class Params(IterativeJobIO, InitialModelConfig, DeviceOptions):
-    pass
+    continue_may_change: ClassVar[frozenset] = CONTINUABLE_SEARCH    # as class3d: the searches and the prior
 
 
 def run(p: Params, ctx):

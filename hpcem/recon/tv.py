@@ -106,6 +106,15 @@ def tv_data(bp, ops=None, gridding_iters: int = GRIDDING_ITERS) -> TVData:
                   x0=x0.astype(np.float32))
 
 
+def map_data(x, Wd) -> TVData:
+    """The data term of a map ``x`` (n, n, n) known on the n box with weights ``Wd`` (rfftn half
+    grid of x, as a back-projector's ``N``): ``g = 1`` (no interpolation to correct)."""
+    x = np.ascontiguousarray(x, np.float32)
+    n = x.shape[0]
+    return TVData(Zc=np.ascontiguousarray(sfft.rfftn(x, workers=WORKERS), np.complex64),
+                  Wd=np.ascontiguousarray(Wd, np.float32), g=np.ones(n, np.float32), x0=x)
+
+
 def resolve(settings: TVSettings, data: TVData, ref) -> dict:
     """The absolute parameters of one M-step (section 2.5) from the flags and the data; ``ref``
     the map whose density level sets eps under --tv_auto."""
@@ -136,8 +145,15 @@ class TVReconstructor:
         self.last = None
 
     def reconstruct(self, bp, tau2=None, fudge: float = 1.0, ops=None, prev=None) -> np.ndarray:
-        t0 = time.time()
-        data = tv_data(bp, ops, self.gridding_iters)
+        return self._solve(tv_data(bp, ops, self.gridding_iters), prev, time.time())
+
+    def regularise(self, x, Wd, prev=None) -> np.ndarray:
+        """The penalised map nearest ``x`` (a map on the n box, e.g. a VDAM step's) in the metric
+        of its data weights ``Wd`` (rfftn half grid): the same problem with ``b`` = x's transform,
+        ``N = Wd`` and no gridding correction (:func:`map_data`)."""
+        return self._solve(map_data(x, Wd), prev, time.time())
+
+    def _solve(self, data: TVData, prev, t0: float) -> np.ndarray:
         xp = np.zeros_like(data.x0) if prev is None else np.ascontiguousarray(prev, np.float32)
         p = resolve(self.settings, data, data.x0 if prev is None or not np.any(prev) else xp)
         pb = TVProblem(Zc=data.Zc, Wd=data.Wd, g=data.g, xp=xp, alpha=p["alpha"], beta=p["beta"],

@@ -104,8 +104,9 @@ class Refine3DConfig(Map3DConfig, TVOptions):
 
 
 @dataclass(frozen=True)
-class InitialModelConfig(_Class3DBase, GradOptions):
-    """relion_refine --grad --denovo_3dref (RELION-4's InitialModel job defaults)."""
+class InitialModelConfig(_Class3DBase, GradOptions, TVOptions):
+    """relion_refine --grad --denovo_3dref (RELION-4's InitialModel job defaults); --tv: every class
+    map after each VDAM step is the sparsity + TV penalised map nearest it (seed 002)."""
     K: int = param(1, "number of 3D classes", check=AT_LEAST_1, group="model")
     iters: int = param(200, "mini-batches", flag="--iter", check=AT_LEAST_1, group="model")
     sym: str = param("C1", "point group: the C1 map is aligned to its axes and symmetrised at the end",

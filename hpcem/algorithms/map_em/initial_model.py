@@ -37,6 +37,7 @@ from ..vdam.blobs import blob_images, signal_std
 from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
 from ..vdam.update import mean_fsc_shell, share_prior
 from .class3d import Class3D
+from .model3d import tv_stats
 from .results import pose_change_stats
 from .space3d import PAD
 
@@ -148,10 +149,12 @@ class InitialModel(GradFiles, Class3D):
         V = np.stack([ft3(x) for x in self.maps])
         fsc = vdam_update(V, self.W * self.R, self.W, self.mom, self.half_scale, tau2, fudge, self.floor_shell,
                           self.shell, eta, r_used, self.replaced)
+        weight = np.tensordot(self.half_scale, self.W, axes=(0, 0))
         self.R = self.W = None
         share_prior(m.pclass, self.replaced)
         res_shell = mean_fsc_shell(fsc, m.pclass, r_used)
         self.maps = np.stack([ift3(Vk, n) for Vk in V])
+        tv = self._regularise(weight)
         self._set_refs()
         self.st["resolution"] = n * m.angpix / max(res_shell, 1)
         self.st["r_cur"] = int(min(n // 2, max(self.floor_shell, res_shell + cfg.margin_shells, 3)))
@@ -165,8 +168,23 @@ class InitialModel(GradFiles, Class3D):
         stats.update(iteration=self.iteration, r_cur=r_used, resolution=self.st["resolution"],
                      sigma_offset=m.sigma_offset, pclass=m.pclass.copy(), batch=self.bsize, step=eta,
                      fudge=fudge, replaced=self.replaced,
-                     order=order_used)
+                     order=order_used, tv=tv)
         return stats
+
+    def _regularise(self, weight) -> dict:
+        """``--tv``: each class map the sparsity + TV penalised map nearest the VDAM step's, in the
+        metric of its mini-batch weight scaled to the whole set (``weight`` (K, half grid)), restrained
+        to the step's map itself (:meth:`hpcem.recon.tv.TVReconstructor.regularise`); the stats
+        per class for the log ({} without --tv)."""
+        rec = self.m.reconstructor
+        if not self.m.regularised:
+            return {}
+        out = {}
+        for k in range(self.K):
+            x = self.maps[k]
+            self.maps[k] = rec.regularise(x, weight[k], prev=x)
+            out[k + 1] = tv_stats(rec.last)
+        return out
 
     def _batch_tau2(self, r_cur: int):
         """(K, nsh) signal power per shell as EM would estimate it from this mini-batch (both

@@ -88,7 +88,9 @@ class GradFiles:
             return "EM " + super().log_line(st)
         rep = "-" if st["replaced"] is None else "%d<-%d" % (st["replaced"][0] + 1, st["replaced"][1] + 1)
         order = "  order %d" % st["order"] if "order" in st else ""
+        tv = [t["seconds"] for t in st.get("tv", {}).values() if t]
         return ("batch %3d  size %5d  step %.3f  T %.2f  r_cur %2d  res %6.2f A%s  replaced %s  dclass %5.3f  "
-                "sig_off %5.2f A  (%.1f s, E-step %.1f s)" % (
+                "sig_off %5.2f A  (%.1f s, E-step %.1f s%s)" % (
                     st["iteration"], st["batch"], st["step"], st["fudge"], st["r_cur"], st["resolution"], order, rep,
-                    st["changes_classes"], st["sigma_offset"], st["t_iter"], st["t_estep"]))
+                    st["changes_classes"], st["sigma_offset"], st["t_iter"], st["t_estep"],
+                    ", TV %.1f s" % sum(tv) if tv else ""))
