@@ -97,6 +97,30 @@ def test_grid_dbscan_equals_sklearn_and_picks_known_spheres():
     np.testing.assert_allclose(picks.scores, 0.8, atol=1e-6)
 
 
+def test_balanced_patches_and_correction_settings():
+    """--balanced draws each species' patches about equally often from 30:10:3:1 annotations (the
+    plain sampler keeps the imbalance); --lc_alpha sets the correction's starting mix and --lc_lr
+    its own learning rate beside the reweighting's --meta_lr."""
+    from hpcem.ml.picker.data import LabelledTomogram, PatchSampler
+    from hpcem.ml.picker.train import PickerTrainer, TrainConfig
+
+    cls = np.repeat([1, 2, 3, 4], [30, 10, 3, 1])
+    rng = np.random.default_rng(0)
+    t = LabelledTomogram("T", np.zeros((32, 48, 48), np.float32), np.zeros((32, 48, 48), np.int8),
+                         rng.uniform(8, 30, (len(cls), 3)), cls)
+    for balanced, want in ((True, [0.25] * 4), (False, [30 / 44, 10 / 44, 3 / 44, 1 / 44])):
+        s = PatchSampler([t], 16, balanced=balanced)
+        picked = np.array([s.cls[s._pick(rng)] for _ in range(4000)])
+        np.testing.assert_allclose(np.bincount(picked, minlength=5)[1:] / 4000, want, atol=0.03)
+    cfg = TrainConfig(n_classes=5, method="robpicker", widths=(2, 2, 2, 2), bottleneck=4, lc_alpha=0.1,
+                      lc_lr=0.01, meta_lr=1e-4)
+    tr = PickerTrainer(cfg, train=object(), meta=object())
+    assert float(torch.sigmoid(tr.lc.mix2.bias).mean()) == pytest.approx(0.1, rel=1e-5)
+    lrs = [g["lr"] for g in tr.meta_opt.param_groups]
+    assert lrs == [0.01, 1e-4]
+    assert tr.meta_opt.param_groups[0]["params"][0] is next(tr.lc.parameters())
+
+
 # ---------------------------------------------------------------- the bi-level step
 def test_hypergradient_matches_autograd():
     """Eqs 9-13: the finite-difference hypergradient of the clean loss with respect to the label
