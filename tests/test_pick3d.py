@@ -115,7 +115,7 @@ def test_balanced_patches_and_correction_settings():
     cfg = TrainConfig(n_classes=5, method="robpicker", widths=(2, 2, 2, 2), bottleneck=4, lc_alpha=0.1,
                       lc_lr=0.01, meta_lr=1e-4)
     tr = PickerTrainer(cfg, train=object(), meta=object())
-    assert float(torch.sigmoid(tr.lc.mix2.bias).mean()) == pytest.approx(0.1, rel=1e-5)
+    assert float(torch.sigmoid(tr.lc.mix2.bias.detach()).mean()) == pytest.approx(0.1, rel=1e-5)
     lrs = [g["lr"] for g in tr.meta_opt.param_groups]
     assert lrs == [0.01, 1e-4]
     assert tr.meta_opt.param_groups[0]["params"][0] is next(tr.lc.parameters())
