@@ -62,7 +62,9 @@ def _train_cmd(a, sim, method, out):
     return _hpcem() + ["pick3d", "train", "--i", os.path.join(sim, "tomograms.star"), "--labels", labels,
                        "--meta_set", os.path.join(sim, "clean.star"), "--diameters", a.diameters, "--o", out,
                        "--method", m, "--steps", str(a.steps), "--patch", str(a.patch), "--widths", a.widths,
-                       "--batch", str(a.batch), "--seed", str(a.seed), "--j", str(a.j), "--save_every", "100"]
+                       "--batch", str(a.batch), "--seed", str(a.seed), "--j", str(a.j), "--save_every", "100",
+                       "--bottleneck", str(a.bottleneck), "--meta_lr", str(a.meta_lr), "--lc_alpha", str(a.lc_alpha),
+                       "--lc_lr", str(a.lc_lr)] + (["--balanced"] if a.balanced else [])
 
 
 def train_all(a, sim, methods) -> dict:
@@ -166,6 +168,11 @@ def main(argv=None):
     p.add_argument("--patch", type=int, default=32)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--widths", default="8,16,24,32")
+    p.add_argument("--bottleneck", type=int, default=48)
+    p.add_argument("--balanced", action="store_true", help="class-balanced training patches (every method)")
+    p.add_argument("--meta_lr", type=float, default=1e-3)
+    p.add_argument("--lc_alpha", type=float, default=0.018)
+    p.add_argument("--lc_lr", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--parallel", type=int, default=2, help="training runs at once")
