@@ -280,7 +280,7 @@ def test_predict_same_picks_on_1_and_2_ranks(tiny_set, tmp_path, run_hpcem):
 def test_robpicker_beats_supervised_full(tmp_path):
     """The issue's comparison at full size (bench/bench_pick3d.py's defaults): RobPicker's mean F1
     over species on held-out tomograms above the supervised baseline's, and above it on the
-    rarest and smallest species (species 4: 50 A, abundance 1 of 44)."""
+    rarest and smallest species (species 4: 70 A, abundance 1 of 44)."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
     import bench_pick3d
 
