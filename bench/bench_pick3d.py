@@ -1,7 +1,8 @@
 """RobPicker against the supervised (DeepFinder-style) baseline on simulated tomograms (issue 15).
 
 Simulates tomograms (default: the issue's 256 x 256 x 128 voxels at 10 A, four species of 240,
-130, 90 and 50 A in abundances 30:10:3:1, sphere labels missing 30% of the particles), trains the
+150, 100 and 70 A in abundances 30:10:3:1 at SNR 0.3 per tilt, sphere labels missing 30% of the
+particles; DESIGN_NOTES issue 15 third pass says why these), trains the
 same U-Net with the same data, patches and number of segmentation steps by every method (the
 seed's RobPicker, its DR-only and LC-only ablations, the supervised baseline, and the supervised
 baseline given the meta tomogram's clean labels as extra training data), picks the held-out
@@ -9,7 +10,7 @@ tomograms, and prints per-species precision / recall / F1, training and predicti
 prediction voxels per second, and the prediction's scaling from 1 to 2 MPI ranks.  The last line
 is the headline ratio: RobPicker's mean F1 over the supervised baseline's.
 
-  python bench/bench_pick3d.py --out bench/out/pick3d [--steps 1500] [--parallel 2] [--j 1]
+  python bench/bench_pick3d.py --out bench/out/pick3d [--steps 1000] [--parallel 2] [--j 1]
 
 Runs are reused when their outputs exist (delete the folder to start over).  Timings on a shared
 machine are noisy; the F1 numbers are not (every run is seeded).
@@ -62,7 +63,9 @@ def _train_cmd(a, sim, method, out):
     return _hpcem() + ["pick3d", "train", "--i", os.path.join(sim, "tomograms.star"), "--labels", labels,
                        "--meta_set", os.path.join(sim, "clean.star"), "--diameters", a.diameters, "--o", out,
                        "--method", m, "--steps", str(a.steps), "--patch", str(a.patch), "--widths", a.widths,
-                       "--batch", str(a.batch), "--seed", str(a.seed), "--j", str(a.j), "--save_every", "100"]
+                       "--batch", str(a.batch), "--lr", str(a.lr), "--seed", str(a.seed), "--j", str(a.j), "--save_every", "100",
+                       "--bottleneck", str(a.bottleneck), "--meta_lr", str(a.meta_lr), "--lc_alpha", str(a.lc_alpha),
+                       "--lc_lr", str(a.lc_lr)] + (["--balanced"] if a.balanced else [])
 
 
 def train_all(a, sim, methods) -> dict:
@@ -157,15 +160,22 @@ def main(argv=None):
     p.add_argument("--n_test", type=int, default=4)
     p.add_argument("--size", default="256,256,128")
     p.add_argument("--angpix", type=float, default=10.0)
-    p.add_argument("--diameters", default="240,130,90,50")
+    p.add_argument("--diameters", default="240,150,100,70")
     p.add_argument("--abundance", default="30,10,3,1")
     p.add_argument("--n_particles", type=int, default=150)
     p.add_argument("--missed", type=float, default=0.3)
-    p.add_argument("--snr", type=float, default=0.1)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--snr", type=float, default=0.3)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--patch", type=int, default=32)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--widths", default="8,16,24,32")
+    p.add_argument("--widths", default="4,8,12,16")
+    p.add_argument("--bottleneck", type=int, default=24)
+    p.add_argument("--no_balanced", dest="balanced", action="store_false",
+                   help="training patches drawn around annotations uniformly (default: class-balanced, every method)")
+    p.add_argument("--meta_lr", type=float, default=1e-5)
+    p.add_argument("--lc_alpha", type=float, default=0.1)
+    p.add_argument("--lc_lr", type=float, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--parallel", type=int, default=2, help="training runs at once")

@@ -98,6 +98,11 @@ def main(argv=None):
     ap.add_argument("--meta_lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--labels", default="labels.star", help="training annotations in --sim (truth_train.star: "
+                    "every particle of the training tomograms, the clean-label upper bound)")
+    ap.add_argument("--balanced", action="store_true", help="class-balanced training patches (pick3d --balanced)")
+    ap.add_argument("--lc_alpha", type=float, default=0.018)
+    ap.add_argument("--lc_lr", type=float, default=0.0)
     ap.add_argument("--align", type=int, default=0, help="batches per species of the alignment table (0: none)")
     ap.add_argument("--no_predict", action="store_true")
     a = ap.parse_args(argv)
@@ -108,12 +113,12 @@ def main(argv=None):
     def log(s):
         print(s, flush=True)
 
-    train_set, meta_set, angpix = prepare(os.path.join(a.sim, "tomograms.star"), os.path.join(a.sim, "labels.star"),
+    train_set, meta_set, angpix = prepare(os.path.join(a.sim, "tomograms.star"), os.path.join(a.sim, a.labels),
                                           os.path.join(a.sim, "clean.star"), diam, 32, SerialComm(), log)
     cfg = TrainConfig(n_classes=len(diam) + 1, method=a.method, widths=tuple(int(w) for w in a.widths.split(",")),
                       bottleneck=a.bottleneck, steps=a.steps, lr=a.lr, meta_lr=a.meta_lr, seed=a.seed,
-                      warmup=a.warmup)
-    tr = PickerTrainer(cfg, SpeciesSampler(train_set, 32), PatchSampler(meta_set, 32, balanced=True), "cpu")
+                      warmup=a.warmup, lc_alpha=a.lc_alpha, lc_lr=a.lc_lr)
+    tr = PickerTrainer(cfg, SpeciesSampler(train_set, 32, balanced=a.balanced), PatchSampler(meta_set, 32, balanced=True), "cpu")
     seen = {}
     weights = tr._weights
 

@@ -59,6 +59,68 @@ def test_evaluate_job_and_bad_input(tmp_path):
                            "diameters": "100,40", "angpix": 10.0})
 
 
+# ---------------------------------------------------------------- post-processing
+def test_grid_dbscan_equals_sklearn_and_picks_known_spheres():
+    """The grid DBSCAN gives scikit-learn DBSCAN's labels (eps 1 voxel, 5 samples) voxel for voxel on
+    random blobs with touching clusters, border and noise voxels; and cluster_picks finds two known
+    spheres of each of two species at their centres (a thin bridge and scattered noise voxels
+    between them), dropping a cluster below the species' minimum size."""
+    from sklearn.cluster import DBSCAN
+
+    from hpcem.core.masks import paint_spheres
+    from hpcem.ml.picker.predict import DBSCAN_EPS, DBSCAN_MIN, cluster_picks, grid_dbscan
+
+    rng = np.random.default_rng(4)
+    for density in (0.35, 0.55, 0.7):
+        mask = rng.random((14, 17, 19)) < density
+        lab, zyx = grid_dbscan(mask)
+        ref = DBSCAN(eps=DBSCAN_EPS, min_samples=DBSCAN_MIN).fit(np.argwhere(mask)).labels_
+        np.testing.assert_array_equal(zyx, np.argwhere(mask))
+        np.testing.assert_array_equal(lab, ref)
+        assert (ref >= 0).any() and (ref < 0).any()
+    centres = np.array([[12.3, 14.0, 10.0], [40.0, 30.5, 12.0], [20.0, 44.0, 20.0], [45.0, 10.0, 22.0],
+                        [5.0, 50.0, 5.0]])                       # x, y, z
+    species = np.array([1, 1, 2, 2, 2])
+    radii = np.array([6.0, 6.0, 3.5, 3.5, 1.2])                  # the last: too small to keep
+    lab = paint_spheres((32, 56, 56), centres, radii, species).astype(np.int64)
+    lab[12, 14:30, 14] = 1                                       # a 1-voxel bridge: border/noise, not core
+    noise = rng.random(lab.shape) < 0.01
+    lab[noise & (lab == 0)] = 2
+    probs = np.full((3,) + lab.shape, 0.1, np.float32)
+    np.put_along_axis(probs, lab[None], 0.8, axis=0)
+    picks = cluster_picks(probs, [20.0, 20.0])
+    order = np.lexsort(picks.coords.T[::-1])
+    got, want = picks.coords[order], centres[:4][np.lexsort(centres[:4].T[::-1])]
+    assert len(picks.classes) == 4
+    np.testing.assert_allclose(got, want, atol=0.6)
+    assert sorted(picks.classes.tolist()) == [1, 1, 2, 2]
+    np.testing.assert_allclose(picks.scores, 0.8, atol=1e-6)
+
+
+def test_balanced_patches_and_correction_settings():
+    """--balanced draws each species' patches about equally often from 30:10:3:1 annotations (the
+    plain sampler keeps the imbalance); --lc_alpha sets the correction's starting mix and --lc_lr
+    its own learning rate beside the reweighting's --meta_lr."""
+    from hpcem.ml.picker.data import LabelledTomogram, PatchSampler
+    from hpcem.ml.picker.train import PickerTrainer, TrainConfig
+
+    cls = np.repeat([1, 2, 3, 4], [30, 10, 3, 1])
+    rng = np.random.default_rng(0)
+    t = LabelledTomogram("T", np.zeros((32, 48, 48), np.float32), np.zeros((32, 48, 48), np.int8),
+                         rng.uniform(8, 30, (len(cls), 3)), cls)
+    for balanced, want in ((True, [0.25] * 4), (False, [30 / 44, 10 / 44, 3 / 44, 1 / 44])):
+        s = PatchSampler([t], 16, balanced=balanced)
+        picked = np.array([s.cls[s._pick(rng)] for _ in range(4000)])
+        np.testing.assert_allclose(np.bincount(picked, minlength=5)[1:] / 4000, want, atol=0.03)
+    cfg = TrainConfig(n_classes=5, method="robpicker", widths=(2, 2, 2, 2), bottleneck=4, lc_alpha=0.1,
+                      lc_lr=0.01, meta_lr=1e-4)
+    tr = PickerTrainer(cfg, train=object(), meta=object())
+    assert float(torch.sigmoid(tr.lc.mix2.bias.detach()).mean()) == pytest.approx(0.1, rel=1e-5)
+    lrs = [g["lr"] for g in tr.meta_opt.param_groups]
+    assert lrs == [0.01, 1e-4]
+    assert tr.meta_opt.param_groups[0]["params"][0] is next(tr.lc.parameters())
+
+
 # ---------------------------------------------------------------- the bi-level step
 def test_hypergradient_matches_autograd():
     """Eqs 9-13: the finite-difference hypergradient of the clean loss with respect to the label
@@ -218,7 +280,7 @@ def test_predict_same_picks_on_1_and_2_ranks(tiny_set, tmp_path, run_hpcem):
 def test_robpicker_beats_supervised_full(tmp_path):
     """The issue's comparison at full size (bench/bench_pick3d.py's defaults): RobPicker's mean F1
     over species on held-out tomograms above the supervised baseline's, and above it on the
-    rarest and smallest species (species 4: 50 A, abundance 1 of 44)."""
+    rarest and smallest species (species 4: 70 A, abundance 1 of 44)."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
     import bench_pick3d
 

@@ -48,6 +48,13 @@ class Params(Base):
     meta_every: int = param(1, "upper-level step every N lower-level steps", check=AT_LEAST_1, group="model")
     warmup: float = param(0.2, "fraction of the steps trained on the given labels before the meta-learning starts",
                           check=(lambda v: 0 <= v < 1, "in [0, 1)"), group="model")
+    lc_alpha: float = param(0.018, "train: the label correction's mixing alpha at the start (robpicker, lc_only)",
+                            check=(lambda v: 0 < v < 1, "in (0, 1)"), group="model")
+    lc_lr: float = param(0.0, "train: the label correction's learning rate (0: --meta_lr)", check=NON_NEGATIVE,
+                         group="model")
+    balanced: bool = param(False, "train: draw training patches class-balanced (a species uniformly, then one of "
+                           "its annotations; DeepFinder's bootstrap), every method alike", action="store_true",
+                           group="model")
     optimizer: str = param("adam", "segmentation optimiser", choices=("adam", "sgd"), group="model")
     seed: int = param(0, "random seed", group="model")
     save_every: int = param(200, "train: checkpoint every N steps", check=AT_LEAST_1, group="model")

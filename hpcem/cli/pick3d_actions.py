@@ -27,7 +27,7 @@ def _config(p, n_species: int):
     return TrainConfig(n_classes=n_species + 1, method=p.method, widths=widths, bottleneck=p.bottleneck,
                        patch=p.patch, batch=p.batch, meta_batch=p.meta_batch, steps=p.steps, lr=p.lr,
                        meta_lr=p.meta_lr, meta_every=p.meta_every, warmup=p.warmup, optimizer=p.optimizer,
-                       seed=p.seed)
+                       seed=p.seed, lc_alpha=p.lc_alpha, lc_lr=p.lc_lr)
 
 
 def _restart(p, ctx):
@@ -70,7 +70,7 @@ def train(p, ctx, device: str) -> int:
         ctx.log("pick3d train: --method supervised trains on --labels only; the meta set is not used")
     os.makedirs(q.o, exist_ok=True)
     train_set, meta_set, angpix = prepare(q.i, q.labels, meta_path, diam, cfg.patch, ctx.comm, ctx.log)
-    trainer = PickerTrainer(cfg, PatchSampler(train_set, cfg.patch),
+    trainer = PickerTrainer(cfg, PatchSampler(train_set, cfg.patch, balanced=q.balanced),
                             PatchSampler(meta_set, cfg.patch, balanced=True) if meta_set else None, device)
     ctx.log("pick3d train (%s): %d training tomograms (%d annotations), %d meta; U-Net %d parameters%s%s on %s" % (
         cfg.method, len(train_set), sum(len(t.coords) for t in train_set), len(meta_set or []),
@@ -84,7 +84,7 @@ def train(p, ctx, device: str) -> int:
         ctx.log("pick3d train: continuing from step %d" % trainer.steps_done)
     history = train_loop(trainer, q.o, q.save_every, job, ctx.log)
     settings = {"network": cfg.network(), "diameters": diam, "angpix": angpix, "patch": cfg.patch,
-                "method": cfg.method, "steps": cfg.steps, "seed": cfg.seed,
+                "method": cfg.method, "steps": cfg.steps, "seed": cfg.seed, "balanced": q.balanced,
                 "trained_on": [t.name for t in train_set], "meta_set": [t.name for t in meta_set or []]}
     save_model(os.path.join(q.o, "model.pt"), trainer.seg, settings)
     plot_history(os.path.join(q.o, "loss.png"), history)

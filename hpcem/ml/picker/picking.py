@@ -40,7 +40,8 @@ def pick_tomogram(seg, settings, entry, overlap: int, min_fraction: float, batch
     dt = time.time() - t0
     picks = cluster_picks(probs, min_cluster_sizes(settings["diameters"], entry.angpix, min_fraction))
     if log:
-        log("  %s: %d picks, %.1f s, %.3g voxels/s" % (entry.name, len(picks.classes), dt, vol.size / dt))
+        log("  %s: %d picks, segmentation %.1f s (%.3g voxels/s), clustering %.1f s" % (
+            entry.name, len(picks.classes), dt, vol.size / dt, time.time() - t0 - dt))
     return picks, dt, vol
 
 

@@ -47,6 +47,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     optimizer: str = "adam"
     seed: int = 0
+    lc_alpha: float = 0.018              # the correction's mixing alpha at the start (its bias ~ -4)
+    lc_lr: float = 0.0                   # the correction network's learning rate (0: meta_lr)
 
     @property
     def warmup_steps(self) -> int:
@@ -83,13 +85,16 @@ class PickerTrainer:
         self.cfg, self.train, self.meta, self.device = cfg, train, meta, torch.device(device)
         torch.manual_seed(cfg.seed)
         self.seg = build_unet(cfg.network()).to(self.device, memory_format=MEMORY_FORMAT)
-        self.lc = LabelCorrector(self.seg.n_features, cfg.n_classes).to(self.device) if cfg.uses_lc else None
+        self.lc = (LabelCorrector(self.seg.n_features, cfg.n_classes, _logit(cfg.lc_alpha)).to(self.device)
+                   if cfg.uses_lc else None)
         self.dr = Reweighter().to(self.device) if cfg.uses_dr else None
         self.names = [n for n, _ in self.seg.named_parameters()]
         self.params = [p for _, p in self.seg.named_parameters()]
         self.upper = [p for m in (self.lc, self.dr) if m is not None for p in m.parameters()]
         self.opt = _optimizer(cfg, self.params, cfg.lr)
-        self.meta_opt = torch.optim.Adam(self.upper, lr=cfg.meta_lr) if self.upper else None
+        groups = [{"params": list(m.parameters()), "lr": lr} for m, lr in
+                  ((self.lc, cfg.lc_lr or cfg.meta_lr), (self.dr, cfg.meta_lr)) if m is not None]
+        self.meta_opt = torch.optim.Adam(groups, lr=cfg.meta_lr) if groups else None
         self.rng = np.random.default_rng([cfg.seed, 3])
         self.steps_done = 0
         self.warmup_steps = cfg.warmup_steps     # kept by a continued run whose --steps is raised
@@ -191,6 +196,11 @@ class PickerTrainer:
         d = asdict(self.cfg)
         d["widths"] = list(self.cfg.widths)
         return d
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1.0 - p)))
 
 
 def _tensors(sd) -> dict:
