@@ -85,7 +85,7 @@ class _Class3DBase(Map3DConfig):
 class Class3DConfig(_Class3DBase, TVOptions):
     auto_sampling: bool = param(False, "the searches follow the resolution: cross halves at --healpix_order, then "
                                 "--cross_join once the resolution stalls, then (when it stalls again) the HEALPix "
-                                "order the resolution supports with local searches; for low SNR, with --tv --tv_auto",
+                                "order the resolution supports with importance-sampled global searches; for low SNR, with --tv --tv_auto",
                                 action=YES_NO, group="sampling")
 
 

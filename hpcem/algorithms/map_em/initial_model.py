@@ -109,7 +109,6 @@ class InitialModel(GradFiles, Class3D):
     # ------------------------------------------------------------ one mini-batch
     def e_step(self):
         m = self.m
-        self._sampling()
         self.prev = {k: v.copy() for k, v in m.res.items()}
         self.bsize = self.sched.batch_size(self.iteration)
         subsets = split_batch(self.config.random_seed, self.start, self.bsize, self.half, m.lo, m.hi)
