@@ -88,7 +88,7 @@ def test_initial_model_from_blobs(im_set, run_hpcem):
 def test_initial_model_ranks_and_continue(im_set, run_hpcem):
     """Also across an --auto_sampling order change (0 -> 1 after the first mini-batch, capped at
     --max_healpix_order 1): the order is part of the checkpoint, so the continued run samples as
-    the uninterrupted one."""
+    the uninterrupted one; the memory plan is made for order 1 from the start."""
     tmp, d, star = im_set
     base = ["initial_model", "--i", star, "--iter", 6, "--grad_write_iter", 3, "--sym", "D2",
             "--healpix_order", 0, "--auto_sampling", "--max_healpix_order", 1] + IM
@@ -96,6 +96,8 @@ def test_initial_model_ranks_and_continue(im_set, run_hpcem):
     p = run_hpcem(base + ["--o", one + "/run"])
     orders = [int(x.split("order")[1].split()[0]) for x in p.stdout.splitlines() if x.startswith("batch")]
     assert orders[0] == 0 and orders[1:] == [1] * 5, orders
+    plan = [x for x in p.stdout.splitlines() if "memory estimate" in x]
+    assert plan and "at order 1" in plan[0], plan     # planned at the finest order the run reaches
     run_hpcem(base + ["--o", two + "/run"], n_ranks=2)
     shutil.copytree(one, part)
     os.remove(os.path.join(part, "run_it006_class001.mrc"))

@@ -123,13 +123,21 @@ class Class3D:
         sigma = float(self.config.sigma_ang)
         return LocalSearch(sigma, all_classes=True) if sigma > 0 else None
 
+    def finest_dense_order(self) -> int:
+        """The finest HEALPix order this run searches on the full grid: the memory plan's (class3d's
+        --auto_sampling draws the finer orders by importance sampling)."""
+        return self.samp.order
+
     def memory_plan(self):
-        s = self.samp
+        order = self.finest_dense_order()
+        s = self.samp if order == self.samp.order else Sampling3D(order, self.config.sym,
+                                                                  self.config.psi_step, self.config.oversampling)
         items = self.m.memory_items(s, self.trans.T, self.n // 2)
         items["particles (transforms + CTFs)"] = sum(m.parts.nbytes() for m in self.models.values())
         items["projectors and back-projectors"] *= len(self.models)
-        return MemoryPlan(items, what="%d particles, K=%d, %d directions x %d psi x %d translations%s"
-                          % (self.ps.n, self.K, s.nd, s.npsi, self.trans.T, ", cross halves" if self.cross else ""),
+        return MemoryPlan(items, what="%d particles, K=%d, %d directions x %d psi x %d translations at order %d%s"
+                          % (self.ps.n, self.K, s.nd, s.npsi, self.trans.T, order,
+                             ", cross halves" if self.cross else ""),
                           hint="run on more ranks/nodes, or lower --batch, --healpix_order, --offset_range or --K")
 
     def prepare(self):

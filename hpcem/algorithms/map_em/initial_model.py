@@ -82,6 +82,15 @@ class InitialModel(GradFiles, Class3D):
         return max(order, order_for_resolution(self.st["resolution"], self.m.radius_px * self.m.angpix,
                                                max_order=cfg.max_healpix_order))
 
+    def finest_dense_order(self) -> int:
+        """``--auto_sampling``: the order the data's Nyquist resolution supports (at most
+        ``--max_healpix_order``), which every later mini-batch searches on the full grid."""
+        order = self.samp.order
+        if not self.config.auto_sampling:
+            return order
+        return max(order, order_for_resolution(2.0 * self.m.angpix, self.m.radius_px * self.m.angpix,
+                                               max_order=self.config.max_healpix_order))
+
     # ------------------------------------------------------------ start
     def initialise(self):
         m, cfg, n, K = self.m, self.config, self.n, self.K

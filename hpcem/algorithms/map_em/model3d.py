@@ -60,16 +60,19 @@ class Model3D:
 
     # ------------------------------------------------------------ data
     def memory_items(self, samp, T: int, r_cur: int) -> dict:
-        from ...estep.rank import batch_size
+        from ...estep.rank import batch_size, coarse_shell
 
-        n, K = self.n, self.cfg.K
+        n, K, opts = self.n, self.cfg.K, self.cfg.estep_options()
         M = int(np.sum(self.parts.shell <= r_cur))
+        r_c = min(int(r_cur), coarse_shell(n, self.angpix, self.radius_px, samp.coarse_step_deg,
+                                           opts.coarse_factor if opts.oversampling else 0))
+        Mc = int(np.sum(self.parts.shell <= r_c))   # the coarse pass's coefficients (run_estep's mc)
         J = K * samp.Jc1
-        b = batch_size(self.cfg.estep_options(), T, J, True)
+        b = batch_size(opts, T, J, True)
         P = PAD * n
         return {"particles (transforms + CTFs)": self.parts.nbytes(),
                 "coarse diff2 of one batch": b * T * J * 4,
-                "coarse references": J * M * 8,
+                "coarse references": J * Mc * 8,
                 "projectors and back-projectors": K * P * P * (P // 2 + 1) * 24 * 2,
                 "batch work arrays": b * n * (n // 2 + 1) * 40 + 4 * T * M * 8,
                 "fine references and sums": min(b * max(self.cfg.maxsig, 1) * 8, K * samp.Jf1) * M * 24}

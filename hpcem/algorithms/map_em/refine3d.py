@@ -96,15 +96,24 @@ class Refine3D:
         self.final = self.finished = False
         self.fin = None
 
+    def finest_dense_order(self) -> int:
+        """The finest HEALPix order the schedule searches globally (on the full grid): the memory
+        plan's; from --auto_local_healpix_order on the searches are local."""
+        cfg = self.config
+        if cfg.sigma_ang > 0:
+            return int(cfg.healpix_order)
+        return int(max(cfg.healpix_order, min(self.max_order, cfg.auto_local_healpix_order - 1)))
+
     def memory_plan(self):
         cfg = self.config
-        samp = Sampling3D(cfg.healpix_order, cfg.sym, 0, cfg.oversampling)
+        order = self.finest_dense_order()
+        samp = Sampling3D(order, cfg.sym, 0, cfg.oversampling)
         T = TranslationSampling(cfg.offset_range, cfg.offset_step, cfg.oversampling).T
         items = self.m0.memory_items(samp, T, self.n // 2)
         items["particles (transforms + CTFs)"] = sum(m.parts.nbytes() for m in self.models.values())
         return MemoryPlan(items, what="%d particles per half, %d directions x %d psi x %d translations at order %d, "
                           "%d half group(s) of %d rank(s)" % (self.m0.idx_all.size, samp.nd, samp.npsi, T,
-                                                              cfg.healpix_order, 2 if self.half else 1, self.sub.size),
+                                                              order, 2 if self.half else 1, self.sub.size),
                           hint="run on more ranks/nodes, or lower --batch, --healpix_order or --offset_range")
 
     def prepare(self):
