@@ -128,6 +128,23 @@ def test_reclassify_links_what_it_does_not_rerun(tmp_path):
     assert not os.path.exists(out / "set002")
 
 
+def test_large_split_plan():
+    """datagen --split test_large: sets of realistic size (15,000-30,000 particles, K 50-100) on maps
+    no other split uses, every SNR of the test split within four sets, VDAM with RELION's 200
+    mini-batches and every fourth set EM; the other splits' plans are unchanged by it."""
+    from hpcem.ml.datagen import SNR, plan
+
+    large = plan("test_large", 8)
+    assert all(15_000 <= s.n_particles <= 30_000 and 50 <= s.K <= 100 and s.box in (32, 36) for s in large)
+    assert sorted(s.snr for s in large[:4]) == sorted(SNR["test"])
+    assert [s.grad for s in large] == [True, True, True, False] * 2
+    assert {s.iters for s in large if s.grad} == {200}
+    others = {s.map_seed for split in ("train", "test", "test64") for s in plan(split, 60)}
+    assert not others & {s.map_seed for s in large}
+    first = plan("test", 1)[0]      # as before the split was added (the stored test sets, stops 26-27)
+    assert (first.n_particles, first.K, first.snr) == (1083, 16, 0.035)
+
+
 def test_perfect_ranker_curve():
     """Hand-computed: classes of 100 (90% good), 50 (60% good) and 200 (0% good) particles, 150
     good particles in the set (30 of them in no scored class)."""
