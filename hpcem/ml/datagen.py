@@ -8,7 +8,9 @@ pixels and CTFs, mixed with junk of a few kinds (:mod:`hpcem.simulate.junk`), al
 at the set's SNR (the particles' signal variance inside the disc over the noise variance).  The
 ``train`` and ``test`` splits use disjoint maps (seeds) and disjoint SNR values (32-36 px boxes);
 ``test64`` has other maps again in 64 px boxes (the same SNR per pixel carries 3-4 times the
-information per particle).
+information per particle); ``test_large`` has other maps again in sets of realistic size (15,000-
+30,000 particles, K 50-100; VDAM with RELION's 200 mini-batches, every fourth set EM) with the test
+split's SNRs, junk kinds and fractions.
 
 ``python -m hpcem.ml.datagen --o DIR --split train --sets 60`` writes ``DIR/setNNN/`` (particles,
 ``truth.npz`` with each particle's kind, ``spec.json``, ``Class2D/`` with the final iteration of the
@@ -34,10 +36,17 @@ import numpy as np
 from ..simulate.junk import KINDS as JUNK_KINDS
 
 KINDS = ("good",) + JUNK_KINDS
-SNR = {"train": (0.02, 0.05, 0.1, 0.2), "test": (0.035, 0.07, 0.14, 0.28), "test64": (0.035, 0.07, 0.14)}
-MAP_SEED0 = {"train": 1000, "test": 5000, "test64": 9000}
-BOXES = {"train": (32, 36), "test": (32, 36), "test64": (64,)}
-STREAM = {"train": 0, "test": 1, "test64": 2}
+SNR = {"train": (0.02, 0.05, 0.1, 0.2), "test": (0.035, 0.07, 0.14, 0.28), "test64": (0.035, 0.07, 0.14),
+       "test_large": (0.035, 0.07, 0.14, 0.28)}
+MAP_SEED0 = {"train": 1000, "test": 5000, "test64": 9000, "test_large": 13000}
+BOXES = {"train": (32, 36), "test": (32, 36), "test64": (64,), "test_large": (32, 36)}
+STREAM = {"train": 0, "test": 1, "test64": 2, "test_large": 3}
+# particles per set (low, high + 1) and the class counts drawn from; test_large: sets of the size
+# users classify (issue 14, stop 28), where each junk kind has hundreds of members
+N_PARTICLES = {"test_large": (15_000, 30_001)}
+CLASSES = {"test_large": (50, 64, 80, 100)}
+VDAM_BATCHES = {"test_large": 200}   # RELION's default --grad mini-batch count
+LARGE_SNR_ORDER = (0.07, 0.035, 0.14, 0.28)
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,8 @@ class SetSpec:
 
 
 def plan(split: str, count: int, seed: int = 0) -> list:
-    """``count`` data set specifications of ``split`` ('train', 'test' or 'test64': larger boxes),
-    reproducible."""
+    """``count`` data set specifications of ``split`` ('train', 'test', 'test64': larger boxes, or
+    'test_large': larger sets), reproducible."""
     specs = []
     for i in range(count):
         rng = np.random.default_rng([seed, i, STREAM[split]])
@@ -71,11 +80,16 @@ def plan(split: str, count: int, seed: int = 0) -> list:
         grad = bool(rng.random() < 0.7)
         diameter_px = min(0.95 * box, 2 * (rf * box + rng.uniform(2.0, 5.0)))
         angpix = float(np.round(rng.uniform(2.6, 3.6), 2))
+        bfactor, snr = float(rng.uniform(50, 200)), float(rng.choice(SNR[split]))
+        if split == "test_large":   # VDAM, as users run 2D now, every fourth set EM; every SNR in 4 sets
+            grad, snr = i % 4 != 3, LARGE_SNR_ORDER[i % 4]
         specs.append(SetSpec(seed=seed * 1000 + i, map_seed=MAP_SEED0[split] + seed * 1000 + i, box=box, angpix=angpix,
-                             radius_frac=rf, bfactor=float(rng.uniform(50, 200)), snr=float(rng.choice(SNR[split])),
-                             n_particles=int(rng.integers(1000, 2001)), junk_fraction=float(rng.uniform(0.1, 0.45)),
+                             radius_frac=rf, bfactor=bfactor, snr=snr,
+                             n_particles=int(rng.integers(*N_PARTICLES.get(split, (1000, 2001)))),
+                             junk_fraction=float(rng.uniform(0.1, 0.45)),
                              junk_weights={str(k): float(x) for k, x in zip(kinds, w)},
-                             K=int(rng.choice([12, 16, 20])), grad=grad, iters=60 if grad else 20,
+                             K=int(rng.choice(CLASSES.get(split, (12, 16, 20)))), grad=grad,
+                             iters=VDAM_BATCHES.get(split, 60) if grad else 20,
                              diameter=float(np.round(diameter_px * angpix, 1))))
     return specs
 
