@@ -179,11 +179,13 @@ class AbInitio:
         self.sag.add(self.b, G)
         nb = self.batches.n_batches
         evals = 0
+        dV = np.stack([self.basis.volume(g) for g in G]) + self.prior.grad(self.V) / nb
         if (it - self.phase_start) % LINE_SEARCH_EVERY == 0:
-            dV = np.stack([self.basis.volume(g) for g in G]) + self.prior.grad(self.V) / nb
             evals = self._line_search(dV, [W for _, W in sw], nb)
         else:
             self.lip.decrease()
+            if it > 0 and self.sched.shell(it) > self.sched.shell(it - 1):
+                self.lip.L = max(self.lip.L, self._curvature(dV, [W for _, W in sw], nb))
         eps = self.sched.epsilon(it)
         move = np.stack([self.basis.volume(g) for g in self.sag.mean()]) + self.prior.grad(self.V) / nb
         self.V = self._project(self.V - (eps / self.lip.L) * move)
@@ -219,11 +221,21 @@ class AbInitio:
             return -self.m.batch_loglik(self.sub) + self.prior.value(V1) / nb
 
         f0 = f_at(None)
-        guess = (sum(data_curvature(d, W) for d, W in zip(dV, Ws)) + self.prior.curvature(dV) / nb) / dn2
-        evals = 1 + self.lip.search(f_at, f0, dn2, guess)
+        evals = 1 + self.lip.search(f_at, f0, dn2, self._curvature(dV, Ws, nb))
         if self.sampler is not None:
             self.sampler.frozen = False
         return evals
+
+    def _curvature(self, dV, Ws, nb) -> float:
+        """The mini-batch objective's curvature along ``dV`` over |dV|^2 (its quadratic model's
+        Lipschitz constant in that direction): the line search's first guess, and the floor of L
+        when the frequency marching adds a shell.  Between line searches L only decays, while each
+        new shell raises the curvature (more coefficients, smaller noise); a stale L made steps ~30x
+        too large during the marching and the class maps lost their new shells (issue 12)."""
+        dn2 = float(np.sum(dV ** 2))
+        if dn2 <= 0:
+            return 0.0
+        return (sum(data_curvature(d, W) for d, W in zip(dV, Ws)) + self.prior.curvature(dV) / nb) / dn2
 
     def _project(self, V):
         """Non-negativity, the particle window, re-centring (the SAG gradients move with the maps)."""
