@@ -184,7 +184,7 @@ class AbInitio:
             evals = self._line_search(dV, [W for _, W in sw], nb)
         else:
             self.lip.decrease()
-            if it > 0 and self.sched.shell(it) > self.sched.shell(it - 1):
+            if self.K > 1 and it > 0 and self.sched.shell(it) > self.sched.shell(it - 1):
                 self.lip.L = max(self.lip.L, self._curvature(dV, [W for _, W in sw], nb))
         eps = self.sched.epsilon(it)
         move = np.stack([self.basis.volume(g) for g in self.sag.mean()]) + self.prior.grad(self.V) / nb
@@ -228,10 +228,13 @@ class AbInitio:
 
     def _curvature(self, dV, Ws, nb) -> float:
         """The mini-batch objective's curvature along ``dV`` over |dV|^2 (its quadratic model's
-        Lipschitz constant in that direction): the line search's first guess, and the floor of L
-        when the frequency marching adds a shell.  Between line searches L only decays, while each
-        new shell raises the curvature (more coefficients, smaller noise); a stale L made steps ~30x
-        too large during the marching and the class maps lost their new shells (issue 12)."""
+        Lipschitz constant in that direction): the line search's first guess, and, for K > 1, the
+        floor of L when the frequency marching adds a shell.  Between line searches L only decays
+        while each new shell raises the curvature; with the stale L the steps were ~7x too large
+        during the marching, the particles' class map lost its new shells and its particles moved
+        to the other classes (issue 12: map + junk at K = 3).  K = 1 keeps the stale L: it has no
+        other class to lose particles to, and the floor's smaller steps left the short smoke run's
+        map behind (FSC 10.6 -> 15.4 A)."""
         dn2 = float(np.sum(dV ** 2))
         if dn2 <= 0:
             return 0.0
