@@ -187,5 +187,7 @@ def test_initial_model_three_maps(tmp_path, run_hpcem):
     ari = adjusted_rand_index(c, d.classes)
     maps = [read_mrc(os.path.join(out, "initial_model_class%03d.mrc" % (k + 1)))[0] for k in range(3)]
     res = [min(_fsc_to_truth(t, m, 3.0)[0] for m in maps) for t in truths]
-    print("K = 3: ARI %.3f, FSC 0.5 of the best class per true map %s A" % (ari, np.round(res, 2)))
+    per_class = read_star(os.path.join(out, "run_it200_model.star"))["model_classes"]["rlnEstimatedResolution"]
+    print("K = 3: ARI %.3f, FSC 0.5 of the best class per true map %s A, half-set resolution per class %s A"
+          % (ari, np.round(res, 2), np.round(np.asarray(per_class, float), 2)))
     assert ari >= 0.8 and max(res) < 5 * 3.0

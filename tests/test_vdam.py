@@ -244,3 +244,16 @@ def test_scatter_back_is_linear_in_the_rows():
     for x, y, z in ((whole.data, a.data, b.data), (whole.weight, a.weight, b.weight)):
         assert np.abs(x).max() > 0
         assert np.abs(x - (y + z)).max() < 1e-5 * np.abs(x).max()
+
+
+def test_fsc_shell_per_class_and_the_prior_weighted_mean():
+    """Hand-computed: the last shell whose half-set FSC is >= 0.143, per class (initial_model's
+    model.star) and of the prior-weighted mean (the E-step's limit), capped at r_cur."""
+    from hpcem.algorithms.vdam.update import fsc_shell, mean_fsc_shell
+
+    fsc = np.array([[1.0, 0.9, 0.5, 0.2, 0.1, 0.05],
+                    [1.0, 0.9, 0.1, 0.05, 0.0, 0.0]])
+    assert [fsc_shell(f, 5) for f in fsc] == [3, 1]
+    assert mean_fsc_shell(fsc, [0.5, 0.5], 5) == 2      # mean 0.9, 0.3, 0.125, ...
+    assert mean_fsc_shell(fsc, [1.0, 0.0], 5) == 3
+    assert fsc_shell(fsc[0], 2) == 2

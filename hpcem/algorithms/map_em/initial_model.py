@@ -35,7 +35,7 @@ from ...runtime.device import HOST
 from ..vdam import Moments, Schedule, replace_inactive, vdam_update
 from ..vdam.blobs import blob_images, signal_std
 from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
-from ..vdam.update import mean_fsc_shell, share_prior
+from ..vdam.update import fsc_shell, mean_fsc_shell, share_prior
 from .class3d import Class3D
 from .model3d import tv_stats
 from .results import pose_change_stats
@@ -161,6 +161,7 @@ class InitialModel(GradFiles, Class3D):
         self.R = self.W = None
         share_prior(m.pclass, self.replaced)
         res_shell = mean_fsc_shell(fsc, m.pclass, r_used)
+        class_res = n * m.angpix / np.maximum([fsc_shell(f, r_used) for f in fsc], 1)   # model.star, per class
         self.maps = np.stack([ift3(Vk, n) for Vk in V])
         tv = self._regularise(weight)
         self._set_refs()
@@ -176,7 +177,7 @@ class InitialModel(GradFiles, Class3D):
         stats.update(iteration=self.iteration, r_cur=r_used, resolution=self.st["resolution"],
                      sigma_offset=m.sigma_offset, pclass=m.pclass.copy(), batch=self.bsize, step=eta,
                      fudge=fudge, replaced=self.replaced,
-                     order=order_used, tv=tv)
+                     order=order_used, tv=tv, class_resolution=class_res)
         return stats
 
     def _regularise(self, weight) -> dict:

@@ -36,8 +36,14 @@ def write_class3d_iteration(root, ps, state, stats, cfg) -> dict:
     write_star(model, model_blocks(3, n, angpix, names, state["pclass"], state["resolution"], state["r_cur"],
                                    state["sigma2"], state["tau2"], state["sigma_offset"], cfg.tau2_fudge,
                                    stats.get("loglik", np.nan), group_scale=state.get("group_scale"),
-                                   group_names=group_names(ps)))
+                                   group_names=group_names(ps), class_cols=_class_resolution(stats)))
     return {"model": model, "data": data}
+
+
+def _class_resolution(stats) -> dict | None:
+    """Each class's own half-set resolution (initial_model's VDAM), where the job measures it."""
+    res = stats.get("class_resolution")
+    return None if res is None else {"rlnEstimatedResolution": np.asarray(res, np.float64)}
 
 
 def write_refine_iteration(root, ps, state, stats, cfg) -> dict:

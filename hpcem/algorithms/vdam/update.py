@@ -49,12 +49,16 @@ def shell_mean(x, shell):
     return np.stack([np.bincount(s, weights=xk.ravel(), minlength=cnt.size) / cnt for xk in x])
 
 
-def mean_fsc_shell(fsc, pclass, r_cur: int) -> int:
-    """Highest shell (<= r_cur) up to which the class-prior-weighted mean half-set FSC stays
-    >= 0.143 (not the best class's: a class just replaced has two identical half estimates)."""
-    mean = np.asarray(pclass) @ fsc / max(float(np.sum(pclass)), 1e-30)
-    below = np.flatnonzero(mean[1:r_cur + 1] < 0.143)
+def fsc_shell(curve, r_cur: int) -> int:
+    """Highest shell (<= r_cur) up to which the half-set FSC ``curve`` stays >= 0.143."""
+    below = np.flatnonzero(np.asarray(curve)[1:r_cur + 1] < 0.143)
     return int(below[0]) if below.size else int(r_cur)
+
+
+def mean_fsc_shell(fsc, pclass, r_cur: int) -> int:
+    """:func:`fsc_shell` of the class-prior-weighted mean half-set FSC (not the best class's: a
+    class just replaced has two identical half estimates)."""
+    return fsc_shell(np.asarray(pclass) @ fsc / max(float(np.sum(pclass)), 1e-30), r_cur)
 
 
 def half_fsc(E):
