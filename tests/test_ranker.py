@@ -295,22 +295,26 @@ def test_train_on_own_selection(classified, tmp_path):
     assert os.path.isfile(str(tmp_path / "mine_loss.png"))
 
 
-@pytest.mark.skipif(not FULL, reason="12 unseen classifications (~20 min): HPCEM_FULL_TESTS=1")
-def test_ranker_on_twelve_unseen_sets(tmp_path):
+def _assert_issue_target(folder, split, count):
+    """Make (or reuse) ``count`` sets of ``split`` in ``folder``, rank them with the shipped weights
+    and assert the issue's target as the issue states it: AUC >= 0.95, and the particles selected
+    at --min_score 0.15 >= 95% true particles while keeping >= 90% of them."""
     from hpcem.ml.datagen import generate
     from hpcem.ml.evaluate import evaluate_set, row_line, summarise
 
-    sets = generate(str(tmp_path), "test", 12)
-    rows = [evaluate_set(d, net.load_weights()) for d in sets]
+    rows = [evaluate_set(d, net.load_weights()) for d in generate(folder, split, count)]
     for r in rows:
         print(row_line(r))
     s = summarise(rows)
     print("AUC %.3f purity %.3f recall %.3f (perfect ranker: purity %.3f recall %.3f)" % (
         s["auc"], s["purity"], s["recall"], s["ideal_purity"], s["ideal_recall"]))
-    # the issue's target, as the issue states it: AUC >= 0.95, and the particles selected at
-    # --min_score 0.15 >= 95% true particles while keeping >= 90% of them
     assert s["auc"] >= 0.95
     assert s["purity"] >= 0.95 and s["recall"] >= 0.9
+
+
+@pytest.mark.skipif(not FULL, reason="12 unseen classifications (~20 min): HPCEM_FULL_TESTS=1")
+def test_ranker_on_twelve_unseen_sets(tmp_path):
+    _assert_issue_target(str(tmp_path), "test", 12)
 
 
 @pytest.mark.skipif(not FULL, reason="3 unseen classifications of realistic size (~31 min): HPCEM_FULL_TESTS=1")
@@ -319,18 +323,7 @@ def test_ranker_on_large_unseen_sets(tmp_path):
     three ``--split test_large`` sets (18,000-22,000 particles, K 80-100, VDAM with 200
     mini-batches, SNR 0.07 / 0.035 / 0.14).  HPCEM_RANKER_LARGE_DIR reuses sets made before (by
     bench/bench_ranker.py --split test_large: the generation is deterministic)."""
-    from hpcem.ml.datagen import generate
-    from hpcem.ml.evaluate import evaluate_set, row_line, summarise
-
-    sets = generate(os.environ.get("HPCEM_RANKER_LARGE_DIR") or str(tmp_path), "test_large", 3)
-    rows = [evaluate_set(d, net.load_weights()) for d in sets]
-    for r in rows:
-        print(row_line(r))
-    s = summarise(rows)
-    print("AUC %.3f purity %.3f recall %.3f (perfect ranker: purity %.3f recall %.3f)" % (
-        s["auc"], s["purity"], s["recall"], s["ideal_purity"], s["ideal_recall"]))
-    assert s["auc"] >= 0.95
-    assert s["purity"] >= 0.95 and s["recall"] >= 0.9
+    _assert_issue_target(os.environ.get("HPCEM_RANKER_LARGE_DIR") or str(tmp_path), "test_large", 3)
 
 
 def test_accuracies_recomputed_for_older_model_files(classified, tmp_path):
