@@ -157,7 +157,7 @@ class InitialModel(GradFiles, Class3D):
         V = np.stack([ft3(x) for x in self.maps])
         fsc = vdam_update(V, self.W * self.R, self.W, self.mom, self.half_scale, tau2, fudge, self.floor_shell,
                           self.shell, eta, r_used, self.replaced)
-        weight = np.tensordot(self.half_scale, self.W, axes=(0, 0))
+        weight = np.tensordot(self.half_scale, self.W, axes=(0, 0)) if self.m.regularised else None   # --tv
         self.R = self.W = None
         share_prior(m.pclass, self.replaced)
         res_shell = mean_fsc_shell(fsc, m.pclass, r_used)
