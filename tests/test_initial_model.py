@@ -167,6 +167,25 @@ def test_initial_model_d2_in_the_symmetry_frame(tmp_path, run_hpcem):
     assert res < 4 * 3.0
 
 
+def test_equal_signal_volumes_put_every_map_at_the_set_snr():
+    """In a mixture of maps of different mass, the set's SNR is their mean; scaled by
+    equal_signal_volumes each map's particles carry the same signal (within 3%)."""
+    from hpcem.simulate.particles import _signal_variance, equal_signal_volumes, simulate_dataset
+    from hpcem.simulate.volumes import pseudo_atomic_volume
+
+    maps = [pseudo_atomic_volume(32, 6.0, seed=s).astype(np.float64) for s in (21, 22, 23)]
+
+    def per_map(vols):
+        d = simulate_dataset(n=32, n_particles=900, angpix=6.0, snr=0, ctf=True, seed=4, volumes=vols)
+        im = np.asarray(d.images)
+        return np.array([_signal_variance(im[d.classes == k + 1]) for k in range(3)])
+
+    plain, equal = per_map(maps), per_map(equal_signal_volumes(maps, 6.0))
+    print("signal variance per map: plain %s, scaled %s" % (np.round(plain, 3), np.round(equal, 3)))
+    assert plain.max() / plain.min() > 1.5            # map 22 has about half the others' mass
+    assert equal.max() / equal.min() < 1.03
+
+
 @pytest.mark.skipif(not FULL, reason="full-size initial-model checks: HPCEM_FULL_TESTS=1")
 def test_initial_model_three_maps(tmp_path, run_hpcem):
     """K = 3 on a mixture of three different maps: each found (FSC 0.5 better than 5 px after

@@ -74,12 +74,35 @@ def _ctf_draw(N, rng, defocus, astig, voltage, cs, amp_contrast):
     }
 
 
-def _add_noise(clean, snr, rng, chunk=4096):
-    n = clean.shape[-1]
+def _signal_disc(n: int) -> np.ndarray:
+    """(n, n) bool: the particle disc (radius ``0.35 n``) in which the SNR's signal variance is taken."""
     c = np.arange(n) - n // 2
-    disc = (c[:, None] ** 2 + c[None, :] ** 2) <= (0.35 * n) ** 2
+    return (c[:, None] ** 2 + c[None, :] ** 2) <= (0.35 * n) ** 2
+
+
+def _signal_variance(clean, chunk=4096) -> float:
+    """Mean over the images of the clean signal's variance inside the particle disc."""
+    disc = _signal_disc(clean.shape[-1])
+    return float(np.mean([clean[s:s + chunk][:, disc].var(axis=1).mean() for s in range(0, len(clean), chunk)]))
+
+
+def equal_signal_volumes(volumes, angpix: float, ctf: bool = True, n_views: int = 300, seed: int = 0) -> list:
+    """``volumes`` scaled so that each one's projections (with :func:`simulate_dataset`'s default CTFs
+    when ``ctf``) carry the same signal variance inside the particle disc (the mean of theirs): in a
+    mixture simulated from them at SNR s, every volume's particles are at SNR s.  Without it the
+    SNR is the set's mean, and a map of half the mass of the others has its particles at about two
+    thirds of it (issue 11: maps 21-23 at 0.063 / 0.033 / 0.054 in a set at 0.05)."""
+    rng = np.random.default_rng(seed)
+    R = random_rotations(n_views, rng)
+    ctfp = _ctf_draw(n_views, rng, (5000.0, 25000.0), 1000.0, 300.0, 2.7, 0.1) if ctf else None
+    zero, one = np.zeros((n_views, 2)), np.zeros(n_views, np.int64)
+    var = np.array([_signal_variance(simulate_projections([v], R, one, zero, ctfp, angpix)) for v in volumes])
+    return [v * np.sqrt(var.mean() / vk) for v, vk in zip(volumes, var)]
+
+
+def _add_noise(clean, snr, rng, chunk=4096):
     # signal variance inside the particle disc, over the whole set
-    var = float(np.mean([clean[s:s + chunk][:, disc].var(axis=1).mean() for s in range(0, len(clean), chunk)]))
+    var = _signal_variance(clean, chunk)
     sigma = np.sqrt(var / snr) if snr and np.isfinite(snr) and snr > 0 else 0.0
     if sigma > 0:
         for s in range(0, len(clean), chunk):
