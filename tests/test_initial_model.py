@@ -189,15 +189,19 @@ def test_equal_signal_volumes_put_every_map_at_the_set_snr():
 @pytest.mark.skipif(not FULL, reason="full-size initial-model checks: HPCEM_FULL_TESTS=1")
 def test_initial_model_three_maps(tmp_path, run_hpcem):
     """K = 3 on a mixture of three different maps: each found (FSC 0.5 better than 5 px after
-    --align), classes agree with the truth (ARI >= 0.8)."""
+    --align), classes agree with the truth (ARI >= 0.8).  Each map's particles as the K = 1
+    criterion's: 5,000 at SNR 0.05 (equal_signal_volumes: map 22 has half the others' mass, and in
+    a plain mixture sits at SNR 0.033, where K = 1 fails on its own particles, VDAM and SAGD alike;
+    2,000 per map are too few even for K = 1: DESIGN_NOTES, issue 11 stops 29-30)."""
     from hpcem.io.star import read_star
     from hpcem.metrics import adjusted_rand_index
-    from hpcem.simulate.particles import simulate_dataset
+    from hpcem.simulate.particles import equal_signal_volumes, simulate_dataset
     from hpcem.simulate.volumes import pseudo_atomic_volume
     from hpcem.simulate.write import write_dataset
 
-    truths = [pseudo_atomic_volume(64, 3.0, seed=s).astype(np.float64) for s in (21, 22, 23)]
-    d = simulate_dataset(n=64, n_particles=6000, angpix=3.0, snr=0.05, ctf=True, seed=12, volumes=truths)
+    truths = equal_signal_volumes([pseudo_atomic_volume(64, 3.0, seed=s).astype(np.float64) for s in (21, 22, 23)],
+                                  3.0)
+    d = simulate_dataset(n=64, n_particles=15000, angpix=3.0, snr=0.05, ctf=True, seed=12, volumes=truths)
     write_dataset(d, str(tmp_path))
     out = os.path.join(str(tmp_path), "K3")
     run_hpcem(["initial_model", "--i", os.path.join(str(tmp_path), "particles.star"), "--o", out + "/run",
