@@ -3,7 +3,7 @@ set of known composition never used in training (other map, other SNR), RELION's
 the selection rules, the weights file's safety, numpy against torch, and training.
 
 The issue's numbers over 12 unseen sets (AUC >= 0.95; at --min_score 0.15 purity >= 0.95 and
-recall >= 0.9) and over 3 unseen sets of realistic size are asserted with HPCEM_FULL_TESTS=1
+recall >= 0.9) and over 3 unseen sets of realistic size (32-36 px, and 64 px) are asserted with HPCEM_FULL_TESTS=1
 (bench/bench_ranker.py prints them too)."""
 import os
 import pickle
@@ -132,7 +132,8 @@ def test_reclassify_links_what_it_does_not_rerun(tmp_path):
 def test_large_split_plan():
     """datagen --split test_large: sets of realistic size (15,000-30,000 particles, K 50-100) on maps
     no other split uses, every SNR of the test split within four sets, VDAM with RELION's 200
-    mini-batches and every fourth set EM; the other splits' plans are unchanged by it."""
+    mini-batches and every fourth set EM; --split test_large64 the same in 64 px boxes on maps of
+    its own, SNR 0.035 first; the other splits' plans are unchanged by them."""
     from hpcem.ml.datagen import SNR, plan
 
     large = plan("test_large", 8)
@@ -142,6 +143,14 @@ def test_large_split_plan():
     assert {s.iters for s in large if s.grad} == {200}
     others = {s.map_seed for split in ("train", "test", "test64") for s in plan(split, 60)}
     assert not others & {s.map_seed for s in large}
+    assert (large[0].n_particles, large[0].K, large[0].snr) == (20899, 80, 0.07)   # stop 28's stored set000
+    large64 = plan("test_large64", 8)      # the same recipe in 64 px boxes, the hardest SNRs first
+    assert all(15_000 <= s.n_particles <= 30_000 and 50 <= s.K <= 100 and s.box == 64 for s in large64)
+    assert [s.snr for s in large64[:4]] == [0.035, 0.07, 0.14, 0.28]
+    assert [s.grad for s in large64] == [True, True, True, False] * 2
+    assert {s.iters for s in large64 if s.grad} == {200}
+    assert not (others | {s.map_seed for s in plan("test_large", 60)}) & {s.map_seed for s in plan("test_large64", 60)}
+    assert [(s.n_particles, s.K) for s in large64[:3]] == [(17404, 64), (21070, 64), (15378, 80)]   # stop 30's sets
     first = plan("test", 1)[0]      # as before the split was added (the stored test sets, stops 26-27)
     assert (first.n_particles, first.K, first.snr) == (1083, 16, 0.035)
 
@@ -324,6 +333,14 @@ def test_ranker_on_large_unseen_sets(tmp_path):
     mini-batches, SNR 0.07 / 0.035 / 0.14).  HPCEM_RANKER_LARGE_DIR reuses sets made before (by
     bench/bench_ranker.py --split test_large: the generation is deterministic)."""
     _assert_issue_target(os.environ.get("HPCEM_RANKER_LARGE_DIR") or str(tmp_path), "test_large", 3)
+
+
+@pytest.mark.skipif(not FULL, reason="3 unseen classifications of realistic size in 64 px boxes: HPCEM_FULL_TESTS=1")
+def test_ranker_on_large64_unseen_sets(tmp_path):
+    """The same target on sets of realistic size and realistic box (issue 14, stop 30): the first
+    three ``--split test_large64`` sets (64 px, 15,000-30,000 particles, K 50-100, VDAM with 200
+    mini-batches, SNR 0.035 / 0.07 / 0.14).  HPCEM_RANKER_LARGE64_DIR reuses sets made before."""
+    _assert_issue_target(os.environ.get("HPCEM_RANKER_LARGE64_DIR") or str(tmp_path), "test_large64", 3)
 
 
 def test_accuracies_recomputed_for_older_model_files(classified, tmp_path):
