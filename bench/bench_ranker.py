@@ -13,7 +13,8 @@ second per set.  ``--split test64`` scores the 64 px sets (other maps again); ``
 sets of realistic size (15,000-30,000 particles, K 50-100, VDAM 200 mini-batches: 7-16 minutes each
 on one shared core; every fourth set is EM, far slower); ``--split test_large64`` the same in 64 px
 boxes (SNR 0.035 first).  Sets missing from --dir (no done.json)
-are generated first, so ``--sets N`` scores (and makes) set000 to set N-1.
+are generated first, so ``--sets N`` scores (and makes) set000 to set N-1; ``--only set000 set002``
+scores (and makes) only those.
 """
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="", help="weights (.npz); default: the shipped ones")
     ap.add_argument("--min_score", type=float, default=0.15)
     ap.add_argument("--j", type=int, default=1, help="threads of each classification")
+    ap.add_argument("--only", nargs="*", default=(), help="only these sets (setNNN; e.g. leaving out the EM ones)")
     a = ap.parse_args(argv)
     os.makedirs(a.dir, exist_ok=True)
-    sets = generate(a.dir, a.split, a.sets, a.seed, a.j)
+    sets = generate(a.dir, a.split, a.sets, a.seed, a.j, names=a.only)
     weights = net.load_weights(a.model or None)
     rows = [evaluate_set(d, weights, a.min_score) for d in sets]
     for r in rows:

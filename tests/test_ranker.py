@@ -129,6 +129,18 @@ def test_reclassify_links_what_it_does_not_rerun(tmp_path):
     assert not os.path.exists(out / "set002")
 
 
+def test_generate_only_named_sets(tmp_path):
+    """generate(names=...) returns (or makes) only the named sets: the large splits' EM sets are left
+    out this way (all three are marked finished here, so that nothing is simulated either way)."""
+    from hpcem.ml.datagen import generate
+
+    for name in ("set000", "set001", "set002"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "done.json").write_text("{}")
+    done = generate(str(tmp_path), "test_large64", 3, names=("set000", "set002"), log=None)
+    assert [os.path.basename(d) for d in done] == ["set000", "set002"]
+
+
 def test_large_split_plan():
     """datagen --split test_large: sets of realistic size (15,000-30,000 particles, K 50-100) on maps
     no other split uses, every SNR of the test split within four sets, VDAM with RELION's 200

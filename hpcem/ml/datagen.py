@@ -162,11 +162,15 @@ def classify(spec: SetSpec, setdir: str, star: str, threads: int = 1) -> str:
     return os.path.join(out, "run_it%03d_optimiser.star" % last)
 
 
-def generate(outdir: str, split: str, count: int, seed: int = 0, threads: int = 1, shard=(0, 1), log=print) -> list:
+def generate(outdir: str, split: str, count: int, seed: int = 0, threads: int = 1, shard=(0, 1), log=print,
+             names=()) -> list:
     """Make and classify ``count`` sets into ``outdir/setNNN`` (skipping finished ones); with
-    ``shard`` (i, n) only the sets whose index is i modulo n (n processes side by side)."""
+    ``shard`` (i, n) only the sets whose index is i modulo n (n processes side by side); with
+    ``names`` (setNNN, ...) only those sets, made or returned (e.g. the VDAM sets without the EM ones)."""
     done = []
     for i, spec in enumerate(plan(split, count, seed)):
+        if names and "set%03d" % i not in names:
+            continue
         setdir = os.path.join(outdir, "set%03d" % i)
         marker = os.path.join(setdir, "done.json")
         if os.path.isfile(marker):
@@ -231,13 +235,13 @@ def main(argv=None) -> int:
     ap.add_argument("--shard", default="0/1", help="i/n: only the sets i, i + n, ... (n processes side by side)")
     ap.add_argument("--reclassify", default="", metavar="SRC",
                     help="re-classify SRC's EM sets with the current class2d into --o (VDAM sets linked)")
-    ap.add_argument("--only", nargs="*", default=(), help="with --reclassify: only these sets (setNNN)")
+    ap.add_argument("--only", nargs="*", default=(), help="only these sets (setNNN), made or re-classified")
     a = ap.parse_args(argv)
     if a.reclassify:
         reclassify(a.reclassify, a.o, a.only, a.j)
         return 0
     i, n = (int(x) for x in a.shard.split("/"))
-    generate(a.o, a.split, a.sets, a.seed, a.j, shard=(i, n))
+    generate(a.o, a.split, a.sets, a.seed, a.j, shard=(i, n), names=a.only)
     return 0
 
 
