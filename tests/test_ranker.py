@@ -162,7 +162,8 @@ def test_large_split_plan():
     assert [s.grad for s in large64] == [True, True, True, False] * 2
     assert {s.iters for s in large64 if s.grad} == {200}
     assert not (others | {s.map_seed for s in plan("test_large", 60)}) & {s.map_seed for s in plan("test_large64", 60)}
-    assert [(s.n_particles, s.K) for s in large64[:3]] == [(17404, 64), (21070, 64), (15378, 80)]   # stop 30's sets
+    assert [(s.n_particles, s.K) for s in large64[:7] if s.grad] == [       # stop 30's six VDAM sets
+        (17404, 64), (21070, 64), (15378, 80), (27047, 50), (22884, 80), (17315, 64)]
     first = plan("test", 1)[0]      # as before the split was added (the stored test sets, stops 26-27)
     assert (first.n_particles, first.K, first.snr) == (1083, 16, 0.035)
 
@@ -316,14 +317,15 @@ def test_train_on_own_selection(classified, tmp_path):
     assert os.path.isfile(str(tmp_path / "mine_loss.png"))
 
 
-def _assert_issue_target(folder, split, count):
-    """Make (or reuse) ``count`` sets of ``split`` in ``folder``, rank them with the shipped weights
-    and assert the issue's target as the issue states it: AUC >= 0.95, and the particles selected
-    at --min_score 0.15 >= 95% true particles while keeping >= 90% of them."""
+def _assert_issue_target(folder, split, count, names=()):
+    """Make (or reuse) ``count`` sets of ``split`` in ``folder`` (only ``names`` of them if given),
+    rank them with the shipped weights and assert the issue's target as the issue states it: AUC
+    >= 0.95, and the particles selected at --min_score 0.15 >= 95% true particles while keeping
+    >= 90% of them."""
     from hpcem.ml.datagen import generate
     from hpcem.ml.evaluate import evaluate_set, row_line, summarise
 
-    rows = [evaluate_set(d, net.load_weights()) for d in generate(folder, split, count)]
+    rows = [evaluate_set(d, net.load_weights()) for d in generate(folder, split, count, names=names)]
     for r in rows:
         print(row_line(r))
     s = summarise(rows)
@@ -347,12 +349,15 @@ def test_ranker_on_large_unseen_sets(tmp_path):
     _assert_issue_target(os.environ.get("HPCEM_RANKER_LARGE_DIR") or str(tmp_path), "test_large", 3)
 
 
-@pytest.mark.skipif(not FULL, reason="3 unseen classifications of realistic size in 64 px boxes: HPCEM_FULL_TESTS=1")
+@pytest.mark.skipif(not FULL, reason="6 unseen classifications of realistic size, 64 px (~50 min): HPCEM_FULL_TESTS=1")
 def test_ranker_on_large64_unseen_sets(tmp_path):
-    """The same target on sets of realistic size and realistic box (issue 14, stop 30): the first
-    three ``--split test_large64`` sets (64 px, 15,000-30,000 particles, K 50-100, VDAM with 200
-    mini-batches, SNR 0.035 / 0.07 / 0.14).  HPCEM_RANKER_LARGE64_DIR reuses sets made before."""
-    _assert_issue_target(os.environ.get("HPCEM_RANKER_LARGE64_DIR") or str(tmp_path), "test_large64", 3)
+    """The same target on sets of realistic size and realistic box (issue 14, stop 30): the six VDAM
+    sets among the first seven of ``--split test_large64`` (64 px, 15,000-27,000 particles, K 50-80,
+    200 mini-batches, SNR 0.035 / 0.07 / 0.14 twice each; set003 is EM, left out for its time).  Six,
+    not three: the first three alone pass by the draw (stop 30: 0.952) where the next three do not.
+    HPCEM_RANKER_LARGE64_DIR reuses sets made before (bench/bench_ranker.py --split test_large64)."""
+    _assert_issue_target(os.environ.get("HPCEM_RANKER_LARGE64_DIR") or str(tmp_path), "test_large64", 7,
+                         names=("set000", "set001", "set002", "set004", "set005", "set006"))
 
 
 def test_accuracies_recomputed_for_older_model_files(classified, tmp_path):
