@@ -10,7 +10,8 @@ at the set's SNR (the particles' signal variance inside the disc over the noise 
 ``test64`` has other maps again in 64 px boxes (the same SNR per pixel carries 3-4 times the
 information per particle); ``test_large`` has other maps again in sets of realistic size (15,000-
 30,000 particles, K 50-100; VDAM with RELION's 200 mini-batches, every fourth set EM) with the test
-split's SNRs, junk kinds and fractions.
+split's SNRs, junk kinds and fractions; ``test_large64`` is that recipe in 64 px boxes on maps of its
+own, the hardest SNRs (0.035, 0.07) first.
 
 ``python -m hpcem.ml.datagen --o DIR --split train --sets 60`` writes ``DIR/setNNN/`` (particles,
 ``truth.npz`` with each particle's kind, ``spec.json``, ``Class2D/`` with the final iteration of the
@@ -37,16 +38,18 @@ from ..simulate.junk import KINDS as JUNK_KINDS
 
 KINDS = ("good",) + JUNK_KINDS
 SNR = {"train": (0.02, 0.05, 0.1, 0.2), "test": (0.035, 0.07, 0.14, 0.28), "test64": (0.035, 0.07, 0.14),
-       "test_large": (0.035, 0.07, 0.14, 0.28)}
-MAP_SEED0 = {"train": 1000, "test": 5000, "test64": 9000, "test_large": 13000}
-BOXES = {"train": (32, 36), "test": (32, 36), "test64": (64,), "test_large": (32, 36)}
-STREAM = {"train": 0, "test": 1, "test64": 2, "test_large": 3}
+       "test_large": (0.035, 0.07, 0.14, 0.28), "test_large64": (0.035, 0.07, 0.14, 0.28)}
+MAP_SEED0 = {"train": 1000, "test": 5000, "test64": 9000, "test_large": 13000, "test_large64": 17000}
+BOXES = {"train": (32, 36), "test": (32, 36), "test64": (64,), "test_large": (32, 36), "test_large64": (64,)}
+STREAM = {"train": 0, "test": 1, "test64": 2, "test_large": 3, "test_large64": 4}
 # particles per set (low, high + 1) and the class counts drawn from; test_large: sets of the size
-# users classify (issue 14, stop 28), where each junk kind has hundreds of members
-N_PARTICLES = {"test_large": (15_000, 30_001)}
-CLASSES = {"test_large": (50, 64, 80, 100)}
-VDAM_BATCHES = {"test_large": 200}   # RELION's default --grad mini-batch count
-LARGE_SNR_ORDER = (0.07, 0.035, 0.14, 0.28)
+# users classify (issue 14, stop 28), where each junk kind has hundreds of members; test_large64 the
+# same in 64 px boxes (issue 14, stop 30)
+N_PARTICLES = {"test_large": (15_000, 30_001), "test_large64": (15_000, 30_001)}
+CLASSES = {"test_large": (50, 64, 80, 100), "test_large64": (50, 64, 80, 100)}
+VDAM_BATCHES = {"test_large": 200, "test_large64": 200}   # RELION's default --grad mini-batch count
+# the large splits' SNR of set i is ORDER[i % 4] (every SNR within four sets; test_large64 the hardest first)
+LARGE_SNR_ORDER = {"test_large": (0.07, 0.035, 0.14, 0.28), "test_large64": (0.035, 0.07, 0.14, 0.28)}
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,8 @@ class SetSpec:
 
 
 def plan(split: str, count: int, seed: int = 0) -> list:
-    """``count`` data set specifications of ``split`` ('train', 'test', 'test64': larger boxes, or
-    'test_large': larger sets), reproducible."""
+    """``count`` data set specifications of ``split`` ('train', 'test', 'test64': larger boxes,
+    'test_large': larger sets, or 'test_large64': larger sets in larger boxes), reproducible."""
     specs = []
     for i in range(count):
         rng = np.random.default_rng([seed, i, STREAM[split]])
@@ -81,8 +84,8 @@ def plan(split: str, count: int, seed: int = 0) -> list:
         diameter_px = min(0.95 * box, 2 * (rf * box + rng.uniform(2.0, 5.0)))
         angpix = float(np.round(rng.uniform(2.6, 3.6), 2))
         bfactor, snr = float(rng.uniform(50, 200)), float(rng.choice(SNR[split]))
-        if split == "test_large":   # VDAM, as users run 2D now, every fourth set EM; every SNR in 4 sets
-            grad, snr = i % 4 != 3, LARGE_SNR_ORDER[i % 4]
+        if split in LARGE_SNR_ORDER:   # VDAM, as users run 2D now, every fourth set EM; every SNR in 4 sets
+            grad, snr = i % 4 != 3, LARGE_SNR_ORDER[split][i % 4]
         specs.append(SetSpec(seed=seed * 1000 + i, map_seed=MAP_SEED0[split] + seed * 1000 + i, box=box, angpix=angpix,
                              radius_frac=rf, bfactor=bfactor, snr=snr,
                              n_particles=int(rng.integers(*N_PARTICLES.get(split, (1000, 2001)))),
@@ -159,11 +162,15 @@ def classify(spec: SetSpec, setdir: str, star: str, threads: int = 1) -> str:
     return os.path.join(out, "run_it%03d_optimiser.star" % last)
 
 
-def generate(outdir: str, split: str, count: int, seed: int = 0, threads: int = 1, shard=(0, 1), log=print) -> list:
+def generate(outdir: str, split: str, count: int, seed: int = 0, threads: int = 1, shard=(0, 1), log=print,
+             names=()) -> list:
     """Make and classify ``count`` sets into ``outdir/setNNN`` (skipping finished ones); with
-    ``shard`` (i, n) only the sets whose index is i modulo n (n processes side by side)."""
+    ``shard`` (i, n) only the sets whose index is i modulo n (n processes side by side); with
+    ``names`` (setNNN, ...) only those sets, made or returned (e.g. the VDAM sets without the EM ones)."""
     done = []
     for i, spec in enumerate(plan(split, count, seed)):
+        if names and "set%03d" % i not in names:
+            continue
         setdir = os.path.join(outdir, "set%03d" % i)
         marker = os.path.join(setdir, "done.json")
         if os.path.isfile(marker):
@@ -228,13 +235,13 @@ def main(argv=None) -> int:
     ap.add_argument("--shard", default="0/1", help="i/n: only the sets i, i + n, ... (n processes side by side)")
     ap.add_argument("--reclassify", default="", metavar="SRC",
                     help="re-classify SRC's EM sets with the current class2d into --o (VDAM sets linked)")
-    ap.add_argument("--only", nargs="*", default=(), help="with --reclassify: only these sets (setNNN)")
+    ap.add_argument("--only", nargs="*", default=(), help="only these sets (setNNN), made or re-classified")
     a = ap.parse_args(argv)
     if a.reclassify:
         reclassify(a.reclassify, a.o, a.only, a.j)
         return 0
     i, n = (int(x) for x in a.shard.split("/"))
-    generate(a.o, a.split, a.sets, a.seed, a.j, shard=(i, n))
+    generate(a.o, a.split, a.sets, a.seed, a.j, shard=(i, n), names=a.only)
     return 0
 
 

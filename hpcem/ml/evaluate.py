@@ -39,6 +39,7 @@ def evaluate_set(setdir: str, weights: dict, min_score: float = 0.15) -> dict:
     good_per_class = p * job.counts
     ideal = live & (p >= ORACLE_SHARE)
     return {"set": os.path.basename(setdir), "snr": info["snr"], "vdam": info["grad"], "K": job.K,
+            "box": info.get("box", 0), "N": int(kind.size),
             "n_scored": int(live.sum()), "scores": scores[live], "good_class": p[live] >= 0.5,
             "selected_good": float(good_per_class[sel].sum()), "selected": float(job.counts[sel].sum()),
             "ideal_good": float(good_per_class[ideal].sum()), "ideal": float(job.counts[ideal].sum()),
@@ -77,8 +78,9 @@ def perfect_ranker_curve(rows, shares=(0.5, 0.6, 0.7, ORACLE_SHARE, 0.8, 0.85, 0
 
 def row_line(r) -> str:
     auc = roc_auc(r["scores"], r["good_class"])
-    return ("%-8s SNR %.3f %-4s K %3d scored %3d good %3d  AUC %5.3f  purity %5.3f  recall %5.3f  "
+    return ("%-8s SNR %.3f %-4s box %3d N %5d K %3d scored %3d good %3d  AUC %5.3f  purity %5.3f  recall %5.3f "
             "(perfect ranker: %5.3f %5.3f)" % (
-                r["set"], r["snr"], "VDAM" if r["vdam"] else "EM", r["K"], r["n_scored"], int(r["good_class"].sum()),
+                r["set"], r["snr"], "VDAM" if r["vdam"] else "EM", r["box"], r["N"], r["K"], r["n_scored"],
+                int(r["good_class"].sum()),
                 auc, r["selected_good"] / max(r["selected"], 1.0), r["selected_good"] / max(r["good_total"], 1.0),
                 r["ideal_good"] / max(r["ideal"], 1.0), r["ideal_good"] / max(r["good_total"], 1.0)))
