@@ -169,6 +169,12 @@ def test_abinitio_from_a_random_start(ab_set, run_hpcem):
     assert res < 4 * 3.0
 
 
+def _log_column(path, name):
+    from hpcem.io.star import read_star
+
+    return next(t for t in read_star(path).values() if name in t)[name].to_numpy()
+
+
 def test_abinitio_ranks_and_continue(tmp_path, run_hpcem):
     """K = 2 (class posteriors, class similarity, class shares in the checkpoint) on a small set."""
     tmp = str(tmp_path)
@@ -184,7 +190,13 @@ def test_abinitio_ranks_and_continue(tmp_path, run_hpcem):
     for f in os.listdir(part):
         if f.startswith("run_it006") or f.startswith("run_class") or f.startswith("run_data"):
             os.remove(os.path.join(part, f))
-    run_hpcem(["abinitio", "--continue", os.path.join(part, "run_it003_optimiser.star")])
+    # --continue may change the step factor (--high_lr, --high_lr_duration): continued with a step factor
+    # 5e-7 larger, the first continued step is that much larger and the maps stay the uninterrupted run's
+    run_hpcem(["abinitio", "--continue", os.path.join(part, "run_it003_optimiser.star"), "--high_lr", 2.000001])
+    steps = [_log_column(os.path.join(d, "run_log.star"), "hpcemStepSize") for d in (one, part)]
+    print("step ratio continued / uninterrupted per iteration: %s" % (steps[1] / steps[0]))
+    assert np.allclose(steps[1][:3], steps[0][:3], rtol=1e-12)
+    assert np.isclose(steps[1][3] / steps[0][3], 1.0000005, rtol=1e-8, atol=0)
     from hpcem.io.star import read_star
 
     c1 = read_star(os.path.join(one, "run_data.star"))["particles"]["rlnClassNumber"].to_numpy()

@@ -8,10 +8,12 @@ cryoSPARC's parameters under their names without the abinit_ prefix (--init_res,
 _model.star, _optimiser.star, an HDF5 checkpoint and central slices every --write_iter iterations,
 run_log.star/.png (resolution, step size, fraction of the quadrature evaluated, class shares), and
 at the end run_classKKK.mrc and run_data.star (every particle's class and pose); resume with
---continue. Under `mpiexec -n N` each mini-batch's particles are split across ranks; rank 0 writes."""
+--continue (which may change the step factor's schedule, --high_lr and --high_lr_duration). Under
+`mpiexec -n N` each mini-batch's particles are split across ranks; rank 0 writes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..algorithms.sagd.config import AbInitioConfig
 from .common import IterativeJobIO, job_record, resolve_run, set_threads, stamp
@@ -20,7 +22,9 @@ from .inputs import read_particles
 
 @dataclass(frozen=True)
 class Params(IterativeJobIO, AbInitioConfig):
-    pass
+    # the SAGD step factor's schedule may change on --continue: a run whose classes have settled while its
+    # maps lag the E-step's resolution goes on with larger steps (DESIGN_NOTES, issue 12, sixth pass)
+    continue_may_change: ClassVar[frozenset] = frozenset({"high_lr", "high_lr_duration"})
 
 
 def run(p: Params, ctx):
