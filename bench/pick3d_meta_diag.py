@@ -103,6 +103,10 @@ def main(argv=None):
     ap.add_argument("--balanced", action="store_true", help="class-balanced training patches (pick3d --balanced)")
     ap.add_argument("--lc_alpha", type=float, default=0.018)
     ap.add_argument("--lc_lr", type=float, default=0.0)
+    ap.add_argument("--lr_decay", type=float, default=0.0, help="pick3d --lr_decay (cosine over this last fraction)")
+    ap.add_argument("--average", type=float, default=0.0, help="pick3d --average (weights of this last fraction)")
+    ap.add_argument("--also_last", action="store_true", help="with --average: also save and score the last step's "
+                    "weights (model_last.pt, pred_last, eval_last)")
     ap.add_argument("--align", type=int, default=0, help="batches per species of the alignment table (0: none)")
     ap.add_argument("--no_predict", action="store_true")
     a = ap.parse_args(argv)
@@ -117,7 +121,8 @@ def main(argv=None):
                                           os.path.join(a.sim, "clean.star"), diam, 32, SerialComm(), log)
     cfg = TrainConfig(n_classes=len(diam) + 1, method=a.method, widths=tuple(int(w) for w in a.widths.split(",")),
                       bottleneck=a.bottleneck, steps=a.steps, lr=a.lr, meta_lr=a.meta_lr, seed=a.seed,
-                      warmup=a.warmup, lc_alpha=a.lc_alpha, lc_lr=a.lc_lr)
+                      warmup=a.warmup, lc_alpha=a.lc_alpha, lc_lr=a.lc_lr,
+                      lr_decay=a.lr_decay, average=a.average)
     tr = PickerTrainer(cfg, SpeciesSampler(train_set, 32, balanced=a.balanced), PatchSampler(meta_set, 32, balanced=True), "cpu")
     seen = {}
     weights = tr._weights
@@ -140,18 +145,23 @@ def main(argv=None):
     settings = {"network": cfg.network(), "diameters": diam, "angpix": angpix, "patch": 32, "method": a.method,
                 "steps": cfg.steps, "seed": cfg.seed, "trained_on": [t.name for t in train_set],
                 "meta_set": [t.name for t in meta_set]}
-    save_model(os.path.join(a.out, "model.pt"), tr.seg, settings)
+    save_model(os.path.join(a.out, "model.pt"), tr.network(), settings)
+    models = [("model.pt", "pred", "eval")]
+    if a.also_last and tr.n_avg:
+        save_model(os.path.join(a.out, "model_last.pt"), tr.seg, settings)
+        models.append(("model_last.pt", "pred_last", "eval_last"))
     log("train %.0f s" % (time.time() - t0))
     if a.align:
         alignment(tr, a.align, log)
     if a.no_predict:
         return
     test = os.path.join(a.sim, "tomograms_test.star")
-    run_job("pick3d", {"action": "predict", "model": os.path.join(a.out, "model.pt"), "i": test,
-                       "o": os.path.join(a.out, "pred"), "j": 1})
-    run_job("pick3d", {"action": "evaluate", "picks": os.path.join(a.out, "pred", "particles.star"),
-                       "truth": os.path.join(a.sim, "truth.star"), "i": test, "diameters": a.diameters,
-                       "o": os.path.join(a.out, "eval")})
+    for model, pred, ev in models:
+        run_job("pick3d", {"action": "predict", "model": os.path.join(a.out, model), "i": test,
+                           "o": os.path.join(a.out, pred), "j": 1})
+        run_job("pick3d", {"action": "evaluate", "picks": os.path.join(a.out, pred, "particles.star"),
+                           "truth": os.path.join(a.sim, "truth.star"), "i": test, "diameters": a.diameters,
+                           "o": os.path.join(a.out, ev)})
 
 
 if __name__ == "__main__":

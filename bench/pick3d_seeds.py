@@ -2,7 +2,8 @@
 
 Runs ``bench/pick3d_meta_diag.py`` once per (seed, run), seed by seed so that a cut-off still
 leaves paired seeds, each in its own process, into ``OUT/<tag>/seed<N>`` (log ``seed<N>.log``
-beside it); a run whose ``eval/scores.json`` exists is not run again (restart the same command to
+beside it; a run's ``eval_last`` of ``--also_last`` is tabled as ``<tag>_last``); a run whose
+``eval/scores.json`` exists is not run again (restart the same command to
 go on, or copy an earlier run's folder there to reuse it).  Then prints, for every tag under OUT,
 each species' F1 and the mean F1 as mean +- sd over its seeds (sd with ddof 1), each seed's row
 with the reweighting curve h(.05,.3,.6,.9) and the correction's alpha bias at the last logged step,
@@ -58,9 +59,10 @@ def last_curves(log_path: str) -> str:
 
 def collect(out: str) -> dict[str, dict[int, dict]]:
     found: dict[str, dict[int, dict]] = {}
-    for path in sorted(glob.glob(os.path.join(out, "*", "seed*", "eval", "scores.json"))):
+    for path in sorted(glob.glob(os.path.join(out, "*", "seed*", "eval*", "scores.json"))):
         seed_dir = os.path.dirname(os.path.dirname(path))
         tag, seed = os.path.basename(os.path.dirname(seed_dir)), int(os.path.basename(seed_dir)[4:])
+        tag += os.path.basename(os.path.dirname(path))[4:]       # eval_last (--also_last): tag_last
         found.setdefault(tag, {})[seed] = dict(json.load(open(path)), log=last_curves(seed_dir + ".log"))
     return found
 

@@ -2,6 +2,7 @@
 weights-only model loader, and a tiny simulate -> train -> predict -> evaluate run (seeded
 reproducibility, --continue equal to an uninterrupted run, 1 and 2 MPI ranks giving the same picks).
 The full RobPicker-vs-supervised comparison is bench/bench_pick3d.py (and the gated test below)."""
+import copy
 import json
 import os
 import pickle
@@ -119,6 +120,50 @@ def test_balanced_patches_and_correction_settings():
     lrs = [g["lr"] for g in tr.meta_opt.param_groups]
     assert lrs == [0.01, 1e-4]
     assert tr.meta_opt.param_groups[0]["params"][0] is next(tr.lc.parameters())
+
+
+class _RandomPatches:
+    """Patches of noise with a random sphere label: enough for the trainer's bookkeeping."""
+
+    def batch(self, rng, size):
+        x = rng.standard_normal((size, 1, 16, 16, 16)).astype(np.float32)
+        return x, rng.integers(0, 3, (size, 16, 16, 16))
+
+
+def test_lr_decay_and_weight_averaging_continue():
+    """--lr_decay: the lr stays at --lr, then falls on a half cosine to ~0 over the last fraction
+    of the steps; --average: the saved network is the mean of the weights (and batch-norm
+    statistics) after each of the last steps, and a run stopped and restored in the averaging
+    window ends with the same averaged network as an uninterrupted one."""
+    from hpcem.ml.picker.train import PickerTrainer, TrainConfig
+
+    cfg = TrainConfig(n_classes=3, method="supervised", widths=(2, 2, 2, 2), bottleneck=4, patch=16, batch=2,
+                      steps=8, lr=1e-2, lr_decay=0.5, average=0.375, seed=1)
+    f = [cfg.lr_factor(k) for k in range(8)]
+    assert f[:4] == [1.0] * 4 and all(a > b for a, b in zip(f[3:], f[4:])) and 0 < f[-1] < 0.05
+    np.testing.assert_allclose(f[4:], 0.5 * (1 + np.cos(np.pi * (np.arange(4) + 0.5) / 4)))
+    assert cfg.average_from == 5
+    tr = PickerTrainer(cfg, _RandomPatches())
+    seen = []
+    for k in range(8):
+        tr.step()
+        assert tr.opt.param_groups[0]["lr"] == pytest.approx(1e-2 * f[k])
+        if k == 5:
+            saved = copy.deepcopy(tr.state())          # state() shares the live tensors' memory
+        if tr.steps_done > 5:
+            seen.append({n: v.detach().clone() for n, v in tr.seg.state_dict().items()})
+    assert tr.n_avg == 3
+    net = tr.network().state_dict()
+    for n, v in net.items():
+        want = seen[-1][n] if not v.is_floating_point() else sum(s[n] for s in seen) / 3
+        torch.testing.assert_close(v, want, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(net["head.weight"], tr.seg.state_dict()["head.weight"])
+    again = PickerTrainer(cfg, _RandomPatches())
+    again.restore(saved)
+    while again.steps_done < 8:
+        again.step()
+    for n, v in again.network().state_dict().items():
+        torch.testing.assert_close(v, net[n], rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- the bi-level step

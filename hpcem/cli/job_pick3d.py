@@ -52,6 +52,10 @@ class Params(Base):
                             check=(lambda v: 0 < v < 1, "in (0, 1)"), group="model")
     lc_lr: float = param(0.0, "train: the label correction's learning rate (0: --meta_lr)", check=NON_NEGATIVE,
                          group="model")
+    lr_decay: float = param(0.0, "train: fraction of the final steps over which the learning rate falls to 0 "
+                            "(half cosine; 0: constant)", check=(lambda v: 0 <= v <= 1, "in [0, 1]"), group="model")
+    average: float = param(0.0, "train: save the mean of the weights over this fraction of the final steps "
+                           "(0: the last step's)", check=(lambda v: 0 <= v <= 1, "in [0, 1]"), group="model")
     balanced: bool = param(False, "train: draw training patches class-balanced (a species uniformly, then one of "
                            "its annotations; DeepFinder's bootstrap), every method alike", action="store_true",
                            group="model")

@@ -27,7 +27,8 @@ def _config(p, n_species: int):
     return TrainConfig(n_classes=n_species + 1, method=p.method, widths=widths, bottleneck=p.bottleneck,
                        patch=p.patch, batch=p.batch, meta_batch=p.meta_batch, steps=p.steps, lr=p.lr,
                        meta_lr=p.meta_lr, meta_every=p.meta_every, warmup=p.warmup, optimizer=p.optimizer,
-                       seed=p.seed, lc_alpha=p.lc_alpha, lc_lr=p.lc_lr)
+                       seed=p.seed, lc_alpha=p.lc_alpha, lc_lr=p.lc_lr,
+                       lr_decay=p.lr_decay, average=p.average)
 
 
 def _restart(p, ctx):
@@ -85,8 +86,9 @@ def train(p, ctx, device: str) -> int:
     history = train_loop(trainer, q.o, q.save_every, job, ctx.log)
     settings = {"network": cfg.network(), "diameters": diam, "angpix": angpix, "patch": cfg.patch,
                 "method": cfg.method, "steps": cfg.steps, "seed": cfg.seed, "balanced": q.balanced,
+                "lr_decay": cfg.lr_decay, "average": cfg.average,
                 "trained_on": [t.name for t in train_set], "meta_set": [t.name for t in meta_set or []]}
-    save_model(os.path.join(q.o, "model.pt"), trainer.seg, settings)
+    save_model(os.path.join(q.o, "model.pt"), trainer.network(), settings)
     plot_history(os.path.join(q.o, "loss.png"), history)
     record(ctx, q, q.o)
     ctx.log("pick3d train: wrote %s and model.json" % os.path.join(q.o, "model.pt"))

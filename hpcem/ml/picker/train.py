@@ -49,6 +49,21 @@ class TrainConfig:
     seed: int = 0
     lc_alpha: float = 0.018              # the correction's mixing alpha at the start (its bias ~ -4)
     lc_lr: float = 0.0                   # the correction network's learning rate (0: meta_lr)
+    lr_decay: float = 0.0                # fraction of the final steps over which lr falls to 0 (cosine)
+    average: float = 0.0                 # fraction of the final steps whose weights are averaged (saved net)
+
+    def lr_factor(self, step: int) -> float:
+        """The segmentation lr of 0-based step ``step`` over ``lr``: 1, then a half cosine to ~0
+        over the last ``lr_decay`` of the steps."""
+        n = int(round(self.lr_decay * self.steps))
+        if n <= 0 or step < self.steps - n:
+            return 1.0
+        return 0.5 * (1.0 + float(np.cos(np.pi * (step - (self.steps - n) + 0.5) / n)))
+
+    @property
+    def average_from(self) -> int:
+        """Steps done after which the weights enter the average (``steps``: none)."""
+        return self.steps - int(round(self.average * self.steps))
 
     @property
     def warmup_steps(self) -> int:
@@ -97,6 +112,7 @@ class PickerTrainer:
         self.meta_opt = torch.optim.Adam(groups, lr=cfg.meta_lr) if groups else None
         self.rng = np.random.default_rng([cfg.seed, 3])
         self.steps_done = 0
+        self.avg, self.n_avg = None, 0           # running mean of the last steps' weights (cfg.average)
         self.warmup_steps = cfg.warmup_steps     # kept by a continued run whose --steps is raised
 
     # ---------------------------------------------------------------- the training loss (eq 1)
@@ -136,12 +152,40 @@ class PickerTrainer:
         loss = (w * losses).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * cfg.lr_factor(self.steps_done)
         self.opt.step()
         stats = {"loss": float(loss.detach()), "w_min": float(w.min()), "w_max": float(w.max())}
         if meta_now:
             stats["meta_loss"] = self._meta_step(x, noisy, M, losses.detach(), before)
         self.steps_done += 1
+        if self.steps_done > cfg.average_from:
+            self._accumulate()
         return stats
+
+    # ---------------------------------------------------------------- weight averaging
+    def _accumulate(self) -> None:
+        """The running mean of the segmentation network's floating-point state (weights and batch
+        normalisation's running statistics) over the steps since ``cfg.average_from``."""
+        self.n_avg += 1
+        with torch.no_grad():
+            sd = {k: v.detach() for k, v in self.seg.state_dict().items() if v.is_floating_point()}
+            if self.n_avg == 1:
+                self.avg = {k: v.clone() for k, v in sd.items()}
+            else:
+                for k, v in sd.items():
+                    self.avg[k] += (v - self.avg[k]) / self.n_avg
+
+    def network(self):
+        """The network to save: the segmentation U-Net, with the averaged weights when
+        ``cfg.average`` > 0 and averaging has started."""
+        if not self.n_avg:
+            return self.seg
+        net = build_unet(self.cfg.network()).to(self.device, memory_format=MEMORY_FORMAT)
+        sd = self.seg.state_dict()
+        sd.update(self.avg)
+        net.load_state_dict(sd)
+        return net
 
     # ---------------------------------------------------------------- the upper level (eqs 7-13)
     def meta_loss(self, weights=None, batch=None):
@@ -178,6 +222,8 @@ class PickerTrainer:
                 st[key] = _tensors(m.state_dict())
         if self.meta_opt is not None:
             st["meta_opt"] = _opt_state(self.meta_opt)
+        if self.n_avg:
+            st["avg"], st["n_avg"] = _tensors(self.avg), self.n_avg
         return st
 
     def restore(self, st: dict) -> None:
@@ -191,6 +237,8 @@ class PickerTrainer:
         if self.meta_opt is not None:
             _opt_restore(self.meta_opt, st["meta_opt"], self.device)
         self.rng.bit_generator.state = _rng_from(st["rng"])
+        self.n_avg = int(st.get("n_avg", 0))
+        self.avg = _from_numpy(st["avg"], self.device) if self.n_avg else None
 
     def settings(self) -> dict:
         d = asdict(self.cfg)
