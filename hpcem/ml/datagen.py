@@ -45,9 +45,10 @@ STREAM = {"train": 0, "test": 1, "test64": 2, "test_large": 3, "test_large64": 4
 # particles per set (low, high + 1) and the class counts drawn from; test_large: sets of the size
 # users classify (issue 14, stop 28), where each junk kind has hundreds of members; test_large64 the
 # same in 64 px boxes (issue 14, stop 30)
-N_PARTICLES = {"test_large": (15_000, 30_001), "test_large64": (15_000, 30_001)}
-CLASSES = {"test_large": (50, 64, 80, 100), "test_large64": (50, 64, 80, 100)}
-VDAM_BATCHES = {"test_large": 200, "test_large64": 200}   # RELION's default --grad mini-batch count
+LARGE = ("test_large", "test_large64")
+N_PARTICLES = dict.fromkeys(LARGE, (15_000, 30_001))
+CLASSES = dict.fromkeys(LARGE, (50, 64, 80, 100))
+VDAM_BATCHES = dict.fromkeys(LARGE, 200)   # RELION's default --grad mini-batch count
 # the large splits' SNR of set i is ORDER[i % 4] (every SNR within four sets; test_large64 the hardest first)
 LARGE_SNR_ORDER = {"test_large": (0.07, 0.035, 0.14, 0.28), "test_large64": (0.035, 0.07, 0.14, 0.28)}
 

@@ -87,16 +87,15 @@ def _signal_variance(clean, chunk=4096) -> float:
 
 
 def equal_signal_volumes(volumes, angpix: float, ctf: bool = True, n_views: int = 300, seed: int = 0) -> list:
-    """``volumes`` scaled so that each one's projections (with :func:`simulate_dataset`'s default CTFs
-    when ``ctf``) carry the same signal variance inside the particle disc (the mean of theirs): in a
-    mixture simulated from them at SNR s, every volume's particles are at SNR s.  Without it the
-    SNR is the set's mean, and a map of half the mass of the others has its particles at about two
-    thirds of it (issue 11: maps 21-23 at 0.063 / 0.033 / 0.054 in a set at 0.05)."""
-    rng = np.random.default_rng(seed)
-    R = random_rotations(n_views, rng)
-    ctfp = _ctf_draw(n_views, rng, (5000.0, 25000.0), 1000.0, 300.0, 2.7, 0.1) if ctf else None
-    zero, one = np.zeros((n_views, 2)), np.zeros(n_views, np.int64)
-    var = np.array([_signal_variance(simulate_projections([v], R, one, zero, ctfp, angpix)) for v in volumes])
+    """``volumes`` scaled so that each one's noiseless :func:`simulate_dataset` particles (the same
+    ``n_views`` poses, shifts and CTFs for each) carry the same signal variance inside the particle
+    disc (the mean of theirs): in a mixture simulated from them at SNR s, every volume's particles
+    are at SNR s.  Without it the SNR is the set's mean, and a map of half the mass of the others
+    has its particles at about two thirds of it (issue 11: maps 21-23 at 0.063 / 0.033 / 0.054 in a
+    set at 0.05)."""
+    n = volumes[0].shape[0]
+    var = np.array([_signal_variance(simulate_dataset(n=n, n_particles=n_views, angpix=angpix, snr=0, ctf=ctf,
+                                                      seed=seed, volumes=[v]).images) for v in volumes])
     return [v * np.sqrt(var.mean() / vk) for v, vk in zip(volumes, var)]
 
 
