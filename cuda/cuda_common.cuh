@@ -34,4 +34,25 @@ inline cudaStream_t stream_of(uintptr_t s) { return reinterpret_cast<cudaStream_
 // 1-D grid size covering total threads
 inline unsigned blocks(long total, int threads) { return unsigned((total + threads - 1) / threads); }
 
+// One slab of a 64 x 64 output tile on a 16 x 16 thread block (cuda/gtm.cu's and
+// cuda/marginalise.cu's tiled products): thread (tx, ty) accumulates rows ty + 16u and columns
+// tx + 16v (u, v < 4) over the TK k-values staged in shared memory as As[k][row], Bs[k][col].
+template <int TK, int LDA, int LDB, typename T>
+__device__ __forceinline__ void tile_fma(const T (&As)[TK][LDA], const T (&Bs)[TK][LDB], T (&acc)[4][4],
+                                         int tx, int ty) {
+#pragma unroll
+  for (int kk = 0; kk < TK; ++kk) {
+    T a[4], b[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      a[u] = As[kk][ty + 16 * u];
+      b[u] = Bs[kk][tx + 16 * u];
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) acc[u][v] = fma(a[u], b[v], acc[u][v]);
+  }
+}
+
 }  // namespace hpcem_cu

@@ -69,19 +69,7 @@ k_gemm(int rows, int cols, int kdim, const TA* __restrict__ A, long lda, const T
       Bs[kk][c] = v;
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < TK; ++kk) {
-      TC a[4], b[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        a[u] = As[kk][ty + 16 * u];
-        b[u] = Bs[kk][tx + 16 * u];
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-#pragma unroll
-        for (int v = 0; v < 4; ++v) acc[u][v] = fma(a[u], b[v], acc[u][v]);
-    }
+    hpcem_cu::tile_fma(As, Bs, acc, tx, ty);
     __syncthreads();
   }
 #pragma unroll
