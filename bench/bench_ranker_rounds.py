@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="", help="weights (.npz); default: the shipped ones")
     ap.add_argument("--j", type=int, default=1, help="threads of each classification")
     ap.add_argument("--no_run", action="store_true", help="only evaluate the rounds already in --out")
+    ap.add_argument("--kinds", action="store_true", help="per set, the share of each kind of particle each round keeps")
     a = ap.parse_args(argv)
     weights = net.load_weights(a.model or None)
     names = list(a.only) or sorted(d for d in os.listdir(a.dir) if os.path.isfile(os.path.join(a.dir, d, "done.json")))
@@ -59,6 +60,13 @@ def main(argv=None) -> int:
                       row["selected_good"] / max(row["selected"], 1), row["selected_good"] / max(row["good_total"], 1),
                       row["ideal_good"] / max(row["ideal"], 1), row["ideal_good"] / max(row["good_total"], 1),
                       "" if subset else "  NOT A SUBSET of the previous round"), flush=True)
+        if a.kinds:
+            for k, kname in enumerate(truth["kinds"]):
+                members = np.flatnonzero(kind == k)
+                if members.size:
+                    print("  %-12s %6d  kept by round %s" % (kname, members.size, " / ".join(
+                        "%.2f" % np.isin(members, r[-1]["selected_idx"]).mean()
+                        for r in (per_round[i] for i in range(1, len(optimisers) + 1)))))
     for r, rows in sorted(per_round.items()):
         s = pooled(rows)
         print("round %d, %d sets pooled: AUC %.3f  purity %.3f  recall %.3f  (perfect ranker: purity %.3f recall %.3f)"
