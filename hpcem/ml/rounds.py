@@ -54,25 +54,22 @@ def run_rounds(setdir: str, outdir: str, weights: dict, rounds: int = 2, min_sco
 
     spec, optimiser = _spec(setdir)
     spec = replace(spec, K=K if K > 0 else spec.K)
-    optimisers = [optimiser]
     for r in range(1, rounds + 1):
         rdir = os.path.join(outdir, "round%d" % r)
-        if r > 1:
-            done = os.path.join(rdir, "done.json")
-            if not os.path.isfile(done):
-                os.makedirs(rdir, exist_ok=True)
-                star = os.path.join(rdir, "particles.star")
-                shutil.copy(os.path.join(outdir, "round%d" % (r - 1), "Select", "particles.star"), star)
-                opt = classify(spec, rdir, star, threads)
-                with open(done, "w") as f:
-                    json.dump({"optimiser": os.path.relpath(opt, rdir), "K": spec.K}, f)
-            with open(done) as f:
-                optimisers.append(os.path.join(rdir, json.load(f)["optimiser"]))
+        done = os.path.join(rdir, "done.json")
+        if r > 1 and not os.path.isfile(done):
+            os.makedirs(rdir, exist_ok=True)
+            star = os.path.join(rdir, "particles.star")
+            shutil.copy(os.path.join(outdir, "round%d" % (r - 1), "Select", "particles.star"), star)
+            opt = classify(spec, rdir, star, threads)
+            with open(done, "w") as f:
+                json.dump({"optimiser": os.path.relpath(opt, rdir), "K": spec.K}, f)
+        optimiser = stored_optimisers(setdir, outdir, r)[-1]
         sel = os.path.join(rdir, "Select")
         if not os.path.isfile(os.path.join(sel, "particles.star")):
-            rank_classes(optimisers[-1], sel, weights, min_score, log=lambda *a, **k: None)
-        log("%s round %d: %s" % (os.path.basename(setdir), r, optimisers[-1]))
-    return optimisers
+            rank_classes(optimiser, sel, weights, min_score, log=lambda *a, **k: None)
+        log("%s round %d: %s" % (os.path.basename(setdir), r, optimiser))
+    return stored_optimisers(setdir, outdir, rounds)
 
 
 def stored_optimisers(setdir: str, outdir: str, rounds: int = 2) -> list:
@@ -83,7 +80,8 @@ def stored_optimisers(setdir: str, outdir: str, rounds: int = 2) -> list:
     for r in range(2, rounds + 1):
         done = os.path.join(outdir, "round%d" % r, "done.json")
         if not os.path.isfile(done):
-            raise InputError("round %d was not made (run bench/bench_ranker_rounds.py)" % r, file=done, field="optimiser")
+            raise InputError("round %d was not made (run bench/bench_ranker_rounds.py)" % r, file=done,
+                             field="optimiser")
         with open(done) as f:
             optimisers.append(os.path.join(os.path.dirname(done), json.load(f)["optimiser"]))
     return optimisers
@@ -120,4 +118,5 @@ def pooled(rows) -> dict:
     ig, i = sum(r["ideal_good"] for r in rows), sum(r["ideal"] for r in rows)
     return {"purity": sg / max(s, 1), "recall": sg / max(tot, 1), "ideal_purity": ig / max(i, 1),
             "ideal_recall": ig / max(tot, 1),
-            "auc": roc_auc(np.concatenate([r["scores"] for r in rows]), np.concatenate([r["good_class"] for r in rows]))}
+            "auc": roc_auc(np.concatenate([r["scores"] for r in rows]),
+                           np.concatenate([r["good_class"] for r in rows]))}
