@@ -114,6 +114,38 @@ def test_schedule_and_quadrature():
     assert b.index(3) == Batches(3, 1000, 90, 0).index(3)
 
 
+
+def test_step_factor_restarts_once_the_classes_settle():
+    """K > 1: the first iteration after the frequency marching at which the classes have settled
+    restarts epsilon at --high_lr, its halvings counted from there, once; not during the marching,
+    not while the classes move, never for K = 1 or with --no-high_lr_restart."""
+    from hpcem.algorithms.sagd.config import AbInitioConfig
+    from hpcem.algorithms.sagd.schedule import Schedule, StepFactor
+
+    cfg = AbInitioConfig(K=3, num_init_iters=20, radwn_step=0.5, num_final_iters=100, max_res=9.0,
+                         high_lr_duration=40)
+    s = Schedule(cfg, 32, 3.75, 800)
+    assert s.n_anneal == 20 and not s.marching_done(39) and s.marching_done(40)
+
+    def settled(it):    # settled before the marching ends, moving after it, settled from 68, moving at 80-89
+        return it < 30 or 68 <= it < 80 or it >= 90
+
+    for K, c, first in ((3, cfg, 68), (1, cfg, None), (3, cfg.replace(high_lr_restart=False), None)):
+        f = StepFactor(Schedule(c, 32, 3.75, 800), K)
+        eps = []
+        for it in range(s.total):
+            f.observe(it, settled(it))
+            eps.append(f(it))
+        eps = np.array(eps)
+        plain = np.array([s.epsilon(it) for it in range(s.total)])
+        if first is None:
+            assert f.restart == -1 and np.array_equal(eps, plain)
+            continue
+        assert f.restart == first
+        assert np.array_equal(eps[:first], plain[:first]) and eps[first - 1] == 1.0
+        assert np.all(eps[first:first + 40] == 2.0) and np.all(eps[first + 40:first + 80] == 1.0)
+
+
 def _write(tmp, N, n, snr, seed):
     from hpcem.simulate.particles import simulate_dataset
     from hpcem.simulate.write import write_dataset

@@ -8,7 +8,9 @@ cryoSPARC's parameters under their names without the abinit_ prefix (--init_res,
 _model.star, _optimiser.star, an HDF5 checkpoint and central slices every --write_iter iterations,
 run_log.star/.png (resolution, step size, fraction of the quadrature evaluated, class shares), and
 at the end run_classKKK.mrc and run_data.star (every particle's class and pose); resume with
---continue (which may change the step factor's schedule, --high_lr and --high_lr_duration). Under
+--continue (which may change the step factor's schedule, --high_lr and --high_lr_duration). With
+K > 1 the step factor restarts at --high_lr once the classes settle after the frequency marching
+(--high_lr_restart, default). Under
 `mpiexec -n N` each mini-batch's particles are split across ranks; rank 0 writes."""
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from ..vdam.blobs import signal_std
 from .model import SagdModel
 from .priors import Prior
 from .sagd import LINE_SEARCH_EVERY, SAG, Basis, Lipschitz, data_curvature, data_gradient
-from .schedule import Batches, Schedule, quadrature
+from .schedule import Batches, Schedule, StepFactor, quadrature
 
 PRIOR_MEMORY = 0.9     # running average of the class shares over mini-batches
 CHURN_MAX = 0.05       # K > 1: importance sampling only while fewer particles than this change class per visit
@@ -38,6 +38,7 @@ class AbInitio:
         self.ps, self.config, self.comm, self.log = ps, cfg, comm, log
         self.n, self.K, self.N = ps.box, cfg.K, ps.n
         self.sched = Schedule(cfg, self.n, ps.angpix, self.N)
+        self.step_factor = StepFactor(self.sched, self.K)
         self.m = SagdModel(ps, cfg, comm)
         self.basis = Basis(self.n, int(np.floor(self.sched.r_max)) + 2)
         self.prior = Prior(cfg.prior, self.m.mask3, cfg.prior_weight)
@@ -189,7 +190,8 @@ class AbInitio:
             self.lip.decrease()
             if new_shell:
                 self.lip.L = max(self.lip.L, self._curvature(dV, [W for _, W in sw], nb))
-        eps = self.sched.epsilon(it)
+        restarted = self.step_factor.observe(it, not self._classes_moving())
+        eps = self.step_factor(it)
         move = np.stack([self.basis.volume(g) for g in self.sag.mean()]) + self.prior.grad(self.V) / nb
         self.V = self._project(self.V - (eps / self.lip.L) * move)
         self.m.update_noise(sums.noise, self.m.group_counts(self.sub), self.r, self.sub)
@@ -202,7 +204,7 @@ class AbInitio:
         stats = {"iteration": self.it, "r": self.sched.radius(it), "resolution": n * self.ps.angpix / self.r,
                  "batch": int(self.batches.members(self.b).size), "epsilon": eps, "step": eps / self.lip.L,
                  "L": self.lip.L, "evaluated": self.frac_eval, "pclass": self.pclass.copy(), "evals": evals,
-                 "churn": self.churn,
+                 "churn": self.churn, "restarted": restarted,
                  "reseeded": reseeded, "order": self.quad.order, "psi_step": self.quad.psi_step,
                  "t_step": self.quad.t_step, "epoch": self.visits / self.N, "loglik": loglik}
         self.rows.append([self.it, stats["resolution"], stats["step"], stats["evaluated"], stats["epoch"]]

@@ -41,6 +41,11 @@ class AbInitioConfig(Params):
                            check=POSITIVE, group="schedule")
     high_lr_duration: int = param(150, "iterations per halving of epsilon, down to 1/16 (the seed's 150; "
                                   "abinit_high_lr_duration)", check=AT_LEAST_1, group="schedule")
+    high_lr_restart: bool = param(True, "K > 1: once the resolution has reached --max_res and fewer than 5%% of the "
+                                  "particles change class per visit, epsilon is restored to --high_lr and its "
+                                  "halvings counted from there (the classes settle with small steps; the map then "
+                                  "needs large ones); --no-high_lr_restart: one schedule from iteration 0",
+                                  action=YES_NO, group="schedule")
     class_anneal_beta: float = param(0.1, "class similarity: class posteriors mixed with the uniform "
                                      "distribution in this proportion, annealed to 0 (abinit_class_anneal_beta)",
                                      check=IN_0_1, group="classes")

@@ -5,8 +5,9 @@ Schedule (cryoSPARC's Ab-Initio phases, seed 003 section 4.2's frequency marchin
 per iteration to the final resolution, then ``num_final_iters`` there; mini-batches of
 ``minisize_init`` particles until ``minisize_num_init_iters``, ``minisize`` after; the SAGD step
 factor ``epsilon = max(1/16, high_lr 2^-floor(it / high_lr_duration))`` (the seed's
-``max(1/16, 2^(1 - floor(tau/150)))`` with the defaults); the class similarity ``beta`` until
-``class_anneal_start``, falling linearly to 0 at ``class_anneal_end``.
+``max(1/16, 2^(1 - floor(tau/150)))`` with the defaults), for K > 1 restarted at ``high_lr`` once the
+marching is over and the classes have settled (:class:`StepFactor`); the class similarity ``beta``
+until ``class_anneal_start``, falling linearly to 0 at ``class_anneal_end``.
 
 Quadrature (section 3.2) at Fourier radius ``r = D omega*`` (cycles per box): the angle between
 discrete wave numbers at that radius ``alpha = arccos((r^2 - 1) / (r^2 + 1)) / 2``; directions
@@ -74,9 +75,14 @@ class Schedule:
         b = self.cfg.minisize_init if self.phase(it) == 0 else self.cfg.minisize
         return int(min(max(b, 1), self.N))
 
-    def epsilon(self, it: int) -> float:
+    def marching_done(self, it: int) -> bool:
+        """Whether iteration ``it`` comes after the frequency marching (the final radius reached before it)."""
+        return it >= self.cfg.num_init_iters + self.n_anneal
+
+    def epsilon(self, it: int, start: int = 0) -> float:
+        """The step factor, its halvings counted from iteration ``start``."""
         c = self.cfg
-        return float(max(1.0 / 16.0, c.high_lr * 2.0 ** (-np.floor(it / c.high_lr_duration))))
+        return float(max(1.0 / 16.0, c.high_lr * 2.0 ** (-np.floor((it - start) / c.high_lr_duration))))
 
     def class_similarity(self, it: int) -> float:
         c = self.cfg
@@ -85,6 +91,31 @@ class Schedule:
         if it >= c.class_anneal_end or c.class_anneal_end <= c.class_anneal_start:
             return 0.0
         return float(c.class_anneal_beta * (c.class_anneal_end - it) / (c.class_anneal_end - c.class_anneal_start))
+
+
+class StepFactor:
+    """SAGD's step factor epsilon over the run.  K > 1 with ``high_lr_restart``: the first iteration
+    after the frequency marching at which the classes have settled (:meth:`observe`'s ``settled``:
+    class similarity off and fewer than 5% of the particles changing class per visit, the rule that
+    switches importance sampling on) restarts it at ``high_lr``, its halvings counted from there.
+    The steps that let the classes settle are too small to bring the particles' map to the final
+    resolution afterwards (issue 12, sixth pass: 16.9 A at the end; restarted, 8.1 A).  ``restart``
+    (-1: not yet) is part of the checkpoint."""
+
+    def __init__(self, sched: Schedule, K: int):
+        self.sched = sched
+        self.on = K > 1 and bool(sched.cfg.high_lr_restart)
+        self.restart = -1
+
+    def observe(self, it: int, settled: bool) -> bool:
+        """Whether iteration ``it`` restarts the schedule (once per run)."""
+        if self.on and self.restart < 0 and settled and self.sched.marching_done(it):
+            self.restart = int(it)
+            return True
+        return False
+
+    def __call__(self, it: int) -> float:
+        return self.sched.epsilon(it, max(self.restart, 0))
 
 
 class Batches:
