@@ -19,7 +19,7 @@ CONTINUABLE = frozenset({"i", "o", "continue_", "iters", "batch", "j", "angpix",
 # hpcem's own candidate generator, --importance_sampling, and the --tv prior)
 CONTINUABLE_SEARCH = frozenset({"healpix_order", "psi_step", "sigma_ang", "offset_range", "offset_step",
                                 "tau2_fudge", "maxsig", "importance_sampling", "s0", "cross_join",
-                                "auto_sampling", "max_healpix_order",
+                                "auto_sampling", "max_healpix_order", "final_healpix_order",
                                 # the prior of the maps: like tau2_fudge, the seed-002 regularisation
                                 "tv", "tv_auto", "tv_alpha", "tv_beta", "tv_eps", "tv_epsp", "tv_weight",
                                 "tv_lr", "tv_iters"})

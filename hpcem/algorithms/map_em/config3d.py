@@ -123,6 +123,10 @@ class InitialModelConfig(_Class3DBase, GradOptions, TVOptions):
                                 "--healpix_order up to --max_healpix_order", action=YES_NO, group="sampling")
     max_healpix_order: int = param(3, "finest HEALPix order of --auto_sampling",
                                    check=(lambda v: 0 <= v <= 6, "in 0..6"), group="sampling")
+    final_healpix_order: int = param(-1, "HEALPix order of the final pass that assigns every particle's class and "
+                                     "pose (-1: with K > 1 one order finer than the last mini-batch's, as far as "
+                                     "the resolution reached supports it; with K = 1 the mini-batches' order)",
+                                     check=(lambda v: -1 <= v <= 6, "in -1..6"), group="sampling")
     grad_em_iters: int = param(0, "EM iterations after the mini-batches: class2d --grad only (0 here)",
                                check=(lambda v: v == 0, "0: final EM iterations exist in class2d --grad only"),
                                group="vdam")
