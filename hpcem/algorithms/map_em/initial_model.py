@@ -79,8 +79,11 @@ class InitialModel(GradFiles, Class3D):
         cfg, order = self.config, int(self.st["order"])
         if not cfg.auto_sampling:
             return order
-        return max(order, order_for_resolution(self.st["resolution"], self.m.radius_px * self.m.angpix,
-                                               max_order=cfg.max_healpix_order))
+        return max(order, self._supported_order(cfg.max_healpix_order))
+
+    def _supported_order(self, max_order: int = 7) -> int:
+        """The HEALPix order whose step the resolution reached supports (at most ``max_order``)."""
+        return order_for_resolution(self.st["resolution"], self.m.radius_px * self.m.angpix, max_order=max_order)
 
     def finest_mini_batch_order(self) -> int:
         """``--auto_sampling``: the order the data's Nyquist resolution supports (at most
@@ -221,8 +224,7 @@ class InitialModel(GradFiles, Class3D):
             return int(cfg.final_healpix_order)
         if self.K == 1:
             return order
-        supported = order_for_resolution(self.st["resolution"], self.m.radius_px * self.m.angpix)
-        return max(order, min(order + 1, supported))
+        return max(order, min(order + 1, self._supported_order()))
 
     def finest_dense_order(self) -> int:
         """The finest order of the mini-batches (:meth:`finest_mini_batch_order`) or of the final
@@ -237,8 +239,9 @@ class InitialModel(GradFiles, Class3D):
         :meth:`final_order`."""
         t0 = time.time()
         m = self.m
-        if self.final_order() != self.samp.order:     # the checkpoint keeps the mini-batches' order
-            self._set_order(self.final_order())
+        order = self.final_order()
+        if order != self.samp.order:     # the checkpoint keeps the mini-batches' order
+            self._set_order(order)
         sums = m.e_step(self.samp, self.trans, int(self.st["r_cur"]))
         m.bps = None
         sums.reduce(self.comm)
