@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from hpcem.core.align3d import align_maps, apply_alignment
+from hpcem.core.align3d import aligned_resolution
 from hpcem.core.fsc import fsc, resolution_at
 from hpcem.io.mrc import read_mrc
 from hpcem.io.star import read_star
@@ -65,9 +65,8 @@ def im_set(tmp_path_factory):
 
 
 def _fsc_to_truth(truth, vol, angpix):
-    al = align_maps(truth, vol)
-    _, curve = fsc(truth, apply_alignment(vol, al))
-    return resolution_at(curve, 0.5, truth.shape[0], angpix), al.flipped
+    res, _, al = aligned_resolution(truth, vol, angpix)
+    return res, al.flipped
 
 
 def test_initial_model_from_blobs(im_set, run_hpcem):

@@ -14,7 +14,7 @@ import pytest
 
 from hpcem.cli.main import run_job
 from hpcem.errors import InputError
-from hpcem.io.tomo_star import TomoEntry, particles_table, write_particles, write_tomograms
+from hpcem.io.tomo_star import TomoEntry, particles_table, write_particles
 from hpcem.metrics import pick_scores
 
 torch = pytest.importorskip("torch")

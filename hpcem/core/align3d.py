@@ -233,3 +233,14 @@ def transform_volume(b: np.ndarray, R: np.ndarray, shift, flip: bool = False, or
 def apply_alignment(b: np.ndarray, al: Alignment, order: int = 3) -> np.ndarray:
     """``b`` superposed onto ``a`` by the result of :func:`align_maps`."""
     return transform_volume(b, al.rotation, al.shift, al.flipped, order)
+
+
+def aligned_resolution(a: np.ndarray, b: np.ndarray, angpix: float, threshold: float = 0.5):
+    """(resolution in A where the FSC of ``b`` superposed on ``a`` falls below ``threshold``, the FSC
+    curve, the :class:`Alignment`): how a map in an arbitrary frame (an initial model, an ab-initio
+    class) is measured against a truth, as ``hpcem fsc a b --align`` does."""
+    from .fsc import fsc, resolution_at
+
+    al = align_maps(a, b)
+    curve = fsc(a, apply_alignment(b, al))[1]
+    return resolution_at(curve, threshold, a.shape[0], angpix), curve, al

@@ -99,7 +99,6 @@ def solve(pb: TVProblem, x_init, iters: int, rounds: int = 3, lr: float = 1.0) -
     xp = kernels.array_namespace(x_init, pb.Zc)
     rfft, irfft = _fft(xp)
     x = _as32(xp, x_init)
-    n = x.shape[0]
     shape = x.shape
     gvol = pb.g[:, None, None] * pb.g[None, :, None] * pb.g[None, None, :]
     wl1, wtv = xp.empty_like(x), xp.empty_like(x)
