@@ -267,9 +267,14 @@ def test_to_host_has_cuda_threads():
     assert isinstance(kernels.has_cuda(), bool)
     t0 = kernels.max_threads()
     assert isinstance(t0, int) and t0 >= 1
+    from hpcem import _core
+    from hpcem.core.fourier import fft_workers
     try:
         kernels.set_threads(1)
         assert kernels.max_threads() == 1
+        assert _core.blas_threads() in (1, -1)       # --j also bounds OpenBLAS's threads (-1: other BLAS)
+        kernels.set_threads(2)
+        assert _core.blas_threads() in (2, -1) and fft_workers() == 2
     finally:
         kernels.set_threads(t0)
 

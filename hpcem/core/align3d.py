@@ -35,7 +35,7 @@ from scipy.spatial.transform import Rotation
 
 from hpcem.core.euler import angular_distance, euler_to_matrix, matrix_to_euler
 from hpcem.core.filters import lowpass
-from hpcem.core.fourier import WORKERS, ft3, kgrid3
+from hpcem.core.fourier import fft_workers, ft3, kgrid3
 from hpcem.core.masks import soft_spherical_mask
 from hpcem.core.sampling import orientations_3d
 from hpcem.io.resample import resample_volume, window
@@ -103,7 +103,7 @@ class _Level:
         BR = ndimage.map_coordinates(self.P, coords, order=1, prefilter=False)
         H = np.zeros((len(Rs), s, s, s // 2 + 1), np.complex64)
         H[:, self.k[:, 2] % s, self.k[:, 1] % s, self.k[:, 0]] = self.A * np.conj(BR.reshape(len(Rs), -1))
-        return sfft.irfftn(H, s=(s, s, s), axes=(1, 2, 3), workers=WORKERS) * ((s / m) ** 3 / self.norm)
+        return sfft.irfftn(H, s=(s, s, s), axes=(1, 2, 3), workers=fft_workers()) * ((s / m) ** 3 / self.norm)
 
     def best(self, Rs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(score (r,), shift (r, 3) x, y, z in pixels of this box) of each rotation: the

@@ -66,9 +66,9 @@ def _fft(xp):
     if xp is np:
         import scipy.fft as sfft
 
-        from ..core.fourier import WORKERS
-        return (lambda a: sfft.rfftn(a, workers=WORKERS)), \
-            (lambda A, s: sfft.irfftn(A, s=s, workers=WORKERS))
+        from ..core.fourier import fft_workers
+        return (lambda a: sfft.rfftn(a, workers=fft_workers())), \
+            (lambda A, s: sfft.irfftn(A, s=s, workers=fft_workers()))
     import cupy
     return cupy.fft.rfftn, (lambda A, s: cupy.fft.irfftn(A, s=s))
 
