@@ -40,13 +40,11 @@ def hpcem(args, cwd):
 
 
 def fsc_to_truth(truth, path):
-    from hpcem.core.align3d import align_maps, apply_alignment
-    from hpcem.core.fsc import fsc, resolution_at
+    from hpcem.core.align3d import aligned_resolution
     from hpcem.io.mrc import read_mrc
 
     vol = np.asarray(read_mrc(path)[0], np.float64)
-    al = align_maps(truth, vol)
-    return resolution_at(fsc(truth, apply_alignment(vol, al))[1], 0.5, truth.shape[0], ANGPIX)
+    return aligned_resolution(truth, vol, ANGPIX)[0]
 
 
 def row(name, seed, t, res):

@@ -54,8 +54,7 @@ def main(argv=None):
     ap.add_argument("--name", default="K3", help="output folder in --dir")
     ap.add_argument("--equal_signal", action="store_true", help="every map's particles at --snr (see above)")
     a = ap.parse_args(argv)
-    from hpcem.core.align3d import align_maps, apply_alignment
-    from hpcem.core.fsc import fsc, resolution_at
+    from hpcem.core.align3d import aligned_resolution
     from hpcem.io.mrc import read_mrc
     from hpcem.io.star import read_star
     from hpcem.metrics import adjusted_rand_index
@@ -103,7 +102,7 @@ def main(argv=None):
     maps = [read_mrc(os.path.join(out, "initial_model_class%03d.mrc" % (k + 1)))[0].astype(np.float64)
             for k in range(3)]
     for t, truth in enumerate(truths):
-        res = [resolution_at(fsc(truth, apply_alignment(m, align_maps(truth, m)))[1], 0.5, a.n, 3.0) for m in maps]
+        res = [aligned_resolution(truth, m, 3.0)[0] for m in maps]
         print("truth %d: FSC 0.5 of classes 1-3 after --align %s A" % (t + 1, np.round(res, 1)))
     return 0
 

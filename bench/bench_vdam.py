@@ -43,8 +43,8 @@ def run(args, cwd):
 
 def initial_models(a):
     """hpcem initial_model per seed: seconds, FSC 0.5 / 0.143 to the truth after --align, hand."""
-    from hpcem.core.align3d import align_maps, apply_alignment
-    from hpcem.core.fsc import fsc, resolution_at
+    from hpcem.core.align3d import aligned_resolution
+    from hpcem.core.fsc import resolution_at
     from hpcem.io.mrc import read_mrc
 
     star = os.path.join(a.dir, "particles.star")
@@ -60,8 +60,7 @@ def initial_models(a):
         t = run(["initial_model", "--i", "particles.star", "--o", out + "/run", "--ctf", "--particle_diameter", 150,
                  "--iter", b, "--grad_write_iter", b, "--random_seed", seed, "--j", a.j] + a.flags.split(), a.dir)
         vol = np.asarray(read_mrc(os.path.join(a.dir, out, "initial_model.mrc"))[0], np.float64)
-        al = align_maps(truth, vol)
-        _, curve = fsc(truth, apply_alignment(vol, al))
+        _, curve, al = aligned_resolution(truth, vol, 3.0)
         print("%5d %9.1f %8.2fA %8.2fA %8s" % (seed, t, resolution_at(curve, 0.5, 64, 3.0),
                                                resolution_at(curve, 0.143, 64, 3.0),
                                                "flipped" if al.flipped else "right"), flush=True)

@@ -21,8 +21,7 @@ import shutil
 import numpy as np
 import pytest
 
-from hpcem.core.align3d import align_maps, apply_alignment
-from hpcem.core.fsc import fsc, resolution_at
+from hpcem.core.align3d import aligned_resolution
 from hpcem.io.mrc import read_mrc
 
 
@@ -172,9 +171,8 @@ SHORT = ["--num_init_iters", 50, "--radwn_step", 0.5, "--num_final_iters", 30, "
 
 
 def _fsc_to_truth(truth, vol, angpix):
-    al = align_maps(truth, vol)
-    _, curve = fsc(truth, apply_alignment(vol, al))
-    return resolution_at(curve, 0.5, truth.shape[0], angpix), al.flipped
+    res, _, al = aligned_resolution(truth, vol, angpix)
+    return res, al.flipped
 
 
 def test_abinitio_from_a_random_start(ab_set, run_hpcem):

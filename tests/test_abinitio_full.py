@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from hpcem.core.align3d import align_maps, apply_alignment
+from hpcem.core.align3d import aligned_resolution
 from hpcem.core.euler import angular_distance, euler_to_matrix
 from hpcem.core.fsc import fsc, resolution_at
 from hpcem.io.mrc import read_mrc
@@ -36,8 +36,7 @@ def _data(tmp, volumes, N, seed):
 
 
 def _res(truth, vol):
-    al = align_maps(truth, vol)
-    return resolution_at(fsc(truth, apply_alignment(vol, al))[1], 0.5, truth.shape[0], 3.0)
+    return aligned_resolution(truth, vol, 3.0)[0]
 
 
 def test_ten_random_starts(tmp_path, run_hpcem):
@@ -104,8 +103,7 @@ SMALL = ["--K", 2, "--particle_diameter", 96, "--ctf", "--random_seed", 1, "--nu
 
 
 def _small_res(truth, vol):
-    al = align_maps(truth, vol)
-    return resolution_at(fsc(truth, apply_alignment(vol, al))[1], 0.5, truth.shape[0], 3.75)
+    return aligned_resolution(truth, vol, 3.75)[0]
 
 
 def test_two_maps_separate_with_importance_sampling(tmp_path, run_hpcem):
@@ -160,7 +158,7 @@ def test_importance_sampling_equals_full_quadrature(tmp_path, run_hpcem):
         run_hpcem(["abinitio", "--i", star, "--o", out + "/run", "--random_seed", 3] + AB + extra)
         maps.append(read_mrc(os.path.join(out, "run_class001.mrc"))[0].astype(np.float64))
     a, b = maps
-    curve = fsc(a, apply_alignment(b, align_maps(a, b)))[1]
+    curve = aligned_resolution(a, b, 3.0)[1]
     r_final = int(64 * 3.0 / 12.0)
     print("IS vs full quadrature: FSC up to the final shell %d: min %.4f" % (r_final, curve[:r_final + 1].min()))
     assert curve[:r_final + 1].min() > 0.99

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from hpcem.core.align3d import align_maps, apply_alignment
+from hpcem.core.align3d import aligned_resolution
 from hpcem.core.fsc import fsc, resolution_at
 from hpcem.io.mrc import read_mrc
 from hpcem.io.star import read_star
@@ -65,9 +65,8 @@ def im_set(tmp_path_factory):
 
 
 def _fsc_to_truth(truth, vol, angpix):
-    al = align_maps(truth, vol)
-    _, curve = fsc(truth, apply_alignment(vol, al))
-    return resolution_at(curve, 0.5, truth.shape[0], angpix), al.flipped
+    res, _, al = aligned_resolution(truth, vol, angpix)
+    return res, al.flipped
 
 
 def test_initial_model_from_blobs(im_set, run_hpcem):
@@ -89,7 +88,8 @@ def test_initial_model_from_blobs(im_set, run_hpcem):
 def test_initial_model_ranks_and_continue(im_set, run_hpcem):
     """Also across an --auto_sampling order change (0 -> 1 after the first mini-batch, capped at
     --max_healpix_order 1): the order is part of the checkpoint, so the continued run samples as
-    the uninterrupted one; the memory plan is made for order 1 from the start."""
+    the uninterrupted one; the memory plan is made for order 1 from the start.  A --healpix_order
+    given to --continue replaces the checkpoint's order."""
     tmp, d, star = im_set
     base = ["initial_model", "--i", star, "--iter", 6, "--grad_write_iter", 3, "--sym", "D2",
             "--healpix_order", 0, "--auto_sampling", "--max_healpix_order", 1] + IM
@@ -110,6 +110,12 @@ def test_initial_model_ranks_and_continue(im_set, run_hpcem):
         print("%s: relative difference %.2e" % (other, rel))
         assert rel < 1e-4
     assert os.path.exists(os.path.join(one, "initial_model.mrc"))
+    chg = os.path.join(tmp, "chg")            # a new --healpix_order given to --continue is used
+    shutil.copytree(part, chg)
+    p = run_hpcem(["initial_model", "--continue", os.path.join(chg, "run_it003_optimiser.star"), "--iter", 4,
+                   "--healpix_order", 2, "--o", chg + "/more"])
+    orders = [int(x.split("order")[1].split()[0]) for x in p.stdout.splitlines() if x.startswith("batch")]
+    assert orders == [2], orders
 
 
 def test_initial_model_final_pass_one_order_finer_for_classes(im_set, run_hpcem):

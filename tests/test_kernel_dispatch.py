@@ -1,6 +1,7 @@
 """hpcem.kernels as one dispatcher: every kernel rejects bad arguments with KernelArgumentError
 naming the kernel and the argument; the backend helpers; and the device posteriors' selection
 (numpy-agnostic code) run on numpy against the CPU kernel."""
+import os
 import re
 import types
 
@@ -267,12 +268,38 @@ def test_to_host_has_cuda_threads():
     assert isinstance(kernels.has_cuda(), bool)
     t0 = kernels.max_threads()
     assert isinstance(t0, int) and t0 >= 1
+    from hpcem import _core
+    from hpcem.core.fourier import fft_workers
     try:
         kernels.set_threads(1)
         assert kernels.max_threads() == 1
+        assert _core.blas_threads() in (1, -1)       # --j also bounds OpenBLAS's threads (-1: other BLAS)
+        kernels.set_threads(2)
+        assert _core.blas_threads() in (2, -1) and fft_workers() == 2
     finally:
         kernels.set_threads(t0)
 
+
+
+def test_job_threads_default_share_the_node(monkeypatch):
+    """--j 0: $OMP_NUM_THREADS when set, else this process's cores over the ranks on its node."""
+    from hpcem.cli.common import set_threads
+
+    class Node:
+        def node_size(self):
+            return 2
+
+    cores = len(os.sched_getaffinity(0))
+    t0 = kernels.max_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert set_threads(0, Node()) == max(1, cores // 2) == kernels.max_threads()
+        assert set_threads(0) == cores
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert set_threads(0, Node()) == 3 == kernels.max_threads()
+        assert set_threads(5, Node()) == 5 == kernels.max_threads()
+    finally:
+        kernels.set_threads(t0)
 
 # ----------------------------------------------------------------------------- device posteriors
 def model_logsumexp(d, lt, lj, logZ, pmax, arg, prob):

@@ -6,7 +6,7 @@ from scipy.ndimage import map_coordinates
 
 from hpcem import kernels
 from hpcem.core.euler import euler_to_matrix, random_rotations, rotation_2d
-from hpcem.core.fourier import ft2, ft3, ift2, shell_index3
+from hpcem.core.fourier import ft3, ift2, shell_index3
 from hpcem.recon.projector import BackProjector, BackProjector2D, Projector, Projector2D
 
 SIZES = [7, 8, 16, 33]

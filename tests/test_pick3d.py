@@ -14,7 +14,7 @@ import pytest
 
 from hpcem.cli.main import run_job
 from hpcem.errors import InputError
-from hpcem.io.tomo_star import TomoEntry, particles_table, write_particles, write_tomograms
+from hpcem.io.tomo_star import TomoEntry, particles_table, write_particles
 from hpcem.metrics import pick_scores
 
 torch = pytest.importorskip("torch")
@@ -149,7 +149,8 @@ def test_lr_decay_and_weight_averaging_continue():
         tr.step()
         assert tr.opt.param_groups[0]["lr"] == pytest.approx(1e-2 * f[k])
         if k == 5:
-            saved = copy.deepcopy(tr.state())          # state() shares the live tensors' memory
+            saved = tr.state()                         # a snapshot: later steps must not change it
+            frozen = copy.deepcopy(saved)
         if tr.steps_done > 5:
             seen.append({n: v.detach().clone() for n, v in tr.seg.state_dict().items()})
     assert tr.n_avg == 3
@@ -158,12 +159,17 @@ def test_lr_decay_and_weight_averaging_continue():
         want = seen[-1][n] if not v.is_floating_point() else sum(s[n] for s in seen) / 3
         torch.testing.assert_close(v, want, rtol=1e-5, atol=1e-6)
     assert not torch.equal(net["head.weight"], tr.seg.state_dict()["head.weight"])
+    for key in [k for k in ("seg", "avg") if k in frozen]:
+        for n, v in frozen[key].items():
+            np.testing.assert_array_equal(saved[key][n], v)
     again = PickerTrainer(cfg, _RandomPatches())
     again.restore(saved)
     while again.steps_done < 8:
         again.step()
     for n, v in again.network().state_dict().items():
         torch.testing.assert_close(v, net[n], rtol=0, atol=0)
+    for n, v in frozen["seg"].items():                   # restoring does not alias the snapshot either
+        np.testing.assert_array_equal(saved["seg"][n], v)
 
 
 # ---------------------------------------------------------------- the bi-level step

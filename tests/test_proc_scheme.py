@@ -116,8 +116,7 @@ def test_proc_scheme_control_flow(tmp_path):
 @pytest.mark.skipif(not HAS_RANKER, reason="hpcem rank_classes (issue 14 part 1) is not in this build yet: "
                                            "hpcem.cli.job_rank_classes does not exist")
 def test_proc_scheme_end_to_end(tmp_path):
-    from hpcem.core.align3d import align_maps, apply_alignment
-    from hpcem.core.fsc import fsc, resolution_at
+    from hpcem.core.align3d import aligned_resolution
 
     tmp = str(tmp_path)
     d = _project(tmp, 600, 32, 0.3, seed=5)
@@ -132,9 +131,7 @@ def test_proc_scheme_end_to_end(tmp_path):
     assert s.current == "EXIT", "the scheme did not reach refine3d: %d particles selected" % s.value("current_nr_parts")
     refined = read_mrc(os.path.join(tmp, s.jobs["refine3d"].folder, "run_class001.mrc"))[0]
     truth = np.asarray(d.volumes[0], np.float64)
-    al = align_maps(truth, refined)
-    _, curve = fsc(truth, apply_alignment(refined, al))
-    res = resolution_at(curve, 0.5, truth.shape[0], 3.0)
+    res, _, al = aligned_resolution(truth, refined, 3.0)
     print("proc scheme: %d of 600 particles selected, refined map FSC 0.5 to the truth at %.2f A (hand flipped: %s)"
           % (s.value("current_nr_parts"), res, al.flipped))
     assert s.value("current_nr_parts") >= 540     # simulated particles of one map: (nearly) all good

@@ -33,9 +33,9 @@ def _picked(star):
     return image_index(p)
 
 
-def test_clean2d_scheme_two_rounds(tmp_path):
+def _run_clean2d(tmp, *settings):
+    """The shipped clean2d scheme on 300 particles (32 px, 30% junk), K 6 then 4, 12 mini-batches."""
     from hpcem.ml.datagen import make_particles, plan
-    tmp = str(tmp_path)
     spec = replace(plan("test", 1, seed=7)[0], n_particles=300, box=32, snr=0.2, junk_fraction=0.3,
                    junk_weights={"noise": 0.4, "contaminant": 0.3, "carbon": 0.3}, diameter=80.0, angpix=3.0,
                    radius_frac=0.28)
@@ -52,11 +52,23 @@ def test_clean2d_scheme_two_rounds(tmp_path):
     try:
         assert run_job("schemer", dict(scheme="Schemes/clean2d", quiet=True, run=True, set=[
             "input_particles=data/particles.star", "class2d_K=6", "class2d_K2=4", "class2d_iter=12",
-            "particle_diameter=80", "threads=2"])) == 0
+            "particle_diameter=80", "threads=2"] + list(settings))) == 0
     finally:
         os.chdir(cwd)
-    s = Scheme.read(os.path.join(tmp, "Schemes", "clean2d"))
-    assert s.current == "EXIT"
+    return Scheme.read(os.path.join(tmp, "Schemes", "clean2d"))
+
+
+def test_clean2d_scheme_stops_when_round_one_selects_too_few(tmp_path):
+    """No class scores above --min_score 1.01: the scheme logs the count and exits before round 2."""
+    s = _run_clean2d(str(tmp_path), "min_score=1.01")
+    assert s.current == "EXIT" and s.value("nr_selected_1") == 0 and not s.value("enough_selected_1")
+    assert not s.jobs["class2d_2"].started and not s.jobs["select_2"].started and s.jobs["select_1"].started
+
+
+def test_clean2d_scheme_two_rounds(tmp_path):
+    tmp = str(tmp_path)
+    s = _run_clean2d(tmp)
+    assert s.current == "EXIT" and s.value("enough_selected_1")
     n1, n2 = s.value("nr_selected_1"), s.value("nr_selected_2")
     sel1 = _picked(os.path.join(tmp, s.jobs["select_1"].folder, "particles.star"))
     sel2 = _picked(os.path.join(tmp, s.jobs["select_2"].folder, "particles.star"))

@@ -1,7 +1,6 @@
 """End-to-end foundation checks through the real CLI: simulate -> reconstruct -> fsc,
 against the known truth, with 1 and 2 MPI ranks."""
 import json
-import os
 
 import numpy as np
 import pytest

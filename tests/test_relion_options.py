@@ -10,7 +10,6 @@
 import os
 
 import numpy as np
-import pytest
 
 from hpcem.core.ctf import ctf2d
 from hpcem.core.euler import angular_distance, euler_to_matrix

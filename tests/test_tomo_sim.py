@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from hpcem import kernels
-from hpcem.recon.tomogram import (RADIAL_CUTOFF, RADIAL_FALLOFF, project_tilts, tilt_angles,
+from hpcem.recon.tomogram import (RADIAL_CUTOFF, RADIAL_FALLOFF, tilt_angles,
                                   weighted_backprojection, wedge_mask)
 from hpcem.simulate.tomo import TomoSettings, simulate_tomogram
 

@@ -46,8 +46,8 @@ class JobIO(Params):
     o: str = param(None, "output rootname, e.g. Class2D/job001/run (files run_it001_*), or a folder "
                    "(files <folder>/run_*)", group="I/O")
     angpix: float = param(0.0, "pixel size in A (only for STAR files without one)", check=NON_NEGATIVE, group="I/O")
-    j: int = param(0, "threads per MPI rank (0: all cores of this rank / $OMP_NUM_THREADS)", check=NON_NEGATIVE,
-                   group="compute")
+    j: int = param(0, "threads per MPI rank (0: $OMP_NUM_THREADS, or the cores over the ranks on the node)",
+                   check=NON_NEGATIVE, group="compute")
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,21 @@ def job_device(p, ctx):
     return select_device(getattr(p, "gpu", None), ctx.comm, ctx.log)
 
 
-def set_threads(j: int) -> None:
-    if j and j > 0:
-        from .. import kernels
-        kernels.set_threads(int(j))
+def set_threads(j: int, comm=None) -> int:
+    """The job's threads per rank: ``--j``, or with 0 $OMP_NUM_THREADS when set, else the cores this
+    process may run on (its affinity: a SLURM allocation's) over the ranks on its node, so that
+    ``mpiexec -n 4`` on 16 cores runs 4 x 4 threads, not 4 x 16.  Returns the number set."""
+    import os
+
+    from .. import kernels
+
+    n = int(j or 0)
+    if n <= 0:
+        env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = int(env) if env.isdigit() and int(env) > 0 else cores // max(1, comm.node_size() if comm else 1)
+    kernels.set_threads(max(1, n))
+    return max(1, n)
 
 
 def job_record(name: str, p, argv=None) -> dict:

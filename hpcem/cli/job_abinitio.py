@@ -34,7 +34,7 @@ def run(p: Params, ctx):
     from ..algorithms.sagd.schedule import Schedule
     from ..runtime.driver import run_iterations
 
-    set_threads(p.j)
+    set_threads(p.j, ctx.comm)
     p, root, restart = resolve_run(p, ctx)
     ps = read_particles(p.i, p.angpix, ctf=p.ctf, diameter=p.particle_diameter)
     cfg = AbInitioConfig.subset(p)

@@ -24,7 +24,7 @@ class Params(IterativeJobIO, Class2DConfig, DeviceOptions):
 def run(p: Params, ctx):
     from ..runtime.driver import run_iterations
 
-    set_threads(p.j)
+    set_threads(p.j, ctx.comm)
     p, root, restart = resolve_run(p, ctx)
     ps = read_particles(p.i, p.angpix, ctf=p.ctf, diameter=p.particle_diameter)
     cfg = Class2DConfig.subset(p)

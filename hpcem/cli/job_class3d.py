@@ -32,7 +32,7 @@ def run_map3d(p, ctx, algorithm, config_cls, what: str):
     """The shared body of class3d and refine3d: inputs, record, the driver."""
     from ..runtime.driver import run_iterations
 
-    set_threads(p.j)
+    set_threads(p.j, ctx.comm)
     p, root, restart = resolve_run(p, ctx)
     ps = read_particles(p.i, p.angpix, ctf=p.ctf, diameter=p.particle_diameter)
     ref = None

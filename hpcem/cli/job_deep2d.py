@@ -106,7 +106,7 @@ def _resolve(p, ctx):
 def run(p: Params, ctx):
     from ..algorithms.rome.deep2d import deep_classify_2d
 
-    set_threads(p.j)
+    set_threads(p.j, ctx.comm)
     p, root, resume = _resolve(p, ctx)
     if p.sml_mode == "per_class" and p.sml_K < p.map2d_K:
         raise InputError("--sml_mode per_class needs at least one GTM class per MAP class (--map2d_K %d)"

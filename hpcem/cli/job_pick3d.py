@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from ..runtime.params import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Params as Base, param
-from .common import job_record, stamp
+from .common import job_record, set_threads, stamp
 
 ACTIONS = ("train", "predict", "evaluate")
 METHODS = ("robpicker", "supervised", "dr_only", "lc_only")
@@ -70,8 +70,8 @@ class Params(Base):
     angpix: float = param(0.0, "evaluate: voxel size in A (0: from --i)", check=NON_NEGATIVE, group="picking")
     device: str = param("auto", "torch device: auto (cuda when present), cpu, cuda", choices=("auto", "cpu", "cuda"),
                         group="compute")
-    j: int = param(0, "torch threads per rank (0: the cores over the ranks on the node)", check=NON_NEGATIVE,
-                   group="compute")
+    j: int = param(0, "threads per rank (0: $OMP_NUM_THREADS, or the cores over the ranks on the node)",
+                   check=NON_NEGATIVE, group="compute")
 
 
 def _diameters(p: Params) -> list:
@@ -97,8 +97,7 @@ def _torch_setup(p: Params, comm):
 
     torch = require_torch()
     require_sklearn()
-    threads = p.j or max(1, (os.cpu_count() or 1) // max(1, comm.node_size()))
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(set_threads(p.j, comm))
     if p.device == "cuda" and not torch.cuda.is_available():
         raise InputError("no CUDA device visible to torch", field="--device")
     return "cuda" if p.device == "cuda" or (p.device == "auto" and torch.cuda.is_available()) else "cpu"

@@ -69,7 +69,7 @@ def run(p: Params, ctx):
         raise InputError("required", field="--o")
     if ctx.comm.rank != 0:
         return 0
-    set_threads(p.j)
+    set_threads(p.j, ctx.comm)
     if p.train:
         return _train(p, ctx, inputs)
     if len(inputs) != 1:

@@ -43,7 +43,7 @@ def run(p: Params, ctx):
     from ..recon.mstep import reconstructor_for
     from ..recon.reconstruct import reconstruct
 
-    set_threads(p.j)
+    set_threads(p.j, ctx.comm)
     for name in ("i", "o"):
         if not getattr(p, name):
             raise InputError("required", field="--" + name)

@@ -106,7 +106,7 @@ def _jobs(p, ps, root, subclass):
 def run(p: Params, ctx):
     from ..algorithms.rome.sml import run_sml
 
-    set_threads(p.j)
+    set_threads(p.j, ctx.comm)
     p, root, restart, subclass = _resolve(p, ctx)
     ps = read_particles(p.i, p.angpix, ctf=p.ctf)
     if ps.box < 8:

@@ -35,7 +35,7 @@ from scipy.spatial.transform import Rotation
 
 from hpcem.core.euler import angular_distance, euler_to_matrix, matrix_to_euler
 from hpcem.core.filters import lowpass
-from hpcem.core.fourier import WORKERS, ft3, kgrid3
+from hpcem.core.fourier import fft_workers, ft3, kgrid3
 from hpcem.core.masks import soft_spherical_mask
 from hpcem.core.sampling import orientations_3d
 from hpcem.io.resample import resample_volume, window
@@ -103,7 +103,7 @@ class _Level:
         BR = ndimage.map_coordinates(self.P, coords, order=1, prefilter=False)
         H = np.zeros((len(Rs), s, s, s // 2 + 1), np.complex64)
         H[:, self.k[:, 2] % s, self.k[:, 1] % s, self.k[:, 0]] = self.A * np.conj(BR.reshape(len(Rs), -1))
-        return sfft.irfftn(H, s=(s, s, s), axes=(1, 2, 3), workers=WORKERS) * ((s / m) ** 3 / self.norm)
+        return sfft.irfftn(H, s=(s, s, s), axes=(1, 2, 3), workers=fft_workers()) * ((s / m) ** 3 / self.norm)
 
     def best(self, Rs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(score (r,), shift (r, 3) x, y, z in pixels of this box) of each rotation: the
@@ -233,3 +233,14 @@ def transform_volume(b: np.ndarray, R: np.ndarray, shift, flip: bool = False, or
 def apply_alignment(b: np.ndarray, al: Alignment, order: int = 3) -> np.ndarray:
     """``b`` superposed onto ``a`` by the result of :func:`align_maps`."""
     return transform_volume(b, al.rotation, al.shift, al.flipped, order)
+
+
+def aligned_resolution(a: np.ndarray, b: np.ndarray, angpix: float, threshold: float = 0.5):
+    """(resolution in A where the FSC of ``b`` superposed on ``a`` falls below ``threshold``, the FSC
+    curve, the :class:`Alignment`): how a map in an arbitrary frame (an initial model, an ab-initio
+    class) is measured against a truth, as ``hpcem fsc a b --align`` does."""
+    from .fsc import fsc, resolution_at
+
+    al = align_maps(a, b)
+    curve = fsc(a, apply_alignment(b, al))[1]
+    return resolution_at(curve, threshold, a.shape[0], angpix), curve, al

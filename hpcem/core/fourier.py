@@ -31,20 +31,29 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
-WORKERS = -1  # scipy.fft threads: all cores of this rank
+_WORKERS = [-1]  # scipy.fft threads: all cores of this rank until --j says (kernels.set_threads)
+
+
+def fft_workers() -> int:
+    """The ``workers`` of every scipy.fft call in hpcem."""
+    return _WORKERS[0]
+
+
+def set_fft_workers(n: int) -> None:
+    _WORKERS[0] = int(n)
 
 
 def ft2(img: np.ndarray) -> np.ndarray:
     """Half transform of one image or a stack ``(..., n, n)`` -> ``(..., n, n//2+1)`` complex."""
     a = np.asarray(img)
     a = sfft.ifftshift(a, axes=(-2, -1))
-    out = sfft.rfft2(a, axes=(-2, -1), workers=WORKERS)
+    out = sfft.rfft2(a, axes=(-2, -1), workers=fft_workers())
     return out.astype(np.complex64 if a.dtype in (np.float32, np.complex64) else np.complex128, copy=False)
 
 
 def ift2(F: np.ndarray, n: int) -> np.ndarray:
     """Inverse of :func:`ft2` for box ``n``."""
-    a = sfft.irfft2(F, s=(n, n), axes=(-2, -1), workers=WORKERS)
+    a = sfft.irfft2(F, s=(n, n), axes=(-2, -1), workers=fft_workers())
     return sfft.fftshift(a, axes=(-2, -1))
 
 
@@ -57,19 +66,19 @@ def ft_padded(arr: np.ndarray, P: int, ndim: int) -> np.ndarray:
     wrap = (np.arange(n) - n // 2) % P
     out = np.zeros(a.shape[:a.ndim - ndim] + (P,) * ndim, dtype=np.float32 if a.dtype == np.float32 else np.float64)
     out[(Ellipsis,) + np.ix_(*([wrap] * ndim))] = a
-    F = sfft.rfftn(out, axes=tuple(range(-ndim, 0)), workers=WORKERS)
+    F = sfft.rfftn(out, axes=tuple(range(-ndim, 0)), workers=fft_workers())
     return F.astype(np.complex64 if out.dtype == np.float32 else np.complex128, copy=False)
 
 
 def ft3(vol: np.ndarray) -> np.ndarray:
     """Half transform of a volume ``(n, n, n)`` -> ``(n, n, n//2+1)``."""
     a = sfft.ifftshift(np.asarray(vol), axes=(-3, -2, -1))
-    out = sfft.rfftn(a, axes=(-3, -2, -1), workers=WORKERS)
+    out = sfft.rfftn(a, axes=(-3, -2, -1), workers=fft_workers())
     return out.astype(np.complex64 if a.dtype == np.float32 else np.complex128, copy=False)
 
 
 def ift3(F: np.ndarray, n: int) -> np.ndarray:
-    a = sfft.irfftn(F, s=(n, n, n), axes=(-3, -2, -1), workers=WORKERS)
+    a = sfft.irfftn(F, s=(n, n, n), axes=(-3, -2, -1), workers=fft_workers())
     return sfft.fftshift(a, axes=(-3, -2, -1))
 
 

@@ -15,8 +15,6 @@ The hypotheses j of a space with K classes are class-major (``j = k J1 + j1``) a
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .xp import argsort_stable, repeat
 
 W_MIN = 1e-12   # joint posteriors below this are not accumulated (kept for the per-class marginals)

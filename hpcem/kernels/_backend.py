@@ -104,8 +104,14 @@ def has_cuda() -> bool:
 
 
 def set_threads(n: int) -> None:
-    """OpenMP threads of the CPU kernels (process-wide, like ``omp_set_num_threads``)."""
-    _core.set_threads(Args("set_threads").count(n, "n", minimum=1))
+    """Threads of the CPU kernels, process-wide: OpenMP's (``omp_set_num_threads``) and those of the
+    OpenBLAS the kernels' SGEMMs call (scipy's; ``_core.blas_threads()`` reads it, -1 for another BLAS)
+    and scipy.fft's workers (``core.fourier.fft_workers``)."""
+    from ..core.fourier import set_fft_workers
+
+    n = Args("set_threads").count(n, "n", minimum=1)
+    _core.set_threads(n)
+    set_fft_workers(n)
 
 
 def max_threads() -> int:

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import special
 
-from ..core.fourier import WORKERS
+from ..core.fourier import fft_workers
 
 BLOB_RADIUS, BLOB_ALPHA, BLOB_ORDER = 1.9, 15.0, 0
 BP_KERNELS = ("linear", "gauss")   # back-projection kernels (hpcem.kernels.backproject3d)
@@ -90,9 +90,9 @@ def density_weights(W, inside, P: int, pad: float, iters: int = 10) -> np.ndarra
     blob = _blob_profile(P, float(pad))
     w = inside.astype(np.float64)
     for _ in range(int(iters)):
-        real = sfft.irfftn(w * W, s=(P, P, P), workers=WORKERS)
+        real = sfft.irfftn(w * W, s=(P, P, P), workers=fft_workers())
         real *= blob
-        conv = np.abs(sfft.rfftn(real, workers=WORKERS))
+        conv = np.abs(sfft.rfftn(real, workers=fft_workers()))
         np.maximum(conv, 1e-6, out=conv)
         w = np.where(inside, w / conv, 0.0)
     return w

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from hpcem import kernels
+from hpcem.core.fourier import fft_workers
 
 RADIAL_CUTOFF = 0.35    # cycles/pixel, IMOD tilt's -RADIAL default
 RADIAL_FALLOFF = 0.035
@@ -66,8 +67,8 @@ def weighted_backprojection(images: np.ndarray, angles_deg, shape) -> np.ndarray
     imgs = np.asarray(images, dtype=np.float32)
     T, ny, W = imgs.shape
     L = 2 * W
-    filt = sfft.rfft(imgs, n=L, axis=-1, workers=-1) * wbp_weights(L, angles_deg)[:, None, :].astype(np.float32)
-    filtered = np.ascontiguousarray(sfft.irfft(filt, n=L, axis=-1, workers=-1)[..., :W], dtype=np.float32)
+    filt = sfft.rfft(imgs, n=L, axis=-1, workers=fft_workers()) * wbp_weights(L, angles_deg)[:, None, :].astype(np.float32)
+    filtered = np.ascontiguousarray(sfft.irfft(filt, n=L, axis=-1, workers=fft_workers())[..., :W], dtype=np.float32)
     out = np.zeros(tuple(int(s) for s in shape), dtype=np.float32)
     kernels.tilt_backproject(filtered, np.deg2rad(np.asarray(angles_deg, np.float64)), out)
     return out

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 
-from ..core.fourier import WORKERS
+from ..core.fourier import fft_workers
 from ..errors import InputError
 from .gridding import correction_profile, soft_mask_outside
 from .projector import GRIDDING_ITERS, padded_crop
@@ -85,7 +85,7 @@ class TVData:
         """``(S, Nbar)`` of section 2.5: RMS of ``A^H D y`` and the mean ``N`` where there are data."""
         n = self.n
         gvol = self.g[:, None, None] * self.g[None, :, None] * self.g[None, None, :]
-        back = gvol * sfft.irfftn(self.Wd * self.Zc, s=(n, n, n), workers=WORKERS)
+        back = gvol * sfft.irfftn(self.Wd * self.Zc, s=(n, n, n), workers=fft_workers())
         have = self.Wd > 0
         return float(np.sqrt(np.mean(back.astype(np.float64) ** 2))), \
             float(self.Wd[have].mean()) if have.any() else 0.0
@@ -101,7 +101,7 @@ def tv_data(bp, ops=None, gridding_iters: int = GRIDDING_ITERS) -> TVData:
     x0 = soft_mask_outside(z0 / (g[:, None, None] * g[None, :, None] * g[None, None, :]), n / 2.0)
     f = (int(pad) * np.fft.fftfreq(n, 1.0 / n).astype(np.int64)) % bp.P
     fx = int(pad) * np.arange(n // 2 + 1)
-    return TVData(Zc=np.ascontiguousarray(sfft.rfftn(z0.astype(np.float32), workers=WORKERS), np.complex64),
+    return TVData(Zc=np.ascontiguousarray(sfft.rfftn(z0.astype(np.float32), workers=fft_workers()), np.complex64),
                   Wd=np.ascontiguousarray(W[np.ix_(f, f, fx)], np.float32), g=g.astype(np.float32),
                   x0=x0.astype(np.float32))
 
@@ -111,7 +111,7 @@ def map_data(x, Wd) -> TVData:
     grid of x, as a back-projector's ``N``): ``g = 1`` (no interpolation to correct)."""
     x = np.ascontiguousarray(x, np.float32)
     n = x.shape[0]
-    return TVData(Zc=np.ascontiguousarray(sfft.rfftn(x, workers=WORKERS), np.complex64),
+    return TVData(Zc=np.ascontiguousarray(sfft.rfftn(x, workers=fft_workers()), np.complex64),
                   Wd=np.ascontiguousarray(Wd, np.float32), g=np.ones(n, np.float32), x0=x)
 
 

@@ -66,9 +66,9 @@ def _fft(xp):
     if xp is np:
         import scipy.fft as sfft
 
-        from ..core.fourier import WORKERS
-        return (lambda a: sfft.rfftn(a, workers=WORKERS)), \
-            (lambda A, s: sfft.irfftn(A, s=s, workers=WORKERS))
+        from ..core.fourier import fft_workers
+        return (lambda a: sfft.rfftn(a, workers=fft_workers())), \
+            (lambda A, s: sfft.irfftn(A, s=s, workers=fft_workers()))
     import cupy
     return cupy.fft.rfftn, (lambda A, s: cupy.fft.irfftn(A, s=s))
 
@@ -99,7 +99,6 @@ def solve(pb: TVProblem, x_init, iters: int, rounds: int = 3, lr: float = 1.0) -
     xp = kernels.array_namespace(x_init, pb.Zc)
     rfft, irfft = _fft(xp)
     x = _as32(xp, x_init)
-    n = x.shape[0]
     shape = x.shape
     gvol = pb.g[:, None, None] * pb.g[None, :, None] * pb.g[None, None, :]
     wl1, wtv = xp.empty_like(x), xp.empty_like(x)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.ctf import ctf2d
+from ..core.fourier import fft_workers
 from ..core.euler import random_rotations
 from ..core.masks import paint_spheres, sphere_voxels
 from ..errors import InputError
@@ -129,11 +130,11 @@ def render_density(shape, angpix: float, species: list, coords, classes, rotatio
         pos = np.einsum("nij,mj->nmi", rotations[sel], atoms) / angpix + coords[sel][:, None, :]
         grid += splat_trilinear(shape, pos.reshape(-1, 3))
     nz, ny, nx = shape
-    F = sfft.rfftn(grid, workers=-1)
+    F = sfft.rfftn(grid, workers=fft_workers())
     s2 = (np.fft.fftfreq(nz)[:, None, None] ** 2 + np.fft.fftfreq(ny)[None, :, None] ** 2
           + np.fft.rfftfreq(nx)[None, None, :] ** 2) / angpix ** 2
     F *= np.exp(-bfactor * s2 / 4.0)
-    return sfft.irfftn(F, s=tuple(shape), workers=-1).astype(np.float32)
+    return sfft.irfftn(F, s=tuple(shape), workers=fft_workers()).astype(np.float32)
 
 
 def _square_ctf_apply(images: np.ndarray, ctf: np.ndarray | None, sign_only: bool = False) -> np.ndarray:

@@ -55,7 +55,7 @@ class InitialModel(GradFiles, Class3D):
         self.nsh = n // 2 + 1
         self.floor_shell = int(n * ps.angpix / cfg.grad_min_resol) if cfg.grad_min_resol > 0 else 0
         self.st["r_cur"] = max(self.floor_shell, 3)
-        self.st["order"] = cfg.healpix_order
+        self.st["order"] = self.st["order_flag"] = cfg.healpix_order
         self.maps = self.mom = self.replaced = None
         self.start = 0
 
@@ -64,8 +64,13 @@ class InitialModel(GradFiles, Class3D):
         return int(self.st["iteration"])
 
     def restore(self, st):
+        """The checkpoint's HEALPix order (``--auto_sampling`` may have refined it), unless
+        ``--continue`` was given a new ``--healpix_order`` (as RELION's --continue allows)."""
         super().restore(st)
-        self.st["order"] = int(st.get("order", self.config.healpix_order))
+        flag = self.config.healpix_order
+        changed = "order_flag" in st and int(st["order_flag"]) != flag
+        self.st["order"] = flag if changed else int(st.get("order", flag))
+        self.st["order_flag"] = flag
         self._sampling()
 
     def _sampling(self):

@@ -44,7 +44,7 @@ from .model3d import Model3D, initial_reference, shell_of, tv_lines, tv_stats
 from .halves import join_low_resolution
 from .results import change_sums
 from .solvent import masked_fsc
-from .space3d import PAD, ProjectionSpace, Sampling3D
+from .space3d import ProjectionSpace, Sampling3D
 
 SCHEDULE = {"iteration": 0, "order": 0, "r_cur": 0, "resolution": np.inf, "best_shell": 0.0, "n_wo_res": 0,
             "n_wo_change": 0, "converged": 0, "n_at_order": 0, "offset_range": 0.0}

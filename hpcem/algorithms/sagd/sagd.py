@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import fft as sfft
 
-from ...core.fourier import ft3, ft_padded, ift3, shell_index3
+from ...core.fourier import fft_workers, ft3, ft_padded, ift3, shell_index3
 from ...recon.projector import gridding_correction
 
 LINE_SEARCH_EVERY = 20
@@ -71,7 +71,7 @@ def data_gradient(D_res, n: int, basis: Basis, pad: int = 2) -> np.ndarray:
     slices' hermitian weights; x = 0 plane completed, symmetrised): ``-Z^T F^H D_res / g``, the exact
     adjoint of the projector's parametrisation (F^H on the hermitian grid: ``P^3 irfftn``)."""
     P = pad * n
-    full = sfft.irfftn(D_res, s=(P, P, P), workers=-1) * float(P) ** 3
+    full = sfft.irfftn(D_res, s=(P, P, P), workers=fft_workers()) * float(P) ** 3
     wrap = (np.arange(n) - n // 2) % P
     return -basis.take(full[np.ix_(wrap, wrap, wrap)] / gridding_correction(n, P, 3))
 

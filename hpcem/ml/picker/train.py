@@ -252,21 +252,22 @@ def _logit(p: float) -> float:
 
 
 def _tensors(sd) -> dict:
-    return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+    """A snapshot: copies, not views of the live tensors (numpy() of a CPU tensor shares its memory)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in sd.items()}
 
 
 def _from_numpy(d: dict, device) -> dict:
-    return {k: torch.as_tensor(np.asarray(v), device=device) for k, v in d.items()}
+    return {k: torch.tensor(np.asarray(v), device=device) for k, v in d.items()}
 
 
 def _opt_state(opt) -> dict:
-    return {str(i): {k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in s.items()}
+    return {str(i): {k: (v.detach().cpu().numpy().copy() if torch.is_tensor(v) else np.array(v)) for k, v in s.items()}
             for i, s in opt.state_dict()["state"].items()}
 
 
 def _opt_restore(opt, saved: dict, device) -> None:
     sd = opt.state_dict()
-    sd["state"] = {int(i): {k: torch.as_tensor(np.asarray(v), device=device if k != "step" else "cpu")
+    sd["state"] = {int(i): {k: torch.tensor(np.asarray(v), device=device if k != "step" else "cpu")
                             for k, v in s.items()} for i, s in saved.items()}
     opt.load_state_dict(sd)
 

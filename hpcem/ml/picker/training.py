@@ -18,7 +18,7 @@ from ...runtime.checkpoint import save_checkpoint
 from ...runtime.log import progress_printer
 from ...runtime.memory import MemoryPlan
 from ...runtime.output import OutputRoot
-from .data import LabelledTomogram, PatchSampler, load_tomogram, sphere_labels
+from .data import LabelledTomogram, load_tomogram, sphere_labels
 
 KIND = "pick3d"
 
