@@ -123,7 +123,7 @@ def test_step_factor_restarts_once_the_classes_settle():
     from hpcem.algorithms.sagd.schedule import Schedule, StepFactor
 
     cfg = AbInitioConfig(K=3, num_init_iters=20, radwn_step=0.5, num_final_iters=100, max_res=9.0,
-                         high_lr_duration=40)
+                         high_lr_duration=40, high_lr_stop="none")
     s = Schedule(cfg, 32, 3.75, 800)
     assert s.n_anneal == 20 and not s.marching_done(39) and s.marching_done(40)
 
