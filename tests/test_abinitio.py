@@ -122,7 +122,7 @@ def test_step_factor_restarts_once_the_classes_settle():
     from hpcem.algorithms.sagd.schedule import Schedule, StepFactor
 
     cfg = AbInitioConfig(K=3, num_init_iters=20, radwn_step=0.5, num_final_iters=100, max_res=9.0,
-                         high_lr_duration=40)
+                         high_lr_duration=40, high_lr_stop="none")
     s = Schedule(cfg, 32, 3.75, 800)
     assert s.n_anneal == 20 and not s.marching_done(39) and s.marching_done(40)
 
@@ -143,6 +143,42 @@ def test_step_factor_restarts_once_the_classes_settle():
         assert f.restart == first
         assert np.array_equal(eps[:first], plain[:first]) and eps[first - 1] == 1.0
         assert np.all(eps[first:first + 40] == 2.0) and np.all(eps[first + 40:first + 80] == 1.0)
+
+
+def test_step_factor_stops_the_large_steps_when_the_classes_move_again():
+    """--high_lr_stop: after the restart (68) the churn wanders above 5% at 70 and 75 (noise, not a
+    relapse) and the classes move again (churn > 10%) at 80-89 and settle at 90;
+    'relapse' halves epsilon from 80, 'resettle' from 90, on top of the halvings counted from the
+    restart; 'none' keeps them alone; the state (restart, relapse, stop) restored mid-run (as
+    --continue does) gives the same steps."""
+    from hpcem.algorithms.sagd.config import AbInitioConfig
+    from hpcem.algorithms.sagd.schedule import Schedule, StepFactor
+
+    cfg = AbInitioConfig(K=3, num_init_iters=20, radwn_step=0.5, num_final_iters=100, max_res=9.0,
+                         high_lr_duration=40)
+
+    def churn(it):      # settled from 68 (churn 0.03-0.06 as measured, not yet a relapse), moving at 80-89
+        return 0.2 if 30 <= it < 68 or 80 <= it < 90 else (0.06 if it in (70, 75) else 0.03)
+
+    def run(c, its, f=None):
+        f = f or StepFactor(Schedule(c, 32, 3.75, 800), 3)
+        eps = []
+        for it in its:
+            f.observe(it, churn(it) <= 0.05, churn(it))
+            eps.append(f(it))
+        return f, np.array(eps)
+
+    for mode, stop in (("none", -1), ("relapse", 80), ("resettle", 90)):
+        c = cfg.replace(high_lr_stop=mode)
+        f, eps = run(c, range(140))
+        assert (f.restart, f.relapse, f.stop) == (68, 80, stop)
+        want = np.array([2.0 ** (1 - (it - 68) // 40) for it in range(140)])
+        if stop >= 0:
+            want[stop:] /= 2.0
+        assert np.array_equal(eps[68:], want[68:]) and eps[67] == 1.0
+        g = StepFactor(Schedule(c, 32, 3.75, 800), 3)
+        g.load(run(c, range(85))[0].state())
+        assert np.array_equal(run(c, range(85, 140), g)[1], eps[85:])
 
 
 def _write(tmp, N, n, snr, seed):

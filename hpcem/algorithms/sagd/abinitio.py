@@ -190,7 +190,7 @@ class AbInitio:
             self.lip.decrease()
             if new_shell:
                 self.lip.L = max(self.lip.L, self._curvature(dV, [W for _, W in sw], nb))
-        restarted = self.step_factor.observe(it, not self._classes_moving())
+        event = self.step_factor.observe(it, not self._classes_moving(), self.churn)
         eps = self.step_factor(it)
         move = np.stack([self.basis.volume(g) for g in self.sag.mean()]) + self.prior.grad(self.V) / nb
         self.V = self._project(self.V - (eps / self.lip.L) * move)
@@ -204,7 +204,7 @@ class AbInitio:
         stats = {"iteration": self.it, "r": self.sched.radius(it), "resolution": n * self.ps.angpix / self.r,
                  "batch": int(self.batches.members(self.b).size), "epsilon": eps, "step": eps / self.lip.L,
                  "L": self.lip.L, "evaluated": self.frac_eval, "pclass": self.pclass.copy(), "evals": evals,
-                 "churn": self.churn, "restarted": restarted,
+                 "churn": self.churn, "step_event": event,
                  "reseeded": reseeded, "order": self.quad.order, "psi_step": self.quad.psi_step,
                  "t_step": self.quad.t_step, "epoch": self.visits / self.N, "loglik": loglik}
         self.rows.append([self.it, stats["resolution"], stats["step"], stats["evaluated"], stats["epoch"]]

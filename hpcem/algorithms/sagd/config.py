@@ -46,6 +46,11 @@ class AbInitioConfig(Params):
                                   "halvings counted from there (the classes settle with small steps; the map then "
                                   "needs large ones); --no-high_lr_restart: one schedule from iteration 0",
                                   action=YES_NO, group="schedule")
+    high_lr_stop: str = param("relapse", "after the restart (--high_lr_restart): 'relapse' (default) halves epsilon once "
+                              "at the first iteration more than 10%% of the particles change class per visit again, "
+                              "'resettle' at the first iteration fewer than 5%% do after that; 'none': only the "
+                              "halvings every --high_lr_duration (the large steps then turn the empty class into a "
+                              "second particle class)", choices=("none", "relapse", "resettle"), group="schedule")
     class_anneal_beta: float = param(0.1, "class similarity: class posteriors mixed with the uniform "
                                      "distribution in this proportion, annealed to 0 (abinit_class_anneal_beta)",
                                      check=IN_0_1, group="classes")

@@ -39,7 +39,7 @@ def collect_state(a):
     if not _writes(a):
         return None
     st = {"iteration": a.it, "visits": a.visits, "phase": a.phase, "phase_start": a.phase_start, "maps": a.V,
-          "pclass": a.pclass, "churn": a.churn, "lr_restart": a.step_factor.restart,
+          "pclass": a.pclass, "churn": a.churn, **a.step_factor.state(),
           "prior_scale": np.atleast_1d(a.prior.scale), "L": a.lip.L,
           "ls_searches": a.lip.searches, "noise_S": a.m.S, "noise_C": a.m.C,
           "sigma2": a.m.sigma2(), "results": gather_results(a.comm, a.m.res), "log": np.array(a.rows, np.float64),
@@ -58,7 +58,7 @@ def restore_state(a, st) -> None:
     a.V = np.asarray(st["maps"], np.float64)
     a.pclass = np.asarray(st["pclass"], np.float64)
     a.churn = float(st["churn"]) if "churn" in st else 1.0
-    a.step_factor.restart = int(st["lr_restart"]) if "lr_restart" in st else -1
+    a.step_factor.load(st)
     a.prior.scale = np.asarray(st["prior_scale"], np.float64)
     a.lip.L, a.lip.searches = float(st["L"]), int(st["ls_searches"])
     a.m.S, a.m.C = np.asarray(st["noise_S"], np.float64), np.asarray(st["noise_C"], np.float64)
@@ -124,8 +124,8 @@ def plot_iteration(a, root, state) -> None:
 def log_line(st) -> str:
     rep = "" if st["reseeded"] is None else "  class %d re-seeded from %d" % (st["reseeded"][0] + 1,
                                                                             st["reseeded"][1] + 1)
-    if st.get("restarted"):
-        rep += "  classes settled: epsilon restarted at --high_lr"
+    if st.get("step_event"):
+        rep += "  " + st["step_event"]
     return ("it %4d  res %6.2f A  batch %3d  order %d psi %4.1f t %3.1f  step %.3g (eps %.3g, L %.3g%s)  "
             "evaluated %.2e  epoch %5.2f  classes %s%s  (%.1f s, E-step %.1f s)%s" % (
                 st["iteration"], st["resolution"], st["batch"], st["order"], st["psi_step"], st["t_step"], st["step"],

@@ -6,7 +6,8 @@ per iteration to the final resolution, then ``num_final_iters`` there; mini-batc
 ``minisize_init`` particles until ``minisize_num_init_iters``, ``minisize`` after; the SAGD step
 factor ``epsilon = max(1/16, high_lr 2^-floor(it / high_lr_duration))`` (the seed's
 ``max(1/16, 2^(1 - floor(tau/150)))`` with the defaults), for K > 1 restarted at ``high_lr`` once the
-marching is over and the classes have settled (:class:`StepFactor`); the class similarity ``beta``
+marching is over and the classes have settled, optionally halved once more when they move again
+(:class:`StepFactor`); the class similarity ``beta``
 until ``class_anneal_start``, falling linearly to 0 at ``class_anneal_end``.
 
 Quadrature (section 3.2) at Fourier radius ``r = D omega*`` (cycles per box): the angle between
@@ -93,29 +94,61 @@ class Schedule:
         return float(c.class_anneal_beta * (c.class_anneal_end - it) / (c.class_anneal_end - c.class_anneal_start))
 
 
+# After the restart the classes count as moving again above this churn: twice the 5% below which they
+# count as settled (the running churn wanders between 1% and 6% once settled; issue 12, eighth pass)
+RELAPSE_CHURN = 0.10
+
+
 class StepFactor:
     """SAGD's step factor epsilon over the run.  K > 1 with ``high_lr_restart``: the first iteration
     after the frequency marching at which the classes have settled (:meth:`observe`'s ``settled``:
     class similarity off and fewer than 5% of the particles changing class per visit, the rule that
     switches importance sampling on) restarts it at ``high_lr``, its halvings counted from there.
     The steps that let the classes settle are too small to bring the particles' map to the final
-    resolution afterwards (issue 12, sixth pass: 16.9 A at the end; restarted, 8.1 A).  ``restart``
-    (-1: not yet) is part of the checkpoint."""
+    resolution afterwards (issue 12, sixth pass: 16.9 A at the end; restarted, 8.1 A).  The large
+    steps unsettle the classes again (``relapse``: the first iteration after the restart with a churn
+    above RELAPSE_CHURN); ``high_lr_stop`` 'relapse' or 'resettle' halves epsilon once more from that
+    iteration or from the first settled one after it (``stop``), so that the steps do not turn an empty
+    class into a second particle class (issue 12, seventh pass).  ``restart``, ``relapse``, ``stop``
+    (-1: not yet) are part of the checkpoint."""
 
     def __init__(self, sched: Schedule, K: int):
         self.sched = sched
         self.on = K > 1 and bool(sched.cfg.high_lr_restart)
-        self.restart = -1
+        self.mode = sched.cfg.high_lr_stop
+        self.restart = self.relapse = self.stop = -1
 
-    def observe(self, it: int, settled: bool) -> bool:
-        """Whether iteration ``it`` restarts the schedule (once per run)."""
-        if self.on and self.restart < 0 and settled and self.sched.marching_done(it):
-            self.restart = int(it)
-            return True
-        return False
+    def observe(self, it: int, settled: bool, churn: float = 0.0) -> str:
+        """What iteration ``it`` (classes ``settled`` or not, ``churn`` the running fraction of
+        particles changing class) changes in the schedule ('' for nothing): the restart (once per
+        run), then the stop of the large steps."""
+        if not self.on:
+            return ""
+        if self.restart < 0:
+            if settled and self.sched.marching_done(it):
+                self.restart = int(it)
+                return "classes settled: epsilon restarted at --high_lr"
+            return ""
+        event = ""
+        if self.relapse < 0 and churn > RELAPSE_CHURN:
+            self.relapse, event = int(it), "classes moving again after the restart"
+        if self.stop < 0 and self.relapse >= 0 and (self.mode == "relapse" or (self.mode == "resettle" and settled)):
+            self.stop = int(it)
+            event = "classes %s: epsilon halved (--high_lr_stop)" % ("moving" if self.mode == "relapse" else
+                                                                      "settled again")
+        return event
+
+    def state(self) -> dict:
+        return {"lr_restart": self.restart, "lr_relapse": self.relapse, "lr_stop": self.stop}
+
+    def load(self, st) -> None:
+        self.restart, self.relapse, self.stop = (int(st[k]) if k in st else -1 for k in self.state())
 
     def __call__(self, it: int) -> float:
-        return self.sched.epsilon(it, max(self.restart, 0))
+        eps = self.sched.epsilon(it, max(self.restart, 0))
+        if 0 <= self.stop <= it:
+            eps = max(1.0 / 16.0, eps / 2.0)
+        return float(eps)
 
 
 class Batches:
