@@ -76,9 +76,10 @@ def set_threads(j: int, comm=None) -> int:
     if n <= 0:
         env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        n = int(env) if env.isdigit() and int(env) > 0 else cores // max(1, comm.node_size() if comm else 1)
-    kernels.set_threads(max(1, n))
-    return max(1, n)
+        n = int(env) if env.isdigit() and int(env) > 0 else cores // (comm.node_size() if comm else 1)
+    n = max(1, n)
+    kernels.set_threads(n)
+    return n
 
 
 def job_record(name: str, p, argv=None) -> dict:
