@@ -7,13 +7,16 @@ noise is the residual power of a first pass at the true maps (per optics group a
     python bench/bench_abinitio_oracle.py --dir /tmp/abo --N 300                      # K = 3, 64 px, SNR 0.05
     python bench/bench_abinitio_oracle.py --dir /tmp/abo2 --set two --N 800 --orders seed,2
     python bench/bench_abinitio_oracle.py --dir /tmp/abo3 --set junk --N 800 --res 9.2   # map + 30% junk
+    python bench/bench_abinitio_oracle.py --dir /tmp/abo4 --set junk --N 800 --res 9.2 --junk_maps BLOB.mrc \
+        --junk_kinds offcentre --offcentre 0.1,0.5        # where a misplaced particle stops being one
 
 Sets: ``three`` (the gated K = 3 test's maps: pseudo_atomic_volume seeds 21-23, 64 px, 3 A/px,
 SNR 0.05, simulate_dataset seed 12), ``two`` (the gated K = 2 test's: seeds 1-2, 32 px, 3.75 A/px,
 SNR 1, dataset seed 5), ``junk`` (the gated map + junk test's: seed 1 of ``two`` with 30% of the particles
-replaced by ``hpcem.simulate.junk.add_junk(d, 0.3, seed=5)``; the second class map is empty, the
+replaced by junk, :func:`hpcem.simulate.sets.small_set`; the second class map is empty, the
 best a junk class can do for empty picks and the junk that is no projection of the map; the classes
-of each junk kind are printed).  ``--orders``: ``seed`` is the seed's quadrature at the resolution
+of each junk kind are printed, and those of the misplaced particles by their distance from the
+centre).  ``--orders``: ``seed`` is the seed's quadrature at the resolution
 (:func:`hpcem.algorithms.sagd.schedule.quadrature`); an integer is that HEALPix order with the
 in-plane step of the same angular spacing.
 """
@@ -32,16 +35,19 @@ SETS = {"three": dict(n=64, angpix=3.0, snr=0.05, seeds=(21, 22, 23), data_seed=
 
 def make_set(a, s):
     from hpcem.simulate.particles import simulate_dataset
+    from hpcem.simulate.sets import small_set
     from hpcem.simulate.volumes import pseudo_atomic_volume
     from hpcem.simulate.write import write_dataset
 
-    truths = [pseudo_atomic_volume(s["n"], s["angpix"], seed=k).astype(np.float64) for k in s["seeds"]]
-    d = simulate_dataset(n=s["n"], n_particles=a.N, angpix=s["angpix"], snr=s["snr"], ctf=True, seed=s["data_seed"],
-                         volumes=truths, n_classes=len(truths), model="atoms")
-    if s.get("junk"):
-        from hpcem.simulate.junk import add_junk
-
-        add_junk(d, s["junk"], seed=5)
+    if a.set != "three":
+        oc = tuple(float(x) for x in a.offcentre.split(",")) if a.offcentre else None
+        d, truths = small_set(len(s["seeds"]), s.get("junk", 0.0), a.N, offcentre=oc,
+                              junk_kinds=a.junk_kinds.split(",") if a.junk_kinds else None)
+    else:
+        truths = [pseudo_atomic_volume(s["n"], s["angpix"], seed=k).astype(np.float64) for k in s["seeds"]]
+        d = simulate_dataset(n=s["n"], n_particles=a.N, angpix=s["angpix"], snr=s["snr"], ctf=True,
+                             seed=s["data_seed"], volumes=truths, n_classes=len(truths), model="atoms")
+    if s.get("junk") and not a.no_empty:
         truths = truths + [np.zeros_like(truths[0])]
     os.makedirs(a.dir, exist_ok=True)
     write_dataset(d, a.dir)
@@ -58,6 +64,10 @@ def main(argv=None):
     ap.add_argument("--maxsig", type=int, default=300)
     ap.add_argument("--junk_maps", default="", help="set junk: comma-separated MRC files held fixed as further "
                                                     "junk classes (e.g. a run's junk class map)")
+    ap.add_argument("--offcentre", default="", help="set junk: the off-centre kind's range 'lo,hi' (box fractions; "
+                                                    "default hpcem.simulate.sets.small_set's)")
+    ap.add_argument("--no_empty", action="store_true", help="set junk: no empty class (only the --junk_maps)")
+    ap.add_argument("--junk_kinds", default="", help="set junk: comma-separated kinds (default every kind)")
     a = ap.parse_args(argv)
     from hpcem.algorithms.sagd.config import AbInitioConfig
     from hpcem.algorithms.sagd.model import SagdModel
@@ -112,6 +122,21 @@ def main(argv=None):
             kk = np.array([kinds.get(i, "particle") for i in range(a.N)])
             print("   classes per kind: " + ", ".join("%s %s" % (k, np.bincount(c[kk == k], minlength=K + 1)[1:].tolist())
                                                      for k in sorted(set(kk))), flush=True)
+            _by_shift(c, d.meta.get("junk_shift", {}), K)
+
+
+def _by_shift(c, shift, K):
+    """The classes of the misplaced particles (off-centre, cut) per 1-px bin of their distance from the
+    centre."""
+    if not shift:
+        return
+    idx = np.array(sorted(shift))
+    r = np.array([shift[i] for i in idx])
+    for lo in range(int(r.min()), int(np.ceil(r.max()))):
+        m = (r >= lo) & (r < lo + 1)
+        if m.any():
+            counts = np.bincount(c[idx[m]], minlength=K + 1)[1:].tolist()
+            print("   shifted %2d-%2d px: classes %s" % (lo, lo + 1, counts))
 
 
 if __name__ == "__main__":

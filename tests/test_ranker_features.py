@@ -177,3 +177,24 @@ def test_junk_kinds_geometry():
     assert total[6:10].min() < 0.75                                         # (cut unless near a diagonal)
     assert np.all(total[10:14] > 2.5) and np.all(off[10:14] < 0.15)        # 4-8 particles, clumped
     assert np.all(img[14:].max((1, 2)) > 2 * np.abs(img[2:6]).max())      # dense spheres
+
+
+def test_offcentre_range_beyond_the_search():
+    """The off-centre kind's shifts follow ``offcentre`` (the ranker's default 0.2-0.35 box unchanged),
+    are recorded per image, and the ab initio sets put them beyond abinitio's translation search by
+    two thirds of the particle's radius (issue 12, ninth pass)."""
+    from hpcem.algorithms.sagd.config import AbInitioConfig
+    from hpcem.simulate.junk import OFFCENTRE, junk_images
+    from hpcem.simulate.sets import offcentre_beyond
+    from hpcem.simulate.volumes import pseudo_atomic_volume
+
+    n = 32
+    vol = pseudo_atomic_volume(n, 3.75, seed=1)
+    kinds = ["offcentre"] * 6 + ["cut"] * 3 + ["noise"]
+    lo, hi = offcentre_beyond(AbInitioConfig().offset_range)
+    assert OFFCENTRE == (0.2, 0.35) and abs(lo * n - (6.0 + 6.4)) < 1e-9 and hi == 0.45
+    for rng_range in (OFFCENTRE, (lo, hi)):
+        r = np.full(len(kinds), np.nan)
+        img = junk_images(kinds, vol, 3.75, None, np.random.default_rng(1), rng_range, r)
+        assert np.all((r[:6] >= rng_range[0] * n) & (r[:6] <= rng_range[1] * n))
+        assert np.all((r[6:9] >= 0.4 * n) & (r[6:9] <= 0.5 * n)) and np.isnan(r[9]) and np.all(img[9] == 0)

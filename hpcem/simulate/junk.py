@@ -14,8 +14,15 @@ particle disc (no CTF), so that a junk image is as strong as the particles of it
   crossing the box within 0.4 box of its centre;
 * ``contaminant``: a dense sphere (crystalline ice, ethane), radius 0.12-0.3 box, 2-5 proj_std;
 * ``aggregate``: 4-8 particles at random poses clumped (overlapping) within 0.15 box of the centre;
-* ``offcentre``: a particle 0.2-0.35 box off the centre (partly outside the mask);
+* ``offcentre``: a particle 0.2-0.35 box off the centre (partly outside the mask; ``offcentre=``
+  sets the range, see :data:`OFFCENTRE`);
 * ``cut``: a particle 0.4-0.5 box off the centre (cut by the box edge, except near its diagonals).
+
+Whether a misplaced particle is junk depends on the aligner: one whose centre lies within the
+translation search range is re-centred and is a particle; one just beyond it is found at the range's
+edge, a pixel or two off, and still fits the map at low resolution.  The default range (0.2-0.35 box)
+is what the class ranker's shipped weights were trained on (:mod:`hpcem.ml.datagen`); a data set for
+a 3D aligner passes a range beyond its search range (:func:`hpcem.simulate.sets.offcentre_beyond`).
 """
 from __future__ import annotations
 
@@ -28,6 +35,8 @@ from ..core.fourier import ft2, ift2, shift_phases
 from ..recon.projector import Projector
 
 KINDS = ("noise", "ice", "carbon", "contaminant", "aggregate", "offcentre", "cut")
+OFFCENTRE = (0.2, 0.35)     # box fractions: the ranker's training data (hpcem.ml.datagen)
+CUT = (0.4, 0.5)
 
 
 def _grid(m):
@@ -99,11 +108,14 @@ def _on_canvas(imgs, shifts):
     return ift2(ft2(canvas) * shift_phases(2 * n, shifts, dtype=np.complex128), 2 * n)
 
 
-def _shifted(lo, hi):
-    """Particles moved ``lo``-``hi`` box from the centre in a random direction."""
+def _shifted(kind):
+    """Particles moved ``ctx[kind]`` = (lo, hi) box from the centre in a random direction; the
+    distances (pixels) go to ``ctx['shift']``."""
     def make(B, n, angpix, rng, ctx):
+        lo, hi = ctx[kind]
         r = rng.uniform(lo, hi, B) * n
         phi = rng.uniform(0, 2 * np.pi, B)
+        ctx["shift"] = r
         return _on_canvas(_particles(ctx, B, rng), np.stack([r * np.cos(phi), r * np.sin(phi)], 1))
     return make
 
@@ -120,20 +132,23 @@ def _aggregate(B, n, angpix, rng, ctx):
 
 MAKERS = {"noise": lambda B, n, angpix, rng, ctx: np.zeros((B, 2 * n, 2 * n)),
           "ice": _ice, "carbon": _carbon, "contaminant": _contaminant, "aggregate": _aggregate,
-          "offcentre": _shifted(0.2, 0.35), "cut": _shifted(0.4, 0.5)}
+          "offcentre": _shifted("offcentre"), "cut": _shifted("cut")}
 
 
-def junk_images(kinds, volume, angpix: float, ctf: dict | None, rng) -> np.ndarray:
+def junk_images(kinds, volume, angpix: float, ctf: dict | None, rng, offcentre=OFFCENTRE,
+                shifts: np.ndarray | None = None) -> np.ndarray:
     """Clean junk images (N, n, n) float32 of the given ``kinds`` (strings of :data:`KINDS`), with
     the particles' CTF parameters ``ctf`` (arrays of length N, as simulate._ctf_draw) applied;
-    ``volume`` is the data set's map (for aggregates and misplaced particles, and the scale)."""
+    ``volume`` is the data set's map (for aggregates and misplaced particles, and the scale);
+    ``offcentre`` the (lo, hi) box fractions of that kind's shift.  ``shifts`` (length N), if given,
+    receives each misplaced particle's distance from the centre in pixels (NaN for other kinds)."""
     kinds = np.asarray(kinds)
     bad = sorted(set(kinds.tolist()) - set(KINDS))
     if bad:
         raise ValueError("unknown junk kind(s) %s (known: %s)" % (", ".join(bad), ", ".join(KINDS)))
     n, N = volume.shape[0], len(kinds)
     proj = Projector.from_volume(volume)
-    ctx = {"n": n, "projector": proj}
+    ctx = {"n": n, "projector": proj, "offcentre": tuple(offcentre), "cut": CUT}
     ctx["proj_std"] = float(_disc_std(_particles(ctx, 16, np.random.default_rng(0)), n, 0.35 * n).mean())
     out = np.zeros((N, n, n), np.float32)
     o = n - n // 2
@@ -142,6 +157,8 @@ def junk_images(kinds, volume, angpix: float, ctf: dict | None, rng) -> np.ndarr
         for s in range(0, idx.size, 128):
             b = idx[s:s + 128]
             canvas = MAKERS[kind](b.size, n, angpix, rng, ctx)
+            if shifts is not None:
+                shifts[b] = ctx.pop("shift", np.nan)
             F = ft2(canvas)
             if ctf is not None:
                 F = F * ctf2d(2 * n, angpix, *(np.asarray(ctf[k])[b] for k in (
@@ -150,17 +167,21 @@ def junk_images(kinds, volume, angpix: float, ctf: dict | None, rng) -> np.ndarr
     return out
 
 
-def add_junk(sim, fraction: float, seed: int = 0) -> np.ndarray:
+def add_junk(sim, fraction: float, seed: int = 0, offcentre=OFFCENTRE, kinds=KINDS) -> np.ndarray:
     """Replace a random ``fraction`` of a simulated set's particles (:class:`SimulatedData`) by
-    junk of every kind in equal shares, with the set's noise; their true class becomes 0 and
-    their kind is kept in ``sim.meta['junk_kind']``.  Returns the replaced indices."""
+    junk of the given ``kinds`` (default every kind) in equal shares, with the set's noise; their
+    true class becomes 0, their kind is kept in ``sim.meta['junk_kind']`` and a misplaced particle's
+    distance from the centre (pixels) in ``sim.meta['junk_shift']``.  ``offcentre``: see
+    :func:`junk_images`.  Returns the replaced indices."""
     rng = np.random.default_rng([seed, 14])
     N = len(sim.images)
     idx = np.sort(rng.choice(N, size=int(round(fraction * N)), replace=False))
-    kinds = np.array(KINDS)[rng.integers(0, len(KINDS), idx.size)]
+    kinds = np.array(kinds)[rng.integers(0, len(kinds), idx.size)]
     ctf = None if sim.ctf is None else {k: np.asarray(v)[idx] for k, v in sim.ctf.items()}
-    clean = junk_images(kinds, sim.volumes[0], sim.angpix, ctf, rng)
+    shifts = np.full(idx.size, np.nan)
+    clean = junk_images(kinds, sim.volumes[0], sim.angpix, ctf, rng, offcentre, shifts)
     sim.images[idx] = clean + rng.normal(0.0, sim.noise_sigma, clean.shape).astype(np.float32)
     sim.classes[idx] = 0
     sim.meta["junk_kind"] = {int(i): str(k) for i, k in zip(idx, kinds)}
+    sim.meta["junk_shift"] = {int(i): float(r) for i, r in zip(idx, shifts) if np.isfinite(r)}
     return idx
