@@ -109,6 +109,8 @@ def test_inplane_space_global_search(rng, n, oversampling):
     np.testing.assert_allclose(space.data, D, rtol=2e-3, atol=1e-4 * np.abs(D).max())
     np.testing.assert_allclose(space.wsum, W, rtol=2e-3, atol=1e-4 * np.abs(W).max())
     np.testing.assert_allclose(sums.class_weight, w.sum((0, 1)).reshape(2, -1).sum(1), rtol=1e-4)
+    pk = w.sum(1).reshape(len(w), 2, -1).sum(2)           # each particle's class posterior
+    np.testing.assert_allclose(sums.class_overlap, pk.T @ pk, rtol=1e-3, atol=1e-6)   # split-merge's shared mass
 
 
 def _space3d(rng, n, K=2, oversampling=1):

@@ -40,10 +40,13 @@ class EStepSums:
     r_cur: int                  # the E-step's resolution limit (shell)
     scale_fit: np.ndarray = None   # (2, G) per optics group at the best poses: sum s_e Re(X (cR)*), sum s_e |cR|^2
     evaluated: np.ndarray = None   # (2,) (t, j) pairs scored (coarse + fine), fine quadrature points of the particles
+    class_overlap: np.ndarray = None   # (K, K) sum over particles of P(k|X) P(k'|X): classes sharing particles
 
     def __post_init__(self):
         if self.evaluated is None:
             self.evaluated = np.zeros(2)
+        if self.class_overlap is None:
+            self.class_overlap = np.zeros((len(self.class_weight),) * 2)
 
     @property
     def fraction_evaluated(self) -> float:
@@ -51,7 +54,7 @@ class EStepSums:
         return float(self.evaluated[0] / max(self.evaluated[1], 1.0))
 
     def reduce(self, comm) -> None:
-        for a in (self.noise, self.class_weight, self.offset2, self.scale_fit, self.evaluated):
+        for a in (self.noise, self.class_weight, self.offset2, self.scale_fit, self.evaluated, self.class_overlap):
             comm.allreduce_(a)
 
     def add(self, other: "EStepSums") -> None:
@@ -60,6 +63,7 @@ class EStepSums:
         self.class_weight += other.class_weight
         self.offset2 += other.offset2
         self.evaluated += other.evaluated
+        self.class_overlap += other.class_overlap
         if self.scale_fit is not None:
             self.scale_fit += other.scale_fit
 
@@ -197,7 +201,12 @@ def _add_statistics(sums, res, g, o_px, onehot, space, trans, angpix, rmap, dev)
     per = dev.get(res.noise.astype(np.float64) @ onehot)       # (B, shells) each particle's residual power
     np.add.at(sums.noise[:, :onehot.shape[1]], g, per)
     pj = res.pair_j if rmap is None else rmap(res.pair_i, res.pair_j)
-    sums.class_weight += dev.get(xp.bincount(space.class_of(pj), weights=res.weight, minlength=space.K)[:space.K])
+    cls = space.class_of(pj)
+    sums.class_weight += dev.get(xp.bincount(cls, weights=res.weight, minlength=space.K)[:space.K])
+    if space.K > 1:     # each particle's class posterior (B, K), for the classes' shared mass
+        pk = xp.bincount(res.pair_i * space.K + cls, weights=res.weight, minlength=len(g) * space.K)
+        pk = pk[:len(g) * space.K].reshape(len(g), space.K)
+        sums.class_overlap += dev.get(pk.T @ pk)
     sums.offset2 += dev.get(xp.dot(res.weight.astype(np.float64),
                                    trans.origin_power(o_px, res.pair_i, res.pair_t, angpix)))
     sums.evaluated += [float(res.evaluated), float(len(g)) * space.K * space.Jf1 * len(trans.fine)]
