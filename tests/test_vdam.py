@@ -278,6 +278,20 @@ def test_split_merge_finds_the_split_pair_and_the_merged_class():
     sm = SplitMerge(3, first=2, last=10)
     moves = [sm.step(it, P.T @ P, pclass) for it in range(12)]
     assert moves[:2] == [None, None] and moves[2] in ((0, 1), (2, 1)) and all(m is None for m in moves[3:])
+    Q = P[:, [0, 2, 1]]                                  # the split pair is (0, 1), class 2 the large one
+    assert propose(Q.T @ Q, Q.mean(0)) in ((0, 2), (1, 2))
+    assert propose(Q.T @ Q, Q.mean(0), fresh=(1, 2)) is None      # a class of the last move takes no part
+    sm2 = SplitMerge(3, first=0, last=100)
+    a, b = sm2.step(0, P.T @ P, pclass)
+    pair = tuple(sorted((a, b)))
+    copies = np.zeros_like(P)                           # the move's two classes share their particles
+    copies[:, list(pair)] = 0.5
+    for it in range(1, 30):
+        sm2.step(it, copies.T @ copies + 1e-3, pclass)
+    assert sm2.fresh == (a, b)                           # still one pair: kept out of moves
+    for it in range(30, 130):
+        sm2.step(it, sharp.T @ sharp, sharp.mean(0))
+    assert sm2.fresh == ()                               # parted
     back = SplitMerge(3, first=2, last=10)
     back.restore(sm.state())
     assert back.moves == 1 and back.since == sm.since and np.array_equal(back.overlap, sm.overlap)
