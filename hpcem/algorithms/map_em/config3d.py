@@ -1,6 +1,7 @@
 """Settings of 3D classification and 3D auto-refinement (RELION's flag names and defaults)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ...core.symmetry import symmetry_ops
@@ -134,3 +135,7 @@ class InitialModelConfig(_Class3DBase, GradOptions, TVOptions):
     grad_em_iters: int = param(0, "EM iterations after the mini-batches: class2d --grad only (0 here)",
                                check=(lambda v: v == 0, "0: final EM iterations exist in class2d --grad only"),
                                group="vdam")
+
+    def estep_options(self) -> EStepOptions:
+        """The E-step also sums the classes' shared posterior mass for ``--split_merge``."""
+        return dataclasses.replace(super().estep_options(), class_overlap=self.split_merge and self.K >= 3)

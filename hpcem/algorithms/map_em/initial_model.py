@@ -60,7 +60,7 @@ class InitialModel(GradFiles, Class3D):
         self.maps = self.mom = self.replaced = None
         self.start = 0
         last = int(round(cfg.iters * (1.0 - cfg.grad_fin_frac)))
-        self.split = SplitMerge(self.K, max(1, cfg.iters // 16), last) if cfg.split_merge and self.K >= 3 else None
+        self.split = SplitMerge(self.K, max(1, cfg.iters // 16), last) if cfg.estep_options().class_overlap else None
 
     @property
     def iteration(self) -> int:
