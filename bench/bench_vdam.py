@@ -78,6 +78,7 @@ def main(argv=None):
     ap.add_argument("--flags", default="", help="extra flags for the VDAM runs")
     ap.add_argument("--initial_model", action="store_true", help="bench the 3D initial model instead")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--data_seed", type=int, default=3, help="hpcem simulate --seed of the 2D set")
     a = ap.parse_args(argv)
     if a.initial_model:
         os.makedirs(a.dir, exist_ok=True)
@@ -88,7 +89,7 @@ def main(argv=None):
     star = os.path.join(a.dir, "particles.star")
     if not os.path.exists(star):
         run(["simulate", "--o", a.dir, "--mode", "2d", "--n", a.n, "--box", 64, "--snr", 0.05, "--views", 10,
-             "--seed", 3], a.dir)
+             "--seed", a.data_seed], a.dir)
     truth = read_star(os.path.join(a.dir, "truth.star"))["particles"]["rlnClassNumber"].to_numpy()
     common = ["class2d", "--i", "particles.star", "--ctf", "--particle_diameter", 150, "--psi_step", 12,
               "--offset_range", 5, "--offset_step", 2, "--j", a.j]

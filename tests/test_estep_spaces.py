@@ -3,6 +3,8 @@ odd and even boxes, against a brute-force marginalisation over the space's own f
 (every coarse hypothesis significant, no cap: the children of all coarse hypotheses are the whole
 fine grid), for a global search and a local search, with and without oversampling (without, the
 fine grid is the coarse one: each hypothesis once)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -104,11 +106,13 @@ def test_inplane_space_global_search(rng, n, oversampling):
     r_cur = n // 2
     w, z, kidx, (D, W), o_px = _brute(parts, space, trans, res, sigma2, 4.0, lpk, r_cur)
     sums = run_estep(parts, space, trans, res, sigma2=sigma2, sigma_offset=4.0, log_class_prior=lpk, r_cur=r_cur,
-                     radius_px=n / 2, opts=OPTS)
+                     radius_px=n / 2, opts=dataclasses.replace(OPTS, class_overlap=True))
     _check_results(res, w, z, space, trans, o_px, ps.angpix)
     np.testing.assert_allclose(space.data, D, rtol=2e-3, atol=1e-4 * np.abs(D).max())
     np.testing.assert_allclose(space.wsum, W, rtol=2e-3, atol=1e-4 * np.abs(W).max())
     np.testing.assert_allclose(sums.class_weight, w.sum((0, 1)).reshape(2, -1).sum(1), rtol=1e-4)
+    pk = w.sum(1).reshape(len(w), 2, -1).sum(2)           # each particle's class posterior
+    np.testing.assert_allclose(sums.class_overlap, pk.T @ pk, rtol=1e-3, atol=1e-6)   # split-merge's shared mass
 
 
 def _space3d(rng, n, K=2, oversampling=1):

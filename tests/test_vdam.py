@@ -257,3 +257,41 @@ def test_fsc_shell_per_class_and_the_prior_weighted_mean():
     assert mean_fsc_shell(fsc, [0.5, 0.5], 5) == 2      # mean 0.9, 0.3, 0.125, ...
     assert mean_fsc_shell(fsc, [1.0, 0.0], 5) == 3
     assert fsc_shell(fsc[0], 2) == 2
+
+
+def test_split_merge_finds_the_split_pair_and_the_merged_class():
+    """Split-merge (issue 11): one structure split over classes 0 and 2 (posteriors shared between
+    them), two structures in class 1 (sharp posteriors): class 0 or 2 takes class 1's map; classes
+    that each hold one structure, or a pair beside no large class, give no move."""
+    from hpcem.algorithms.vdam.splitmerge import SplitMerge, propose
+
+    rng = np.random.default_rng(0)
+    split = rng.uniform(0.3, 0.7, 300)
+    P_split = np.stack([split, np.full(300, 0.02), 1 - split], 1)          # structure A over classes 0, 2
+    P_merged = np.tile([0.02, 0.96, 0.02], (600, 1))                         # structures B + C in class 1
+    P = np.concatenate([P_split, P_merged])
+    pclass = P.mean(0)
+    assert propose(P.T @ P, pclass) in ((0, 1), (2, 1))
+    sharp = np.repeat(np.eye(3) * 0.96 + 0.02, 300, axis=0)                  # one structure per class
+    assert propose(sharp.T @ sharp, sharp.mean(0)) is None
+    assert propose(P.T @ P, np.array([0.3, 0.35, 0.35])) is None             # class 1 no larger than the pair
+    sm = SplitMerge(3, first=2, last=10)
+    moves = [sm.step(it, P.T @ P, pclass) for it in range(12)]
+    assert moves[:2] == [None, None] and moves[2] in ((0, 1), (2, 1)) and all(m is None for m in moves[3:])
+    Q = P[:, [0, 2, 1]]                                  # the split pair is (0, 1), class 2 the large one
+    assert propose(Q.T @ Q, Q.mean(0)) in ((0, 2), (1, 2))
+    assert propose(Q.T @ Q, Q.mean(0), fresh=(1, 2)) is None      # a class of the last move takes no part
+    sm2 = SplitMerge(3, first=0, last=100)
+    a, b = sm2.step(0, P.T @ P, pclass)
+    pair = tuple(sorted((a, b)))
+    copies = np.zeros_like(P)                           # the move's two classes share their particles
+    copies[:, list(pair)] = 0.5
+    for it in range(1, 30):
+        sm2.step(it, copies.T @ copies + 1e-3, pclass)
+    assert sm2.fresh == (a, b)                           # still one pair: kept out of moves
+    for it in range(30, 130):
+        sm2.step(it, sharp.T @ sharp, sharp.mean(0))
+    assert sm2.fresh == ()                               # parted
+    back = SplitMerge(3, first=2, last=10)
+    back.restore(sm.state())
+    assert back.moves == 1 and back.since == sm.since and np.array_equal(back.overlap, sm.overlap)

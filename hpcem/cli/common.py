@@ -14,7 +14,7 @@ from ..runtime.output import OutputRoot
 from ..runtime.params import NON_NEGATIVE, Params, param
 
 # flags that may change when a run is continued (everything else is the run's own)
-CONTINUABLE = frozenset({"i", "o", "continue_", "iters", "batch", "j", "angpix", "gpu"})
+CONTINUABLE = frozenset({"i", "o", "continue_", "iters", "batch", "j", "angpix", "gpu", "grad_write_iter"})
 # and those relion_refine --continue also takes for a classification: the searches and the prior (and
 # hpcem's own candidate generator, --importance_sampling, and the --tv prior)
 CONTINUABLE_SEARCH = frozenset({"healpix_order", "psi_step", "sigma_ang", "offset_range", "offset_step",

@@ -20,7 +20,8 @@ from .job_class3d import run_map3d
 
 @dataclass(frozen=True)
 class Params(IterativeJobIO, InitialModelConfig, DeviceOptions):
-    continue_may_change: ClassVar[frozenset] = CONTINUABLE_SEARCH    # as class3d: the searches and the prior
+    # as class3d: the searches and the prior; and the split-merge move, to unstick a run
+    continue_may_change: ClassVar[frozenset] = CONTINUABLE_SEARCH | {"split_merge"}
 
 
 def run(p: Params, ctx):

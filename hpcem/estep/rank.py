@@ -28,6 +28,7 @@ class EStepOptions:
     batch: int = 0               # particles per batch (0: from the coarse diff2 budget)
     coarse_factor: float = 1.2   # coarse pass up to (angular step arc at the radius) / factor; 0: all
     oversampling: int = 1
+    class_overlap: bool = False  # sum each particle's class posterior outer product (split-merge's)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class EStepSums:
     r_cur: int                  # the E-step's resolution limit (shell)
     scale_fit: np.ndarray = None   # (2, G) per optics group at the best poses: sum s_e Re(X (cR)*), sum s_e |cR|^2
     evaluated: np.ndarray = None   # (2,) (t, j) pairs scored (coarse + fine), fine quadrature points of the particles
+    class_overlap: np.ndarray = None   # (K, K) sum over particles of P(k|X) P(k'|X) (opts.class_overlap only)
 
     def __post_init__(self):
         if self.evaluated is None:
@@ -51,8 +53,9 @@ class EStepSums:
         return float(self.evaluated[0] / max(self.evaluated[1], 1.0))
 
     def reduce(self, comm) -> None:
-        for a in (self.noise, self.class_weight, self.offset2, self.scale_fit, self.evaluated):
-            comm.allreduce_(a)
+        for a in (self.noise, self.class_weight, self.offset2, self.scale_fit, self.evaluated, self.class_overlap):
+            if a is not None:
+                comm.allreduce_(a)
 
     def add(self, other: "EStepSums") -> None:
         """Add the sums of another E-step over other particles (same resolution limit)."""
@@ -60,6 +63,8 @@ class EStepSums:
         self.class_weight += other.class_weight
         self.offset2 += other.offset2
         self.evaluated += other.evaluated
+        if self.class_overlap is not None:
+            self.class_overlap += other.class_overlap
         if self.scale_fit is not None:
             self.scale_fit += other.scale_fit
 
@@ -134,7 +139,7 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     lpj_c, lpj_f = dev.put(np.repeat(lpk, space.Jc1)), dev.put(np.repeat(lpk, space.Jf1))
     s_e, s_a = (dev.put(w) for w in noise_weights(sigma2, parts.hw[kidx], sh))
     sums = EStepSums(np.zeros((parts.G, parts.nsh)), np.zeros(space.K), np.zeros(1), int(r_cur),
-                     np.zeros((2, parts.G)))
+                     np.zeros((2, parts.G)), class_overlap=np.zeros((space.K,) * 2) if opts.class_overlap else None)
     coef_weight = float(parts.hw[kidx].sum())    # E[sum s_e |residual|^2] for a particle the model fits
     best_fit = parts.norm is not None or parts.scale is not None     # --norm / --scale need the fit
     onehot = np.zeros((kidx.size, int(r_cur) + 1))   # coefficient -> shell sums (double: the sums must not
@@ -197,7 +202,12 @@ def _add_statistics(sums, res, g, o_px, onehot, space, trans, angpix, rmap, dev)
     per = dev.get(res.noise.astype(np.float64) @ onehot)       # (B, shells) each particle's residual power
     np.add.at(sums.noise[:, :onehot.shape[1]], g, per)
     pj = res.pair_j if rmap is None else rmap(res.pair_i, res.pair_j)
-    sums.class_weight += dev.get(xp.bincount(space.class_of(pj), weights=res.weight, minlength=space.K)[:space.K])
+    cls = space.class_of(pj)
+    sums.class_weight += dev.get(xp.bincount(cls, weights=res.weight, minlength=space.K)[:space.K])
+    if sums.class_overlap is not None:     # each particle's class posterior (B, K): classes' shared mass
+        pk = xp.bincount(res.pair_i * space.K + cls, weights=res.weight, minlength=len(g) * space.K)
+        pk = pk[:len(g) * space.K].reshape(len(g), space.K)
+        sums.class_overlap += dev.get(pk.T @ pk)
     sums.offset2 += dev.get(xp.dot(res.weight.astype(np.float64),
                                    trans.origin_power(o_px, res.pair_i, res.pair_t, angpix)))
     sums.evaluated += [float(res.evaluated), float(len(g)) * space.K * space.Jf1 * len(trans.fine)]

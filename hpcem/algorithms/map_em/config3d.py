@@ -1,6 +1,7 @@
 """Settings of 3D classification and 3D auto-refinement (RELION's flag names and defaults)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ...core.symmetry import symmetry_ops
@@ -127,6 +128,14 @@ class InitialModelConfig(_Class3DBase, GradOptions, TVOptions):
                                      "pose (-1: with K > 1 one order finer than the last mini-batch's, as far as "
                                      "the resolution reached supports it; with K = 1 the mini-batches' order)",
                                      check=(lambda v: -1 <= v <= 6, "in -1..6"), group="sampling")
+    split_merge: bool = param(True, "K >= 3: when two classes share their particles while a third, larger "
+                              "class may hold two structures, the smaller of the pair takes over the large "
+                              "class's map (eq 15's replacement; before the final phase, at most K - 1 times)",
+                              action=YES_NO, group="vdam")
     grad_em_iters: int = param(0, "EM iterations after the mini-batches: class2d --grad only (0 here)",
                                check=(lambda v: v == 0, "0: final EM iterations exist in class2d --grad only"),
                                group="vdam")
+
+    def estep_options(self) -> EStepOptions:
+        """The E-step also sums the classes' shared posterior mass for ``--split_merge``."""
+        return dataclasses.replace(super().estep_options(), class_overlap=self.split_merge and self.K >= 3)

@@ -35,6 +35,7 @@ from ...runtime.device import HOST
 from ..vdam import Moments, Schedule, replace_inactive, vdam_update
 from ..vdam.blobs import blob_images, signal_std
 from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, split_batch
+from ..vdam.splitmerge import SplitMerge
 from ..vdam.update import fsc_shell, mean_fsc_shell, share_prior
 from .class3d import Class3D
 from .model3d import tv_stats
@@ -58,6 +59,8 @@ class InitialModel(GradFiles, Class3D):
         self.st["order"] = self.st["order_flag"] = cfg.healpix_order
         self.maps = self.mom = self.replaced = None
         self.start = 0
+        last = int(round(cfg.iters * (1.0 - cfg.grad_fin_frac)))
+        self.split = SplitMerge(self.K, max(1, cfg.iters // 16), last) if cfg.estep_options().class_overlap else None
 
     @property
     def iteration(self) -> int:
@@ -72,6 +75,14 @@ class InitialModel(GradFiles, Class3D):
         self.st["order"] = flag if changed else int(st.get("order", flag))
         self.st["order_flag"] = flag
         self._sampling()
+        if self.split is not None:
+            self.split.restore(st)
+
+    def state(self):
+        st = super().state()
+        if st is not None and self.split is not None:
+            st.update(self.split.state())
+        return st
 
     def _sampling(self):
         """The E-step's angular sampling at the schedule's HEALPix order (``--auto_sampling``)."""
@@ -161,7 +172,7 @@ class InitialModel(GradFiles, Class3D):
         m.sigma2, m.sigma_offset, batch_pk = batch_noise(m.parts, self.sub, sums, self.comm, r_used, self.bsize)
         m.pclass = running_priors(m.pclass, batch_pk)
         tau2 = np.maximum(m.tau2, self._batch_tau2(r_used))
-        self.replaced = replace_inactive(m.pclass, cfg.class_inactivity_threshold)
+        self.replaced = replace_inactive(m.pclass, cfg.class_inactivity_threshold) or self._split_merge(sums)
         V = np.stack([ft3(x) for x in self.maps])
         fsc = vdam_update(V, self.W * self.R, self.W, self.mom, self.half_scale, tau2, fudge, self.floor_shell,
                           self.shell, eta, r_used, self.replaced)
@@ -187,6 +198,19 @@ class InitialModel(GradFiles, Class3D):
                      fudge=fudge, replaced=self.replaced,
                      order=order_used, tv=tv, class_resolution=class_res)
         return stats
+
+    def _split_merge(self, sums):
+        """``--split_merge``: the move (a, b) of :mod:`hpcem.algorithms.vdam.splitmerge` or None."""
+        if self.split is None:
+            return None
+        move = self.split.step(self.iteration, sums.class_overlap, self.m.pclass)
+        if move is not None:
+            a, b = move
+            J = self.split.last_J
+            self.log("split-merge at mini-batch %d: class %d shares its particles with another (shared mass %s), "
+                     "class %d (%.2f of the particles) is split: class %d takes its map"
+                     % (self.iteration + 1, a + 1, np.round(J[a], 3).tolist(), b + 1, self.m.pclass[b], a + 1))
+        return move
 
     def _regularise(self, weight) -> dict:
         """``--tv``: each class map the sparsity + TV penalised map nearest the VDAM step's, in the
