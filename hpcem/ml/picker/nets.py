@@ -139,10 +139,13 @@ def dice_per_sample(probs: torch.Tensor, target: torch.Tensor, absent_smooth=Non
     species-4 voxel (issue 15, seventh pass), so a network that paints every small particle
     "4 inside, 3 around" pays little for it.
 
-    ``absent_smooth`` (C,) (pick3d ``--absent_dice``): a channel absent from the sample's target
-    whose entry is > 0 is counted too, with that smoothing (one particle's volume in voxels):
-    1 - s / (|A| + s), so a whole false particle of it costs 1/2 and a diffuse 1/s of a voxel
-    little; the mean is then over the channels counted."""
+    ``absent_smooth`` (C,) (pick3d ``--absent_dice``, experimental): a channel absent from the
+    sample's target whose entry is > 0 is counted too, with that smoothing (one particle's volume
+    in voxels): 1 - s / (|A| + s), so a whole false particle of it costs 1/2; the mean is then over
+    the channels counted.  Measured (s1, supervised, 5000 steps): it ends the cross-painting of
+    the two small species but kills the 150 A and 100 A channels from the start (at the first
+    steps every channel spreads ~1/C of each patch, |A| >> s, so each absent species is pushed to
+    zero everywhere) and they never come back: mean F1 0.399 against 0.764 without it."""
     dims = (2, 3, 4)
     inter = (probs * target).sum(dims)
     mass = probs.sum(dims)
