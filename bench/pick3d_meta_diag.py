@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from hpcem.cli.main import run_job
-from hpcem.ml.picker.data import PatchSampler
+from hpcem.ml.picker.data import PatchSampler, sphere_voxels
 from hpcem.ml.picker.meta import step_map
 from hpcem.ml.picker.model_io import save_model
 from hpcem.ml.picker.nets import dice_per_sample, forward_with, one_hot
@@ -105,6 +105,7 @@ def main(argv=None):
     ap.add_argument("--lc_lr", type=float, default=0.0)
     ap.add_argument("--lr_decay", type=float, default=0.0, help="pick3d --lr_decay (cosine over this last fraction)")
     ap.add_argument("--average", type=float, default=0.0, help="pick3d --average (weights of this last fraction)")
+    ap.add_argument("--absent_dice", action="store_true", help="pick3d --absent_dice (absent species in the Dice)")
     ap.add_argument("--also_last", action="store_true", help="with --average: also save and score the last step's "
                     "weights (model_last.pt, pred_last, eval_last)")
     ap.add_argument("--align", type=int, default=0, help="batches per species of the alignment table (0: none)")
@@ -122,7 +123,8 @@ def main(argv=None):
     cfg = TrainConfig(n_classes=len(diam) + 1, method=a.method, widths=tuple(int(w) for w in a.widths.split(",")),
                       bottleneck=a.bottleneck, steps=a.steps, lr=a.lr, meta_lr=a.meta_lr, seed=a.seed,
                       warmup=a.warmup, lc_alpha=a.lc_alpha, lc_lr=a.lc_lr,
-                      lr_decay=a.lr_decay, average=a.average)
+                      lr_decay=a.lr_decay, average=a.average,
+                      absent_volumes=tuple(sphere_voxels(diam, angpix)) if a.absent_dice else ())
     tr = PickerTrainer(cfg, SpeciesSampler(train_set, 32, balanced=a.balanced), PatchSampler(meta_set, 32, balanced=True), "cpu")
     seen = {}
     weights = tr._weights
@@ -143,8 +145,8 @@ def main(argv=None):
             _report(tr, rows, t0, stats, len(diam), log)
     np.save(os.path.join(a.out, "weights.npy"), np.array(rows))
     settings = {"network": cfg.network(), "diameters": diam, "angpix": angpix, "patch": 32, "method": a.method,
-                "steps": cfg.steps, "seed": cfg.seed, "trained_on": [t.name for t in train_set],
-                "meta_set": [t.name for t in meta_set]}
+                "steps": cfg.steps, "seed": cfg.seed, "absent_dice": a.absent_dice,
+                "trained_on": [t.name for t in train_set], "meta_set": [t.name for t in meta_set]}
     save_model(os.path.join(a.out, "model.pt"), tr.network(), settings)
     models = [("model.pt", "pred", "eval")]
     if a.also_last and tr.n_avg:

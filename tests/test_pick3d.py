@@ -122,6 +122,34 @@ def test_balanced_patches_and_correction_settings():
     assert tr.meta_opt.param_groups[0]["params"][0] is next(tr.lc.parameters())
 
 
+def test_dice_counts_absent_species_with_absent_dice():
+    """--absent_dice: a species absent from a patch's labels adds 1 - s / (|A| + s), s its sphere
+    volume in voxels (a whole false particle costs 1/2), to the mean over the channels; without it
+    the same false particle costs only through the background's channel (issue 15, seventh pass)."""
+    from hpcem.ml.picker.data import sphere_voxels
+    from hpcem.ml.picker.nets import dice_per_sample, one_hot
+    from hpcem.ml.picker.train import PickerTrainer, TrainConfig
+
+    labels = torch.zeros((1, 4, 4, 4), dtype=torch.int64)
+    labels[0, 0, 0, :2] = 1                                   # species 1: 2 voxels; species 2 absent
+    target = one_hot(labels, 3)
+    probs = target.clone()
+    probs[0, :, 3, 3, :] = torch.tensor([0.0, 0.0, 1.0])[:, None]   # 4 voxels called species 2
+    bg = 1 - (2 * 58 + 1) / (58 + 62 + 1)                      # background: 58 of its 62 voxels kept
+    plain = dice_per_sample(probs, target)
+    assert float(plain) == pytest.approx(bg / 2, rel=1e-6)    # species 1 exact: 0; species 2 not counted
+    assert bg / 2 < 0.02                                      # the false particle barely costs
+    both = dice_per_sample(probs, target, torch.tensor([0.0, 7.0, 12.0]))
+    assert float(both) == pytest.approx((bg + 0 + 4 / (4 + 12)) / 3, rel=1e-6)
+    unset = dice_per_sample(probs, target, torch.tensor([0.0, 7.0, 0.0]))    # smoothing 0: not counted
+    assert float(unset) == pytest.approx(bg / 2, rel=1e-6)
+    np.testing.assert_allclose(sphere_voxels([100.0, 70.0], 10.0), [523.599, 179.594], rtol=1e-5)
+    cfg = TrainConfig(n_classes=3, method="supervised", widths=(2, 2, 2, 2), bottleneck=4, patch=16,
+                      absent_volumes=(7.0, 12.0))
+    tr = PickerTrainer(cfg, _RandomPatches())
+    assert float(tr._dice(probs, target)) == pytest.approx(float(both), rel=1e-6)
+
+
 class _RandomPatches:
     """Patches of noise with a random sphere label: enough for the trainer's bookkeeping."""
 
@@ -300,6 +328,8 @@ def test_train_is_reproducible_and_continues(tiny_set, tmp_path):
     settings = json.load(open(tmp_path / "a" / "model.json"))
     assert settings["trained_on"] == ["TS_01", "TS_02"] and settings["meta_set"] == ["TS_03"]
     assert os.path.isfile(tmp_path / "a" / "loss.png")
+    _train(tiny_set, tmp_path / "d", steps=2, method="supervised", absent_dice=True)   # the flag reaches the loss
+    assert json.load(open(tmp_path / "d" / "model.json"))["absent_dice"] is True
 
 
 def test_predict_same_picks_on_1_and_2_ranks(tiny_set, tmp_path, run_hpcem):

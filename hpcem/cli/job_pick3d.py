@@ -56,6 +56,9 @@ class Params(Base):
                             "(half cosine; 0: constant)", check=(lambda v: 0 <= v <= 1, "in [0, 1]"), group="model")
     average: float = param(0.0, "train: save the mean of the weights over this fraction of the final steps "
                            "(0: the last step's)", check=(lambda v: 0 <= v <= 1, "in [0, 1]"), group="model")
+    absent_dice: bool = param(False, "train (experimental): count in the Dice loss the species absent from a "
+                              "patch's labels, smoothed by one particle's sphere volume; measured worse on the s1 "
+                              "bench (two species lost), see DESIGN_NOTES", action="store_true", group="model")
     balanced: bool = param(False, "train: draw training patches class-balanced (a species uniformly, then one of "
                            "its annotations; DeepFinder's bootstrap), every method alike", action="store_true",
                            group="model")

@@ -2,6 +2,7 @@
 inputs, calling the picker library (hpcem.ml.picker, torch imported there) and reporting."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -51,7 +52,7 @@ def _restart(p, ctx):
 
 def train(p, ctx, device: str) -> int:
     from ..cli.job_pick3d import _diameters, record
-    from ..ml.picker.data import PatchSampler
+    from ..ml.picker.data import PatchSampler, sphere_voxels
     from ..ml.picker.model_io import save_model
     from ..ml.picker.nets import count_parameters
     from ..ml.picker.train import PickerTrainer
@@ -71,6 +72,8 @@ def train(p, ctx, device: str) -> int:
         ctx.log("pick3d train: --method supervised trains on --labels only; the meta set is not used")
     os.makedirs(q.o, exist_ok=True)
     train_set, meta_set, angpix = prepare(q.i, q.labels, meta_path, diam, cfg.patch, ctx.comm, ctx.log)
+    if q.absent_dice:
+        cfg = dataclasses.replace(cfg, absent_volumes=tuple(float(v) for v in sphere_voxels(diam, angpix)))
     trainer = PickerTrainer(cfg, PatchSampler(train_set, cfg.patch, balanced=q.balanced),
                             PatchSampler(meta_set, cfg.patch, balanced=True) if meta_set else None, device)
     ctx.log("pick3d train (%s): %d training tomograms (%d annotations), %d meta; U-Net %d parameters%s%s on %s" % (
@@ -86,7 +89,7 @@ def train(p, ctx, device: str) -> int:
     history = train_loop(trainer, q.o, q.save_every, job, ctx.log)
     settings = {"network": cfg.network(), "diameters": diam, "angpix": angpix, "patch": cfg.patch,
                 "method": cfg.method, "steps": cfg.steps, "seed": cfg.seed, "balanced": q.balanced,
-                "lr_decay": cfg.lr_decay, "average": cfg.average,
+                "lr_decay": cfg.lr_decay, "average": cfg.average, "absent_dice": bool(q.absent_dice),
                 "trained_on": [t.name for t in train_set], "meta_set": [t.name for t in meta_set or []]}
     save_model(os.path.join(q.o, "model.pt"), trainer.network(), settings)
     plot_history(os.path.join(q.o, "loss.png"), history)

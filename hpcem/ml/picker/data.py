@@ -37,6 +37,12 @@ def sphere_labels(shape, angpix: float, coords, classes, diameters_A) -> np.ndar
     return paint_spheres(shape, coords, radii, classes)
 
 
+def sphere_voxels(diameters_A, angpix: float) -> np.ndarray:
+    """Each species' sphere volume in voxels (4/3 pi r^3 of its radius in voxels)."""
+    r = np.asarray(diameters_A, np.float64) / 2.0 / angpix
+    return 4.0 / 3.0 * np.pi * r ** 3
+
+
 @dataclass
 class LabelledTomogram:
     name: str

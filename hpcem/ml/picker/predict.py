@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import pad_to, patch_grid
+from .data import pad_to, patch_grid, sphere_voxels
 
 DBSCAN_EPS = 1.0       # voxels (seed)
 DBSCAN_MIN = 5         # voxels (seed)
@@ -115,5 +115,4 @@ def cluster_picks(probs: np.ndarray, min_sizes) -> Picks:
 def min_cluster_sizes(diameters_A, angpix: float, min_fraction: float) -> np.ndarray:
     """Smallest cluster kept per species: ``min_fraction`` of its sphere's volume, at least the
     DBSCAN minimum."""
-    r = np.asarray(diameters_A, np.float64) / 2.0 / angpix
-    return np.maximum(DBSCAN_MIN, min_fraction * 4.0 / 3.0 * np.pi * r ** 3)
+    return np.maximum(DBSCAN_MIN, min_fraction * sphere_voxels(diameters_A, angpix))

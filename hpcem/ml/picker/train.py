@@ -51,6 +51,7 @@ class TrainConfig:
     lc_lr: float = 0.0                   # the correction network's learning rate (0: meta_lr)
     lr_decay: float = 0.0                # fraction of the final steps over which lr falls to 0 (cosine)
     average: float = 0.0                 # fraction of the final steps whose weights are averaged (saved net)
+    absent_volumes: tuple = ()           # per species, voxels: Dice of species absent from a patch (--absent_dice)
 
     def lr_factor(self, step: int) -> float:
         """The segmentation lr of 0-based step ``step`` over ``lr``: 1, then a half cosine to ~0
@@ -114,6 +115,8 @@ class PickerTrainer:
         self.steps_done = 0
         self.avg, self.n_avg = None, 0           # running mean of the last steps' weights (cfg.average)
         self.warmup_steps = cfg.warmup_steps     # kept by a continued run whose --steps is raised
+        self.absent = (torch.tensor((0.0,) + tuple(float(v) for v in cfg.absent_volumes), device=self.device)
+                       if cfg.absent_volumes else None)
 
     # ---------------------------------------------------------------- the training loss (eq 1)
     def _tensor(self, a, dtype=torch.float32):
@@ -121,6 +124,9 @@ class PickerTrainer:
 
     def _input(self, a):
         return self._tensor(a).contiguous(memory_format=MEMORY_FORMAT)
+
+    def _dice(self, probs, target):
+        return dice_per_sample(probs, target, self.absent)
 
     def _targets(self, feats, noisy, active: bool = True):
         return self.lc(feats, noisy) if self.lc is not None and active else noisy
@@ -146,7 +152,7 @@ class PickerTrainer:
         M = feats.detach()
         with torch.no_grad():
             target = self._targets(M, noisy, active)
-        losses = dice_per_sample(probs, target)
+        losses = self._dice(probs, target)
         with torch.no_grad():
             w = self._weights(losses.detach(), active)
         loss = (w * losses).mean()
@@ -192,13 +198,13 @@ class PickerTrainer:
         xb, yb = batch if batch is not None else self.meta.batch(self.rng, self.cfg.meta_batch)
         x, y = self._input(xb), one_hot(self._tensor(yb, torch.int64), self.cfg.n_classes)
         logits = forward_with(self.seg, self.names, self.params if weights is None else weights, x)
-        return dice_per_sample(torch.softmax(logits, dim=1), y).mean()
+        return self._dice(torch.softmax(logits, dim=1), y).mean()
 
     def _fd_loss(self, x, noisy, M, losses_before):
         def loss_at(weights):
             with torch.no_grad():
                 probs = torch.softmax(forward_with(self.seg, self.names, weights, x), dim=1)
-            losses = dice_per_sample(probs, self._targets(M, noisy))
+            losses = self._dice(probs, self._targets(M, noisy))
             return (self._weights(losses_before) * losses).mean()
         return loss_at
 
