@@ -28,20 +28,22 @@ import time
 
 import numpy as np
 
+from hpcem.simulate import sets as small
+
+_SMALL = dict(n=small.BOX, angpix=small.ANGPIX, snr=small.SNR, data_seed=small.SEED, diameter=96.0)
 SETS = {"three": dict(n=64, angpix=3.0, snr=0.05, seeds=(21, 22, 23), data_seed=12, diameter=150.0),
-        "two": dict(n=32, angpix=3.75, snr=1.0, seeds=(1, 2), data_seed=5, diameter=96.0),
-        "junk": dict(n=32, angpix=3.75, snr=1.0, seeds=(1,), data_seed=5, diameter=96.0, junk=0.3)}
+        "two": dict(_SMALL, seeds=(1, 2)),       # hpcem.simulate.sets.small_set's (the gated K = 2 test's)
+        "junk": dict(_SMALL, seeds=(1,), junk=0.3)}
 
 
 def make_set(a, s):
     from hpcem.simulate.particles import simulate_dataset
-    from hpcem.simulate.sets import small_set
     from hpcem.simulate.volumes import pseudo_atomic_volume
     from hpcem.simulate.write import write_dataset
 
     if a.set != "three":
         oc = tuple(float(x) for x in a.offcentre.split(",")) if a.offcentre else None
-        d, truths = small_set(len(s["seeds"]), s.get("junk", 0.0), a.N, offcentre=oc,
+        d, truths = small.small_set(len(s["seeds"]), s.get("junk", 0.0), a.N, offcentre=oc,
                               junk_kinds=a.junk_kinds.split(",") if a.junk_kinds else None)
     else:
         truths = [pseudo_atomic_volume(s["n"], s["angpix"], seed=k).astype(np.float64) for k in s["seeds"]]

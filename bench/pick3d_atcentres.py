@@ -22,9 +22,9 @@ from hpcem.ml.picker.model_io import load_model
 from hpcem.ml.picker.predict import segment
 
 
-def shell_shares(argmax: np.ndarray, centre_xyz, radius: int, n_classes: int) -> np.ndarray:
-    """(radius, n_classes): the share of each argmax class in shells [r, r + 1) voxels from a centre."""
-    pad = np.pad(argmax, radius + 1, mode="edge")
+def shell_shares(pad: np.ndarray, centre_xyz, radius: int, n_classes: int) -> np.ndarray:
+    """(radius, n_classes): the share of each argmax class in shells [r, r + 1) voxels from a centre;
+    ``pad`` the tomogram's argmax padded by radius + 1 voxels (edge values)."""
     c = np.asarray(centre_xyz, float)[::-1] + radius + 1                       # z, y, x in the padded grid
     lo = np.rint(c).astype(int) - radius - 1
     sub = pad[tuple(slice(a, a + 2 * radius + 3) for a in lo)]
@@ -53,12 +53,13 @@ def main(argv=None):
             with torch.no_grad():
                 p = segment(seg, load_tomogram(e, st["patch"]), st["patch"], 8)
             am = np.argmax(p, 0)
+            pad = np.pad(am, radius + 1, mode="edge") if radius else None
             c, k = truth.coords[name], truth.classes[name]
             for s in species:
                 x, y, z = np.rint(c[k == s]).astype(int).T
                 probs[s].append(p[:, z, y, x].T)
                 argmax[s].append(am[z, y, x])
-                shells[s] += [shell_shares(am, xyz, radius, len(species) + 1) for xyz in c[k == s]] if radius else []
+                shells[s] += [shell_shares(pad, xyz, radius, len(species) + 1) for xyz in c[k == s]] if radius else []
         print(model)
         for s in species:
             v, a = np.concatenate(probs[s]), np.concatenate(argmax[s])

@@ -128,8 +128,9 @@ def test_map_and_junk_separate(tmp_path, run_hpcem):
     the classes separate particles from junk with ARI >= 0.8 and the particles' class recovers the
     map.  No single junk class holds every junk kind here: with the true map held fixed K = 2 reaches
     ARI 0.35 at most; K = 3 with the true map and a run's two junk classes 0.84-0.89 (a perfect
-    partition with the junk split in two: 0.90-0.92); from scratch seeds 1 / 2 / 3 gave 0.78 / 0.13 / 0.91.  The off-centre junk lies beyond the translation search
-    (hpcem.simulate.sets; before the ninth pass most of it was a particle for the aligner)."""
+    partition with the junk split in two: 0.90-0.92); from scratch seeds 1 / 2 / 3 gave 0.78 / 0.13 /
+    0.91.  The off-centre junk lies beyond the translation search (hpcem.simulate.sets; before the
+    ninth pass most of it was a particle for the aligner)."""
     from hpcem.metrics import adjusted_rand_index
 
     tmp = str(tmp_path)

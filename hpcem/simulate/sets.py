@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BOX, ANGPIX, SEED = 32, 3.75, 5
+BOX, ANGPIX, SNR, SEED = 32, 3.75, 1.0, 5
 
 
 def offcentre_beyond(search_px: float, n: int = BOX, radius_frac: float = 0.3) -> tuple:
@@ -32,7 +32,7 @@ def small_set(n_maps: int = 1, junk: float = 0.0, n_particles: int = 800, offcen
     from .volumes import pseudo_atomic_volume
 
     vols = [pseudo_atomic_volume(BOX, ANGPIX, seed=s).astype(np.float64) for s in range(1, n_maps + 1)]
-    d = simulate_dataset(n=BOX, n_particles=n_particles, angpix=ANGPIX, snr=1.0, ctf=True, seed=SEED, volumes=vols,
+    d = simulate_dataset(n=BOX, n_particles=n_particles, angpix=ANGPIX, snr=SNR, ctf=True, seed=SEED, volumes=vols,
                          n_classes=n_maps, model="atoms")
     if junk > 0:
         if offcentre is None:

@@ -59,7 +59,7 @@ class InitialModel(GradFiles, Class3D):
         self.st["order"] = self.st["order_flag"] = cfg.healpix_order
         self.maps = self.mom = self.replaced = None
         self.start = 0
-        last = int(round(cfg.iters * (1.0 - cfg.grad_fin_frac)))
+        last = int(np.ceil(self.sched.final_start))
         self.split = SplitMerge(self.K, max(1, cfg.iters // 16), last) if cfg.estep_options().class_overlap else None
 
     @property

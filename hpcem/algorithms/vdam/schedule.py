@@ -42,10 +42,15 @@ class Schedule:
         fin = self.fin_subset if self.fin_subset > 0 else _clamp(fin_frac * N, fin_lim)
         return min(ini, N), min(max(fin, ini), N)
 
+    @property
+    def final_start(self) -> float:
+        """Where the final phase begins: mini-batch ``it`` (0-based) is in it from ``it >= final_start``."""
+        return (1.0 - self.fin_frac) * self.iters
+
     def _progress(self, it: int) -> float:
         """0 through the initial phase, 1 through the final one, linear between (``it`` 0-based)."""
         a = self.ini_frac * self.iters
-        b = (1.0 - self.fin_frac) * self.iters
+        b = self.final_start
         if it < a:
             return 0.0
         if it >= b or b <= a:
