@@ -132,9 +132,15 @@ class InitialModelConfig(_Class3DBase, GradOptions, TVOptions):
                               "class may hold two structures, the smaller of the pair takes over the large "
                               "class's map (eq 15's replacement; before the final phase, at most K - 1 times)",
                               action=YES_NO, group="vdam")
-    grad_em_iters: int = param(0, "EM iterations after the mini-batches: class2d --grad only (0 here)",
-                               check=(lambda v: v == 0, "0: final EM iterations exist in class2d --grad only"),
-                               group="vdam")
+    grad_em_iters: int = param(-1, "the last this many of --iter are EM iterations over all particles at the final "
+                               "pass's order (each class map reconstructed from all its particles, instead of "
+                               "a final pass against the last mini-batch's maps); -1: 2 with K > 1, 0 with K = 1",
+                               check=(lambda v: v >= -1, ">= -1"), group="vdam")
+
+    def em_iters(self) -> int:
+        """``--grad_em_iters`` resolved: with K > 1 two EM iterations by default (issue 11, stop 34:
+        K = 3 at SNR 0.05, ARI 0.773 -> 0.837, every map 11-12 A -> 8 A)."""
+        return self.grad_em_iters if self.grad_em_iters >= 0 else (min(2, self.iters - 1) if self.K > 1 else 0)
 
     def estep_options(self) -> EStepOptions:
         """The E-step also sums the classes' shared posterior mass for ``--split_merge``."""
