@@ -109,16 +109,18 @@ def test_initial_model_em_iterations_after_the_mini_batches(im_set, run_hpcem):
 
 def test_initial_model_ranks_and_continue(im_set, run_hpcem):
     """Also across an --auto_sampling order change (0 -> 1 after the first mini-batch, capped at
-    --max_healpix_order 1): the order is part of the checkpoint, so the continued run samples as
-    the uninterrupted one; the memory plan is made for order 1 from the start.  A --healpix_order
-    given to --continue replaces the checkpoint's order."""
+    --max_healpix_order 1) and into an EM iteration (--grad_em_iters 1): the order is part of the
+    checkpoint, so the continued run samples as the uninterrupted one; the memory plan is made for
+    order 1 from the start.  A --healpix_order (and --grad_em_iters) given to --continue replaces
+    the checkpoint's."""
     tmp, d, star = im_set
     base = ["initial_model", "--i", star, "--iter", 6, "--grad_write_iter", 3, "--sym", "D2",
-            "--healpix_order", 0, "--auto_sampling", "--max_healpix_order", 1] + IM
+            "--healpix_order", 0, "--auto_sampling", "--max_healpix_order", 1, "--grad_em_iters", 1] + IM
     one, two, part = (os.path.join(tmp, x) for x in ("one", "two", "part"))
     p = run_hpcem(base + ["--o", one + "/run"])
     orders = [int(x.split("order")[1].split()[0]) for x in p.stdout.splitlines() if x.startswith("batch")]
-    assert orders[0] == 0 and orders[1:] == [1] * 5, orders
+    assert orders[0] == 0 and orders[1:] == [1] * 4, orders
+    assert [x.split()[2] for x in p.stdout.splitlines() if x.startswith("EM it ")] == ["6"]
     plan = [x for x in p.stdout.splitlines() if "memory estimate" in x]
     assert plan and "at order 1" in plan[0], plan     # planned at the finest order the run reaches
     run_hpcem(base + ["--o", two + "/run"], n_ranks=2)
@@ -135,7 +137,7 @@ def test_initial_model_ranks_and_continue(im_set, run_hpcem):
     chg = os.path.join(tmp, "chg")            # a new --healpix_order given to --continue is used
     shutil.copytree(part, chg)
     p = run_hpcem(["initial_model", "--continue", os.path.join(chg, "run_it003_optimiser.star"), "--iter", 4,
-                   "--healpix_order", 2, "--o", chg + "/more"])
+                   "--healpix_order", 2, "--grad_em_iters", 0, "--o", chg + "/more"])
     orders = [int(x.split("order")[1].split()[0]) for x in p.stdout.splitlines() if x.startswith("batch")]
     assert orders == [2], orders
 
