@@ -1,5 +1,6 @@
-"""python classfit_table.py OUT.npz RUNDIR: classfit.py's numbers for the seed-1 gated run (class 2 the map, class 3 the low-res
-junk class; the truth of /work/exp/issue12-sagd9/kj9 = gen.py kj9): the particles lost to class 3 against the kept ones."""
+"""python classfit_table.py OUT.npz RUNDIR: classfit.py's numbers for the seed-1 gated run (class 2 the map,
+class 3 the low-res junk class; the truth of /work/exp/issue12-sagd9/kj9 = gen.py kj9): the particles lost to
+class 3 against the kept ones."""
 import sys, numpy as np
 from hpcem.io.star import read_star
 d = np.load(sys.argv[1]); run = sys.argv[2]
@@ -23,6 +24,7 @@ for nm, m in (("lost (29)", lost), ("kept", kept), ("kept, defocus < 1 um", lowk
                   np.median((xa / aa)[m]), np.median(gsh[k][m][:, :5].sum(1)), np.median(gsh[k][m][:, 5:9].sum(1)),
                   np.median(gsh[k][m][:, 9:].sum(1))))
 a_t = F[4, 0] / F[4, 1]
-print("truth a* lost / kept: %.2f / %.2f (the truth's own scale cancels in the ratio)" % (np.median(a_t[lost]), np.median(a_t[kept])))
+print("truth a* lost / kept: %.2f / %.2f (the truth's own scale cancels in the ratio)"
+      % (np.median(a_t[lost]), np.median(a_t[kept])))
 print("lost particles whose truth gain (free scale) beats the run map's by > 30 nats: %d of %d" % (
     np.sum(((F[4, 0] ** 2 / F[4, 1]) - (F[1, 0] ** 2 / F[1, 1]) > 30)[lost]), lost.sum()))
