@@ -235,6 +235,63 @@ def test_abinitio_from_a_random_start(ab_set, run_hpcem):
     assert res < 4 * 3.0
 
 
+def test_split_merge_in_abinitio(tmp_path):
+    """--split_merge (issue 11's move, issue 12's abinitio): particles of one structure shared by classes 1
+    and 2 beside a small junk class 0 (the seed-2 junk run's case): without a size guard the smaller of the
+    pair takes class 0's map (perturbed), its SAG memory and half its share, from the end of the class
+    similarity on, and no class is re-seeded for the halved shares until COOLDOWN iterations later; the
+    default guard (the class to split >= 1.5 x the pair's mean) makes no move; the move's state survives a
+    checkpoint."""
+    from types import SimpleNamespace
+
+    from hpcem.algorithms.sagd.abinitio import AbInitio
+    from hpcem.algorithms.sagd.config import AbInitioConfig
+    from hpcem.algorithms.sagd.files import collect_state, restore_state
+    from hpcem.cli.inputs import read_particles
+    from hpcem.parallel.comm import get_comm
+
+    _, star = _write(str(tmp_path), 40, 16, 0.3, seed=7)
+    ps = read_particles(star, 0.0, ctf=True, diameter=36)
+    cfg = AbInitioConfig(K=3, particle_diameter=36, ctf=True, num_init_iters=2, radwn_step=4.0, num_final_iters=40,
+                         class_anneal_start=1, class_anneal_end=3, split_merge=True, split_merge_size=0.0,
+                         write_iter=1, random_seed=1)
+
+    def fresh(c):
+        a = AbInitio(ps, c, get_comm(force_serial=True), log=lambda *x: None)
+        a.prepare()
+        a.V = a.m.random_maps(1, 1.0, c.init_radwn_cutoff)
+        a._new_phase(0)
+        a.m.start_noise(1.0)
+        a.sag.gbar[:] = np.arange(1, 4)[:, None]
+        a.pclass = np.array([0.1, 0.45, 0.45])
+        return a
+
+    rng = np.random.default_rng(0)
+    split = rng.uniform(0.3, 0.7, 90)
+    P = np.concatenate([np.stack([np.full(90, 0.01), split, 0.99 - split], 1), np.tile([0.98, 0.01, 0.01], (20, 1))])
+    sums = SimpleNamespace(class_overlap=P.T @ P)
+    a = fresh(cfg)
+    before = a.V.copy()
+    a.it = 2
+    assert a._split_merge(sums) is None                  # the class similarity is still on
+    a.it = 3
+    move = a._split_merge(sums)
+    assert move in ((1, 0), (2, 0))
+    k = move[0]
+    assert np.corrcoef(a.V[k].ravel(), before[0].ravel())[0, 1] > 0.9
+    assert np.corrcoef(a.V[k].ravel(), before[k].ravel())[0, 1] < 0.9
+    assert np.array_equal(a.V[0], before[0]) and np.all(a.sag.gbar[k] == 1) and a.pclass[k] == a.pclass[0] == 0.05
+    assert a._reseed() is None                           # 0.05 < 0.2 / K, but the move's halved shares wait
+    a.split.since = 20
+    assert a._reseed() is not None
+    guarded = fresh(cfg.replace(split_merge_size=1.5))
+    guarded.it = 3
+    assert guarded._split_merge(sums) is None            # class 0 is smaller than the pair
+    back = fresh(cfg)
+    restore_state(back, collect_state(a))
+    assert back.split.moves == 1 and back.split.fresh == move and np.array_equal(back.split.overlap, a.split.overlap)
+
+
 def _log_column(path, name):
     from hpcem.io.star import read_star
 

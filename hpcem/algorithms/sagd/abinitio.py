@@ -20,6 +20,7 @@ from ...estep import FullGrid
 from ...estep.importance import SEED_EPOCH, ImportanceSampler
 from ...runtime.memory import MemoryPlan
 from ..vdam.blobs import signal_std
+from ..vdam.splitmerge import COOLDOWN, SplitMerge, shared_mass
 from .model import SagdModel
 from .priors import Prior
 from .sagd import LINE_SEARCH_EVERY, SAG, Basis, Lipschitz, data_curvature, data_gradient
@@ -49,6 +50,7 @@ class AbInitio:
         self.lip = Lipschitz()
         self.pclass = np.full(self.K, 1.0 / self.K)
         self.churn = 1.0
+        self.split = self._split_merge_state()
         self.rows = []
         self.finished = False
 
@@ -198,13 +200,15 @@ class AbInitio:
         share = sums.class_weight / max(float(sums.class_weight.sum()), 1e-300)
         self.pclass = PRIOR_MEMORY * self.pclass + (1.0 - PRIOR_MEMORY) * share
         reseeded = self._reseed()
+        split = self._split_merge(sums) if reseeded is None else None
         self.space = None
         self.it += 1
         self.visits += int(self.batches.members(self.b).size)
         stats = {"iteration": self.it, "r": self.sched.radius(it), "resolution": n * self.ps.angpix / self.r,
                  "batch": int(self.batches.members(self.b).size), "epsilon": eps, "step": eps / self.lip.L,
                  "L": self.lip.L, "evaluated": self.frac_eval, "pclass": self.pclass.copy(), "evals": evals,
-                 "churn": self.churn, "step_event": event,
+                 "churn": self.churn, "step_event": event, "split": split,
+                 "shared": None if self.split is None else shared_mass(self.split.overlap),
                  "reseeded": reseeded, "order": self.quad.order, "psi_step": self.quad.psi_step,
                  "t_step": self.quad.t_step, "epoch": self.visits / self.N, "loglik": loglik}
         self.rows.append([self.it, stats["resolution"], stats["step"], stats["evaluated"], stats["epoch"]]
@@ -276,19 +280,47 @@ class AbInitio:
         return ift3(ft3(v) * ph, n)
 
     def _reseed(self):
-        """(emptied class, source) when a class's share fell below class_reseed / K, else None."""
+        """(emptied class, source) when a class's share fell below class_reseed / K, else None; not within
+        COOLDOWN iterations of a split-merge move, which halves a small class's share by bookkeeping (on the
+        seed-2 junk run a move from a class of share 0.11 set both copies to 0.055, under the threshold
+        0.067, and the next two iterations re-seeded both from the largest class: issue 12, tenth pass)."""
         K = self.K
         a = int(np.argmin(self.pclass))
         if K < 2 or self.config.class_reseed <= 0 or self.pclass[a] >= self.config.class_reseed / K:
             return None
+        if self.split is not None and self.split.moves and self.split.since < COOLDOWN:
+            return None
         b = int(np.argmax(self.pclass))
+        self._replace(a, b)
+        return a, b
+
+    def _split_merge_state(self):
+        """``--split_merge`` (K >= 3): moves once the class similarity is off (the mixed posteriors share
+        every particle between every pair before), until half-way through the final iterations."""
+        cfg = self.config
+        if not (cfg.split_merge and self.K >= 3):
+            return None
+        last = self.sched.total - cfg.num_final_iters // 2
+        return SplitMerge(self.K, max(cfg.class_anneal_end, 1), last, size_ratio=cfg.split_merge_size)
+
+    def _split_merge(self, sums):
+        """The move (a, b) of :mod:`hpcem.algorithms.vdam.splitmerge` (class a takes class b's map), or None."""
+        if self.split is None:
+            return None
+        move = self.split.step(self.it, sums.class_overlap, self.pclass)
+        if move is not None:
+            self._replace(*move)
+        return move
+
+    def _replace(self, a, b):
+        """Class ``a`` takes class ``b``'s map (perturbed by 20% of its sd in low-passed noise), SAG memory
+        and half its share (a re-seeded class, a split-merge move)."""
         rng = np.random.default_rng([self.config.random_seed, 43, self.it])
         noise = self.m.random_maps(int(rng.integers(1 << 30)), 1.0, self.config.init_radwn_cutoff)[0]
         v = self.V[b]
         self.V[a] = np.maximum(v + 0.2 * v.std() * noise / max(noise.std(), 1e-30), 0.0) * self.m.mask3
         self.sag.copy_class(b, a)
         self.pclass[a] = self.pclass[b] = 0.5 * self.pclass[b]
-        return a, b
 
     # ------------------------------------------------------------ files
     def state(self):

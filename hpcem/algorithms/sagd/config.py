@@ -60,6 +60,15 @@ class AbInitioConfig(Params):
                                   group="classes")
     class_reseed: float = param(0.2, "a class whose share of the particles falls below this / K is re-seeded from "
                                 "the largest class", check=NON_NEGATIVE, group="classes")
+    split_merge: bool = param(False, "K >= 3: when two classes share their particles (one structure split over two "
+                              "classes), the smaller takes over the map of the largest other class (issue 11's "
+                              "split-merge move, hpcem.algorithms.vdam.splitmerge), after the class similarity is off; "
+                              "off by default: with junk a particle class and a junk class share the ambiguous "
+                              "particles the same way (issue 12, tenth pass: ARI 0.78/0.13/0.91 -> 0.22/0.19/0.35 on "
+                              "three seeds)",
+                              action=YES_NO, group="classes")
+    split_merge_size: float = param(1.5, "--split_merge: the class to split must hold at least this many times the "
+                                    "pair's mean share (0: any class)", check=NON_NEGATIVE, group="classes")
     nonneg: bool = param(True, "densities kept non-negative (projection after every step; abinit_nonneg)",
                          action=YES_NO, group="model")
     prior: str = param("exponential", "prior on the densities (seed 003 eqs 5-6, section 4.6)",

@@ -43,7 +43,7 @@ def collect_state(a):
           "prior_scale": np.atleast_1d(a.prior.scale), "L": a.lip.L,
           "ls_searches": a.lip.searches, "noise_S": a.m.S, "noise_C": a.m.C,
           "sigma2": a.m.sigma2(), "results": gather_results(a.comm, a.m.res), "log": np.array(a.rows, np.float64),
-          **a.sag.state()}
+          **a.sag.state(), **(a.split.state() if a.split is not None else {})}
     smp = _gather_sampler(a)
     if smp is not None:
         st["sampler"] = smp
@@ -59,6 +59,8 @@ def restore_state(a, st) -> None:
     a.pclass = np.asarray(st["pclass"], np.float64)
     a.churn = float(st["churn"]) if "churn" in st else 1.0
     a.step_factor.load(st)
+    if a.split is not None:
+        a.split.restore(st)
     a.prior.scale = np.asarray(st["prior_scale"], np.float64)
     a.lip.L, a.lip.searches = float(st["L"]), int(st["ls_searches"])
     a.m.S, a.m.C = np.asarray(st["noise_S"], np.float64), np.asarray(st["noise_C"], np.float64)
@@ -126,6 +128,11 @@ def log_line(st) -> str:
                                                                             st["reseeded"][1] + 1)
     if st.get("step_event"):
         rep += "  " + st["step_event"]
+    if st.get("split") is not None:
+        rep += "  split-merge: class %d takes class %d's map" % (st["split"][0] + 1, st["split"][1] + 1)
+    if st.get("shared") is not None:
+        J = st["shared"]
+        rep += "  shared %s" % " ".join("%.3f" % J[i, j] for i in range(len(J)) for j in range(i + 1, len(J)))
     return ("it %4d  res %6.2f A  batch %3d  order %d psi %4.1f t %3.1f  step %.3g (eps %.3g, L %.3g%s)  "
             "evaluated %.2e  epoch %5.2f  classes %s%s  (%.1f s, E-step %.1f s)%s" % (
                 st["iteration"], st["resolution"], st["batch"], st["order"], st["psi_step"], st["t_step"], st["step"],

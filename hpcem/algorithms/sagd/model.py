@@ -74,7 +74,8 @@ class SagdModel:
         self.res = new_results(self.idx.size, POSES, first_class=0)
         self.search = new_results(self.idx.size, POSES, first_class=1)
         self.opts = EStepOptions(frac=0.999, maxsig=cfg.maxsig, batch=cfg.batch,
-                                 coarse_factor=1.2 if cfg.oversampling else 0.0, oversampling=cfg.oversampling)
+                                 coarse_factor=1.2 if cfg.oversampling else 0.0, oversampling=cfg.oversampling,
+                                 class_overlap=bool(cfg.split_merge) and self.K >= 3)
         self.sigma_offset = max(cfg.offset_range, 1.0) * self.angpix / 2.0
         self.sigma0 = self.S = self.C = None
         self.pnoise = None       # (nb, shells) each particle's residual power of its last E-step

@@ -67,12 +67,13 @@ def propose(overlap, pclass, pair_ratio: float = PAIR_RATIO, size_ratio: float =
 
 class SplitMerge:
     """The running shared mass and the move's bookkeeping (saved in the checkpoint).  Moves are
-    allowed in mini-batches [first, last), ``COOLDOWN`` apart, at most ``K - 1`` times; the two
+    allowed in mini-batches [first, last), ``COOLDOWN`` apart, at most ``K - 1`` times, the class to
+    split holding at least ``size_ratio`` x the pair's mean mass (:func:`propose`); the two
     classes of a move share their particles until their maps part, so neither takes part in
     another move before the pair no longer stands out (with K = 3: one move until then)."""
 
-    def __init__(self, K: int, first: int, last: int):
-        self.K, self.first, self.last = K, first, last
+    def __init__(self, K: int, first: int, last: int, size_ratio: float = SIZE_RATIO):
+        self.K, self.first, self.last, self.size_ratio = K, first, last, float(size_ratio)
         self.overlap = np.zeros((K, K))
         self.since = COOLDOWN       # mini-batches since the last move
         self.moves = 0
@@ -88,7 +89,7 @@ class SplitMerge:
             self.fresh = ()          # the last move's copies have parted
         if not (self.first <= iteration < self.last) or self.since < COOLDOWN or self.moves >= self.K - 1:
             return None
-        move = propose(self.overlap, pclass, fresh=self.fresh)
+        move = propose(self.overlap, pclass, size_ratio=self.size_ratio, fresh=self.fresh)
         if move is not None:
             self.last_J = shared_mass(self.overlap)
             self.overlap[:] = 0.0
