@@ -125,7 +125,8 @@ def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return F.one_hot(labels.long(), n_classes).permute(0, 4, 1, 2, 3).to(torch.float32)
 
 
-def dice_per_sample(probs: torch.Tensor, target: torch.Tensor, absent_smooth=None) -> torch.Tensor:
+def dice_per_sample(probs: torch.Tensor, target: torch.Tensor, absent_smooth=None,
+                    absent_weight: float = 1.0) -> torch.Tensor:
     """Eq 15 for each sample, (B,): the mean over the channels present in the sample's target of
     1 - (2|A B| + s) / (|A| + |B| + s); a channel is present when some voxel of the target holds
     it with weight >= 1/2 (a one-hot label: any voxel; a corrected label: a confident one, not
@@ -145,16 +146,19 @@ def dice_per_sample(probs: torch.Tensor, target: torch.Tensor, absent_smooth=Non
     the channels counted.  Measured (s1, supervised, 5000 steps): it ends the cross-painting of
     the two small species but kills the 150 A and 100 A channels from the start (at the first
     steps every channel spreads ~1/C of each patch, |A| >> s, so each absent species is pushed to
-    zero everywhere) and they never come back: mean F1 0.399 against 0.764 without it."""
+    zero everywhere) and they never come back: mean F1 0.399 against 0.764 without it.
+    ``absent_weight`` in [0, 1] scales the absent channels' terms and their count in the mean (0:
+    the default loss; 1: the above), the ramp of ``TrainConfig.absent_weight`` that brings them in
+    only after the present channels are learnt (issue 15, eighth pass)."""
     dims = (2, 3, 4)
     inter = (probs * target).sum(dims)
     mass = probs.sum(dims)
     per_channel = 1.0 - (2.0 * inter + DICE_SMOOTH) / (mass + target.sum(dims) + DICE_SMOOTH)
     present = (target.detach().amax(dim=dims) >= 0.5).to(per_channel.dtype)
-    if absent_smooth is None:
+    if absent_smooth is None or absent_weight <= 0:
         return (per_channel * present).sum(dim=1) / present.sum(dim=1).clamp(min=1.0)
     s = torch.as_tensor(absent_smooth, dtype=mass.dtype, device=mass.device)
-    absent = (1.0 - present) * (s > 0).to(mass.dtype)
+    absent = (1.0 - present) * (s > 0).to(mass.dtype) * float(min(absent_weight, 1.0))
     term = present * per_channel + absent * mass / (mass + s.clamp(min=1e-6))
     return term.sum(dim=1) / (present + absent).sum(dim=1).clamp(min=1.0)
 
