@@ -52,8 +52,7 @@ class TrainConfig:
     lr_decay: float = 0.0                # fraction of the final steps over which lr falls to 0 (cosine)
     average: float = 0.0                 # fraction of the final steps whose weights are averaged (saved net)
     absent_volumes: tuple = ()           # per species, voxels: Dice of species absent from a patch (--absent_dice)
-    absent_start: float = 0.4            # fraction of the steps before the absent species' Dice comes in
-    absent_ramp: float = 0.2             # fraction of the steps over which its weight then rises 0 -> 1
+    absent_above: float = 0.5            # the absent species' Dice counts voxels above this probability
 
     def lr_factor(self, step: int) -> float:
         """The segmentation lr of 0-based step ``step`` over ``lr``: 1, then a half cosine to ~0
@@ -62,21 +61,6 @@ class TrainConfig:
         if n <= 0 or step < self.steps - n:
             return 1.0
         return 0.5 * (1.0 + float(np.cos(np.pi * (step - (self.steps - n) + 0.5) / n)))
-
-    def absent_weight(self, step: int) -> float:
-        """The weight of the absent species' Dice terms at 0-based step ``step``: 0 until
-        ``absent_start`` of the steps, then linear to 1 over ``absent_ramp`` of them (0 without
-        ``absent_volumes``).  From step 0 at full weight (start 0, ramp 0) the absent terms push
-        every channel towards 0 while each still spreads ~1/C of a patch and the 150 A and 100 A
-        channels never came back (issue 15, seventh pass); here they come in once the present
-        channels are learnt (the supervised run's species-2/3 losses ~0.17/0.30 at 0.4 of 5000 steps)."""
-        if not self.absent_volumes:
-            return 0.0
-        start = int(round(self.absent_start * self.steps))
-        ramp = int(round(self.absent_ramp * self.steps))
-        if ramp <= 0:
-            return 1.0 if step >= start else 0.0
-        return float(min(max((step - start) / ramp, 0.0), 1.0))
 
     @property
     def average_from(self) -> int:
@@ -143,7 +127,7 @@ class PickerTrainer:
         return self._tensor(a).contiguous(memory_format=MEMORY_FORMAT)
 
     def _dice(self, probs, target):
-        return dice_per_sample(probs, target, self.absent, self.cfg.absent_weight(self.steps_done))
+        return dice_per_sample(probs, target, self.absent, self.cfg.absent_above)
 
     def _targets(self, feats, noisy, active: bool = True):
         return self.lc(feats, noisy) if self.lc is not None and active else noisy
