@@ -106,6 +106,7 @@ def main(argv=None):
     ap.add_argument("--lr_decay", type=float, default=0.0, help="pick3d --lr_decay (cosine over this last fraction)")
     ap.add_argument("--average", type=float, default=0.0, help="pick3d --average (weights of this last fraction)")
     ap.add_argument("--absent_dice", action="store_true", help="pick3d --absent_dice (absent species in the Dice)")
+    ap.add_argument("--absent_above", type=float, default=0.5, help="pick3d --absent_above")
     ap.add_argument("--also_last", action="store_true", help="with --average: also save and score the last step's "
                     "weights (model_last.pt, pred_last, eval_last)")
     ap.add_argument("--align", type=int, default=0, help="batches per species of the alignment table (0: none)")
@@ -124,7 +125,8 @@ def main(argv=None):
                       bottleneck=a.bottleneck, steps=a.steps, lr=a.lr, meta_lr=a.meta_lr, seed=a.seed,
                       warmup=a.warmup, lc_alpha=a.lc_alpha, lc_lr=a.lc_lr,
                       lr_decay=a.lr_decay, average=a.average,
-                      absent_volumes=tuple(sphere_voxels(diam, angpix)) if a.absent_dice else ())
+                      absent_volumes=tuple(sphere_voxels(diam, angpix)) if a.absent_dice else (),
+                      absent_above=a.absent_above)
     tr = PickerTrainer(cfg, SpeciesSampler(train_set, 32, balanced=a.balanced), PatchSampler(meta_set, 32, balanced=True), "cpu")
     seen = {}
     weights = tr._weights
@@ -146,6 +148,7 @@ def main(argv=None):
     np.save(os.path.join(a.out, "weights.npy"), np.array(rows))
     settings = {"network": cfg.network(), "diameters": diam, "angpix": angpix, "patch": 32, "method": a.method,
                 "steps": cfg.steps, "seed": cfg.seed, "absent_dice": a.absent_dice,
+                "absent_above": a.absent_above,
                 "trained_on": [t.name for t in train_set], "meta_set": [t.name for t in meta_set]}
     save_model(os.path.join(a.out, "model.pt"), tr.network(), settings)
     models = [("model.pt", "pred", "eval")]

@@ -145,9 +145,39 @@ def test_dice_counts_absent_species_with_absent_dice():
     assert float(unset) == pytest.approx(bg / 2, rel=1e-6)
     np.testing.assert_allclose(sphere_voxels([100.0, 70.0], 10.0), [523.599, 179.594], rtol=1e-5)
     cfg = TrainConfig(n_classes=3, method="supervised", widths=(2, 2, 2, 2), bottleneck=4, patch=16,
-                      absent_volumes=(7.0, 12.0))
+                      absent_volumes=(7.0, 12.0), absent_above=0.0)
     tr = PickerTrainer(cfg, _RandomPatches())
     assert float(tr._dice(probs, target)) == pytest.approx(float(both), rel=1e-6)
+
+
+def test_absent_dice_counts_only_confident_voxels():
+    """--absent_above: an absent species' |A| sums only its voxels above the threshold, so a
+    diffuse, unlearnt channel is not pushed down while a confidently painted particle is, the
+    gradient flowing through those voxels only; 0 counts all of the mass (issue 15, eighth pass)."""
+    from hpcem.ml.picker.nets import dice_per_sample, one_hot
+    from hpcem.ml.picker.train import PickerTrainer, TrainConfig
+
+    labels = torch.zeros((1, 4, 4, 4), dtype=torch.int64)
+    labels[0, 0, 0, :2] = 1                                   # species 1: 2 voxels; species 2 absent
+    target = one_hot(labels, 3)
+    probs = target.clone()
+    probs[0, :, 3, 3, :] = torch.tensor([0.0, 0.0, 1.0])[:, None]   # 4 voxels confidently species 2
+    probs[0, :, 2, 2, :] = torch.tensor([0.6, 0.0, 0.4])[:, None]   # 4 voxels with 0.4 of species 2
+    probs.requires_grad_(True)
+    bg = 1 - (2 * 56.4 + 1) / (56.4 + 62 + 1)                 # background: 54 voxels at 1, 4 at 0.6, of 62
+    s = torch.tensor([0.0, 7.0, 12.0])
+    conf = dice_per_sample(probs, target, s, 0.5)
+    assert float(conf.detach()) == pytest.approx((bg + 0 + 4 / (4 + 12)) / 3, rel=1e-6)
+    everything = dice_per_sample(probs, target, s, 0.0)
+    assert float(everything.detach()) == pytest.approx((bg + 0 + 5.6 / (5.6 + 12)) / 3, rel=1e-6)
+    g, = torch.autograd.grad(conf, probs)
+    assert float(g[0, 2, 2, 2, 0]) == 0.0                     # the 0.4 voxels are not pushed
+    assert float(g[0, 2, 3, 3, 0]) == pytest.approx(12 / 16 ** 2 / 3, rel=1e-5)   # d/dp of 1 - s/(|A|+s), /3
+    cfg = TrainConfig(n_classes=3, method="supervised", widths=(2, 2, 2, 2), bottleneck=4, patch=16,
+                      absent_volumes=(7.0, 12.0))
+    assert cfg.absent_above == 0.5
+    tr = PickerTrainer(cfg, _RandomPatches())
+    assert float(tr._dice(probs.detach(), target)) == pytest.approx(float(conf.detach()), rel=1e-6)
 
 
 class _RandomPatches:
@@ -328,8 +358,9 @@ def test_train_is_reproducible_and_continues(tiny_set, tmp_path):
     settings = json.load(open(tmp_path / "a" / "model.json"))
     assert settings["trained_on"] == ["TS_01", "TS_02"] and settings["meta_set"] == ["TS_03"]
     assert os.path.isfile(tmp_path / "a" / "loss.png")
-    _train(tiny_set, tmp_path / "d", steps=2, method="supervised", absent_dice=True)   # the flag reaches the loss
-    assert json.load(open(tmp_path / "d" / "model.json"))["absent_dice"] is True
+    _train(tiny_set, tmp_path / "d", steps=2, method="supervised", absent_dice=True, absent_above=0.3)
+    settings = json.load(open(tmp_path / "d" / "model.json"))              # the flags reach the settings
+    assert settings["absent_dice"] is True and settings["absent_above"] == 0.3
 
 
 def test_predict_same_picks_on_1_and_2_ranks(tiny_set, tmp_path, run_hpcem):

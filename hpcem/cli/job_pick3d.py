@@ -57,8 +57,11 @@ class Params(Base):
     average: float = param(0.0, "train: save the mean of the weights over this fraction of the final steps "
                            "(0: the last step's)", check=(lambda v: 0 <= v <= 1, "in [0, 1]"), group="model")
     absent_dice: bool = param(False, "train (experimental): count in the Dice loss the species absent from a "
-                              "patch's labels, smoothed by one particle's sphere volume; measured worse on the s1 "
-                              "bench (two species lost), see DESIGN_NOTES", action="store_true", group="model")
+                              "patch's labels (their voxels above --absent_above), smoothed by one particle's "
+                              "sphere volume; see DESIGN_NOTES (issue 15)", action="store_true", group="model")
+    absent_above: float = param(0.5, "train: with --absent_dice, count only the voxels whose probability of the "
+                                "absent species is above this (0: all of its mass, which lost two species on "
+                                "the s1 bench)", check=(lambda v: 0 <= v < 1, "in [0, 1)"), group="model")
     balanced: bool = param(False, "train: draw training patches class-balanced (a species uniformly, then one of "
                            "its annotations; DeepFinder's bootstrap), every method alike", action="store_true",
                            group="model")

@@ -29,7 +29,7 @@ def _config(p, n_species: int):
                        patch=p.patch, batch=p.batch, meta_batch=p.meta_batch, steps=p.steps, lr=p.lr,
                        meta_lr=p.meta_lr, meta_every=p.meta_every, warmup=p.warmup, optimizer=p.optimizer,
                        seed=p.seed, lc_alpha=p.lc_alpha, lc_lr=p.lc_lr,
-                       lr_decay=p.lr_decay, average=p.average)
+                       lr_decay=p.lr_decay, average=p.average, absent_above=p.absent_above)
 
 
 def _restart(p, ctx):
@@ -90,6 +90,7 @@ def train(p, ctx, device: str) -> int:
     settings = {"network": cfg.network(), "diameters": diam, "angpix": angpix, "patch": cfg.patch,
                 "method": cfg.method, "steps": cfg.steps, "seed": cfg.seed, "balanced": q.balanced,
                 "lr_decay": cfg.lr_decay, "average": cfg.average, "absent_dice": bool(q.absent_dice),
+                "absent_above": cfg.absent_above,
                 "trained_on": [t.name for t in train_set], "meta_set": [t.name for t in meta_set or []]}
     save_model(os.path.join(q.o, "model.pt"), trainer.network(), settings)
     plot_history(os.path.join(q.o, "loss.png"), history)

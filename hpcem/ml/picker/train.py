@@ -52,6 +52,7 @@ class TrainConfig:
     lr_decay: float = 0.0                # fraction of the final steps over which lr falls to 0 (cosine)
     average: float = 0.0                 # fraction of the final steps whose weights are averaged (saved net)
     absent_volumes: tuple = ()           # per species, voxels: Dice of species absent from a patch (--absent_dice)
+    absent_above: float = 0.5            # the absent species' Dice counts voxels above this probability
 
     def lr_factor(self, step: int) -> float:
         """The segmentation lr of 0-based step ``step`` over ``lr``: 1, then a half cosine to ~0
@@ -126,7 +127,7 @@ class PickerTrainer:
         return self._tensor(a).contiguous(memory_format=MEMORY_FORMAT)
 
     def _dice(self, probs, target):
-        return dice_per_sample(probs, target, self.absent)
+        return dice_per_sample(probs, target, self.absent, self.cfg.absent_above)
 
     def _targets(self, feats, noisy, active: bool = True):
         return self.lc(feats, noisy) if self.lc is not None and active else noisy
