@@ -175,7 +175,7 @@ class AbInitio:
         return out
 
     def m_step(self, sums):
-        cfg, n, it = self.config, self.n, self.it
+        n, it = self.n, self.it
         loglik = self.m.batch_loglik(self.sub)
         sw = self._sums()
         G = np.stack([data_gradient(D, n, self.basis) for D, _ in sw])
