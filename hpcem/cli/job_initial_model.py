@@ -1,6 +1,6 @@
 """3D initial model(s) from the particles alone by VDAM, like RELION-4's InitialModel job
 (relion_refine --grad --denovo_3dref, then relion_align_symmetry): --iter mini-batches (200) of
-growing size, K classes in C1 from random Gaussian blobs (with K > 1 the last 2 of --iter are EM
+growing size, K classes in C1 from random Gaussian blobs (with K > 1 the last 4 of --iter are EM
 iterations over all particles, --grad_em_iters), then every map aligned to the axes of
 --sym and symmetrised into initial_model.mrc (the most populated class; with K > 1 also
 initial_model_classKKK.mrc) in the output folder.  Writes run_itNNN_classKKK.mrc, _data.star,

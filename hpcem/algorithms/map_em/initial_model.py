@@ -15,9 +15,9 @@ margin, never below ``--grad_min_resol``).  The data weight's signal power is th
 references' and EM's estimate from the mini-batch (the references' own power alone keeps shells
 they have not reached empty: FSC 0.5 at 14.4 A from the true map at 20 A, 10.5 A with the
 mini-batch's estimate).  After the last mini-batch one pass over all particles assigns
-classes and poses, unless the last ``--grad_em_iters`` iterations (by default 2 with K > 1) are
+classes and poses, unless the last ``--grad_em_iters`` iterations (by default 4 with K > 1) are
 class3d's EM iterations over all particles at the final pass's order (each class map then
-reconstructed from all its particles: K = 3 at SNR 0.05, maps 11-12 A -> 8 A, ARI 0.77 -> 0.84);
+reconstructed from all its particles: K = 3 at SNR 0.05, maps 11-12 A -> 8 A, ARI 0.77 -> 0.87);
 :meth:`finish` then aligns each map to the symmetry axes of ``--sym`` and
 symmetrises it (:mod:`hpcem.core.symalign`), writing ``initial_model.mrc`` beside the rootname
 (RELION's InitialModel job: VDAM in C1, then relion_align_symmetry).
@@ -140,7 +140,7 @@ class InitialModel(GradFiles, Class3D):
     # ------------------------------------------------------------ the last --grad_em_iters: EM
     def em_phase(self) -> bool:
         """The last ``--grad_em_iters`` of ``--iter`` are EM iterations over all particles (RELION's
-        flag; default 2 with K > 1): class3d's E- and M-step at the final pass's order, the maps
+        flag; default 4 with K > 1): class3d's E- and M-step at the final pass's order, the maps
         reconstructed from every particle instead of stepped towards a mini-batch's estimate."""
         return self.iteration >= self.config.iters - self.config.em_iters()
 
