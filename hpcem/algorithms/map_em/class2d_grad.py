@@ -60,10 +60,6 @@ class Class2DGrad(GradFiles, Class2D):
         self.start = 0
 
     # ------------------------------------------------------------ one mini-batch
-    def em_phase(self) -> bool:
-        """The last ``--grad_em_iters`` iterations are EM iterations over all particles."""
-        return self.iteration >= self.config.iters - self.config.grad_em_iters
-
     def e_step(self):
         if self.em_phase():
             return super().e_step()

@@ -138,14 +138,11 @@ class InitialModel(GradFiles, Class3D):
         self.m.tau2 = self.m.power3(self.m.refs)
 
     # ------------------------------------------------------------ the last --grad_em_iters: EM
-    def em_phase(self) -> bool:
-        """The last ``--grad_em_iters`` of ``--iter`` are EM iterations over all particles (RELION's
-        flag; default 4 with K > 1): class3d's E- and M-step at the final pass's order, the maps
-        reconstructed from every particle instead of stepped towards a mini-batch's estimate."""
-        return self.iteration >= self.config.iters - self.config.em_iters()
-
     def _em_e_step(self):
-        if self.iteration == self.config.iters - self.config.em_iters():   # the first: the final order
+        """The EM iterations (:meth:`em_phase`; default 4 with K > 1): class3d's E- and M-step at the
+        final pass's order, the maps reconstructed from every particle instead of stepped towards a
+        mini-batch's estimate."""
+        if self.iteration == self.em_start:   # the first: the final order
             self.st["order"] = order = self.final_order()
             self.log("EM iterations %d-%d over all %d particles at order %d (--grad_em_iters)"
                      % (self.iteration + 1, self.config.iters, self.N, order))
@@ -155,7 +152,6 @@ class InitialModel(GradFiles, Class3D):
     def _em_m_step(self, sums):
         """class3d's M-step; the VDAM maps follow its maps, the moments are left as they are."""
         stats = Class3D.m_step(self, sums)
-        self.m.pclass = self.pclass
         self.maps = self.m.refs.astype(np.float64)
         stats["em"] = True
         return stats

@@ -60,6 +60,15 @@ class GradFiles:
     only every ``--grad_write_iter`` mini-batches and at the last; the per-mini-batch log line.
     Needs ``self.iteration``."""
 
+    @property
+    def em_start(self) -> int:
+        """The first EM iteration: the last ``config.em_iters()`` of ``--iter`` are EM iterations over all
+        particles (``--grad_em_iters``, RELION's flag)."""
+        return self.config.iters - self.config.em_iters()
+
+    def em_phase(self) -> bool:
+        return self.iteration >= self.em_start
+
     def _writes(self) -> bool:
         return self.iteration % self.config.grad_write_iter == 0 or self.iteration >= self.config.iters
 

@@ -35,3 +35,7 @@ class GradOptions(Params):
     init_blobs: bool = param(True, "start from random Gaussian blobs, different per class (--no-init_blobs: "
                              "from random particles)", action=__import__("argparse").BooleanOptionalAction,
                              group="vdam")
+
+    def em_iters(self) -> int:
+        """How many of the last ``--iter`` are EM iterations (``--grad_em_iters``)."""
+        return self.grad_em_iters
