@@ -1,9 +1,12 @@
-"""STAR files (RELION style), via starfile.
+"""STAR files (RELION style): read via starfile, written here.
 
 ``read_star`` always returns ``{block_name: DataFrame}`` (block names without the
 ``data_`` prefix; non-loop blocks become one-row DataFrames). ``write_star`` writes
 atomically; loop columns come out as ``_rlnX #n`` like RELION's own files, and a
-block given as a plain dict is written as a RELION key/value (non-loop) block.
+block given as a plain dict is written as a RELION key/value (non-loop) block.  The
+text is the one starfile writes (floats ``%.10g``, missing values ``<NA>``, strings
+with a space or empty quoted), formatted column by column: starfile's cell-by-cell
+quoting and pandas' CSV writer took ~13% of an EM class2d run on its data.star files.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import pandas as pd
 import starfile
 
@@ -52,6 +56,34 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
     return out
 
 
+def _quote(x: object) -> str:
+    if isinstance(x, str):
+        return '"%s"' % x if (" " in x or not x) else x
+    if x is None or (isinstance(x, float) and np.isnan(x)) or x is pd.NA:
+        return "<NA>"
+    if isinstance(x, (float, np.floating)):
+        return FLOAT_FORMAT % x
+    return str(x)
+
+
+def _column_text(col: pd.Series) -> list:
+    """One column's values as STAR text."""
+    v = col.to_numpy()
+    if v.dtype.kind == "f":
+        return ["<NA>" if x != x else FLOAT_FORMAT % x for x in v.tolist()]
+    if v.dtype.kind in "iub":
+        return [str(x) for x in v.tolist()]
+    return [_quote(x) for x in v.tolist()]
+
+
+def _block_lines(name: str, block: object) -> list:
+    if isinstance(block, Mapping):
+        return ["data_" + name, ""] + ["_%s\t\t\t%s" % (k, _quote(v)) for k, v in block.items()] + ["", ""]
+    header = ["data_" + name, "", "loop_"] + ["_%s #%d" % (c, i) for i, c in enumerate(block.columns, 1)]
+    cols = [_column_text(block.iloc[:, i]) for i in range(block.shape[1])]
+    return header + ["\t".join(r) for r in zip(*cols)] + ["", ""]
+
+
 def write_star(path: str | os.PathLike, blocks: Mapping[str, object]) -> None:
     """Write ``{name: DataFrame | dict}`` as a STAR file, atomically.
 
@@ -67,5 +99,8 @@ def write_star(path: str | os.PathLike, blocks: Mapping[str, object]) -> None:
         else:
             raise TypeError(f"write_star: block {name!r} must be a DataFrame or dict")
         clean[_block_name(name)] = b
+    lines = ["# Created by hpcem", "", ""]
+    for name, b in clean.items():
+        lines += _block_lines(name, b)
     with atomic_write(path) as tmp:
-        starfile.write(clean, tmp, float_format=FLOAT_FORMAT)
+        Path(tmp).write_text("".join(line + "\n" for line in lines))
