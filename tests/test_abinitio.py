@@ -332,3 +332,12 @@ def test_abinitio_ranks_and_continue(tmp_path, run_hpcem):
             assert rel < 1e-4
         c2 = read_star(os.path.join(other, "run_data.star"))["particles"]["rlnClassNumber"].to_numpy()
         assert np.mean(c1 == c2) > 0.99
+    # --continue may lengthen the final phase (--num_final_iters), never end the run before what is done
+    more = os.path.join(tmp, "more")
+    shutil.copytree(one, more)
+    last = os.path.join(more, "run_it006_optimiser.star")
+    run_hpcem(["abinitio", "--continue", last, "--num_final_iters", 3])
+    assert len(_log_column(os.path.join(more, "run_log.star"), "hpcemStepSize")) == 7
+    assert os.path.exists(os.path.join(more, "run_it007_optimiser.star"))
+    short = run_hpcem(["abinitio", "--continue", last, "--num_final_iters", 1], check=False)
+    assert short.returncode != 0 and "--num_final_iters" in short.stderr + short.stdout

@@ -9,7 +9,7 @@ _model.star, _optimiser.star, an HDF5 checkpoint and central slices every --writ
 run_log.star/.png (resolution, step size, fraction of the quadrature evaluated, class shares), and
 at the end run_classKKK.mrc and run_data.star (every particle's class and pose); resume with
 --continue (which may change the step factor's schedule, --high_lr, --high_lr_duration and
---high_lr_stop). With K > 1 the step factor restarts at --high_lr once the classes settle after the
+--high_lr_stop, and --num_final_iters to run longer at --max_res). With K > 1 the step factor restarts at --high_lr once the classes settle after the
 frequency marching (--high_lr_restart, default) and halves once more when the classes move again
 after the restart (--high_lr_stop relapse, default; 'resettle': when they settle again after that). Under
 `mpiexec -n N` each mini-batch's particles are split across ranks; rank 0 writes."""
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..algorithms.sagd.config import AbInitioConfig
+from ..errors import InputError
 from .common import IterativeJobIO, job_record, resolve_run, set_threads, stamp
 from .inputs import read_particles
 
@@ -27,7 +28,9 @@ from .inputs import read_particles
 class Params(IterativeJobIO, AbInitioConfig):
     # the SAGD step factor's schedule may change on --continue: a run whose classes have settled while its
     # maps lag the E-step's resolution goes on with larger steps (DESIGN_NOTES, issue 12, sixth pass)
-    continue_may_change: ClassVar[frozenset] = frozenset({"high_lr", "high_lr_duration", "high_lr_stop"})
+    # and a run may go on longer at the final resolution (--num_final_iters, never below what is done)
+    continue_may_change: ClassVar[frozenset] = frozenset({"high_lr", "high_lr_duration", "high_lr_stop",
+                                                          "num_final_iters"})
 
 
 def run(p: Params, ctx):
@@ -40,6 +43,9 @@ def run(p: Params, ctx):
     ps = read_particles(p.i, p.angpix, ctf=p.ctf, diameter=p.particle_diameter)
     cfg = AbInitioConfig.subset(p)
     cfg = cfg.replace(iters=Schedule(cfg, ps.box, ps.angpix, ps.n).total)
+    if restart is not None and cfg.iters < restart.iteration:
+        raise InputError("the run has done %d iterations; --num_final_iters %d ends it at %d"
+                         % (restart.iteration, cfg.num_final_iters, cfg.iters), field="--num_final_iters")
     ctx.log("hpcem abinitio: %d particles, box %d, %.3f A/px, K %d, %.1f -> %.1f A, sym %s, ctf %s, %s, %d rank(s)" % (
         ps.n, ps.box, ps.angpix, cfg.K, cfg.init_res, cfg.max_res, cfg.sym, "on" if cfg.ctf else "off",
         "importance sampling s0 %g" % cfg.s0 if cfg.importance_sampling else "full quadrature", ctx.comm.size))
