@@ -12,7 +12,8 @@ mini-batches; hpcem.ml.datagen) takes 3-10 minutes on one shared core; scoring t
 second per set.  ``--split test64`` scores the 64 px sets (other maps again); ``--split test_large``
 sets of realistic size (15,000-30,000 particles, K 50-100, VDAM 200 mini-batches: 7-16 minutes each
 on one shared core; every fourth set is EM, far slower); ``--split test_large64`` the same in 64 px
-boxes (SNR 0.035 first).  Sets missing from --dir (no done.json)
+boxes (SNR 0.035 first); ``--split test_large128`` those particles at half the pixel size in 128 px
+boxes (10,000-20,000 particles, K 50-64; 8-19 minutes each on one shared core).  Sets missing from --dir (no done.json)
 are generated first, so ``--sets N`` scores (and makes) set000 to set N-1; ``--only set000 set002``
 scores (and makes) only those.
 """
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default="bench/out/ranker_test", help="folder of the test sets (made when missing)")
     ap.add_argument("--sets", type=int, default=12)
-    ap.add_argument("--split", default="test", choices=("test", "test64", "test_large", "test_large64"))
+    ap.add_argument("--split", default="test", choices=("test", "test64", "test_large", "test_large64", "test_large128"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="", help="weights (.npz); default: the shipped ones")
     ap.add_argument("--min_score", type=float, default=0.15)

@@ -164,6 +164,15 @@ def test_large_split_plan():
     assert not (others | {s.map_seed for s in plan("test_large", 60)}) & {s.map_seed for s in plan("test_large64", 60)}
     assert [(s.n_particles, s.K) for s in large64[:7] if s.grad] == [       # stop 30's six VDAM sets
         (17404, 64), (21070, 64), (15378, 80), (27047, 50), (22884, 80), (17315, 64)]
+    large128 = plan("test_large128", 8)    # the 64 px recipe's particles sampled twice as finely (stop 35)
+    assert all(10_000 <= s.n_particles <= 20_000 and s.K in (50, 64) and s.box == 128 for s in large128)
+    assert all(1.3 <= s.angpix <= 1.8 and (s.shift_px, s.offset_step) == (4.0, 2.0) for s in large128)
+    assert [s.snr for s in large128[:4]] == [0.035, 0.07, 0.14, 0.28]
+    assert [s.grad for s in large128] == [True, True, True, False] * 2
+    seen = others | {s.map_seed for split in ("test_large", "test_large64") for s in plan(split, 60)}
+    assert not seen & {s.map_seed for s in plan("test_large128", 60)}
+    assert [(s.n_particles, s.K) for s in large128[:3]] == [(14705, 50), (15633, 64), (16399, 64)]
+    assert {(s.shift_px, s.offset_step) for s in large64} == {(2.0, 1.0)}     # the other splits unchanged
     first = plan("test", 1)[0]      # as before the split was added (the stored test sets, stops 26-27)
     assert (first.n_particles, first.K, first.snr) == (1083, 16, 0.035)
 

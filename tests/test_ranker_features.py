@@ -198,3 +198,21 @@ def test_offcentre_range_beyond_the_search():
         img = junk_images(kinds, vol, 3.75, None, np.random.default_rng(1), rng_range, r)
         assert np.all((r[:6] >= rng_range[0] * n) & (r[:6] <= rng_range[1] * n))
         assert np.all((r[6:9] >= 0.4 * n) & (r[6:9] <= 0.5 * n)) and np.isnan(r[9]) and np.all(img[9] == 0)
+
+
+def test_noise_unit_at_the_trained_sampling():
+    """The features' noise unit is the particles' per-pixel noise at the nearest trained pixel size
+    (2.6-3.6 A/px): unchanged inside, scaled as binning would outside (issue 14, stop 35).  So a class
+    average at 1.3 A/px (128 px, noise sigma s) and the same average binned 2x (64 px, 2.6 A/px, the
+    binned particles' noise s / 2) give the same image features."""
+    from hpcem.io.resample import fourier_resize
+
+    assert F.noise_unit(2.0, 3.0) == 2.0 and F.noise_unit(2.0, 2.6) == 2.0 and F.noise_unit(2.0, 3.6) == 2.0
+    assert F.noise_unit(2.0, 1.3) == pytest.approx(1.0) and F.noise_unit(2.0, 7.2) == pytest.approx(4.0)
+    n, s, R = 128, 3.0, 45.0
+    c = np.arange(n) - n // 2
+    img = (4.0 * np.exp(-(c[:, None] ** 2 + (c[None, :] - 8) ** 2) / (2 * 14.0 ** 2)))[None]
+    fine, _ = F.image_features(img / F.noise_unit(s, 1.3), 1.3, R)
+    coarse, _ = F.image_features(fourier_resize(img, n // 2) / F.noise_unit(s / 2, 2.6), 2.6, R / 2)
+    assert fine[0] == pytest.approx(coarse[0], rel=0.02, abs=1e-3)
+    assert fine[0, 3] == pytest.approx(4.0 / 1.5, rel=0.2)      # low-passed peak: 4 / (3 x 1.3 / 2.6)

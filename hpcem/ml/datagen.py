@@ -11,7 +11,10 @@ at the set's SNR (the particles' signal variance inside the disc over the noise 
 information per particle); ``test_large`` has other maps again in sets of realistic size (15,000-
 30,000 particles, K 50-100; VDAM with RELION's 200 mini-batches, every fourth set EM) with the test
 split's SNRs, junk kinds and fractions; ``test_large64`` is that recipe in 64 px boxes on maps of its
-own, the hardest SNRs (0.035, 0.07) first.
+own, the hardest SNRs (0.035, 0.07) first; ``test_large128`` the 64 px sets' particles (the same
+diameters in Angstrom, the same SNR per pixel) sampled at half their pixel size (1.3-1.8 A/px) in 128
+px boxes, on maps of its own, with shifts and the translation search the same in Angstrom, K 50-64 and
+10,000-20,000 particles (issue 14, stop 35: one core's budget).
 
 ``python -m hpcem.ml.datagen --o DIR --split train --sets 60`` writes ``DIR/setNNN/`` (particles,
 ``truth.npz`` with each particle's kind, ``spec.json``, ``Class2D/`` with the final iteration of the
@@ -35,22 +38,30 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..simulate.junk import KINDS as JUNK_KINDS
+from .features import TRAINED_ANGPIX
 
 KINDS = ("good",) + JUNK_KINDS
 SNR = {"train": (0.02, 0.05, 0.1, 0.2), "test": (0.035, 0.07, 0.14, 0.28), "test64": (0.035, 0.07, 0.14),
-       "test_large": (0.035, 0.07, 0.14, 0.28), "test_large64": (0.035, 0.07, 0.14, 0.28)}
-MAP_SEED0 = {"train": 1000, "test": 5000, "test64": 9000, "test_large": 13000, "test_large64": 17000}
-BOXES = {"train": (32, 36), "test": (32, 36), "test64": (64,), "test_large": (32, 36), "test_large64": (64,)}
-STREAM = {"train": 0, "test": 1, "test64": 2, "test_large": 3, "test_large64": 4}
+       "test_large": (0.035, 0.07, 0.14, 0.28), "test_large64": (0.035, 0.07, 0.14, 0.28),
+       "test_large128": (0.035, 0.07, 0.14, 0.28)}
+MAP_SEED0 = {"train": 1000, "test": 5000, "test64": 9000, "test_large": 13000, "test_large64": 17000,
+             "test_large128": 21000}
+BOXES = {"train": (32, 36), "test": (32, 36), "test64": (64,), "test_large": (32, 36), "test_large64": (64,),
+         "test_large128": (128,)}
+STREAM = {"train": 0, "test": 1, "test64": 2, "test_large": 3, "test_large64": 4, "test_large128": 5}
+# pixels per pixel of the other splits: test_large128 samples the same particles (Angstrom) twice as finely,
+# so its pixel size, mask margin, particle shifts and translation search scale by 1/2, 2, 2, 2
+FINER = {"test_large128": 2}
 # particles per set (low, high + 1) and the class counts drawn from; test_large: sets of the size
 # users classify (issue 14, stop 28), where each junk kind has hundreds of members; test_large64 the
 # same in 64 px boxes (issue 14, stop 30)
-LARGE = ("test_large", "test_large64")
-N_PARTICLES = dict.fromkeys(LARGE, (15_000, 30_001))
-CLASSES = dict.fromkeys(LARGE, (50, 64, 80, 100))
+LARGE = ("test_large", "test_large64", "test_large128")
+N_PARTICLES = dict(dict.fromkeys(LARGE, (15_000, 30_001)), test_large128=(10_000, 20_001))
+CLASSES = dict(dict.fromkeys(LARGE, (50, 64, 80, 100)), test_large128=(50, 64))
 VDAM_BATCHES = dict.fromkeys(LARGE, 200)   # RELION's default --grad mini-batch count
-# the large splits' SNR of set i is ORDER[i % 4] (every SNR within four sets; test_large64 the hardest first)
-LARGE_SNR_ORDER = {"test_large": (0.07, 0.035, 0.14, 0.28), "test_large64": (0.035, 0.07, 0.14, 0.28)}
+# the large splits' SNR of set i is ORDER[i % 4] (every SNR within four sets; test_large64/128 the hardest first)
+LARGE_SNR_ORDER = {"test_large": (0.07, 0.035, 0.14, 0.28), "test_large64": (0.035, 0.07, 0.14, 0.28),
+                   "test_large128": (0.035, 0.07, 0.14, 0.28)}
 
 
 @dataclass(frozen=True)
@@ -69,12 +80,15 @@ class SetSpec:
     grad: bool
     iters: int
     diameter: float
+    shift_px: float = 2.0       # good particles' largest shift = the translation search range (pixels)
+    offset_step: float = 1.0    # translation search step (pixels)
 
 
 def plan(split: str, count: int, seed: int = 0) -> list:
     """``count`` data set specifications of ``split`` ('train', 'test', 'test64': larger boxes,
-    'test_large': larger sets, or 'test_large64': larger sets in larger boxes), reproducible."""
-    specs = []
+    'test_large': larger sets, 'test_large64': larger sets in larger boxes, or 'test_large128': those
+    particles sampled twice as finely), reproducible."""
+    specs, f = [], FINER.get(split, 1)
     for i in range(count):
         rng = np.random.default_rng([seed, i, STREAM[split]])
         box = int(rng.choice(BOXES[split]))
@@ -82,8 +96,8 @@ def plan(split: str, count: int, seed: int = 0) -> list:
         kinds = rng.choice(JUNK_KINDS, size=int(rng.integers(3, len(JUNK_KINDS) + 1)), replace=False)
         w = rng.dirichlet(np.full(len(kinds), 2.0))
         grad = bool(rng.random() < 0.7)
-        diameter_px = min(0.95 * box, 2 * (rf * box + rng.uniform(2.0, 5.0)))
-        angpix = float(np.round(rng.uniform(2.6, 3.6), 2))
+        diameter_px = min(0.95 * box, 2 * (rf * box + f * rng.uniform(2.0, 5.0)))
+        angpix = float(np.round(rng.uniform(*TRAINED_ANGPIX) / f, 2))
         bfactor, snr = float(rng.uniform(50, 200)), float(rng.choice(SNR[split]))
         if split in LARGE_SNR_ORDER:   # VDAM, as users run 2D now, every fourth set EM; every SNR in 4 sets
             grad, snr = i % 4 != 3, LARGE_SNR_ORDER[split][i % 4]
@@ -94,7 +108,7 @@ def plan(split: str, count: int, seed: int = 0) -> list:
                              junk_weights={str(k): float(x) for k, x in zip(kinds, w)},
                              K=int(rng.choice(CLASSES.get(split, (12, 16, 20)))), grad=grad,
                              iters=VDAM_BATCHES.get(split, 60) if grad else 20,
-                             diameter=float(np.round(diameter_px * angpix, 1))))
+                             diameter=float(np.round(diameter_px * angpix, 1)), shift_px=2.0 * f, offset_step=1.0 * f))
     return specs
 
 
@@ -116,7 +130,7 @@ def make_particles(spec: SetSpec, outdir: str) -> str:
     kind = np.concatenate([np.zeros(N - n_junk, np.int64), [KINDS.index(k) for k in junk]]).astype(np.int64)
     ctf = _ctf_draw(N, rng, (5000.0, 25000.0), 1000.0, 300.0, 2.7, 0.1)
     good = np.flatnonzero(kind == 0)
-    r = np.sqrt(rng.uniform(0, 1, good.size)) * 2.0
+    r = np.sqrt(rng.uniform(0, 1, good.size)) * spec.shift_px
     phi = rng.uniform(0, 2 * np.pi, good.size)
     shifts = np.stack([r * np.cos(phi), r * np.sin(phi)], 1)
     sub = lambda idx: {k: v[idx] for k, v in ctf.items()}  # noqa: E731
@@ -149,7 +163,7 @@ def classify(spec: SetSpec, setdir: str, star: str, threads: int = 1) -> str:
 
     out = os.path.join(setdir, "Class2D")
     args = {"i": star, "o": out + "/run", "K": spec.K, "iters": spec.iters, "particle_diameter": spec.diameter,
-            "ctf": True, "psi_step": 15.0, "offset_range": 2.0, "offset_step": 1.0, "random_seed": spec.seed % 1000,
+            "ctf": True, "psi_step": 15.0, "offset_range": spec.shift_px, "offset_step": spec.offset_step, "random_seed": spec.seed % 1000,
             "j": threads}
     if spec.grad:
         args["grad"] = True
@@ -215,7 +229,7 @@ def reclassify(src: str, outdir: str, names=(), threads: int = 1, log=print) -> 
             for f in ("particles.star", "particles.mrcs", "truth.npz"):
                 if not os.path.lexists(os.path.join(out, f)):
                     os.symlink(os.path.abspath(os.path.join(src, s, f)), os.path.join(out, f))
-            spec = SetSpec(**{k.name: info[k.name] for k in fields(SetSpec)})
+            spec = SetSpec(**{k.name: info[k.name] for k in fields(SetSpec) if k.name in info})
             t0 = time.time()
             opt = classify(spec, out, os.path.join(out, "particles.star"), threads)
             with open(os.path.join(out, "done.json"), "w") as f:

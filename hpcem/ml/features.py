@@ -7,7 +7,11 @@ of the class's rotational and translational alignment, its estimated resolution 
 
 From the class average, in units of the particles' noise standard deviation and resampled to
 4 A/px (as RELION's ranker, so that pixel statistics do not depend on the pixel size), inside the
-circle of the classification's mask (radius R):
+circle of the classification's mask (radius R).  The noise unit is taken at the nearest pixel size
+of the training sets (:data:`TRAINED_ANGPIX`, :func:`noise_unit`): binning particles by b divides
+their per-pixel noise by b and leaves the signal, so a unit at the data's own pixel size would give
+the same particles, sampled twice as finely, averages half as strong (issue 14, stop 35: 128 px sets
+at 1.3-1.8 A/px):
 
 * the average low-passed to 25 A: its mean, standard deviation, minimum and maximum;
 * the protein mask: the pixels of the low-passed average above 5% of its standard deviation,
@@ -32,6 +36,7 @@ from ..core.filters import lowpass
 from ..io.resample import fourier_resize
 
 UNIFORM_ANGPIX = 4.0
+TRAINED_ANGPIX = (2.6, 3.6)     # the pixel sizes of the shipped weights' training sets (datagen)
 LOWPASS_A = 25.0
 NAMES = ("acc_rot", "acc_trans", "inv_resolution", "weighted_resolution", "relative_resolution",
          "lowpass_mean", "lowpass_std", "lowpass_min", "lowpass_max",
@@ -139,12 +144,20 @@ def metadata_features(acc_rot, acc_trans, resolution_A, n_particles, box: int, a
                      (1.0 / d) ** 2 / np.log(N), d / (box * angpix)], axis=1)
 
 
+def noise_unit(noise_std: float, angpix: float) -> float:
+    """The features' intensity unit: the particles' per-pixel noise standard deviation ``noise_std``
+    (at ``angpix``) as it would be at the nearest pixel size in :data:`TRAINED_ANGPIX` (binned, or
+    sampled more finely), so that one class average gives the same features at any sampling; equal
+    to ``noise_std`` within that range."""
+    return float(noise_std) * angpix / float(np.clip(angpix, *TRAINED_ANGPIX))
+
+
 def class_features(job, live) -> np.ndarray:
     """(K_live, N_FEATURES) feature vectors of the classes ``live`` (indices) of a
     :class:`~hpcem.ml.classjob.ClassJob`; the job-normalised sums over those classes."""
     live = np.asarray(live, np.int64)
     meta = metadata_features(job.acc_rot[live], job.acc_trans[live], job.resolution[live], job.counts[live],
                              job.box, job.angpix)
-    img, sums = image_features(job.images[live] / job.noise_std, job.angpix, job.radius_px)
+    img, sums = image_features(job.images[live] / noise_unit(job.noise_std, job.angpix), job.angpix, job.radius_px)
     z = np.stack([_zscore(sums[:, i]) for i in range(3)], axis=1)
     return np.concatenate([meta, img, z], axis=1)
