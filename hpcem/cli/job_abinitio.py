@@ -9,7 +9,7 @@ _model.star, _optimiser.star, an HDF5 checkpoint and central slices every --writ
 run_log.star/.png (resolution, step size, fraction of the quadrature evaluated, class shares), and
 at the end run_classKKK.mrc and run_data.star (every particle's class and pose); resume with
 --continue (which may change the step factor's schedule, --high_lr, --high_lr_duration and
---high_lr_stop). With K > 1 the step factor restarts at --high_lr once the classes settle after the
+--high_lr_stop, and --reseed_from). With K > 1 the step factor restarts at --high_lr once the classes settle after the
 frequency marching (--high_lr_restart, default) and halves once more when the classes move again
 after the restart (--high_lr_stop relapse, default; 'resettle': when they settle again after that). Under
 `mpiexec -n N` each mini-batch's particles are split across ranks; rank 0 writes."""
@@ -27,7 +27,8 @@ from .inputs import read_particles
 class Params(IterativeJobIO, AbInitioConfig):
     # the SAGD step factor's schedule may change on --continue: a run whose classes have settled while its
     # maps lag the E-step's resolution goes on with larger steps (DESIGN_NOTES, issue 12, sixth pass)
-    continue_may_change: ClassVar[frozenset] = frozenset({"high_lr", "high_lr_duration", "high_lr_stop"})
+    continue_may_change: ClassVar[frozenset] = frozenset({"high_lr", "high_lr_duration", "high_lr_stop",
+                                                           "reseed_from"})
 
 
 def run(p: Params, ctx):

@@ -60,6 +60,11 @@ class AbInitioConfig(Params):
                                   group="classes")
     class_reseed: float = param(0.2, "a class whose share of the particles falls below this / K is re-seeded from "
                                 "the largest class", check=NON_NEGATIVE, group="classes")
+    reseed_from: str = param("largest", "K > 1: a re-seeded class (--class_reseed, a --split_merge move) starts from a "
+                             "copy of the largest class ('largest') or from the map of the images the classes fit "
+                             "worst ('worst': the images, half the mean class share, whose log-likelihood lies furthest "
+                             "below their class's median, back-projected at their best poses)",
+                             choices=("largest", "worst"), group="classes")
     split_merge: bool = param(False, "K >= 3: when two classes share their particles (one structure split over two "
                               "classes), the smaller takes over the map of the largest other class (issue 11's "
                               "split-merge move, hpcem.algorithms.vdam.splitmerge), after the class similarity is off; "
