@@ -8,7 +8,7 @@ grid, per-class posteriors mixed by the class similarity for K > 1; the gradient
 map from the back-projected residuals (:func:`.sagd.data_gradient`); the SAG step with the
 Lipschitz line search, then non-negativity, the particle window and re-centring; the running
 noise estimate and class shares; a class whose share falls below ``class_reseed / K`` is
-re-seeded from the largest.  ``finish`` assigns every particle a class and pose against the final
+re-seeded from the largest (or, ``--reseed_from worst``, from the worst-fit images: :mod:`.reseed`).  ``finish`` assigns every particle a class and pose against the final
 maps and writes ``run_classKKK.mrc``, ``run_data.star``, central slices and the log.
 """
 from __future__ import annotations
@@ -314,13 +314,32 @@ class AbInitio:
 
     def _replace(self, a, b):
         """Class ``a`` takes class ``b``'s map (perturbed by 20% of its sd in low-passed noise), SAG memory
-        and half its share (a re-seeded class, a split-merge move)."""
+        and half its share (a re-seeded class, a split-merge move); with ``--reseed_from worst`` the map of
+        the images the classes fit worst instead (:mod:`.reseed`)."""
+        if self.config.reseed_from == "worst":
+            return self._replace_worst(a, b)
         rng = np.random.default_rng([self.config.random_seed, 43, self.it])
         noise = self.m.random_maps(int(rng.integers(1 << 30)), 1.0, self.config.init_radwn_cutoff)[0]
         v = self.V[b]
         self.V[a] = np.maximum(v + 0.2 * v.std() * noise / max(noise.std(), 1e-30), 0.0) * self.m.mask3
         self.sag.copy_class(b, a)
         self.pclass[a] = self.pclass[b] = 0.5 * self.pclass[b]
+
+    def _replace_worst(self, a, b):
+        """Class ``a`` takes the map of the worst-fit images (at their best poses against the current maps),
+        an empty SAG memory and their share; the other shares keep their proportions (collective)."""
+        from . import reseed
+
+        fit = reseed.fit_all(self.m, self.V, self.r, self.quad)
+        sel = reseed.worst_fit(self.comm, fit["class"], fit["loglik"], self.N, self.K)
+        self.V[a] = reseed.map_from_images(self.m, self.comm, sel, fit, self.r, self.V[b])
+        self.sag.clear_class(a)
+        cnt = np.array([float(sel.size)])
+        self.comm.allreduce_(cnt)
+        share = cnt[0] / self.N
+        rest = np.arange(self.K) != a
+        self.pclass[rest] *= (1.0 - share) / max(float(self.pclass[rest].sum()), 1e-300)
+        self.pclass[a] = share
 
     # ------------------------------------------------------------ files
     def state(self):

@@ -60,12 +60,19 @@ class AbInitioConfig(Params):
                                   group="classes")
     class_reseed: float = param(0.2, "a class whose share of the particles falls below this / K is re-seeded from "
                                 "the largest class", check=NON_NEGATIVE, group="classes")
+    reseed_from: str = param("largest", "K > 1: a re-seeded class (--class_reseed, a --split_merge move) starts from a "
+                             "copy of the largest class ('largest') or from the map of the images the classes fit "
+                             "worst ('worst': the images, half the mean class share, whose log-likelihood lies furthest "
+                             "below their class's median, back-projected at their best poses; one E-step of every particle per "
+                             "re-seed; off by default: with --split_merge on map + 30%% junk at K = 3 it merged seed 2's "
+                             "split particles, ARI 0.13 -> 0.74, but cost seed 3 0.91 -> 0.87; issue 12, eleventh pass)",
+                             choices=("largest", "worst"), group="classes")
     split_merge: bool = param(False, "K >= 3: when two classes share their particles (one structure split over two "
                               "classes), the smaller takes over the map of the largest other class (issue 11's "
                               "split-merge move, hpcem.algorithms.vdam.splitmerge), after the class similarity is off; "
                               "off by default: with junk a particle class and a junk class share the ambiguous "
                               "particles the same way (issue 12, tenth pass: ARI 0.78/0.13/0.91 -> 0.22/0.19/0.35 on "
-                              "three seeds)",
+                              "three seeds; with --split_merge_size 0 --reseed_from worst 0.80/0.74/0.87, eleventh pass)",
                               action=YES_NO, group="classes")
     split_merge_size: float = param(1.5, "--split_merge: the class to split must hold at least this many times the "
                                     "pair's mean share (0: any class)", check=NON_NEGATIVE, group="classes")

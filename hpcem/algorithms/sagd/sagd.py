@@ -114,6 +114,10 @@ class SAG:
         self.mem[:, dst] = self.mem[:, src]
         self.gbar[dst] = self.gbar[src]
 
+    def clear_class(self, k: int) -> None:
+        self.mem[:, k] = 0
+        self.gbar[k] = 0
+
     def state(self) -> dict:
         return {"sag_mem": self.mem, "sag_seen": self.seen, "sag_gbar": self.gbar}
 
