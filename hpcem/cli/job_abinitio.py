@@ -11,7 +11,8 @@ at the end run_classKKK.mrc and run_data.star (every particle's class and pose);
 --continue (which may change the step factor's schedule, --high_lr, --high_lr_duration and
 --high_lr_stop, --reseed_from, and --num_final_iters to run longer at --max_res). With K > 1 the
 step factor restarts at --high_lr once the classes settle after the frequency marching
-(--high_lr_restart, default) and halves once more when the classes move again after the restart (--high_lr_stop relapse, default; 'resettle': when they settle again after that). Under
+(--high_lr_restart, default) and halves once more when the classes move again after the
+restart (--high_lr_stop relapse, default; 'resettle': when they settle again after that). Under
 `mpiexec -n N` each mini-batch's particles are split across ranks; rank 0 writes."""
 from __future__ import annotations
 
