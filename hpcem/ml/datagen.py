@@ -118,7 +118,7 @@ def make_particles(spec: SetSpec, outdir: str) -> str:
     from ..core.euler import random_rotations
     from ..io.particles import write_particle_stack
     from ..simulate.junk import junk_images
-    from ..simulate.particles import _add_noise, _ctf_draw, simulate_projections
+    from ..simulate.particles import _ctf_draw, simulate_projections
     from ..simulate.volumes import pseudo_atomic_volume
 
     rng = np.random.default_rng(spec.seed)

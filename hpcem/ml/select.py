@@ -91,7 +91,6 @@ def _image_names(job: ClassJob, names: pd.Series) -> pd.Series:
 def write_selection(job: ClassJob, scores, selected, outdir: str) -> dict:
     """RELION's Select outputs (see the module docstring) into ``outdir``; returns their paths."""
     os.makedirs(outdir, exist_ok=True)
-    K = job.K
     ref_names = ["%06d@%s" % (int(nm.split("@", 1)[0]), _project_path(job.stack)) for nm in job.names]
     table = pd.DataFrame({
         "rlnReferenceImage": ref_names, "rlnClassScore": np.asarray(scores, np.float64),
