@@ -9,7 +9,8 @@ map from the back-projected residuals (:func:`.sagd.data_gradient`); the SAG ste
 Lipschitz line search, then non-negativity, the particle window and re-centring; the running
 noise estimate and class shares; a class whose share falls below ``class_reseed / K`` is
 re-seeded from the largest (or, ``--reseed_from worst``, from the worst-fit images: :mod:`.reseed`).
-``finish`` assigns every particle a class and pose against the final maps and writes ``run_classKKK.mrc``, ``run_data.star``, central slices and the log.
+``finish`` assigns every particle a class and pose against the final maps and writes
+``run_classKKK.mrc``, ``run_data.star``, central slices and the log.
 """
 from __future__ import annotations
 
