@@ -210,7 +210,7 @@ class AbInitio:
                  "L": self.lip.L, "evaluated": self.frac_eval, "pclass": self.pclass.copy(), "evals": evals,
                  "churn": self.churn, "step_event": event, "split": split,
                  "shared": None if self.split is None else shared_mass(self.split.overlap),
-                 "reseeded": reseeded, "order": self.quad.order, "psi_step": self.quad.psi_step,
+                 "reseeded": reseeded, "reseed_from": self.config.reseed_from, "order": self.quad.order, "psi_step": self.quad.psi_step,
                  "t_step": self.quad.t_step, "epoch": self.visits / self.N, "loglik": loglik}
         self.rows.append([self.it, stats["resolution"], stats["step"], stats["evaluated"], stats["epoch"]]
                          + list(self.pclass))

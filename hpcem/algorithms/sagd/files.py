@@ -124,12 +124,18 @@ def plot_iteration(a, root, state) -> None:
 
 
 def log_line(st) -> str:
-    rep = "" if st["reseeded"] is None else "  class %d re-seeded from %d" % (st["reseeded"][0] + 1,
-                                                                            st["reseeded"][1] + 1)
+    worst = st.get("reseed_from") == "worst"       # the map then comes from the worst-fit images, not class b
+    if st["reseeded"] is None:
+        rep = ""
+    else:
+        a, b = st["reseeded"]
+        rep = "  class %d re-seeded from %s" % (a + 1, "the worst-fit images" if worst else "class %d" % (b + 1))
     if st.get("step_event"):
         rep += "  " + st["step_event"]
     if st.get("split") is not None:
-        rep += "  split-merge: class %d takes class %d's map" % (st["split"][0] + 1, st["split"][1] + 1)
+        a, b = st["split"]
+        rep += "  split-merge: class %d %s" % (
+            a + 1, "re-seeded from the worst-fit images" if worst else "takes class %d's map" % (b + 1))
     if st.get("shared") is not None:
         J = st["shared"]
         rep += "  shared %s" % " ".join("%.3f" % J[i, j] for i in range(len(J)) for j in range(i + 1, len(J)))
