@@ -162,10 +162,11 @@ def shift_phases(n: int, shifts: np.ndarray, dtype=np.complex64, index=None) -> 
     nh = n // 2 + 1
     px = xp.exp(-2j * np.pi / n * s[..., 0, None] * xp.arange(nh))                 # (..., nh)
     py = xp.exp(-2j * np.pi / n * s[..., 1, None] * xp.asarray(freqs(n)))          # (..., n)
+    px, py = px.astype(dtype, copy=False), py.astype(dtype, copy=False)     # the products in ``dtype``
     if index is None:
-        return (py[..., :, None] * px[..., None, :]).astype(dtype)
+        return py[..., :, None] * px[..., None, :]
     iy, ix = xp.divmod(xp.asarray(index), nh)
-    return (py[..., iy] * px[..., ix]).astype(dtype)
+    return py[..., iy] * px[..., ix]
 
 
 def resolution_of_shell(shell, n: int, angpix: float):

@@ -119,10 +119,10 @@ class FourierParticles:
         B = len(sel)
         Xall, Call = (self.X, self.C) if self._on_dev is None else self._on_dev
         rows, cols = dev.put(np.asarray(sel, np.int64)), self._kidx(kidx)
-        X = Xall[rows][:, cols] * shift_phases(self.n, dev.put(o_px), index=cols)
+        X = Xall[rows[:, None], cols] * shift_phases(self.n, dev.put(o_px), index=cols)
         if self.norm is not None:
             X /= dev.put(self.norm[sel].astype(np.float32))[:, None]
-        c = (xp.ascontiguousarray(Call[rows][:, cols]) if Call is not None
+        c = (Call[rows[:, None], cols] if Call is not None
              else xp.ones((B, len(kidx)), dtype=np.float32))
         if self.scale is not None:
             c = c * dev.put(self.scale[self.groups[sel]].astype(np.float32))[:, None]

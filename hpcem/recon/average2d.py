@@ -90,6 +90,8 @@ def scatter_back(data, wsum, kidx, psi_f, K: int, n: int, r_cur: int, row0: int 
     full = np.zeros((chunk, n * nh), np.complex64)      # outside ``kidx`` once and for all
     wf = np.zeros((chunk, n * nh), np.float32)
     once = friedel_unique(n).ravel()[kidx]      # the kx = 0 line holds both Friedel mates: insert one
+    if refs is not None:       # one precision for the residual: numpy's mixed float64 x complex64
+        refs = np.asarray(refs, np.result_type(data.dtype, np.complex64))   # loop is ~20x slower
     for a in range(0, live.size, chunk):
         loc = live[a:a + chunk]
         rows, m = row0 + loc, loc.size
