@@ -53,13 +53,13 @@ def kinds_table(setdir: str, weights: dict, min_score: float) -> None:
 
 def main(argv=None) -> int:
     from hpcem.ml import net
-    from hpcem.ml.datagen import generate
+    from hpcem.ml.datagen import SNR, generate
     from hpcem.ml.evaluate import evaluate_set, perfect_ranker_curve, row_line, summarise
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default="bench/out/ranker_test", help="folder of the test sets (made when missing)")
     ap.add_argument("--sets", type=int, default=12)
-    ap.add_argument("--split", default="test", choices=("test", "test64", "test_large", "test_large64", "test_large128"))
+    ap.add_argument("--split", default="test", choices=tuple(SNR), help="datagen split (train128: training sets, a check)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="", help="weights (.npz); default: the shipped ones")
     ap.add_argument("--min_score", type=float, default=0.15)

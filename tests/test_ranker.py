@@ -175,6 +175,14 @@ def test_large_split_plan():
     assert {(s.shift_px, s.offset_step) for s in large64} == {(2.0, 1.0)}     # the other splits unchanged
     first = plan("test", 1)[0]      # as before the split was added (the stored test sets, stops 26-27)
     assert (first.n_particles, first.K, first.snr) == (1083, 16, 0.035)
+    t128 = plan("train128", 12)     # training sets at test_large128's sampling (stop 36)
+    assert all(6_000 <= s.n_particles <= 9_000 and s.K == 50 and s.box == 128 and s.grad for s in t128)
+    assert all(1.3 <= s.angpix <= 1.8 and (s.shift_px, s.offset_step) == (4.0, 2.0) for s in t128)
+    assert [s.snr for s in t128[:4]] == list(SNR["train"])
+    assert all("noise" in s.junk_weights and "carbon" not in s.junk_weights for s in t128)
+    assert all(np.isclose(sum(s.junk_weights.values()), 1.0) for s in t128)
+    tests = seen | {s.map_seed for s in plan("test_large128", 60)}
+    assert not (tests | {s.map_seed for s in plan("train", 60)}) & {s.map_seed for s in plan("train128", 60)}
 
 
 def test_perfect_ranker_curve():
@@ -300,6 +308,30 @@ def test_ranking_needs_no_torch(classified, tmp_path):
               for s in ("numpy", "here")]
     assert np.allclose(scores[0], scores[1], atol=1e-6)
     assert os.path.getsize(str(tmp_path / "numpy" / "particles.star")) > 0
+
+
+def test_ship_fine_tunes_the_given_weights(classified, tmp_path):
+    """python -m hpcem.ml.ship --init W (issue 14, stop 36: the 128 px training sets on top of the
+    shipped weights): training starts from W and keeps W's feature standardisation; without --init
+    the standardisation is the data's own."""
+    pytest.importorskip("torch")
+    from hpcem.ml.ship import train_shipped
+
+    d, opt = classified
+    s = tmp_path / "data" / "set000"
+    s.mkdir(parents=True)
+    for f in ("truth.npz", "Class2D"):
+        os.symlink(os.path.join(d, f), str(s / f))
+    (s / "done.json").write_text('{"optimiser": "Class2D/%s"}' % os.path.basename(opt))
+    shipped = net.load_weights()
+    out = str(tmp_path / "tuned.npz")
+    train_shipped([str(tmp_path / "data")], out, epochs=1, lr=1e-6, init=net.SHIPPED, log=None)
+    tuned = net.load_weights(out)
+    assert int(np.load(out)["fine_tuned"]) == 1
+    assert np.array_equal(tuned["feat_mean"], shipped["feat_mean"])
+    assert np.allclose(tuned["fc1_w"], shipped["fc1_w"], atol=1e-4)
+    train_shipped(str(tmp_path / "data"), out, epochs=1, log=None)
+    assert not np.allclose(net.load_weights(out)["feat_mean"], shipped["feat_mean"])
 
 
 def test_train_on_own_selection(classified, tmp_path):

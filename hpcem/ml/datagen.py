@@ -14,7 +14,9 @@ split's SNRs, junk kinds and fractions; ``test_large64`` is that recipe in 64 px
 own, the hardest SNRs (0.035, 0.07) first; ``test_large128`` the 64 px sets' particles (the same
 diameters in Angstrom, the same SNR per pixel) sampled at half their pixel size (1.3-1.8 A/px) in 128
 px boxes, on maps of its own, with shifts and the translation search the same in Angstrom, K 50-64 and
-10,000-20,000 particles (issue 14, stop 35: one core's budget).
+10,000-20,000 particles (issue 14, stop 35: one core's budget).  ``train128`` is training data at that
+sampling (issue 14, stop 36): the train split's SNRs on maps of its own, 6,000-9,000 particles, K 50, all
+VDAM, empty picks in every set and no carbon edges; the shipped weights are fine-tuned on it.
 
 ``python -m hpcem.ml.datagen --o DIR --split train --sets 60`` writes ``DIR/setNNN/`` (particles,
 ``truth.npz`` with each particle's kind, ``spec.json``, ``Class2D/`` with the final iteration of the
@@ -43,25 +45,31 @@ from .features import TRAINED_ANGPIX
 KINDS = ("good",) + JUNK_KINDS
 SNR = {"train": (0.02, 0.05, 0.1, 0.2), "test": (0.035, 0.07, 0.14, 0.28), "test64": (0.035, 0.07, 0.14),
        "test_large": (0.035, 0.07, 0.14, 0.28), "test_large64": (0.035, 0.07, 0.14, 0.28),
-       "test_large128": (0.035, 0.07, 0.14, 0.28)}
+       "test_large128": (0.035, 0.07, 0.14, 0.28), "train128": (0.02, 0.05, 0.1, 0.2)}
 MAP_SEED0 = {"train": 1000, "test": 5000, "test64": 9000, "test_large": 13000, "test_large64": 17000,
-             "test_large128": 21000}
+             "test_large128": 21000, "train128": 1500}
 BOXES = {"train": (32, 36), "test": (32, 36), "test64": (64,), "test_large": (32, 36), "test_large64": (64,),
-         "test_large128": (128,)}
-STREAM = {"train": 0, "test": 1, "test64": 2, "test_large": 3, "test_large64": 4, "test_large128": 5}
+         "test_large128": (128,), "train128": (128,)}
+STREAM = {"train": 0, "test": 1, "test64": 2, "test_large": 3, "test_large64": 4, "test_large128": 5, "train128": 6}
 # pixels per pixel of the other splits: test_large128 samples the same particles (Angstrom) twice as finely,
 # so its pixel size, mask margin, particle shifts and translation search scale by 1/2, 2, 2, 2
-FINER = {"test_large128": 2}
+FINER = {"test_large128": 2, "train128": 2}
 # particles per set (low, high + 1) and the class counts drawn from; test_large: sets of the size
 # users classify (issue 14, stop 28), where each junk kind has hundreds of members; test_large64 the
 # same in 64 px boxes (issue 14, stop 30)
-LARGE = ("test_large", "test_large64", "test_large128")
-N_PARTICLES = dict(dict.fromkeys(LARGE, (15_000, 30_001)), test_large128=(10_000, 20_001))
-CLASSES = dict(dict.fromkeys(LARGE, (50, 64, 80, 100)), test_large128=(50, 64))
+LARGE = ("test_large", "test_large64", "test_large128", "train128")
+N_PARTICLES = dict(dict.fromkeys(LARGE, (15_000, 30_001)), test_large128=(10_000, 20_001), train128=(6_000, 9_001))
+CLASSES = dict(dict.fromkeys(LARGE, (50, 64, 80, 100)), test_large128=(50, 64), train128=(50,))
 VDAM_BATCHES = dict.fromkeys(LARGE, 200)   # RELION's default --grad mini-batch count
 # the large splits' SNR of set i is ORDER[i % 4] (every SNR within four sets; test_large64/128 the hardest first)
 LARGE_SNR_ORDER = {"test_large": (0.07, 0.035, 0.14, 0.28), "test_large64": (0.035, 0.07, 0.14, 0.28),
-                   "test_large128": (0.035, 0.07, 0.14, 0.28)}
+                   "test_large128": (0.035, 0.07, 0.14, 0.28), "train128": (0.02, 0.05, 0.1, 0.2)}
+# train128 (issue 14, stop 36): the train split's recipe at test_large128's sampling, on maps of its own (1500+),
+# the train SNRs, all VDAM (one core's budget), empty picks in every set (the junk whose classes the 32-36 px
+# training data never held), no carbon edges (class2d --grad collapsed on a 128 px set with 15% of them, stop 35)
+ALL_VDAM = ("train128",)
+ALWAYS_JUNK = {"train128": "noise"}
+NO_JUNK = {"train128": ("carbon",)}
 
 
 @dataclass(frozen=True)
@@ -93,14 +101,17 @@ def plan(split: str, count: int, seed: int = 0) -> list:
         rng = np.random.default_rng([seed, i, STREAM[split]])
         box = int(rng.choice(BOXES[split]))
         rf = float(rng.uniform(0.22, 0.32))
-        kinds = rng.choice(JUNK_KINDS, size=int(rng.integers(3, len(JUNK_KINDS) + 1)), replace=False)
+        pool = [k for k in JUNK_KINDS if k not in NO_JUNK.get(split, ())]
+        kinds = rng.choice(pool, size=int(rng.integers(3, len(pool) + 1)), replace=False)
         w = rng.dirichlet(np.full(len(kinds), 2.0))
         grad = bool(rng.random() < 0.7)
         diameter_px = min(0.95 * box, 2 * (rf * box + f * rng.uniform(2.0, 5.0)))
         angpix = float(np.round(rng.uniform(*TRAINED_ANGPIX) / f, 2))
         bfactor, snr = float(rng.uniform(50, 200)), float(rng.choice(SNR[split]))
         if split in LARGE_SNR_ORDER:   # VDAM, as users run 2D now, every fourth set EM; every SNR in 4 sets
-            grad, snr = i % 4 != 3, LARGE_SNR_ORDER[split][i % 4]
+            grad, snr = i % 4 != 3 or split in ALL_VDAM, LARGE_SNR_ORDER[split][i % 4]
+        if split in ALWAYS_JUNK and ALWAYS_JUNK[split] not in kinds:
+            kinds, w = np.append(kinds, ALWAYS_JUNK[split]), np.append(w * len(kinds) / (len(kinds) + 1), 1 / (len(kinds) + 1))
         specs.append(SetSpec(seed=seed * 1000 + i, map_seed=MAP_SEED0[split] + seed * 1000 + i, box=box, angpix=angpix,
                              radius_frac=rf, bfactor=bfactor, snr=snr,
                              n_particles=int(rng.integers(*N_PARTICLES.get(split, (1000, 2001)))),
