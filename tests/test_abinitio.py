@@ -181,6 +181,41 @@ def test_step_factor_stops_the_large_steps_when_the_classes_move_again():
         assert np.array_equal(run(c, range(85, 140), g)[1], eps[85:])
 
 
+def test_step_factor_rearmed_after_a_move():
+    """--high_lr_rearm: a re-seed / split-merge move after the restart (68) at 90 arms it again; the
+    move's churn (moving at 91-94) is no relapse (without the flag it halves epsilon at 91); the first
+    settled iteration an epoch (9 mini-batches) after the move, 99, restarts epsilon at --high_lr with
+    the stop cleared; a move before the first restart (50) changes nothing; the state restored mid-run
+    (--continue) gives the same steps."""
+    from hpcem.algorithms.sagd.config import AbInitioConfig
+    from hpcem.algorithms.sagd.schedule import Schedule, StepFactor
+
+    cfg = AbInitioConfig(K=3, num_init_iters=20, radwn_step=0.5, num_final_iters=100, max_res=9.0,
+                         high_lr_duration=40, high_lr_rearm=True)
+
+    def churn(it):
+        return 0.2 if 30 <= it < 68 or 91 <= it < 95 else 0.03
+
+    def run(c, its, f=None):
+        f = f or StepFactor(Schedule(c, 32, 3.75, 800), 3)
+        eps = []
+        for it in its:
+            f.observe(it, churn(it) <= 0.05, churn(it))
+            eps.append(f(it))
+            if it in (50, 90):
+                f.rearm(it, 9)
+        return f, np.array(eps)
+
+    f, eps = run(cfg, range(140))
+    assert (f.restart, f.relapse, f.stop, f.rearmed) == (99, -1, -1, -1)
+    assert eps[67] == 1.0 and np.all(eps[68:139] == 2.0) and eps[139] == 1.0           # restarted at 99
+    g = StepFactor(Schedule(cfg, 32, 3.75, 800), 3)
+    g.load(run(cfg, range(95))[0].state())
+    assert g.rearmed == 99 and np.array_equal(run(cfg, range(95, 140), g)[1], eps[95:])
+    off, eps0 = run(cfg.replace(high_lr_rearm=False), range(140))
+    assert (off.restart, off.stop) == (68, 91) and np.all(eps0[99:] <= 1.0)
+
+
 def _write(tmp, N, n, snr, seed):
     from hpcem.simulate.particles import simulate_dataset
     from hpcem.simulate.write import write_dataset

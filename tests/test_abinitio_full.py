@@ -129,7 +129,8 @@ def test_map_and_junk_separate(tmp_path, run_hpcem):
     map.  No single junk class holds every junk kind here: with the true map held fixed K = 2 reaches
     ARI 0.35 at most; K = 3 with the true map and a run's two junk classes 0.84-0.89 (a perfect
     partition with the junk split in two: 0.90-0.92); from scratch seeds 1 / 2 / 3 gave 0.78 / 0.13 /
-    0.91.  The off-centre junk lies beyond the translation search (hpcem.simulate.sets; before the
+    0.91 before the carbon edges' fixed height (c0b04f7), seed 1 0.875 after it (issue 12, twelfth
+    pass).  The off-centre junk lies beyond the translation search (hpcem.simulate.sets; before the
     ninth pass most of it was a particle for the aligner)."""
     from hpcem.metrics import adjusted_rand_index
 

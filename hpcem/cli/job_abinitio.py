@@ -8,11 +8,12 @@ cryoSPARC's parameters under their names without the abinit_ prefix (--init_res,
 _model.star, _optimiser.star, an HDF5 checkpoint and central slices every --write_iter iterations,
 run_log.star/.png (resolution, step size, fraction of the quadrature evaluated, class shares), and
 at the end run_classKKK.mrc and run_data.star (every particle's class and pose); resume with
---continue (which may change the step factor's schedule, --high_lr, --high_lr_duration and
---high_lr_stop, --reseed_from, and --num_final_iters to run longer at --max_res). With K > 1 the
-step factor restarts at --high_lr once the classes settle after the frequency marching
-(--high_lr_restart, default) and halves once more when the classes move again after the
-restart (--high_lr_stop relapse, default; 'resettle': when they settle again after that). Under
+--continue (which may change the step factor's schedule, --high_lr, --high_lr_duration,
+--high_lr_stop and --high_lr_rearm, --reseed_from, and --num_final_iters to run longer at
+--max_res). With K > 1 the step factor restarts at --high_lr once the classes settle after the
+frequency marching (--high_lr_restart, default) and halves once more when the classes move again
+after the restart (--high_lr_stop relapse, default; 'resettle': when they settle again after
+that); --high_lr_rearm restarts it again after each re-seed or split-merge move. Under
 `mpiexec -n N` each mini-batch's particles are split across ranks; rank 0 writes."""
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class Params(IterativeJobIO, AbInitioConfig):
     # maps lag the E-step's resolution goes on with larger steps (DESIGN_NOTES, issue 12, sixth pass)
     # and a run may go on longer at the final resolution (--num_final_iters, never below what is done)
     continue_may_change: ClassVar[frozenset] = frozenset({"high_lr", "high_lr_duration", "high_lr_stop",
-                                                          "reseed_from", "num_final_iters"})
+                                                          "high_lr_rearm", "reseed_from", "num_final_iters"})
 
 
 def run(p: Params, ctx):

@@ -316,7 +316,9 @@ class AbInitio:
     def _replace(self, a, b):
         """Class ``a`` takes class ``b``'s map (perturbed by 20% of its sd in low-passed noise), SAG memory
         and half its share (a re-seeded class, a split-merge move); with ``--reseed_from worst`` the map of
-        the images the classes fit worst instead (:mod:`.reseed`)."""
+        the images the classes fit worst instead (:mod:`.reseed`).  ``--high_lr_rearm``: the large steps
+        restart again once the classes settle after it."""
+        self.step_factor.rearm(self.it, self.batches.n_batches)
         if self.config.reseed_from == "worst":
             return self._replace_worst(a, b)
         rng = np.random.default_rng([self.config.random_seed, 43, self.it])

@@ -51,6 +51,13 @@ class AbInitioConfig(Params):
                               "'resettle' at the first iteration fewer than 5%% do after that; 'none': only the "
                               "halvings every --high_lr_duration (the large steps then turn the empty class into a "
                               "second particle class)", choices=("none", "relapse", "resettle"), group="schedule")
+    high_lr_rearm: bool = param(False, "K > 1, after the restart: a re-seeded class or a --split_merge move arms it "
+                                "again (epsilon back to --high_lr at the first iteration the classes have settled, "
+                                "an epoch after the move; --high_lr_stop counted anew); off by default: with "
+                                "--split_merge --split_merge_size 0 --reseed_from worst on map + 30%% junk at K = 3 "
+                                "seeds 1 / 2 / 3 0.80 / 0.74 / 0.87 -> 0.84 / 0.78 / 0.48: the maps recovered, but "
+                                "a re-seeded class and the particles' class trade the particles (issue 12, twelfth "
+                                "pass)", action=YES_NO, group="schedule")
     class_anneal_beta: float = param(0.1, "class similarity: class posteriors mixed with the uniform "
                                      "distribution in this proportion, annealed to 0 (abinit_class_anneal_beta)",
                                      check=IN_0_1, group="classes")

@@ -109,14 +109,26 @@ class StepFactor:
     steps unsettle the classes again (``relapse``: the first iteration after the restart with a churn
     above RELAPSE_CHURN); ``high_lr_stop`` 'relapse' or 'resettle' halves epsilon once more from that
     iteration or from the first settled one after it (``stop``), so that the steps do not turn an empty
-    class into a second particle class (issue 12, seventh pass).  ``restart``, ``relapse``, ``stop``
-    (-1: not yet) are part of the checkpoint."""
+    class into a second particle class (issue 12, seventh pass).  With ``high_lr_rearm`` a re-seeded
+    class or a split-merge move after the restart (:meth:`rearm`) arms it again: the first settled
+    iteration a full epoch after the move restarts epsilon at ``high_lr`` and clears the stop (the
+    merged or re-sorted particles' map lags as the map did after the marching); until then epsilon
+    keeps its value and the move's churn is no relapse (with the stop rule acting on it, seed 1 ended
+    with 137 particles in the worst-fit class; issue 12, twelfth pass).  ``restart``, ``relapse``,
+    ``stop``, ``rearmed`` (-1: not yet / none pending) are part of the checkpoint."""
 
     def __init__(self, sched: Schedule, K: int):
         self.sched = sched
         self.on = K > 1 and bool(sched.cfg.high_lr_restart)
         self.mode = sched.cfg.high_lr_stop
-        self.restart = self.relapse = self.stop = -1
+        self.rearm_on = self.on and bool(sched.cfg.high_lr_rearm)
+        self.restart = self.relapse = self.stop = self.rearmed = -1
+
+    def rearm(self, it: int, wait: int) -> None:
+        """A class re-seeded or moved at iteration ``it``: the restart fires again at the first settled
+        iteration from ``it + wait`` (an epoch of mini-batches: the churn then measures the new classes)."""
+        if self.rearm_on and self.restart >= 0:
+            self.rearmed = int(it) + max(int(wait), 1)
 
     def observe(self, it: int, settled: bool, churn: float = 0.0) -> str:
         """What iteration ``it`` (classes ``settled`` or not, ``churn`` the running fraction of
@@ -129,6 +141,11 @@ class StepFactor:
                 self.restart = int(it)
                 return "classes settled: epsilon restarted at --high_lr"
             return ""
+        if self.rearmed >= 0:          # the move's churn is no relapse of the large steps
+            if not (settled and it >= self.rearmed):
+                return ""
+            self.restart, self.relapse, self.stop, self.rearmed = int(it), -1, -1, -1
+            return "classes settled after the move: epsilon restarted at --high_lr"
         event = ""
         if self.relapse < 0 and churn > RELAPSE_CHURN:
             self.relapse, event = int(it), "classes moving again after the restart"
@@ -139,10 +156,11 @@ class StepFactor:
         return event
 
     def state(self) -> dict:
-        return {"lr_restart": self.restart, "lr_relapse": self.relapse, "lr_stop": self.stop}
+        return {"lr_restart": self.restart, "lr_relapse": self.relapse, "lr_stop": self.stop,
+                "lr_rearmed": self.rearmed}
 
     def load(self, st) -> None:
-        self.restart, self.relapse, self.stop = (int(st[k]) if k in st else -1 for k in self.state())
+        self.restart, self.relapse, self.stop, self.rearmed = (int(st[k]) if k in st else -1 for k in self.state())
 
     def __call__(self, it: int) -> float:
         eps = self.sched.epsilon(it, max(self.restart, 0))
