@@ -145,6 +145,22 @@ def test_step_factor_restarts_once_the_classes_settle():
         assert np.all(eps[first:first + 40] == 2.0) and np.all(eps[first + 40:first + 80] == 1.0)
 
 
+def _step_factor_run(cfg, its, churn, f=None, moves=()):
+    """The step factor of ``cfg`` (32 px, 3.75 A/px, 800 particles, K = 3) over iterations ``its``, the
+    classes settled where ``churn(it) <= 0.05`` and a re-seed / move (``rearm``, an epoch of 9) after
+    each iteration in ``moves``: (the factor, epsilon per iteration)."""
+    from hpcem.algorithms.sagd.schedule import Schedule, StepFactor
+
+    f = f or StepFactor(Schedule(cfg, 32, 3.75, 800), 3)
+    eps = []
+    for it in its:
+        f.observe(it, churn(it) <= 0.05, churn(it))
+        eps.append(f(it))
+        if it in moves:
+            f.rearm(it, 9)
+    return f, np.array(eps)
+
+
 def test_step_factor_stops_the_large_steps_when_the_classes_move_again():
     """--high_lr_stop: after the restart (68) the churn wanders above 5% at 70 and 75 (noise, not a
     relapse) and the classes move again (churn > 10%) at 80-89 and settle at 90;
@@ -161,12 +177,7 @@ def test_step_factor_stops_the_large_steps_when_the_classes_move_again():
         return 0.2 if 30 <= it < 68 or 80 <= it < 90 else (0.06 if it in (70, 75) else 0.03)
 
     def run(c, its, f=None):
-        f = f or StepFactor(Schedule(c, 32, 3.75, 800), 3)
-        eps = []
-        for it in its:
-            f.observe(it, churn(it) <= 0.05, churn(it))
-            eps.append(f(it))
-        return f, np.array(eps)
+        return _step_factor_run(c, its, churn, f)
 
     for mode, stop in (("none", -1), ("relapse", 80), ("resettle", 90)):
         c = cfg.replace(high_lr_stop=mode)
@@ -197,14 +208,7 @@ def test_step_factor_rearmed_after_a_move():
         return 0.2 if 30 <= it < 68 or 91 <= it < 95 else 0.03
 
     def run(c, its, f=None):
-        f = f or StepFactor(Schedule(c, 32, 3.75, 800), 3)
-        eps = []
-        for it in its:
-            f.observe(it, churn(it) <= 0.05, churn(it))
-            eps.append(f(it))
-            if it in (50, 90):
-                f.rearm(it, 9)
-        return f, np.array(eps)
+        return _step_factor_run(c, its, churn, f, moves=(50, 90))
 
     f, eps = run(cfg, range(140))
     assert (f.restart, f.relapse, f.stop, f.rearmed) == (99, -1, -1, -1)

@@ -32,21 +32,25 @@ def particle_slices(ps, idx, ctf: bool):
     return F, c, A
 
 
+def insert_slices(bp: BackProjector, F, c, A, r_max: float | None = None) -> None:
+    """Insert centred Fourier images ``F`` (B, n, n//2+1) at pose matrices ``A``: CTF x image and CTF^2
+    (``c`` None: no CTF), each independent coefficient once (:func:`friedel_unique`)."""
+    put = bp.device.put
+    once = friedel_unique(F.shape[-2])
+    if c is None:
+        bp.insert(put((F * once).astype(np.complex64)), put(np.broadcast_to(once, F.shape).astype(np.float32)),
+                  A, r_max=r_max)
+    else:
+        bp.insert(put((F * (c * once)).astype(np.complex64)), put((c * c * once).astype(np.float32)), A, r_max=r_max)
+
+
 def backproject_particles(ps, idx, bp: BackProjector, ctf: bool = True, batch: int = 256,
                           r_max: float | None = None, progress=None) -> None:
     """Insert particles ``idx`` of ``ps`` at their poses (CTF x image and CTF^2), each independent
     Fourier coefficient once (:func:`friedel_unique`)."""
-    put = bp.device.put
-    once = friedel_unique(ps.box)
     for s in range(0, len(idx), batch):
         b = idx[s:s + batch]
-        F, c, A = particle_slices(ps, b, ctf)
-        if c is None:
-            bp.insert(put((F * once).astype(np.complex64)), put(np.broadcast_to(once, F.shape).astype(np.float32)),
-                      A, r_max=r_max)
-        else:
-            bp.insert(put((F * (c * once)).astype(np.complex64)), put((c * c * once).astype(np.float32)), A,
-                      r_max=r_max)
+        insert_slices(bp, *particle_slices(ps, b, ctf), r_max=r_max)
         if progress is not None:
             progress(min(s + batch, len(idx)), len(idx))
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from ...core.euler import euler_to_matrix
-from ...core.fourier import friedel_unique, ft3, ift3, radius3
+from ...core.fourier import ft3, ift3, radius3
 from ...estep import FullGrid
 from ...recon.projector import BackProjector
+from ...recon.reconstruct import insert_slices
 
 WORST_SHARE = 0.5     # the re-seeded class's images: this times the mean class share (N / K)
 
@@ -57,16 +58,14 @@ def map_from_images(m, comm, sel, fit, r: int, like) -> np.ndarray:
     n, angpix = m.n, m.angpix
     pa = m.parts
     bp = BackProjector(n, pad=2)
-    once = friedel_unique(n)
     kidx = np.arange(n * (n // 2 + 1))
     for s in range(0, len(sel), 256):
         b = np.asarray(sel[s:s + 256], np.int64)
         o_px = np.stack([fit["ox"][b], fit["oy"][b]], 1) / angpix
         X, c = pa.batch(b, kidx, o_px)
-        X = np.asarray(X).reshape(len(b), n, n // 2 + 1)
-        c = np.asarray(c).reshape(len(b), n, n // 2 + 1)
         A = euler_to_matrix(fit["rot"][b], fit["tilt"][b], fit["psi"][b]).astype(np.float32)
-        bp.insert((X * c * once).astype(np.complex64), (c * c * once).astype(np.float32), A, r_max=float(r))
+        insert_slices(bp, np.asarray(X).reshape(len(b), n, -1), np.asarray(c).reshape(len(b), n, -1), A,
+                      r_max=float(r))
     comm.allreduce_(bp.data)
     comm.allreduce_(bp.weight)
     sh = bp.shell_index()
