@@ -342,23 +342,33 @@ void bp2d_at_impl(const std::complex<double>* V, const double* W, const cfloat* 
     const int i = int(t % ns);
     const int slo = fmin + int(long(i) * P / ns), shi = fmin + int(long(i + 1) * P / ns);
     Acc<T> a{acc.data + ref_size * k, acc.weight + ref_size * k};
+    std::vector<cfloat> val(M);
+    std::vector<float> wt(M);
     for (long b = 0; b < B; ++b) {
       if (idx[b] != k) continue;
-      const SliceGeom g(R + 4 * b, pad, false);
+      // the row's float32 entries in storage order (a sequential read of the double sums), then the
+      // splats in the order of cols from that small buffer
       const std::complex<double>* v = V + size_t(b) * M;
       const double* w = W + size_t(b) * M;
       const cfloat* p = refs ? refs + size_t(pred[b]) * M : nullptr;
-      for (long c = 0; c < C; ++c) {
-        const long m = cols[c];
-        if (w[m] == 0.0) continue;   // no particle reached it
+      bool any = false;
+      for (long m = 0; m < M; ++m) {
         double re = v[m].real(), im = v[m].imag();
         if (p) {
           re -= w[m] * double(p[m].real());
           im -= w[m] * double(p[m].imag());
         }
+        val[m] = cfloat(float(re), float(im));
+        wt[m] = float(w[m]);
+        any = any || w[m] != 0.0;
+      }
+      if (!any) continue;
+      const SliceGeom g(R + 4 * b, pad, false);
+      for (long c = 0; c < C; ++c) {
+        const long m = cols[c];
+        if (w[m] == 0.0) continue;   // no particle reached it
         const float fkx = float(KX[m]), fky = float(KY[m]);
-        splat<T, false>(a, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky, 0.f, cfloat(float(re), float(im)),
-                        float(w[m]), slo, shi);
+        splat<T, false>(a, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky, 0.f, val[m], wt[m], slo, shi);
       }
     }
   }
