@@ -321,6 +321,102 @@ void backproject3d_at(carray<cfloat> values, carray<float> weights, carray<doubl
   }
 }
 
+// Rows of double sums (B, M) at the listed frequencies (ky[m], kx[m]): row b's values V[b] (complex128)
+// and weights W[b] (float64), minus W[b] * refs[pred[b]] when refs are given (the residual around the
+// rows' predictions), rounded to float32 as backproject2d's slices are, bilinearly splatted into class
+// ref_index[b]'s accumulator; only the columns cols[] are visited, in that order (a raster order of
+// the coefficients gives backproject2d's sums of the rows put on the full half grid, zero elsewhere).
+// Tasks: (class, slab) pairs, no atomics; entries of zero weight (no particle reached them) are skipped.
+template <typename T>
+void bp2d_at_impl(const std::complex<double>* V, const double* W, const cfloat* refs, const int64_t* pred,
+                  const double* R, const int64_t* idx, const int32_t* KY, const int32_t* KX, const int32_t* cols,
+                  long B, long M, long C, Acc<T> acc, int P, long K, double pad) {
+  py::gil_scoped_release nogil;
+  const int threads = omp_get_max_threads();
+  const int ns = threads <= 1 ? 1 : std::max(1, std::min(P / 4, int((2 * threads + K - 1) / K)));
+  const int fmin = freq_min(P);
+  const size_t ref_size = size_t(P) * (P / 2 + 1);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (long t = 0; t < K * ns; ++t) {
+    const long k = t / ns;
+    const int i = int(t % ns);
+    const int slo = fmin + int(long(i) * P / ns), shi = fmin + int(long(i + 1) * P / ns);
+    Acc<T> a{acc.data + ref_size * k, acc.weight + ref_size * k};
+    std::vector<cfloat> val(M);
+    std::vector<float> wt(M);
+    for (long b = 0; b < B; ++b) {
+      if (idx[b] != k) continue;
+      // the row's float32 entries in storage order (a sequential read of the double sums), then the
+      // splats in the order of cols from that small buffer
+      const std::complex<double>* v = V + size_t(b) * M;
+      const double* w = W + size_t(b) * M;
+      const cfloat* p = refs ? refs + size_t(pred[b]) * M : nullptr;
+      bool any = false;
+      for (long m = 0; m < M; ++m) {
+        double re = v[m].real(), im = v[m].imag();
+        if (p) {
+          re -= w[m] * double(p[m].real());
+          im -= w[m] * double(p[m].imag());
+        }
+        val[m] = cfloat(float(re), float(im));
+        wt[m] = float(w[m]);
+        any = any || w[m] != 0.0;
+      }
+      if (!any) continue;
+      const SliceGeom g(R + 4 * b, pad, false);
+      for (long c = 0; c < C; ++c) {
+        const long m = cols[c];
+        if (w[m] == 0.0) continue;   // no particle reached it
+        const float fkx = float(KX[m]), fky = float(KY[m]);
+        splat<T, false>(a, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky, 0.f, val[m], wt[m], slo, shi);
+      }
+    }
+  }
+}
+
+void backproject2d_at(carray<std::complex<double>> values, carray<double> weights, carray<double> rot,
+                      carray<int64_t> index, carray<int32_t> ky, carray<int32_t> kx, carray<int32_t> cols,
+                      py::array data, py::array weight, double pad, py::object refs, py::object pred) {
+  require(rot.ndim() == 3 && rot.shape(1) == 2 && rot.shape(2) == 2, "backproject2d_at: rotations must be (B, 2, 2)");
+  const long B = long(rot.shape(0)), M = long(kx.shape(0)), C = long(cols.shape(0));
+  require(ky.ndim() == 1 && kx.ndim() == 1 && ky.shape(0) == M && cols.ndim() == 1,
+          "backproject2d_at: ky, kx must be (M,), cols (C,)");
+  for (long c = 0; c < C; ++c) require(cols.data()[c] >= 0 && cols.data()[c] < M, "backproject2d_at: cols out of range");
+  require(values.ndim() == 2 && values.shape(0) == B && values.shape(1) == M && weights.ndim() == 2 &&
+              weights.shape(0) == B && weights.shape(1) == M,
+          "backproject2d_at: values and weights must be (B, M)");
+  require(index.ndim() == 1 && index.shape(0) == B, "backproject2d_at: ref_index must be (B,)");
+  const cfloat* rp = nullptr;
+  const int64_t* pp = nullptr;
+  carray<cfloat> r;
+  carray<int64_t> q;
+  if (!refs.is_none()) {
+    r = refs.cast<carray<cfloat>>();
+    q = pred.cast<carray<int64_t>>();
+    require(r.ndim() == 2 && r.shape(1) == M, "backproject2d_at: refs must be (J, M)");
+    require(q.ndim() == 1 && q.shape(0) == B, "backproject2d_at: pred_index must be (B,)");
+    for (long b = 0; b < B; ++b)
+      require(q.data()[b] >= 0 && q.data()[b] < r.shape(0), "backproject2d_at: pred_index out of range");
+    rp = r.data();
+    pp = q.data();
+  }
+  long K;
+  int P;
+  auto run = [&](auto acc) {
+    for (long b = 0; b < B; ++b)
+      require(index.data()[b] >= 0 && index.data()[b] < K, "backproject2d_at: ref_index out of range");
+    for (long m = 0; m < M; ++m)
+      require(kx.data()[m] >= 0 && 2 * kx.data()[m] <= P && 2 * std::abs(ky.data()[m]) <= P,
+              "backproject2d_at: frequencies outside the padded box");
+    bp2d_at_impl(values.data(), weights.data(), rp, pp, rot.data(), index.data(), ky.data(), kx.data(), cols.data(),
+                 B, M, C, acc, P, K, pad);
+  };
+  if (is_double_acc(data, weight))
+    run(get_acc<double>(data, weight, 3, K, P));
+  else
+    run(get_acc<float>(data, weight, 3, K, P));
+}
+
 }  // namespace
 
 void register_backproject(py::module_& m) {
@@ -334,6 +430,11 @@ void register_backproject(py::module_& m) {
   m.def("backproject2d", &backproject2d, py::arg("slices"), py::arg("weights"), py::arg("rotations2d"),
         py::arg("ref_index"), py::arg("data_acc"), py::arg("weight_acc"), py::arg("r_max"), py::arg("pad"),
         "Adjoint of project2d: accumulate into (K, P, P//2+1) accumulators in place.");
+  m.def("backproject2d_at", &backproject2d_at, py::arg("values"), py::arg("weights"), py::arg("rotations2d"),
+        py::arg("ref_index"), py::arg("ky"), py::arg("kx"), py::arg("cols"), py::arg("data_acc"),
+        py::arg("weight_acc"), py::arg("pad"), py::arg("refs") = py::none(), py::arg("pred_index") = py::none(),
+        "Adjoint of project2d_at for (B, M) double rows at the listed frequencies (optionally their residual "
+        "around refs[pred_index]; the columns cols only, in that order), accumulated in place.");
   m.def("symmetrise3d", &symmetrise3d, py::arg("data_acc"), py::arg("weight_acc"), py::arg("ops"),
         py::arg("r_pad"), "Symmetrised copies of 3D accumulators: sum over R of acc(R^T k), trilinear.");
 }

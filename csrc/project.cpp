@@ -109,6 +109,42 @@ py::array_t<cfloat> project2d(carray<cfloat> refs, carray<double> rot, carray<in
   return out;
 }
 
+// refs (K, P, P/2+1) complex64; rot (B, 2, 2); index (B,); ky, kx (M,) int32 -> out (B, M): project2d's
+// coefficients at the listed frequencies only (the E-step's coefficients inside its limit)
+py::array_t<cfloat> project2d_at(carray<cfloat> refs, carray<double> rot, carray<int64_t> index, carray<int32_t> ky,
+                                 carray<int32_t> kx, double pad) {
+  require(refs.ndim() == 3, "project2d_at: references must be (K, P, P//2+1)");
+  const long K = long(refs.shape(0));
+  const int P = int(refs.shape(1));
+  require(refs.shape(2) == P / 2 + 1, "project2d_at: references must be (K, P, P//2+1)");
+  require(rot.ndim() == 3 && rot.shape(1) == 2 && rot.shape(2) == 2, "project2d_at: rotations must be (B, 2, 2)");
+  require(ky.ndim() == 1 && kx.ndim() == 1 && ky.shape(0) == kx.shape(0), "project2d_at: ky, kx must be (M,)");
+  const long B = long(rot.shape(0)), M = long(kx.shape(0));
+  require(index.ndim() == 1 && index.shape(0) == B, "project2d_at: ref_index must be (B,)");
+  const int64_t* idx = index.data();
+  for (long b = 0; b < B; ++b) require(idx[b] >= 0 && idx[b] < K, "project2d_at: ref_index out of range");
+  py::array_t<cfloat> out({size_t(B), size_t(M)});
+  const cfloat* F = refs.data();
+  const double* R = rot.data();
+  const int32_t *KY = ky.data(), *KX = kx.data();
+  cfloat* O = out.mutable_data();
+  const size_t ref_size = size_t(P) * (P / 2 + 1);
+  {
+    py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(static)
+    for (long b = 0; b < B; ++b) {
+      const SliceGeom g(R + 4 * b, pad, false);
+      const cfloat* ref = F + ref_size * size_t(idx[b]);
+      cfloat* o = O + size_t(b) * M;
+      for (long m = 0; m < M; ++m) {
+        const float fkx = float(KX[m]), fky = float(KY[m]);
+        o[m] = sample2d(ref, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky);
+      }
+    }
+  }
+  return out;
+}
+
 // vol (P, P, P/2+1) complex64; rot (B, 3, 3); ky, kx (M,) int32 -> out (B, M): the slice
 // coefficients at the listed frequencies only (the E-step's coefficients inside its limit)
 py::array_t<cfloat> project3d_at(carray<cfloat> vol, carray<double> rot, carray<int32_t> ky, carray<int32_t> kx,
@@ -151,4 +187,7 @@ void register_project(py::module_& m) {
   m.def("project2d", &project2d, py::arg("refs_ft_pad"), py::arg("rotations2d"), py::arg("ref_index"),
         py::arg("n"), py::arg("r_max"), py::arg("pad"),
         "Rotated transforms (B, n, n//2+1) of padded half references at pad * R^T k, bilinear.");
+  m.def("project2d_at", &project2d_at, py::arg("refs_ft_pad"), py::arg("rotations2d"), py::arg("ref_index"),
+        py::arg("ky"), py::arg("kx"), py::arg("pad"),
+        "Rotated reference coefficients (B, M) at the listed frequencies (ky, kx) only.");
 }

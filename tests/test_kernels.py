@@ -158,6 +158,52 @@ def test_backproject2d_is_adjoint(n):
     assert abs(lhs - rhs) < 1e-5 * np.linalg.norm(x) * np.linalg.norm(y) * 1e-2 + 1e-5 * abs(lhs)
 
 
+@pytest.mark.parametrize("n", [16, 33])
+def test_2d_kernels_at_listed_frequencies_match_the_full_ones(n):
+    """project2d_at = project2d's coefficients at the listed frequencies (bit for bit), and
+    backproject2d_at (double rows minus weights x predictions, the columns ``cols`` in raster
+    order) = backproject2d of those residual rows rounded to complex64 and put on the full half
+    grid, for 1 and 3 threads."""
+    from hpcem.core.fourier import coef_freqs, shell_index2
+
+    rng = np.random.default_rng(3 * n)
+    P, nh, K, B = 2 * n, n // 2 + 1, 3, 12
+    refs = rand_c(rng, (K, P, P // 2 + 1))
+    R = rotation_2d(rng.uniform(0, 360, B))
+    idx = rng.integers(0, K, B)
+    r = int(0.4 * n)
+    sh = shell_index2(n).ravel()
+    kidx = np.flatnonzero(sh <= r)
+    kidx = kidx[np.argsort(sh[kidx], kind="stable")]          # the E-step's order: by shell
+    ky, kx = coef_freqs(kidx, n)
+    got = kernels.project2d_at(refs, R, ky, kx, 2, ref_index=idx)
+    full = kernels.project2d(refs, R, n, r + 1.0, 2, ref_index=idx).reshape(B, -1)
+    assert got.dtype == np.complex64 and np.array_equal(got, full[:, kidx])
+    vals = rng.standard_normal((B, kidx.size)) + 1j * rng.standard_normal((B, kidx.size))
+    wts = rng.uniform(0.0, 2.0, (B, kidx.size))
+    wts[3] = 0.0                                               # a row no particle reached: skipped
+    pred = rand_c(rng, (5, kidx.size))
+    pidx = rng.integers(0, 5, B)
+    cols = np.argsort(kidx, kind="stable")
+    S = np.zeros((B, n * nh), np.complex64)
+    Wt = np.zeros((B, n * nh), np.float32)
+    S[:, kidx] = vals - wts * pred[pidx].astype(np.complex128)
+    S[3] = 0.0
+    Wt[:, kidx] = wts
+    want_d, want_w = np.zeros((K, P, P // 2 + 1), np.complex128), np.zeros((K, P, P // 2 + 1))
+    kernels.backproject2d(S.reshape(B, n, nh), Wt.reshape(B, n, nh), R, want_d, want_w, r + 1.0, 2, ref_index=idx)
+    t0 = kernels.max_threads()
+    try:
+        for t in (1, 3):
+            kernels.set_threads(t)
+            D, W = np.zeros_like(want_d), np.zeros_like(want_w)
+            kernels.backproject2d_at(vals, wts, R, idx, ky, kx, D, W, 2, cols=cols, refs=pred, pred_index=pidx)
+            assert np.allclose(D, want_d, rtol=0, atol=1e-12 * np.abs(want_d).max())
+            assert np.allclose(W, want_w, rtol=0, atol=1e-12 * want_w.max())
+    finally:
+        kernels.set_threads(t0)
+
+
 def test_backproject_is_thread_count_independent():
     rng = np.random.default_rng(5)
     n = 16

@@ -225,8 +225,8 @@ def test_residual_scatter_recovers_the_class_image():
 
 
 def test_scatter_back_is_linear_in_the_rows():
-    """scatter_back over 360 live rows (two chunks, the second partial, the zero buffers reused)
-    equals the sum of its scatters over a random partition of the rows (one chunk each)."""
+    """scatter_back over 360 live rows equals the sum of its scatters over a random partition of
+    the rows (the rows of each part only: the others' weights zero)."""
     from hpcem.core.fourier import shell_index2
     from hpcem.recon.average2d import scatter_back
 

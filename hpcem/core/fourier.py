@@ -148,6 +148,12 @@ def friedel_unique(n: int) -> np.ndarray:
     return m
 
 
+def coef_freqs(kidx, n: int):
+    """``(ky, kx)`` int32 of flat (n, n//2+1) half-grid coefficient indices ``kidx``."""
+    iy, kx = np.divmod(np.asarray(kidx, np.int64), n // 2 + 1)
+    return freqs(n)[iy].astype(np.int32), kx.astype(np.int32)
+
+
 def shift_phases(n: int, shifts: np.ndarray, dtype=np.complex64, index=None) -> np.ndarray:
     """Phase factors ``exp(-2 pi i k.s / n)`` for shifts ``(..., 2)`` = (sx, sy) in pixels.
 

@@ -10,7 +10,8 @@ Families, each documented in its module (Fourier layout and notation there):
 
 * :mod:`hpcem.kernels.projection`  project3d, project2d, backproject3d, backproject2d,
   symmetrise3d (padded half transforms, trilinear / bilinear, exact adjoints); project3d_at,
-  backproject3d_at (the same at listed frequencies only)
+  backproject3d_at, project2d_at, backproject2d_at (the same at listed frequencies only; the 2D
+  ones CPU only, backproject2d_at for rows of double sums and their residuals)
 * :mod:`hpcem.kernels.marginalise`  coarse_diff2, pair_diff2, posteriors,
   segment_posteriors, accumulate (the MAP-EM E-step over class x orientation x translation)
 * :mod:`hpcem.kernels.gtm`  gtm_solve, gtm_distances, gtm_responsibilities, gtm_accumulate
@@ -48,10 +49,12 @@ project3d, project2d, backproject3d, backproject2d, symmetrise3d = (
     _device_aware(getattr(_proj, k)) for k in ("project3d", "project2d", "backproject3d", "backproject2d",
                                                "symmetrise3d"))
 project3d_at, backproject3d_at = (_device_aware(getattr(_proj, k)) for k in ("project3d_at", "backproject3d_at"))
+project2d_at, backproject2d_at = _proj.project2d_at, _proj.backproject2d_at      # CPU only
 
 __all__ = [
     # projection
     "project3d", "project2d", "backproject3d", "backproject2d", "symmetrise3d", "project3d_at", "backproject3d_at",
+    "project2d_at", "backproject2d_at",
     # marginalisation
     "coarse_diff2", "coarse_flops", "posteriors", "pair_diff2", "segment_posteriors",
     "accumulate", "Posteriors", "SegmentPosteriors",

@@ -43,7 +43,8 @@ import numpy as np
 
 from . import _backend
 
-__all__ = ["project3d", "project2d", "backproject3d", "backproject2d", "symmetrise3d"]
+__all__ = ["project3d", "project2d", "project2d_at", "backproject3d", "backproject2d", "backproject2d_at",
+           "symmetrise3d"]
 
 KERNELS = {"linear": 0, "gauss": 1}
 
@@ -182,6 +183,24 @@ def project2d(ref_ft_pad, rotations2d, n: int, r_max=None, pad=2, ref_index=None
     return out
 
 
+def project2d_at(ref_ft_pad, rotations2d, ky, kx, pad=2, ref_index=None):
+    """Rotated reference coefficients ``(B, M)`` complex64 at the listed frequencies ``(ky[m], kx[m])``
+    only (``kx >= 0``): :func:`project2d`'s values there, without computing the rest of the
+    transforms (CPU only; a GPU projects the whole transforms)."""
+    c = _backend.args_for("project2d_at", ref_ft_pad=ref_ft_pad)
+    if c.gpu:
+        c.fail("a CPU kernel: host arrays only")
+    refs = c.array(ref_ft_pad, "ref_ft_pad", np.complex64)
+    refs = refs[None] if refs.ndim == 2 else refs
+    P = refs.shape[1]
+    if refs.ndim != 3 or tuple(refs.shape[1:]) != (P, P // 2 + 1):
+        c.fail(f"ref_ft_pad: must be (P, P//2+1) or (K, P, P//2+1), got {tuple(ref_ft_pad.shape)}")
+    rot = _rotations(c, rotations2d, "rotations2d", 2)
+    idx = _ref_index(c, ref_index, rot.shape[0], refs.shape[0])
+    ky, kx = _freqs(c, ky, kx, P)
+    return _backend.core("project2d_at", refs, rot, idx, ky, kx, float(pad))
+
+
 # ---------------------------------------------------------------- backproject
 def backproject3d(slices, weights, rotations, data_acc, weight_acc, r_max=None, pad=2, kernel="linear"):
     """Adjoint of :func:`project3d` (same ``kernel``), in place: ``data_acc += P^T slices``,
@@ -253,6 +272,45 @@ def backproject2d(slices, weights, rotations2d, data_acc, weight_acc, r_max=None
         _backend.core("backproject2d", s, w, rot, idx, D, W, r, float(pad))
     else:
         _backend.cuda("backproject2d", s, w, rot, idx, B, int(n), D, W, K, P, dbl, r, float(pad))
+    return data_acc, weight_acc
+
+
+def backproject2d_at(values, weights, rotations2d, ref_index, ky, kx, data_acc, weight_acc, pad=2, cols=None,
+                     refs=None, pred_index=None):
+    """Adjoint of :func:`project2d_at`, in place, for rows of double sums at the listed frequencies
+    (CPU only): row b's ``values`` (complex128 (B, M)) minus ``weights`` (float64 (B, M)) times its
+    prediction ``refs[pred_index[b]]`` (complex64 (J, M); None: the values themselves), rounded to
+    complex64 / float32 and accumulated into class ``ref_index[b]``'s accumulator as
+    :func:`backproject2d` accumulates the rows put on the full half grid (zero elsewhere).  Only
+    the columns ``cols`` are visited, in that order (None: all, in order); entries of zero weight
+    (no particle reached them) are skipped, whatever their value."""
+    c = _backend.args_for("backproject2d_at", values=values, data_acc=data_acc, weight_acc=weight_acc)
+    if c.gpu:
+        c.fail("a CPU kernel: host arrays only")
+    v = c.array(values, "values", np.complex128, ndim=2, strided="copy")
+    w = c.array(weights, "weights", np.float64, shape=tuple(v.shape), strided="copy", convert=True)
+    B, M = v.shape
+    c.array(data_acc, "data accumulator", (np.complex128, np.complex64), writeable=True)
+    D = data_acc[None] if data_acc.ndim == 2 else data_acc
+    W = weight_acc[None] if getattr(weight_acc, "ndim", 0) == 2 else weight_acc
+    P = D.shape[-2]
+    _accumulators(c, D, W, (D.shape[0], P, P // 2 + 1))
+    rot = _rotations(c, rotations2d, "rotations2d", 2)
+    if rot.shape[0] != B:
+        c.fail(f"rotations2d: {rot.shape[0]} rotations for {B} rows")
+    idx = _ref_index(c, ref_index, B, D.shape[0])
+    ky, kx = _freqs(c, ky, kx, P)
+    if kx.shape[0] != M:
+        c.fail(f"values: {M} columns for {kx.shape[0]} frequencies")
+    cols = c.cast(np.arange(M) if cols is None else cols, "cols", np.int32, ndim=1)
+    if cols.size and (int(cols.min()) < 0 or int(cols.max()) >= M):
+        c.fail(f"cols: column indices outside [0, {M})")
+    if refs is not None:
+        refs = c.array(refs, "refs", np.complex64, ndim=2, strided="copy")
+        if refs.shape[1] != M:
+            c.fail(f"refs: {refs.shape[1]} columns for {M} frequencies")
+        pred_index = c.index(pred_index, "pred_index", size=B, bound=refs.shape[0])
+    _backend.core("backproject2d_at", v, w, rot, idx, ky, kx, cols, D, W, float(pad), refs, pred_index)
     return data_acc, weight_acc
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from scipy.fft import next_fast_len
 
 from ..core.euler import rotation_2d
-from ..core.fourier import freqs, friedel_unique, ift2, shell_index2
+from .. import kernels
+from ..core.fourier import coef_freqs, freqs, friedel_unique, ift2, shell_index2
 from .projector import BackProjector2D, Projector2D, padded_estimate
 
 PAD = 2
@@ -80,25 +81,22 @@ def scatter_back(data, wsum, kidx, psi_f, K: int, n: int, r_cur: int, row0: int 
     """The (class, psi) rows of :func:`rotate_back` back-projected into K padded class accumulators
     (bilinear scatter, the adjoint of the projection: no transform per row), for
     :func:`padded_sums` once the accumulators are summed over ranks; with ``refs`` (the rows'
-    predictions, (J, M), row r predicted by ``refs[r % J]``) the residual rows ``data - wsum refs``.
+    predictions, (J, M) in single precision, row r predicted by ``refs[r % J]``) the residual rows
+    ``data - wsum refs``.
     Scattering the data themselves is 6-8% off the resampling gather; the residual around a
-    reference 25% off the truth, 2%, as the gather (VDAM's mini-batches)."""
-    nh, npsi = n // 2 + 1, len(psi_f)
+    reference 25% off the truth, 2%, as the gather (VDAM's mini-batches).  One compiled call
+    (:func:`hpcem.kernels.backproject2d_at`) on the rows' coefficients ``kidx`` (all within
+    ``r_cur``) in raster order, the kx = 0 line's Friedel mates once: the sums of backproject2d on
+    the rows put on the full half grid, without building them."""
+    npsi = len(psi_f)
     bp = BackProjector2D(n, K, pad=PAD)
-    live = np.flatnonzero(np.any(wsum != 0, axis=1))
-    chunk = max(1, min(256, live.size))         # chunks of rows, for memory; the buffers are zero
-    full = np.zeros((chunk, n * nh), np.complex64)      # outside ``kidx`` once and for all
-    wf = np.zeros((chunk, n * nh), np.float32)
-    once = friedel_unique(n).ravel()[kidx]      # the kx = 0 line holds both Friedel mates: insert one
-    if refs is not None:       # one precision for the residual: numpy's mixed float64 x complex64
-        refs = np.asarray(refs, np.result_type(data.dtype, np.complex64))   # loop is ~20x slower
-    for a in range(0, live.size, chunk):
-        loc = live[a:a + chunk]
-        rows, m = row0 + loc, loc.size
-        full[:m, kidx] = (data[loc] if refs is None else data[loc] - wsum[loc] * refs[rows % len(refs)]) * once
-        wf[:m, kidx] = wsum[loc] * once
-        bp.insert(full[:m].reshape(-1, n, nh), wf[:m].reshape(-1, n, nh), rotation_2d(psi_f[rows % npsi]),
-                  ref_index=rows // npsi, r_max=r_cur + 1.0)
+    rows = row0 + np.arange(data.shape[0])
+    ky, kx = coef_freqs(kidx, n)
+    raster = np.argsort(kidx, kind="stable")
+    cols = raster[friedel_unique(n).ravel()[kidx[raster]] > 0]    # the kx = 0 line holds both mates: one
+    kernels.backproject2d_at(data, wsum, rotation_2d(psi_f[rows % npsi]), rows // npsi, ky, kx, bp.data,
+                             bp.weight, PAD, cols=cols, refs=None if refs is None else np.asarray(refs, np.complex64),
+                             pred_index=None if refs is None else rows % len(refs))
     return bp
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import kernels
 from ...core.euler import rotation_2d, wrap180
+from ...core.fourier import coef_freqs
 from ...core.sampling import inplane_angles
 from ...estep.xp import namespace
 from ...recon.projector import Projector2D
@@ -56,16 +58,25 @@ class InPlaneSpace:
     def begin(self, kidx, mc, r_max, r_max_coarse, dense=True, n_slots=1):
         """Rotated references of every coarse (mc coefficients) and fine hypothesis (the fine ones
         kept as ``refs_f``), and zeroed dense sums (n_slots K 2npsi, M) complex128 / float64: one
-        row block per slot (VDAM's half sets, :meth:`dense_sums`)."""
+        row block per slot (VDAM's half sets, :meth:`dense_sums`).  On the CPU only the
+        coefficients ``kidx`` are interpolated (project2d_at); on a GPU the whole transforms, then
+        the coefficients taken."""
         K, dev = self.K, self.device
         xp = dev.xp
-        proj = Projector2D.from_images(self.refs, pad=PAD).to(dev)
-        Rc = proj.project(rotation_2d(np.tile(self.psi_c, K)), np.repeat(np.arange(K), self.npsi),
-                          r_max=r_max_coarse)
-        Rf = proj.project(rotation_2d(np.tile(self.psi_f, K)), np.repeat(np.arange(K), self.Jf1), r_max=r_max)
-        kd = dev.put(kidx)
-        Rc = xp.ascontiguousarray(Rc.reshape(len(Rc), -1)[:, kd[:mc]])
-        Rf = xp.ascontiguousarray(Rf.reshape(len(Rf), -1)[:, kd])
+        proj = Projector2D.from_images(self.refs, pad=PAD)
+        rot_c, cls_c = rotation_2d(np.tile(self.psi_c, K)), np.repeat(np.arange(K), self.npsi)
+        rot_f, cls_f = rotation_2d(np.tile(self.psi_f, K)), np.repeat(np.arange(K), self.Jf1)
+        if not dev.gpu:
+            ky, kx = coef_freqs(kidx, self.n)
+            Rc = kernels.project2d_at(proj.data, rot_c, ky[:mc], kx[:mc], PAD, ref_index=cls_c)
+            Rf = kernels.project2d_at(proj.data, rot_f, ky, kx, PAD, ref_index=cls_f)
+        else:
+            proj.to(dev)
+            Rc = proj.project(rot_c, cls_c, r_max=r_max_coarse)
+            Rf = proj.project(rot_f, cls_f, r_max=r_max)
+            kd = dev.put(kidx)
+            Rc = xp.ascontiguousarray(Rc.reshape(len(Rc), -1)[:, kd[:mc]])
+            Rf = xp.ascontiguousarray(Rf.reshape(len(Rf), -1)[:, kd])
         self.data = dev.zeros((n_slots * K * self.Jf1, kidx.size), np.complex128)
         self.wsum = dev.zeros((n_slots * K * self.Jf1, kidx.size), np.float64)
         self.refs_f = Rf

@@ -18,7 +18,7 @@ import numpy as np
 
 from ...core.euler import angular_distance, euler_to_matrix, wrap180
 from ... import kernels
-from ...core.fourier import freqs, friedel_unique, hermitian_weights2
+from ...core.fourier import coef_freqs, friedel_unique, hermitian_weights2
 from ...core.sampling import (angular_step, asymmetric_directions, direction_vectors, inplane_angles,
                               local_neighbours, oversample_directions)
 from ...estep import ragged_arange
@@ -122,8 +122,7 @@ class ProjectionSpace:
 
     def _freqs(self, kidx):
         """(ky, kx) int32 of flat half-grid coefficients."""
-        iy, kx = np.divmod(np.asarray(kidx, np.int64), self.n // 2 + 1)
-        return freqs(self.n)[iy].astype(np.int32), kx.astype(np.int32)
+        return coef_freqs(kidx, self.n)
 
     def _project(self, k, eul, kidx, r_max):
         """Slices (len, kidx.size) of class k at Euler angles ``eul`` (host) on the coefficients
