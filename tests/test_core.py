@@ -67,6 +67,23 @@ def test_ctf_matches_published_expression(n):
     assert np.abs(iso - ref[1]).max() > 0.1
 
 
+@pytest.mark.parametrize("intact", [False, True])
+def test_ctf_batch_is_blockwise_exact(intact):
+    """ctf2d of a batch (computed in blocks of particles) equals each particle's CTF alone, bit for
+    bit, with B-factors zero in some blocks and not in others."""
+    rng = np.random.default_rng(3)
+    B = 2 * ctf._BLOCK + 5
+    bf = np.where(np.arange(B) < ctf._BLOCK, 0.0, rng.uniform(0, 100, B))
+    cols = (rng.uniform(8000, 30000, B), rng.uniform(8000, 30000, B), rng.uniform(0, 180, B), 300.0, 2.7,
+            0.1, rng.uniform(0, 30, B), bf)
+    batch = ctf.ctf2d(40, 1.3, *cols, dtype=np.float64, intact_first_peak=intact)
+    for i in (0, ctf._BLOCK - 1, ctf._BLOCK, B - 1):
+        one = ctf.ctf2d(40, 1.3, *(c[i] if np.ndim(c) else c for c in cols), dtype=np.float64,
+                        intact_first_peak=intact)
+        assert np.array_equal(batch[i], one)
+    assert np.array_equal(ctf.ctf2d(40, 1.3, *cols, intact_first_peak=intact), batch.astype(np.float32))
+
+
 def test_ctf_from_columns():
     cols = {"rlnDefocusU": [15000.0, 21000.0], "rlnDefocusV": [15000.0, 17500.0],
             "rlnDefocusAngle": [0.0, 37.0], "rlnVoltage": 300.0, "rlnSphericalAberration": 2.7,

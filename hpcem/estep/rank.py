@@ -146,8 +146,9 @@ def run_estep(parts, space, trans, results, *, sigma2, sigma_offset: float, log_
     #                                                  depend on how the particles are batched over ranks)
     onehot[np.arange(kidx.size), sh] = 1.0
     onehot = dev.put(onehot)
-    order = np.arange(parts.size) if order is None else order
-    if subset is not None:
+    if order is None:       # particle order; a subset's in increasing order (as arange's entries in it)
+        order = np.arange(parts.size) if subset is None else np.unique(np.asarray(subset, np.int64))
+    elif subset is not None:
         order = order[np.isin(order, subset)]
     bs = batch_size(opts, trans.T, space.K * space.Jc1, candidates.dense)
     for sel, slot in _batches(order, bs, slots):

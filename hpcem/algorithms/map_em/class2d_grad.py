@@ -28,7 +28,7 @@ from ..vdam.minibatch import GradFiles, batch_noise, half_sets, running_priors, 
 from ..vdam.update import mean_fsc_shell, share_prior
 from .class2d import Class2D
 from .class_accuracy import shells_above, shells_to_angstrom
-from .results import pose_change_stats
+from .results import pose_change_stats, rows
 
 
 class Class2DGrad(GradFiles, Class2D):
@@ -63,11 +63,13 @@ class Class2DGrad(GradFiles, Class2D):
     def e_step(self):
         if self.em_phase():
             return super().e_step()
-        self.prev = {k: v.copy() for k, v in self.res.items()}
-        self.corr.apply(self.parts, self.res)
         self.bsize = self.sched.batch_size(self.iteration)
         subsets = split_batch(self.config.random_seed, self.start, self.bsize, self.half, self.lo, self.hi)
         self.sub = np.concatenate(subsets)
+        # the changes in the log line: over the mini-batch's particles, over all before the final pass
+        self.changed = None if self.iteration + 1 == self.config.iters else self.sub
+        self.prev = rows(self.res, self.changed)
+        self.corr.apply(self.parts, self.res)
         cnt = np.array([s.size for s in subsets], np.float64)
         self.comm.allreduce_(cnt)
         self.half_scale = np.bincount(self.half, minlength=2) / np.maximum(cnt, 1.0)
@@ -124,7 +126,8 @@ class Class2DGrad(GradFiles, Class2D):
         self.iteration += 1
         if self.iteration == cfg.iters:
             self._final_pass()
-        stats = pose_change_stats(self.comm, self.prev, self.res, self.space, first=self.iteration == 1)
+        stats = pose_change_stats(self.comm, self.prev, self.res, self.space, first=self.iteration == 1,
+                                   sel=self.changed)
         stats.update(iteration=self.iteration, r_cur=r_used, resolution=self.resolution,
                      sigma_offset=self.sigma_offset, batch=self.bsize, step=eta, fudge=fudge,
                      replaced=self.replaced)

@@ -30,12 +30,21 @@ def change_sums(prev: dict, new: dict, space) -> np.ndarray:
                      (do ** 2).sum()], np.float64)
 
 
-def pose_change_stats(comm, prev: dict, new: dict, space, first: bool) -> dict:
+def rows(res: dict, sel=None) -> dict:
+    """Copies of the rows ``sel`` (index array; None: all) of every per-particle result column."""
+    return {k: v.copy() if sel is None else v[np.asarray(sel)] for k, v in res.items()}
+
+
+def pose_change_stats(comm, prev: dict, new: dict, space, first: bool, sel=None) -> dict:
     """Mean changes over all ranks' particles (NaN on the first iteration), total log-likelihood
-    and mean number of significant hypotheses."""
-    s = np.concatenate([change_sums(prev, new, space), [new["loglik"].sum(), new["nsig"].sum()]])
+    and mean number of significant hypotheses.  ``sel`` (rank-local indices): the changes over
+    those particles only, ``prev`` holding just their rows (:func:`rows`; VDAM's mini-batch: O(batch),
+    not O(N), per mini-batch); the log-likelihood and the mean number of hypotheses stay over all."""
+    cur = new if sel is None else rows(new, sel)
+    s = np.concatenate([change_sums(prev, cur, space),
+                        [new["loglik"].sum(), new["nsig"].sum(), new["nsig"].size]])
     comm.allreduce_(s)
     N = max(s[3], 1.0)
     nan = float("nan")
     return {"changes_classes": nan if first else s[0] / N, "changes_orient": nan if first else s[1] / N,
-            "changes_offsets": nan if first else s[2] / N, "loglik": s[5], "mean_nsig": s[6] / N}
+            "changes_offsets": nan if first else s[2] / N, "loglik": s[5], "mean_nsig": s[6] / max(s[7], 1.0)}

@@ -7,6 +7,8 @@ so a resumed run draws the same batches and 1 or N ranks the same particles.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ...recon import mstep
@@ -19,13 +21,20 @@ def batch_indices(seed: int, N: int, start: int, size: int) -> np.ndarray:
     """Global indices of the particles ``start .. start + size`` of the concatenated per-epoch
     random orders (epoch e: permutation seeded by (seed, e))."""
     out, pos = [], start
-    while len(out) < size:
+    while pos < start + size:
         e, off = divmod(pos, N)
-        perm = np.random.default_rng([seed, 7919, e]).permutation(N)
-        take = perm[off:off + size - len(out)]
-        out.extend(take.tolist())
+        take = _epoch_order(seed, N, e)[off:off + start + size - pos]
+        out.append(take)
         pos += take.size
-    return np.asarray(out, np.int64)
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(seed: int, N: int, e: int) -> np.ndarray:
+    """The random order of epoch ``e`` (drawn once per epoch, not once per mini-batch; read-only)."""
+    perm = np.random.default_rng([seed, 7919, e]).permutation(N)
+    perm.flags.writeable = False
+    return perm
 
 
 def half_sets(seed: int, N: int) -> np.ndarray:
