@@ -282,6 +282,36 @@ def test_rank_classes_writes_relion_select_outputs(classified, tmp_path, monkeyp
     assert len(read_star("Select/job006/class_averages.star")[""]) == all_scored.sum()
 
 
+def test_montage_is_ordered_by_score_and_labelled(classified, tmp_path, monkeypatch):
+    """class_averages.png (issue 14: "a montage PNG ordered by score with the scores printed on it"):
+    the tiles handed to the plot are the class averages in descending score order, each labelled
+    with its class number, its score to two decimals and a star when selected."""
+    import hpcem.plots
+    from hpcem.cli.main import run_job
+    from hpcem.io.star import read_star
+    from hpcem.ml.classjob import ClassJob
+
+    d, opt = classified
+    seen, real = {}, hpcem.plots.montage
+
+    def spy(path, images, labels=None, **kw):
+        seen.update(images=np.asarray(images), labels=list(labels))
+        return real(path, images, labels=labels, **kw)
+    monkeypatch.setattr(hpcem.plots, "montage", spy)
+    out = str(tmp_path / "Select")
+    run_job("rank_classes", {"i": opt, "o": out, "min_score": 0.15})
+    scores = read_star(os.path.join(out, "rank_model.star"))["model_classes"]["rlnClassScore"].to_numpy()
+    order = np.argsort(-scores, kind="stable")
+    assert np.all(np.diff(scores[order]) <= 0) and len(seen["labels"]) == scores.size
+    assert np.allclose(seen["images"], ClassJob.read(opt).images[order])
+    for k, label in zip(order, seen["labels"]):
+        number, rest = label.split(": ")
+        assert int(number) == k + 1 and rest.endswith(" *") == (scores[k] >= 0.15)
+        if scores[k] > UNSCORED:
+            assert abs(float(rest.rstrip(" *")) - scores[k]) <= 0.005
+    assert os.path.getsize(os.path.join(out, "class_averages.png")) > 1000
+
+
 def test_ranking_needs_no_torch(classified, tmp_path):
     """The installed hpcem's rank_classes in a fresh interpreter where `import torch` fails (a
     torch.py that raises, first on sys.path; checked, so the test can fail): scoring runs in numpy
