@@ -280,6 +280,9 @@ def test_rank_classes_writes_relion_select_outputs(classified, tmp_path, monkeyp
     run_job("rank_classes", {"i": opt, "o": "Select/job006/", "min_score": 0.99, "select_min_nr_particles": 10 ** 6})
     all_scored = read_star("Select/job006/rank_model.star")["model_classes"]["rlnClassScore"] > UNSCORED
     assert len(read_star("Select/job006/class_averages.star")[""]) == all_scored.sum()
+    run_job("rank_classes", {"i": opt, "o": "Select/job007/", "min_score": 1.01, "select_min_nr_classes": 3})
+    best3 = read_star("Select/job007/class_averages.star")[""]["rlnClassScore"].to_numpy()
+    assert np.allclose(np.sort(best3)[::-1], np.sort(ranked["rlnClassScore"].to_numpy())[::-1][:3])
 
 
 def test_montage_is_ordered_by_score_and_labelled(classified, tmp_path, monkeypatch):
