@@ -3,7 +3,7 @@ set of known composition never used in training (other map, other SNR), RELION's
 the selection rules, the weights file's safety, numpy against torch, and training.
 
 The issue's numbers over 12 unseen sets (AUC >= 0.95; at --min_score 0.15 purity >= 0.95 and
-recall >= 0.9) and over 3 unseen sets of realistic size (32-36 px, and 64 px) are asserted with HPCEM_FULL_TESTS=1
+recall >= 0.9) and over unseen sets of realistic size (32-36 px, 64 px and 128 px) are asserted with HPCEM_FULL_TESTS=1
 (bench/bench_ranker.py prints them too)."""
 import os
 import pickle
@@ -280,6 +280,39 @@ def test_rank_classes_writes_relion_select_outputs(classified, tmp_path, monkeyp
     run_job("rank_classes", {"i": opt, "o": "Select/job006/", "min_score": 0.99, "select_min_nr_particles": 10 ** 6})
     all_scored = read_star("Select/job006/rank_model.star")["model_classes"]["rlnClassScore"] > UNSCORED
     assert len(read_star("Select/job006/class_averages.star")[""]) == all_scored.sum()
+    run_job("rank_classes", {"i": opt, "o": "Select/job007/", "min_score": 1.01, "select_min_nr_classes": 3})
+    best3 = read_star("Select/job007/class_averages.star")[""]["rlnClassScore"].to_numpy()
+    assert np.allclose(np.sort(best3)[::-1], np.sort(ranked["rlnClassScore"].to_numpy())[::-1][:3])
+
+
+def test_montage_is_ordered_by_score_and_labelled(classified, tmp_path, monkeypatch):
+    """class_averages.png (issue 14: "a montage PNG ordered by score with the scores printed on it"):
+    the tiles handed to the plot are the class averages in descending score order, each labelled
+    with its class number, its score to two decimals and a star when selected."""
+    import hpcem.plots
+    from hpcem.cli.main import run_job
+    from hpcem.io.star import read_star
+    from hpcem.ml.classjob import ClassJob
+
+    d, opt = classified
+    seen, real = {}, hpcem.plots.montage
+
+    def spy(path, images, labels=None, **kw):
+        seen.update(images=np.asarray(images), labels=list(labels))
+        return real(path, images, labels=labels, **kw)
+    monkeypatch.setattr(hpcem.plots, "montage", spy)
+    out = str(tmp_path / "Select")
+    run_job("rank_classes", {"i": opt, "o": out, "min_score": 0.15})
+    scores = read_star(os.path.join(out, "rank_model.star"))["model_classes"]["rlnClassScore"].to_numpy()
+    order = np.argsort(-scores, kind="stable")
+    assert np.all(np.diff(scores[order]) <= 0) and len(seen["labels"]) == scores.size
+    assert np.allclose(seen["images"], ClassJob.read(opt).images[order])
+    for k, label in zip(order, seen["labels"]):
+        number, rest = label.split(": ")
+        assert int(number) == k + 1 and rest.endswith(" *") == (scores[k] >= 0.15)
+        if scores[k] > UNSCORED:
+            assert abs(float(rest.rstrip(" *")) - scores[k]) <= 0.005
+    assert os.path.getsize(os.path.join(out, "class_averages.png")) > 1000
 
 
 def test_ranking_needs_no_torch(classified, tmp_path):
@@ -358,17 +391,21 @@ def test_train_on_own_selection(classified, tmp_path):
     assert os.path.isfile(str(tmp_path / "mine_loss.png"))
 
 
-def _assert_issue_target(folder, split, count, names=()):
+def _assert_issue_target(folder, split, count, names=(), select_dir=None):
     """Make (or reuse) ``count`` sets of ``split`` in ``folder`` (only ``names`` of them if given),
     rank them with the shipped weights and assert the issue's target as the issue states it: AUC
     >= 0.95, and the particles selected at --min_score 0.15 >= 95% true particles while keeping
-    >= 90% of them."""
+    >= 90% of them.  With ``select_dir`` each set is also ranked by ``hpcem rank_classes`` into
+    ``select_dir/setNNN`` and its particles.star, counted against the truth, must hold the same
+    particles as the evaluation's selection."""
     from hpcem.ml.datagen import generate
     from hpcem.ml.evaluate import evaluate_set, row_line, summarise
 
     rows = [evaluate_set(d, net.load_weights()) for d in generate(folder, split, count, names=names)]
     for r in rows:
         print(row_line(r))
+        if select_dir:
+            _check_rank_classes_selection(os.path.join(folder, r["set"]), os.path.join(select_dir, r["set"]), r)
     s = summarise(rows)
     print("AUC %.3f purity %.3f recall %.3f (perfect ranker: purity %.3f recall %.3f)" % (
         s["auc"], s["purity"], s["recall"], s["ideal_purity"], s["ideal_recall"]))
@@ -396,9 +433,45 @@ def test_ranker_on_large64_unseen_sets(tmp_path):
     sets among the first seven of ``--split test_large64`` (64 px, 15,000-27,000 particles, K 50-80,
     200 mini-batches, SNR 0.035 / 0.07 / 0.14 twice each; set003 is EM, left out for its time).  Six,
     not three: the first three alone pass by the draw (stop 30: 0.952) where the next three do not.
-    HPCEM_RANKER_LARGE64_DIR reuses sets made before (bench/bench_ranker.py --split test_large64)."""
+    Stop 37, from scratch with the stop-36 weights and the fixed carbon simulation: passes, 0.971 /
+    0.997 (24 min at load ~4-5).  HPCEM_RANKER_LARGE64_DIR reuses sets made before (bench/bench_ranker.py
+    --split test_large64)."""
     _assert_issue_target(os.environ.get("HPCEM_RANKER_LARGE64_DIR") or str(tmp_path), "test_large64", 7,
                          names=("set000", "set001", "set002", "set004", "set005", "set006"))
+
+
+def _check_rank_classes_selection(setdir, out, row):
+    """``hpcem rank_classes --min_score 0.15`` on a datagen set: its particles.star, counted against
+    the set's truth, holds as many particles and true particles as :func:`evaluate_set` selected."""
+    import json
+
+    from hpcem.cli.main import run_job
+    from hpcem.io.star import read_star
+    from hpcem.ml.rounds import image_index
+
+    with open(os.path.join(setdir, "done.json")) as f:
+        opt = os.path.join(setdir, json.load(f)["optimiser"])
+    run_job("rank_classes", {"i": opt, "o": out, "min_score": 0.15})
+    picked = image_index(read_star(os.path.join(out, "particles.star"))["particles"])
+    kind = np.load(os.path.join(setdir, "truth.npz"))["kind"]
+    print("%s: rank_classes selected %d particles, %d of them true" % (row["set"], picked.size, (kind[picked] == 0).sum()))
+    assert np.unique(picked).size == picked.size == row["selected"]
+    assert (kind[picked] == 0).sum() == round(row["selected_good"])
+
+
+@pytest.mark.skipif(not FULL, reason="4 unseen classifications in 128 px boxes (~38 min cold): HPCEM_FULL_TESTS=1")
+def test_ranker_on_large128_unseen_sets(tmp_path):
+    """The issue's target in 128 px boxes (issue 14, stops 35-37): the four VDAM sets among the first
+    five of ``--split test_large128`` (10,000-20,000 particles at 1.3-1.8 A/px, K 50/64, 200
+    mini-batches, SNR 0.035 / 0.07 / 0.14 / 0.035, empty / off-centre / cut picks, carbon, ice,
+    contaminants, aggregates; set003 is EM, left out for its time), simulated and classified from
+    scratch, then ranked with the shipped weights, in-process and by ``hpcem rank_classes``.  A cold
+    run makes the four sets: 38 min on one core at load ~5 (stop 37: 425 / 772 / 575 / 476 s, class2d's
+    200 mini-batches included; AUC 1.000, purity 0.978, recall 0.999).  HPCEM_RANKER_LARGE128_DIR keeps them there, or reuses sets
+    made before (by this test or bench/bench_ranker.py --split test_large128; the generation is
+    deterministic): then the test takes about a minute."""
+    _assert_issue_target(os.environ.get("HPCEM_RANKER_LARGE128_DIR") or str(tmp_path / "sets"), "test_large128", 5,
+                         names=("set000", "set001", "set002", "set004"), select_dir=str(tmp_path / "Select"))
 
 
 def test_accuracies_recomputed_for_older_model_files(classified, tmp_path):

@@ -38,17 +38,24 @@ def _classes_star(path):
 
 
 def test_bool_operators(tmp_path):
-    s, ctx = _scheme(tmp_path, float={"a": 2.0, "b": 3.0}, bool={"t": True, "f": False, "out": False},
-                     string={"there": "x.txt", "missing": "y.txt"})
+    s, ctx = _scheme(tmp_path, float={"a": 2.0, "b": 3.0, "row1": 1.0}, bool={"t": True, "f": False, "out": False},
+                     string={"there": "x.txt", "missing": "y.txt", "flat": "cls.star,model_general,rlnDoSolventFlattening",
+                             "done": "flags.star,flags,rlnDone"})
     (tmp_path / "x.txt").write_text("x")
+    _classes_star(str(tmp_path / "cls.star"))
+    write_star_text(str(tmp_path / "flags.star"), [Block("flags", ["rlnDone"], [["1"], ["0"]])])
     cases = [("bool=set", "t", "undefined", True), ("bool=and", "t", "f", False), ("bool=or", "t", "f", True),
              ("bool=not", "t", "undefined", False), ("bool=gt", "a", "b", False), ("bool=lt", "a", "b", True),
              ("bool=ge", "a", "2", True), ("bool=le", "b", "2.5", False), ("bool=eq", "a", "2", True),
              ("bool=eq", "a", "b", False), ("bool=file_exists", "there", "undefined", True),
-             ("bool=file_exists", "missing", "undefined", False)]
+             ("bool=file_exists", "missing", "undefined", False), ("bool=read_star", "flat", "undefined", True),
+             ("bool=read_star", "done", "undefined", True), ("bool=read_star", "done", "row1", False)]
     for type_, in1, in2, want in cases:
         assert _op(s, ctx, type_, "out", in1, in2) is True
         assert s.value("out") is want, (type_, in1, in2)
+    s.variables["flat"].value = "cls.star,model_general,rlnCurrentIteration"     # 25 is no boolean
+    with pytest.raises(InputError, match="not a boolean"):
+        _op(s, ctx, "bool=read_star", "out", "flat")
 
 
 def test_float_operators(tmp_path):
