@@ -41,13 +41,18 @@ def children_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def run(cmd, cwd):
-    """Wall seconds of one command; its CPU seconds and stdout are left in LAST."""
+def run(cmd, cwd, timeout=None):
+    """Wall seconds of one command; its CPU seconds, stdout and whether it finished (False: killed at
+    ``timeout`` seconds) are left in LAST."""
     t0, c0 = time.perf_counter(), children_cpu()
-    p = subprocess.run([str(a) for a in cmd], cwd=cwd, capture_output=True, text=True)
+    try:
+        p = subprocess.run([str(a) for a in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        LAST.update(cpu=children_cpu() - c0, stdout="", finished=False)
+        return time.perf_counter() - t0
     if p.returncode:
         sys.exit("failed: %s\n%s\n%s" % (" ".join(map(str, cmd)), p.stdout[-3000:], p.stderr[-3000:]))
-    LAST.update(cpu=children_cpu() - c0, stdout=p.stdout)
+    LAST.update(cpu=children_cpu() - c0, stdout=p.stdout, finished=True)
     return time.perf_counter() - t0
 
 
@@ -96,16 +101,9 @@ def relion_sgd(a, seed):
            "--sgd_ini_resol", 35, "--sgd_fin_resol", 15, "--sgd_ini_subset", 100, "--sgd_fin_subset", 500,
            "--sgd_stepsize", 0.5, "--random_seed", seed + 1, "--j", a.j, "--pool", 30,
            "--dont_combine_weights_via_disc", "--iter", it]
-    t0, c0 = time.perf_counter(), children_cpu()
-    try:
-        subprocess.run([str(x) for x in cmd], cwd=a.dir, capture_output=True, text=True, timeout=a.relion_budget,
-                       check=True)
-        finished = True
-    except subprocess.TimeoutExpired:
-        finished = False
-    LAST.update(cpu=children_cpu() - c0, stdout="")
+    t = run(cmd, a.dir, timeout=a.relion_budget)
     maps = sorted(f for f in os.listdir(out) if re.fullmatch(r"run_it\d{3}_class001\.mrc", f))
-    return time.perf_counter() - t0, os.path.join(out, maps[-1]), finished
+    return t, os.path.join(out, maps[-1]), LAST["finished"]
 
 
 def initial_models(a, truth):
