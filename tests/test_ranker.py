@@ -2,9 +2,10 @@
 set of known composition never used in training (other map, other SNR), RELION's Select outputs,
 the selection rules, the weights file's safety, numpy against torch, and training.
 
-The issue's numbers over 12 unseen sets (AUC >= 0.95; at --min_score 0.15 purity >= 0.95 and
-recall >= 0.9) and over unseen sets of realistic size (32-36 px, 64 px and 128 px) are asserted with HPCEM_FULL_TESTS=1
-(bench/bench_ranker.py prints them too)."""
+The issue's numbers (AUC >= 0.95; at --min_score 0.15 purity >= 0.95 and recall >= 0.9) are
+asserted with HPCEM_FULL_TESTS=1 on unseen sets in realistic boxes (64 px and 128 px); on the 32-36 px
+splits (12 small sets, 3 large ones), where no class selection reaches them, AUC >= 0.95 as stated and
+purity and recall within ORACLE_MARGIN of the perfect ranker's (bench/bench_ranker.py prints them too)."""
 import os
 import pickle
 
@@ -391,11 +392,87 @@ def test_train_on_own_selection(classified, tmp_path):
     assert os.path.isfile(str(tmp_path / "mine_loss.png"))
 
 
-def _assert_issue_target(folder, split, count, names=(), select_dir=None):
+def _tiny_class2d(folder):
+    """A second, tiny classification (300 particles, 35% junk, K 6, 3 EM iterations; ~4 s) in
+    ``folder/Class2D/job007/``, RELION's layout (a Select job names its classes by folder and file)."""
+    from dataclasses import replace
+
+    from hpcem.cli.main import run_job
+    from hpcem.ml.datagen import make_particles, plan
+
+    spec = replace(plan("test", 1, seed=7)[0], n_particles=300, box=32, K=6, grad=False, iters=3, snr=0.14, seed=11,
+                   junk_fraction=0.35, junk_weights={"noise": 0.5, "carbon": 0.5}, diameter=80.0, angpix=3.0,
+                   radius_frac=0.28)
+    os.makedirs(folder)
+    star = make_particles(spec, folder)
+    run_job("class2d", {"i": star, "o": os.path.join(folder, "Class2D", "job007", "run"), "K": 6, "iters": 3,
+                        "particle_diameter": 80.0, "ctf": True, "psi_step": 15.0, "offset_range": spec.shift_px,
+                        "offset_step": spec.offset_step, "random_seed": 3, "j": 1})
+    return os.path.join(folder, "Class2D", "job007", "run_it003_optimiser.star")
+
+
+def test_train_on_two_jobs_and_use_the_model(classified, tmp_path, monkeypatch, capsys):
+    """--train with two class2d jobs in one call, each labelled by its own Select job's
+    class_averages.star: both jobs' labels are read (the per-job and total counts in the log), the
+    weights record both jobs, and --model ranks with them.  A bad label file is one InputError
+    naming the file and --labels (missing, no class column, a malformed rlnReferenceImage), raised
+    before any training."""
+    pytest.importorskip("torch")
+    from hpcem.cli.main import run_job
+    from hpcem.io.star import read_star
+    from hpcem.ml.classjob import ClassJob
+    from hpcem.ml.select import score_job
+
+    opt_a = classified[1]
+    monkeypatch.chdir(tmp_path)
+    opt_b = _tiny_class2d(str(tmp_path / "b"))
+    run_job("rank_classes", {"i": opt_a, "o": "Select/job010", "min_score": 0.5})
+    run_job("rank_classes", {"i": opt_b, "o": "Select/job011", "min_score": 1.01, "select_min_nr_classes": 2})
+    labels = ["Select/job010/class_averages.star", "Select/job011/class_averages.star"]
+    n_a, n_b = (len(read_star(f)[""]) for f in labels)
+    job_a, job_b = ClassJob.read(opt_a), ClassJob.read(opt_b)
+    assert n_a >= 1 and n_b == 2
+    capsys.readouterr()
+    run_job("rank_classes", {"train": True, "i": [os.path.dirname(opt_a), os.path.dirname(opt_b)], "labels": labels,
+                             "o": "mine.npz", "epochs": 2})
+    log = capsys.readouterr().out
+    assert "%s: %d classes, %d selected" % (job_a.optimiser, job_a.live().size, n_a) in log
+    assert "%s: %d classes, %d selected" % (job_b.optimiser, job_b.live().size, n_b) in log
+    assert "%d classes (%d selected) from 2 jobs" % (job_a.live().size + job_b.live().size, n_a + n_b) in log
+    assert [os.path.basename(x) for x in np.load("mine.npz")["trained_on"]] == ["Class2D", "job007"]
+
+    run_job("rank_classes", {"i": opt_b, "o": "Select/job012", "model": "mine.npz", "min_score": 0.0})
+    ranked = read_star("Select/job012/class_averages.star")[""]
+    k = ranked["rlnReferenceImage"].astype(str).str.split("@").str[0].astype(int).to_numpy() - 1
+    mine, shipped = score_job(job_b, net.load_weights("mine.npz")), score_job(job_b, net.load_weights())
+    assert np.allclose(ranked["rlnClassScore"].to_numpy(float), mine[k], atol=1e-5)
+    assert not np.allclose(mine[k], shipped[k], atol=1e-3)
+
+    with open("no_class.star", "w") as f:
+        f.write("data_\nloop_\n_rlnClassNumber #1\n1\n2\n")
+    with open("bad_ref.star", "w") as f:
+        f.write("data_\nloop_\n_rlnReferenceImage #1\nrun_it003_classes.mrcs\n")
+    for bad in ("missing.star", "no_class.star", "bad_ref.star"):
+        with pytest.raises(InputError) as err:
+            run_job("rank_classes", {"train": True, "i": [os.path.dirname(opt_b)], "labels": [labels[0], bad],
+                                     "o": "bad.npz", "epochs": 1})
+        assert err.value.file == bad and err.value.field == "--labels"
+        assert str(err.value).startswith(bad + ": --labels: ")
+    assert not os.path.exists("bad.npz")
+
+
+# How far the ranker's purity and recall may fall below the perfect (oracle) ranker's on the same
+# classifications of the 32-36 px splits, where no class selection reaches the issue's numbers.
+ORACLE_MARGIN = 0.03
+
+
+def _assert_issue_target(folder, split, count, names=(), select_dir=None, oracle_margin=None):
     """Make (or reuse) ``count`` sets of ``split`` in ``folder`` (only ``names`` of them if given),
     rank them with the shipped weights and assert the issue's target as the issue states it: AUC
     >= 0.95, and the particles selected at --min_score 0.15 >= 95% true particles while keeping
-    >= 90% of them.  With ``select_dir`` each set is also ranked by ``hpcem rank_classes`` into
+    >= 90% of them.  With ``oracle_margin`` (the 32-36 px splits) purity and recall must instead be
+    within that margin of the perfect ranker's on the same classifications, or reach the issue's
+    number if that is lower.  With ``select_dir`` each set is also ranked by ``hpcem rank_classes`` into
     ``select_dir/setNNN`` and its particles.star, counted against the truth, must hold the same
     particles as the evaluation's selection."""
     from hpcem.ml.datagen import generate
@@ -410,12 +487,55 @@ def _assert_issue_target(folder, split, count, names=(), select_dir=None):
     print("AUC %.3f purity %.3f recall %.3f (perfect ranker: purity %.3f recall %.3f)" % (
         s["auc"], s["purity"], s["recall"], s["ideal_purity"], s["ideal_recall"]))
     assert s["auc"] >= 0.95
-    assert s["purity"] >= 0.95 and s["recall"] >= 0.9
+    purity, recall = 0.95, 0.9
+    if oracle_margin is not None:
+        purity = min(purity, s["ideal_purity"] - oracle_margin)
+        recall = min(recall, s["ideal_recall"] - oracle_margin)
+        print("asserted: purity >= %.3f recall >= %.3f (the perfect ranker's less %.2f, at most the issue's)" % (
+            purity, recall, oracle_margin))
+    assert s["purity"] >= purity and s["recall"] >= recall
+
+
+def test_issue_target_against_the_oracle(monkeypatch):
+    """The 32-36 px reading of the target, on made-up pooled numbers: the issue's own numbers where the
+    perfect ranker exceeds them by the margin, the perfect ranker's less the margin where it does not."""
+    import hpcem.ml.datagen as datagen
+    import hpcem.ml.evaluate as evaluate
+
+    summary = {}
+    monkeypatch.setattr(datagen, "generate", lambda *a, **k: [])
+    monkeypatch.setattr(evaluate, "summarise", lambda rows: dict(summary))
+    def check(**kw):
+        summary.clear()
+        summary.update(kw)
+        _assert_issue_target("unused", "test", 0, oracle_margin=ORACLE_MARGIN)
+    check(auc=0.96, purity=0.90, recall=0.88, ideal_purity=0.926, ideal_recall=0.898)     # 0.896 / 0.868
+    check(auc=0.96, purity=0.95, recall=0.90, ideal_purity=0.99, ideal_recall=0.99)       # the issue's
+    for bad in (dict(purity=0.89, recall=0.95), dict(purity=0.93, recall=0.86)):
+        with pytest.raises(AssertionError):
+            check(auc=0.96, ideal_purity=0.926, ideal_recall=0.898, **bad)
+    with pytest.raises(AssertionError):
+        check(auc=0.94, purity=0.95, recall=0.95, ideal_purity=0.95, ideal_recall=0.95)
+    with pytest.raises(AssertionError):
+        check(auc=0.96, purity=0.945, recall=0.95, ideal_purity=0.99, ideal_recall=0.99)
+
+
+# The 32-36 px splits (issue 14, stop 38, the lead's reading): the project's boxes are 64-256 px, where
+# the issue's numbers are asserted as stated (the 64 px and 128 px tests below).  In 32-36 px boxes
+# no class selection reaches purity 0.95 and recall 0.9 (stop 37: the perfect ranker, which selects
+# every class of at least 74% true particles, gets 0.926 / 0.898 on the twelve sets, 0.951 / 0.956
+# on the three large ones), so there the tests assert AUC >= 0.95 as stated and purity and recall
+# within ORACLE_MARGIN of the perfect ranker's on the same classifications (or the issue's number if
+# that is lower): the ranker must lose no more than 0.03 to what the classification allows.
 
 
 @pytest.mark.skipif(not FULL, reason="12 unseen classifications (~20 min): HPCEM_FULL_TESTS=1")
 def test_ranker_on_twelve_unseen_sets(tmp_path):
-    _assert_issue_target(str(tmp_path), "test", 12)
+    """Twelve small 32-36 px sets (1,000-1,700 particles, K 12-20); AUC >= 0.95, purity and recall
+    within ORACLE_MARGIN of the perfect ranker's (see above).  HPCEM_RANKER_TWELVE_DIR keeps the sets
+    there or reuses sets made before (bench/bench_ranker.py --split test; deterministic)."""
+    _assert_issue_target(os.environ.get("HPCEM_RANKER_TWELVE_DIR") or str(tmp_path), "test", 12,
+                         oracle_margin=ORACLE_MARGIN)
 
 
 @pytest.mark.skipif(not FULL, reason="3 unseen classifications of realistic size (~31 min): HPCEM_FULL_TESTS=1")
@@ -423,8 +543,10 @@ def test_ranker_on_large_unseen_sets(tmp_path):
     """The issue's target on classifications of the size users run (issue 14, stop 28): the first
     three ``--split test_large`` sets (18,000-22,000 particles, K 80-100, VDAM with 200
     mini-batches, SNR 0.07 / 0.035 / 0.14).  HPCEM_RANKER_LARGE_DIR reuses sets made before (by
-    bench/bench_ranker.py --split test_large: the generation is deterministic)."""
-    _assert_issue_target(os.environ.get("HPCEM_RANKER_LARGE_DIR") or str(tmp_path), "test_large", 3)
+    bench/bench_ranker.py --split test_large: the generation is deterministic).  32-36 px boxes: AUC
+    >= 0.95, purity and recall within ORACLE_MARGIN of the perfect ranker's (see above)."""
+    _assert_issue_target(os.environ.get("HPCEM_RANKER_LARGE_DIR") or str(tmp_path), "test_large", 3,
+                         oracle_margin=ORACLE_MARGIN)
 
 
 @pytest.mark.skipif(not FULL, reason="6 unseen classifications of realistic size, 64 px (~50 min): HPCEM_FULL_TESTS=1")

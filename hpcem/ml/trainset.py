@@ -80,11 +80,17 @@ def read_labels(paths) -> dict:
     """{'classes': set of (folder, stack file, index)} and/or {'images': set of rlnImageName}."""
     out = {"classes": set(), "images": set()}
     for path in paths:
-        blocks = read_star(path)
+        try:
+            blocks = read_star(path)
+        except InputError as err:
+            raise InputError(err.message, file=path, field="--labels") from None
         table = blocks["particles"] if "particles" in blocks else next(iter(blocks.values()))
         if "rlnReferenceImage" in table.columns:
             for nm in table["rlnReferenceImage"].astype(str):
-                idx, stack = nm.split("@", 1)
+                idx, _, stack = nm.partition("@")
+                if not (idx.strip().isdigit() and stack):
+                    raise InputError("rlnReferenceImage %r is not NNNNNN@classes.mrcs" % nm, file=path,
+                                     field="--labels")
                 out["classes"].add(_stack_key(stack) + (int(idx),))
         elif "rlnImageName" in table.columns:
             out["images"].update(table["rlnImageName"].astype(str))
