@@ -412,8 +412,8 @@ def _tiny_class2d(folder):
 
 
 def test_train_on_two_jobs_and_use_the_model(classified, tmp_path, monkeypatch, capsys):
-    """--train with two class2d jobs in one call, each labelled by its own Select job's
-    class_averages.star: both jobs' labels are read (the per-job and total counts in the log), the
+    """--train with two class2d jobs in one call, each labelled by its own Select job (one by its
+    class_averages.star, one by its particles.star): both jobs' labels are read (the per-job and total counts in the log), the
     weights record both jobs, and --model ranks with them.  A bad label file is one InputError
     naming the file and --labels (missing, no class column, a malformed rlnReferenceImage), raised
     before any training."""
@@ -428,8 +428,8 @@ def test_train_on_two_jobs_and_use_the_model(classified, tmp_path, monkeypatch, 
     opt_b = _tiny_class2d(str(tmp_path / "b"))
     run_job("rank_classes", {"i": opt_a, "o": "Select/job010", "min_score": 0.5})
     run_job("rank_classes", {"i": opt_b, "o": "Select/job011", "min_score": 1.01, "select_min_nr_classes": 2})
-    labels = ["Select/job010/class_averages.star", "Select/job011/class_averages.star"]
-    n_a, n_b = (len(read_star(f)[""]) for f in labels)
+    n_a, n_b = (len(read_star("Select/%s/class_averages.star" % j)[""]) for j in ("job010", "job011"))
+    labels = ["Select/job010/class_averages.star", "Select/job011/particles.star"]     # both kinds of label file
     job_a, job_b = ClassJob.read(opt_a), ClassJob.read(opt_b)
     assert n_a >= 1 and n_b == 2
     capsys.readouterr()
