@@ -57,6 +57,10 @@ class Class2DConfig(ImageOptions, GradOptions):
                             group="sampling")
     offset_range: float = param(5.0, "translation search range (pixels)", check=NON_NEGATIVE, group="sampling")
     offset_step: float = param(1.0, "translation step (pixels)", check=POSITIVE, group="sampling")
+    grad_final_offset_range: float = param(3.0, "VDAM (--grad): translation search range (pixels) of the final "
+                                           "pass over all particles, around each particle's origin from its last "
+                                           "mini-batch (at most --offset_range; hpcem's flag, not RELION's)",
+                                           check=NON_NEGATIVE, group="sampling")
     oversampling: int = param(1, "adaptive oversampling order (1: children at half the step)", choices=(0, 1),
                               group="sampling")
     maxsig: int = param(200, "most significant coarse hypotheses oversampled per particle (0: all)",
