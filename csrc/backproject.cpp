@@ -323,10 +323,11 @@ void backproject3d_at(carray<cfloat> values, carray<float> weights, carray<doubl
 
 // Row b's float32 entries (values less the prediction, weights) in storage order: a sequential read of
 // the double sums; returns whether any weight is nonzero.
-inline bool bp2d_row(const std::complex<double>* V, const double* W, const cfloat* refs, const int64_t* pred,
+template <typename R>
+inline bool bp2d_row(const std::complex<R>* V, const R* W, const cfloat* refs, const int64_t* pred,
                      long b, long M, cfloat* val, float* wt) {
-  const std::complex<double>* v = V + size_t(b) * M;
-  const double* w = W + size_t(b) * M;
+  const std::complex<R>* v = V + size_t(b) * M;
+  const R* w = W + size_t(b) * M;
   const cfloat* p = refs ? refs + size_t(pred[b]) * M : nullptr;
   bool any = false;
   for (long m = 0; m < M; ++m) {
@@ -385,8 +386,8 @@ inline bool bp2d_paired(const double* R, const int64_t* idx, long B, long K) {
 // Tasks: (class, slab) pairs, no atomics; entries of zero weight (no particle reached them) are skipped.
 // Rows whose second half repeats the first half's rotations into the second half of the accumulators
 // (bp2d_paired) are splatted two at a time (splat2d_pair): the same sums, one geometry for both.
-template <typename T>
-void bp2d_at_impl(const std::complex<double>* V, const double* W, const cfloat* refs, const int64_t* pred,
+template <typename T, typename Fp>
+void bp2d_at_impl(const std::complex<Fp>* V, const Fp* W, const cfloat* refs, const int64_t* pred,
                   const double* R, const int64_t* idx, const int32_t* KY, const int32_t* KX, const int32_t* cols,
                   long B, long M, long C, Acc<T> acc, int P, long K, double pad) {
   py::gil_scoped_release nogil;
@@ -433,13 +434,13 @@ void bp2d_at_impl(const std::complex<double>* V, const double* W, const cfloat* 
       const bool any = row(b, 0, val, wt);
       const bool any1 = paired && row(b + nrow, 1, val1, wt1);
       if (!any && !any1) continue;
-      const double* w = W + size_t(b) * M;
-      const double* w1 = paired ? W + size_t(b + nrow) * M : nullptr;
+      const Fp* w = W + size_t(b) * M;
+      const Fp* w1 = paired ? W + size_t(b + nrow) * M : nullptr;
       const SliceGeom g(R + 4 * b, pad, false);
       for (long c = 0; c < C; ++c) {
         const long m = cols[c];
         // entries of zero weight (no particle reached them) are skipped
-        const bool u = any && w[m] != 0.0, u1 = any1 && w1[m] != 0.0;
+        const bool u = any && w[m] != Fp(0), u1 = any1 && w1[m] != Fp(0);
         if (!u && !u1) continue;
         const float fkx = float(KX[m]), fky = float(KY[m]);
         const float px = g.cx0 * fkx + g.cx1 * fky, py = g.cy0 * fkx + g.cy1 * fky;
@@ -453,9 +454,10 @@ void bp2d_at_impl(const std::complex<double>* V, const double* W, const cfloat* 
   }
 }
 
-void backproject2d_at(carray<std::complex<double>> values, carray<double> weights, carray<double> rot,
-                      carray<int64_t> index, carray<int32_t> ky, carray<int32_t> kx, carray<int32_t> cols,
-                      py::array data, py::array weight, double pad, py::object refs, py::object pred) {
+template <typename Fp>
+void backproject2d_at_t(carray<std::complex<Fp>> values, carray<Fp> weights, carray<double> rot,
+                        carray<int64_t> index, carray<int32_t> ky, carray<int32_t> kx, carray<int32_t> cols,
+                        py::array data, py::array weight, double pad, py::object refs, py::object pred) {
   require(rot.ndim() == 3 && rot.shape(1) == 2 && rot.shape(2) == 2, "backproject2d_at: rotations must be (B, 2, 2)");
   const long B = long(rot.shape(0)), M = long(kx.shape(0)), C = long(cols.shape(0));
   require(ky.ndim() == 1 && kx.ndim() == 1 && ky.shape(0) == M && cols.ndim() == 1,
@@ -494,6 +496,18 @@ void backproject2d_at(carray<std::complex<double>> values, carray<double> weight
     run(get_acc<double>(data, weight, 3, K, P));
   else
     run(get_acc<float>(data, weight, 3, K, P));
+}
+
+// Rows in double (complex128 / float64) or single precision (complex64 / float32, VDAM's mini-batch sums).
+void backproject2d_at(py::array values, py::array weights, carray<double> rot, carray<int64_t> index,
+                      carray<int32_t> ky, carray<int32_t> kx, carray<int32_t> cols, py::array data, py::array weight,
+                      double pad, py::object refs, py::object pred) {
+  if (values.dtype().is(py::dtype::of<std::complex<float>>()) && weights.dtype().is(py::dtype::of<float>()))
+    backproject2d_at_t<float>(values.cast<carray<cfloat>>(), weights.cast<carray<float>>(), rot, index, ky, kx, cols,
+                              data, weight, pad, refs, pred);
+  else
+    backproject2d_at_t<double>(values.cast<carray<std::complex<double>>>(), weights.cast<carray<double>>(), rot, index,
+                               ky, kx, cols, data, weight, pad, refs, pred);
 }
 
 }  // namespace

@@ -208,7 +208,8 @@ def test_backproject2d_at_pairs_rows_of_one_rotation_exactly():
     """Rows whose second half repeats the first half's rotations into the second half of the
     accumulators (VDAM's two half sets) are splatted two at a time: the same sums, bit for bit, as
     each half in its own call (float32 accumulators, 1 and 3 threads; some entries of one row of a
-    pair without weight, one whole row without weight)."""
+    pair without weight, one whole row without weight); single-precision rows give the sums of the
+    same rows in double."""
     from hpcem.core.fourier import coef_freqs, shell_index2
 
     rng = np.random.default_rng(11)
@@ -239,6 +240,14 @@ def test_backproject2d_at_pairs_rows_of_one_rotation_exactly():
                                          refs=pred, pred_index=pidx[half])
             assert np.abs(acc[0][1]).max() > 0
             assert np.array_equal(acc[0][0], acc[1][0]) and np.array_equal(acc[0][1], acc[1][1])
+            # single-precision rows (VDAM's mini-batch sums): the double path's sums of the same (upcast) rows
+            v32, w32 = vals.astype(np.complex64), wts.astype(np.float32)
+            got = (np.zeros((K, P, P // 2 + 1), np.complex64), np.zeros((K, P, P // 2 + 1), np.float32))
+            want = (np.zeros((K, P, P // 2 + 1), np.complex64), np.zeros((K, P, P // 2 + 1), np.float32))
+            kernels.backproject2d_at(v32, w32, R, idx, ky, kx, *got, 2, cols=cols, refs=pred, pred_index=pidx)
+            kernels.backproject2d_at(v32.astype(np.complex128), w32.astype(np.float64), R, idx, ky, kx, *want, 2,
+                                     cols=cols, refs=pred, pred_index=pidx)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     finally:
         kernels.set_threads(t0)
 

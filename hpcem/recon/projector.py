@@ -46,7 +46,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from hpcem import kernels
-from hpcem.core.fourier import fft_workers, ft2, ft3, ft_padded, ift2, ift3
+from hpcem.core.fourier import fft_workers, ft3, ft_padded, ift2, ift3
 from hpcem.recon.gridding import correction_profile, density_weights, soft_mask_outside
 from hpcem.runtime.device import HOST
 

@@ -217,7 +217,7 @@ class Class2D:
         kidx = coefficients(self.parts.shell, self.r_cur)
         data, wsum = self.space.host_sums()
         row0 = block_range(data.shape[0], comm.size, comm.rank)[0]
-        data = comm.reduce_scatter_rows(data.view(np.float64)).view(np.complex128)
+        data = comm.reduce_scatter_rows(data.view(wsum.dtype)).view(data.dtype)
         wsum = comm.reduce_scatter_rows(wsum)
         return data, wsum, row0, kidx
 

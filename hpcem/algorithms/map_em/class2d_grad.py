@@ -74,7 +74,11 @@ class Class2DGrad(GradFiles, Class2D):
         cnt = np.array([s.size for s in subsets], np.float64)
         self.comm.allreduce_(cnt)
         self.half_scale = np.bincount(self.half, minlength=2) / np.maximum(cnt, 1.0)
-        return self.estep_on(self.refs, self.sub, slots=self.half[self.lo:self.hi], n_slots=2)
+        self.space.single_sums = True     # the mini-batch sums in single precision (DESIGN_NOTES, speed pass 3)
+        try:
+            return self.estep_on(self.refs, self.sub, slots=self.half[self.lo:self.hi], n_slots=2)
+        finally:
+            self.space.single_sums = False
 
     def half_sums(self):
         """``(D, W)`` (2, K, n, n//2+1): each half set's mini-batch sums in the class frames.  The
