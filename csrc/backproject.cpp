@@ -321,62 +321,143 @@ void backproject3d_at(carray<cfloat> values, carray<float> weights, carray<doubl
   }
 }
 
+// Row b's float32 entries (values less the prediction, weights) in storage order: a sequential read of
+// the double sums; returns whether any weight is nonzero.
+template <typename R>
+inline bool bp2d_row(const std::complex<R>* V, const R* W, const cfloat* refs, const int64_t* pred,
+                     long b, long M, cfloat* val, float* wt) {
+  const std::complex<R>* v = V + size_t(b) * M;
+  const R* w = W + size_t(b) * M;
+  const cfloat* p = refs ? refs + size_t(pred[b]) * M : nullptr;
+  bool any = false;
+  for (long m = 0; m < M; ++m) {
+    double re = v[m].real(), im = v[m].imag();
+    if (p) {
+      re -= w[m] * double(p[m].real());
+      im -= w[m] * double(p[m].imag());
+    }
+    val[m] = cfloat(float(re), float(im));
+    wt[m] = float(w[m]);
+    any = any || w[m] != 0.0;
+  }
+  return any;
+}
+
+// Two rows of one geometry splatted at once into two accumulators (u0 / u1: whether each row has weight
+// there): the corners and their weights computed once; each accumulator receives exactly the additions,
+// in the same order, that two separate splats would give it.
+template <typename T>
+inline void splat2d_pair(Acc<T> a0, Acc<T> a1, int P, float px, float py, cfloat v0, float w0, bool u0, cfloat v1,
+                         float w1, bool u1, int slo, int shi) {
+  if (px < 0.f) { px = -px; py = -py; v0 = std::conj(v0); v1 = std::conj(v1); }
+  const int s0 = int(std::floor(py));
+  if (s0 < slo - 1 || s0 >= shi) return;
+  bilinear_neighbours(P, px, py, [&](int s, size_t off, float w) {
+    if (s < slo || s >= shi) return;
+    if (u0) {
+      a0.data[off] += std::complex<T>(T(w * v0.real()), T(w * v0.imag()));
+      a0.weight[off] += T(w * w0);
+    }
+    if (u1) {
+      a1.data[off] += std::complex<T>(T(w * v1.real()), T(w * v1.imag()));
+      a1.weight[off] += T(w * w1);
+    }
+  });
+}
+
+// Whether row b + B/2 repeats row b's rotation into accumulator index[b] + K/2 for every b < B/2 (VDAM's two
+// half sets of (class, psi) rows on one rank): then the rows are splatted in pairs.
+inline bool bp2d_paired(const double* R, const int64_t* idx, long B, long K) {
+  if (B < 2 || B % 2 || K % 2) return false;
+  const long h = B / 2;
+  for (long b = 0; b < h; ++b) {
+    if (idx[b + h] != idx[b] + K / 2 || idx[b] >= K / 2) return false;
+    for (int e = 0; e < 4; ++e)
+      if (R[4 * b + e] != R[4 * (b + h) + e]) return false;
+  }
+  return true;
+}
+
 // Rows of double sums (B, M) at the listed frequencies (ky[m], kx[m]): row b's values V[b] (complex128)
 // and weights W[b] (float64), minus W[b] * refs[pred[b]] when refs are given (the residual around the
 // rows' predictions), rounded to float32 as backproject2d's slices are, bilinearly splatted into class
 // ref_index[b]'s accumulator; only the columns cols[] are visited, in that order (a raster order of
 // the coefficients gives backproject2d's sums of the rows put on the full half grid, zero elsewhere).
 // Tasks: (class, slab) pairs, no atomics; entries of zero weight (no particle reached them) are skipped.
-template <typename T>
-void bp2d_at_impl(const std::complex<double>* V, const double* W, const cfloat* refs, const int64_t* pred,
+// Rows whose second half repeats the first half's rotations into the second half of the accumulators
+// (bp2d_paired) are splatted two at a time (splat2d_pair): the same sums, one geometry for both.
+template <typename T, typename Fp>
+void bp2d_at_impl(const std::complex<Fp>* V, const Fp* W, const cfloat* refs, const int64_t* pred,
                   const double* R, const int64_t* idx, const int32_t* KY, const int32_t* KX, const int32_t* cols,
                   long B, long M, long C, Acc<T> acc, int P, long K, double pad) {
   py::gil_scoped_release nogil;
+  const bool paired = bp2d_paired(R, idx, B, K);
+  const long nrow = paired ? B / 2 : B, ncls = paired ? K / 2 : K;   // row b (< nrow) and its mate b + nrow
   const int threads = omp_get_max_threads();
-  const int ns = threads <= 1 ? 1 : std::max(1, std::min(P / 4, int((2 * threads + K - 1) / K)));
+  const int ns = threads <= 1 ? 1 : std::max(1, std::min(P / 4, int((2 * threads + ncls - 1) / ncls)));
   const int fmin = freq_min(P);
   const size_t ref_size = size_t(P) * (P / 2 + 1);
+  // with several slabs per class the rows are converted once, in parallel, before the slab tasks (half the
+  // bytes of the double rows); with one slab each task converts its own rows into a small buffer
+  std::vector<cfloat> vall(ns > 1 ? size_t(B) * M : 0);
+  std::vector<float> wall(ns > 1 ? size_t(B) * M : 0);
+  std::vector<char> anyall(ns > 1 ? B : 0);
+  if (ns > 1) {
+#pragma omp parallel for schedule(static)
+    for (long b = 0; b < B; ++b)
+      anyall[b] = bp2d_row(V, W, refs, pred, b, M, vall.data() + size_t(b) * M, wall.data() + size_t(b) * M);
+  }
 #pragma omp parallel for schedule(dynamic, 1)
-  for (long t = 0; t < K * ns; ++t) {
+  for (long t = 0; t < ncls * ns; ++t) {
     const long k = t / ns;
     const int i = int(t % ns);
     const int slo = fmin + int(long(i) * P / ns), shi = fmin + int(long(i + 1) * P / ns);
     Acc<T> a{acc.data + ref_size * k, acc.weight + ref_size * k};
-    std::vector<cfloat> val(M);
-    std::vector<float> wt(M);
-    for (long b = 0; b < B; ++b) {
-      if (idx[b] != k) continue;
-      // the row's float32 entries in storage order (a sequential read of the double sums), then the
-      // splats in the order of cols from that small buffer
-      const std::complex<double>* v = V + size_t(b) * M;
-      const double* w = W + size_t(b) * M;
-      const cfloat* p = refs ? refs + size_t(pred[b]) * M : nullptr;
-      bool any = false;
-      for (long m = 0; m < M; ++m) {
-        double re = v[m].real(), im = v[m].imag();
-        if (p) {
-          re -= w[m] * double(p[m].real());
-          im -= w[m] * double(p[m].imag());
-        }
-        val[m] = cfloat(float(re), float(im));
-        wt[m] = float(w[m]);
-        any = any || w[m] != 0.0;
+    Acc<T> a1{acc.data + ref_size * (k + ncls), acc.weight + ref_size * (k + ncls)};
+    std::vector<cfloat> own(ns > 1 ? 0 : 2 * M);
+    std::vector<float> ownw(ns > 1 ? 0 : 2 * M);
+    // row q's float32 entries (q = b, or its mate b + nrow stored in the second half of the own buffers)
+    auto row = [&](long q, int slot, const cfloat*& val, const float*& wt) {
+      if (ns > 1) {
+        val = vall.data() + size_t(q) * M;
+        wt = wall.data() + size_t(q) * M;
+        return bool(anyall[q]);
       }
-      if (!any) continue;
+      val = own.data() + size_t(slot) * M;
+      wt = ownw.data() + size_t(slot) * M;
+      return bp2d_row(V, W, refs, pred, q, M, own.data() + size_t(slot) * M, ownw.data() + size_t(slot) * M);
+    };
+    for (long b = 0; b < nrow; ++b) {
+      if (idx[b] != k) continue;
+      const cfloat *val, *val1 = nullptr;
+      const float *wt, *wt1 = nullptr;
+      const bool any = row(b, 0, val, wt);
+      const bool any1 = paired && row(b + nrow, 1, val1, wt1);
+      if (!any && !any1) continue;
+      const Fp* w = W + size_t(b) * M;
+      const Fp* w1 = paired ? W + size_t(b + nrow) * M : nullptr;
       const SliceGeom g(R + 4 * b, pad, false);
       for (long c = 0; c < C; ++c) {
         const long m = cols[c];
-        if (w[m] == 0.0) continue;   // no particle reached it
+        // entries of zero weight (no particle reached them) are skipped
+        const bool u = any && w[m] != Fp(0), u1 = any1 && w1[m] != Fp(0);
+        if (!u && !u1) continue;
         const float fkx = float(KX[m]), fky = float(KY[m]);
-        splat<T, false>(a, P, g.cx0 * fkx + g.cx1 * fky, g.cy0 * fkx + g.cy1 * fky, 0.f, val[m], wt[m], slo, shi);
+        const float px = g.cx0 * fkx + g.cx1 * fky, py = g.cy0 * fkx + g.cy1 * fky;
+        if (!paired)
+          splat<T, false>(a, P, px, py, 0.f, val[m], wt[m], slo, shi);
+        else
+          splat2d_pair<T>(a, a1, P, px, py, u ? val[m] : cfloat(0.f), u ? wt[m] : 0.f, u,
+                          u1 ? val1[m] : cfloat(0.f), u1 ? wt1[m] : 0.f, u1, slo, shi);
       }
     }
   }
 }
 
-void backproject2d_at(carray<std::complex<double>> values, carray<double> weights, carray<double> rot,
-                      carray<int64_t> index, carray<int32_t> ky, carray<int32_t> kx, carray<int32_t> cols,
-                      py::array data, py::array weight, double pad, py::object refs, py::object pred) {
+template <typename Fp>
+void backproject2d_at_t(carray<std::complex<Fp>> values, carray<Fp> weights, carray<double> rot,
+                        carray<int64_t> index, carray<int32_t> ky, carray<int32_t> kx, carray<int32_t> cols,
+                        py::array data, py::array weight, double pad, py::object refs, py::object pred) {
   require(rot.ndim() == 3 && rot.shape(1) == 2 && rot.shape(2) == 2, "backproject2d_at: rotations must be (B, 2, 2)");
   const long B = long(rot.shape(0)), M = long(kx.shape(0)), C = long(cols.shape(0));
   require(ky.ndim() == 1 && kx.ndim() == 1 && ky.shape(0) == M && cols.ndim() == 1,
@@ -415,6 +496,18 @@ void backproject2d_at(carray<std::complex<double>> values, carray<double> weight
     run(get_acc<double>(data, weight, 3, K, P));
   else
     run(get_acc<float>(data, weight, 3, K, P));
+}
+
+// Rows in double (complex128 / float64) or single precision (complex64 / float32, VDAM's mini-batch sums).
+void backproject2d_at(py::array values, py::array weights, carray<double> rot, carray<int64_t> index,
+                      carray<int32_t> ky, carray<int32_t> kx, carray<int32_t> cols, py::array data, py::array weight,
+                      double pad, py::object refs, py::object pred) {
+  if (values.dtype().is(py::dtype::of<std::complex<float>>()) && weights.dtype().is(py::dtype::of<float>()))
+    backproject2d_at_t<float>(values.cast<carray<cfloat>>(), weights.cast<carray<float>>(), rot, index, ky, kx, cols,
+                              data, weight, pad, refs, pred);
+  else
+    backproject2d_at_t<double>(values.cast<carray<std::complex<double>>>(), weights.cast<carray<double>>(), rot, index,
+                               ky, kx, cols, data, weight, pad, refs, pred);
 }
 
 }  // namespace

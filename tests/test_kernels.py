@@ -204,6 +204,54 @@ def test_2d_kernels_at_listed_frequencies_match_the_full_ones(n):
         kernels.set_threads(t0)
 
 
+def test_backproject2d_at_pairs_rows_of_one_rotation_exactly():
+    """Rows whose second half repeats the first half's rotations into the second half of the
+    accumulators (VDAM's two half sets) are splatted two at a time: the same sums, bit for bit, as
+    each half in its own call (float32 accumulators, 1 and 3 threads; some entries of one row of a
+    pair without weight, one whole row without weight); single-precision rows give the sums of the
+    same rows in double."""
+    from hpcem.core.fourier import coef_freqs, shell_index2
+
+    rng = np.random.default_rng(11)
+    n, K, h = 16, 4, 10                   # K accumulators: classes 0, 1 of half 1, 2, 3 of half 2
+    P = 2 * n
+    sh = shell_index2(n).ravel()
+    kidx = np.flatnonzero(sh <= 6)
+    ky, kx = coef_freqs(kidx, n)
+    M = kidx.size
+    R = rotation_2d(np.tile(rng.uniform(0, 360, h), 2))
+    idx = np.r_[rng.integers(0, K // 2, h)]
+    idx = np.r_[idx, idx + K // 2]
+    vals = rng.standard_normal((2 * h, M)) + 1j * rng.standard_normal((2 * h, M))
+    wts = rng.uniform(0.0, 2.0, (2 * h, M)) * (rng.uniform(size=(2 * h, M)) > 0.2)
+    wts[h + 2] = 0.0
+    pred = rand_c(rng, (3, M))
+    pidx = rng.integers(0, 3, 2 * h)
+    cols = np.argsort(kidx, kind="stable")
+    t0 = kernels.max_threads()
+    try:
+        for t in (1, 3):
+            kernels.set_threads(t)
+            acc = [(np.zeros((K, P, P // 2 + 1), np.complex64), np.zeros((K, P, P // 2 + 1), np.float32))
+                   for _ in range(2)]
+            kernels.backproject2d_at(vals, wts, R, idx, ky, kx, *acc[0], 2, cols=cols, refs=pred, pred_index=pidx)
+            for half in (slice(0, h), slice(h, 2 * h)):
+                kernels.backproject2d_at(vals[half], wts[half], R[half], idx[half], ky, kx, *acc[1], 2, cols=cols,
+                                         refs=pred, pred_index=pidx[half])
+            assert np.abs(acc[0][1]).max() > 0
+            assert np.array_equal(acc[0][0], acc[1][0]) and np.array_equal(acc[0][1], acc[1][1])
+            # single-precision rows (VDAM's mini-batch sums): the double path's sums of the same (upcast) rows
+            v32, w32 = vals.astype(np.complex64), wts.astype(np.float32)
+            got = (np.zeros((K, P, P // 2 + 1), np.complex64), np.zeros((K, P, P // 2 + 1), np.float32))
+            want = (np.zeros((K, P, P // 2 + 1), np.complex64), np.zeros((K, P, P // 2 + 1), np.float32))
+            kernels.backproject2d_at(v32, w32, R, idx, ky, kx, *got, 2, cols=cols, refs=pred, pred_index=pidx)
+            kernels.backproject2d_at(v32.astype(np.complex128), w32.astype(np.float64), R, idx, ky, kx, *want, 2,
+                                     cols=cols, refs=pred, pred_index=pidx)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    finally:
+        kernels.set_threads(t0)
+
+
 def test_backproject_is_thread_count_independent():
     rng = np.random.default_rng(5)
     n = 16

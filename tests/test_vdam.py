@@ -295,3 +295,31 @@ def test_split_merge_finds_the_split_pair_and_the_merged_class():
     back = SplitMerge(3, first=2, last=10)
     back.restore(sm.state())
     assert back.moves == 1 and back.since == sm.since and np.array_equal(back.overlap, sm.overlap)
+
+
+def test_padded_estimate_2d_reads_the_box_out_of_the_unshifted_inverse(rng):
+    """padded_estimate (2D) equals its definition spelled with ift2 (fftshift), the centre crop,
+    the gridding correction and ft2 (ifftshift), bit for bit (odd and even boxes); the translation
+    phases are handed out again for the same coefficients and recomputed for others."""
+    from hpcem.core.fourier import ft2, ift2
+    from hpcem.estep import TranslationSampling
+    from hpcem.recon.projector import gridding_correction, padded_estimate, padded_shells
+
+    for n in (16, 15):
+        P = 2 * n
+        D = rng.standard_normal((3, P, P // 2 + 1)) + 1j * rng.standard_normal((3, P, P // 2 + 1))
+        W = rng.uniform(0.0, 2.0, (3, P, P // 2 + 1)) * (rng.uniform(size=(3, P, P // 2 + 1)) > 0.1)
+        X, Wn = padded_estimate(D, W, n, 2, ndim=2)
+        sh = padded_shells(P, 2, 2)
+        cnt = np.maximum(np.bincount(sh.ravel()), 1)
+        ws = np.stack([np.bincount(sh.ravel(), weights=w.ravel()) / cnt for w in W])
+        o = P // 2 - n // 2
+        v = ift2(D / np.where(W > 0, W + 1e-3 * ws[:, sh], 1.0), P)[..., o:o + n, o:o + n]
+        assert np.array_equal(X, ft2(v / gridding_correction(n, P, 2)))
+        assert Wn.shape == (3, n, n // 2 + 1)
+    trans = TranslationSampling(3.0, 1.0)
+    kidx = np.arange(40)
+    a = trans.phases(16, kidx, 20)
+    assert all(p is q for p, q in zip(a, trans.phases(16, kidx.copy(), 20)))
+    b = trans.phases(16, kidx[:30], 20)
+    assert b[1].shape == (len(trans.fine), 30) and not b[1].flags.writeable

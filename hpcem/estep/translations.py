@@ -32,6 +32,7 @@ class TranslationSampling:
         self.step = float(offset_step)
         self.children = RegularChildren(np.arange(m * self.T).reshape(self.T, m))
         self._grids = {}    # array namespace -> (coarse, fine) grids there
+        self._phases = None  # (key, coarse, fine) of the last phases()
 
     def _on(self, xp):
         if xp is np:
@@ -41,11 +42,18 @@ class TranslationSampling:
         return self._grids[xp]
 
     def phases(self, n: int, kidx, mc: int | None = None):
-        """Phase factors (coarse (T, mc), fine (4T, M)) on the coefficients ``kidx``."""
+        """Phase factors (coarse (T, mc), fine (4T, M)) on the coefficients ``kidx`` (read-only:
+        the last ones are kept and handed out again for the same coefficients, as VDAM's
+        mini-batches at one resolution ask for them)."""
         mc = len(kidx) if mc is None else mc
-        phc = shift_phases(n, self.coarse, index=kidx[:mc])
-        phf = shift_phases(n, self.fine, index=kidx)
-        return np.ascontiguousarray(phc), np.ascontiguousarray(phf)
+        key = (int(n), int(mc), np.asarray(kidx).tobytes())
+        if self._phases is None or self._phases[0] != key:
+            phc = np.ascontiguousarray(shift_phases(n, self.coarse, index=kidx[:mc]))
+            phf = np.ascontiguousarray(shift_phases(n, self.fine, index=kidx))
+            for a in (phc, phf):
+                a.flags.writeable = False
+            self._phases = (key, phc, phf)
+        return self._phases[1], self._phases[2]
 
     def log_prior(self, o_px, sigma_offset_A: float, angpix: float):
         """Log priors of the new origins ``o - t``: coarse (B, T) float32, fine (B, 4T) float64

@@ -278,7 +278,7 @@ def backproject2d(slices, weights, rotations2d, data_acc, weight_acc, r_max=None
 def backproject2d_at(values, weights, rotations2d, ref_index, ky, kx, data_acc, weight_acc, pad=2, cols=None,
                      refs=None, pred_index=None):
     """Adjoint of :func:`project2d_at`, in place, for rows of double sums at the listed frequencies
-    (CPU only): row b's ``values`` (complex128 (B, M)) minus ``weights`` (float64 (B, M)) times its
+    (CPU only): row b's ``values`` (complex128 (B, M); or complex64 with float32 weights) minus ``weights`` (float64 (B, M)) times its
     prediction ``refs[pred_index[b]]`` (complex64 (J, M); None: the values themselves), rounded to
     complex64 / float32 and accumulated into class ``ref_index[b]``'s accumulator as
     :func:`backproject2d` accumulates the rows put on the full half grid (zero elsewhere).  Only
@@ -287,8 +287,9 @@ def backproject2d_at(values, weights, rotations2d, ref_index, ky, kx, data_acc, 
     c = _backend.args_for("backproject2d_at", values=values, data_acc=data_acc, weight_acc=weight_acc)
     if c.gpu:
         c.fail("a CPU kernel: host arrays only")
-    v = c.array(values, "values", np.complex128, ndim=2, strided="copy")
-    w = c.array(weights, "weights", np.float64, shape=tuple(v.shape), strided="copy", convert=True)
+    v = c.array(values, "values", (np.complex128, np.complex64), ndim=2, strided="copy")
+    wdt = np.float32 if v.dtype == np.complex64 else np.float64
+    w = c.array(weights, "weights", wdt, shape=tuple(v.shape), strided="copy", convert=True)
     B, M = v.shape
     c.array(data_acc, "data accumulator", (np.complex128, np.complex64), writeable=True)
     D = data_acc[None] if data_acc.ndim == 2 else data_acc

@@ -43,9 +43,10 @@ Devices
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft as sfft
 
 from hpcem import kernels
-from hpcem.core.fourier import ft2, ft3, ft_padded, ift2, ift3
+from hpcem.core.fourier import fft_workers, ft3, ft_padded, ift2, ift3
 from hpcem.recon.gridding import correction_profile, density_weights, soft_mask_outside
 from hpcem.runtime.device import HOST
 
@@ -299,9 +300,14 @@ def padded_estimate(D, W, n: int, pad=2, ndim: int = 3):
     fx = int(pad) * np.arange(n // 2 + 1)
     if ndim == 3:
         return ft3(padded_to_volume(X, n, pad)), W[np.ix_(f, f, fx)] * pad ** 3
-    o = P // 2 - n // 2
-    v = ift2(X, P)[..., o:o + n, o:o + n] / gridding_correction(n, P, 2)
-    return ft2(v), W[..., f, :][..., fx] * pad ** 2
+    # ft2 of the centre n box of ift2(X, P), corrected: the box read straight out of the unshifted
+    # inverse transform in ifftshifted order (the same values as ift2's fftshift, crop and ft2's
+    # ifftshift, without rolling the padded stack twice)
+    a = sfft.irfft2(X, s=(P, P), axes=(-2, -1), workers=fft_workers())
+    i = np.fft.ifftshift((np.arange(n) - n // 2) % P)
+    corr = np.fft.ifftshift(gridding_correction(n, P, 2))
+    v = a[..., i[:, None], i[None, :]] / corr
+    return sfft.rfft2(v, axes=(-2, -1), workers=fft_workers()), W[..., f, :][..., fx] * pad ** 2
 
 
 # ---------------------------------------------------------------- 2D

@@ -57,6 +57,10 @@ class Class2DConfig(ImageOptions, GradOptions):
                             group="sampling")
     offset_range: float = param(5.0, "translation search range (pixels)", check=NON_NEGATIVE, group="sampling")
     offset_step: float = param(1.0, "translation step (pixels)", check=POSITIVE, group="sampling")
+    grad_final_offset_range: float = param(3.0, "VDAM (--grad): translation search range (pixels) of the final "
+                                           "pass over all particles, around each particle's origin from its last "
+                                           "mini-batch (at most --offset_range; hpcem's flag, not RELION's)",
+                                           check=NON_NEGATIVE, group="sampling")
     oversampling: int = param(1, "adaptive oversampling order (1: children at half the step)", choices=(0, 1),
                               group="sampling")
     maxsig: int = param(200, "most significant coarse hypotheses oversampled per particle (0: all)",
@@ -213,7 +217,7 @@ class Class2D:
         kidx = coefficients(self.parts.shell, self.r_cur)
         data, wsum = self.space.host_sums()
         row0 = block_range(data.shape[0], comm.size, comm.rank)[0]
-        data = comm.reduce_scatter_rows(data.view(np.float64)).view(np.complex128)
+        data = comm.reduce_scatter_rows(data.view(wsum.dtype)).view(data.dtype)
         wsum = comm.reduce_scatter_rows(wsum)
         return data, wsum, row0, kidx
 

@@ -54,10 +54,12 @@ class InPlaneSpace:
         self.children = PsiChildren(self.npsi, self.Jf1 // self.npsi)
         self.refs = None            # (K, n, n) float32, set by the algorithm
         self.data = self.wsum = self.refs_f = None
+        self.single_sums = False    # dense sums in complex64 / float32 (VDAM's mini-batches), else double
 
     def begin(self, kidx, mc, r_max, r_max_coarse, dense=True, n_slots=1):
         """Rotated references of every coarse (mc coefficients) and fine hypothesis (the fine ones
-        kept as ``refs_f``), and zeroed dense sums (n_slots K 2npsi, M) complex128 / float64: one
+        kept as ``refs_f``), and zeroed dense sums (n_slots K 2npsi, M) complex128 / float64
+        (complex64 / float32 with ``single_sums``): one
         row block per slot (VDAM's half sets, :meth:`dense_sums`).  On the CPU only the
         coefficients ``kidx`` are interpolated (project2d_at); on a GPU the whole transforms, then
         the coefficients taken."""
@@ -77,8 +79,9 @@ class InPlaneSpace:
             kd = dev.put(kidx)
             Rc = xp.ascontiguousarray(Rc.reshape(len(Rc), -1)[:, kd[:mc]])
             Rf = xp.ascontiguousarray(Rf.reshape(len(Rf), -1)[:, kd])
-        self.data = dev.zeros((n_slots * K * self.Jf1, kidx.size), np.complex128)
-        self.wsum = dev.zeros((n_slots * K * self.Jf1, kidx.size), np.float64)
+        single = self.single_sums
+        self.data = dev.zeros((n_slots * K * self.Jf1, kidx.size), np.complex64 if single else np.complex128)
+        self.wsum = dev.zeros((n_slots * K * self.Jf1, kidx.size), np.float32 if single else np.float64)
         self.refs_f = Rf
         return Rc, Rf
 
