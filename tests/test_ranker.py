@@ -101,6 +101,21 @@ def test_training_is_reproducible_and_learns():
     assert not np.array_equal(w1["conv0_w"], w3["conv0_w"])
 
 
+def test_fine_tuning_with_slower_convolution_layers():
+    """fit(conv_lr_scale=...) (ship.py --conv_lr_scale, issue 14 stop 38 retrain): the convolution layers
+    learn at that multiple of lr; at 0 they stay the given weights' while the head moves."""
+    pytest.importorskip("torch")
+    from hpcem.ml.train import fit
+
+    imgs, feats, y = _toy_examples(16)
+    start = net.load_weights()
+    w, _ = fit(imgs, feats, y, init=start, epochs=2, lr=1e-3, batch=8, seed=1, conv_lr_scale=0.0, log=None)
+    assert all(np.array_equal(w[k], start[k]) for k in w if k.startswith("conv"))
+    assert not np.allclose(w["fc1_w"], start["fc1_w"])
+    w, _ = fit(imgs, feats, y, init=start, epochs=2, lr=1e-3, batch=8, seed=1, log=None)
+    assert not np.array_equal(w["conv0_w"], start["conv0_w"])
+
+
 # ---------------------------------------------------------------- selection rules (RELION's)
 def test_selection_rules():
     scores = np.array([0.9, 0.1, 0.5, UNSCORED, 0.12, 0.05])
@@ -184,6 +199,13 @@ def test_large_split_plan():
     assert all(np.isclose(sum(s.junk_weights.values()), 1.0) for s in t128)
     tests = seen | {s.map_seed for s in plan("test_large128", 60)}
     assert not (tests | {s.map_seed for s in plan("train", 60)}) & {s.map_seed for s in plan("train128", 60)}
+    t32 = plan("train_large32", 12)   # 32-36 px low-SNR training sets at K 100 (stop 38 retrain)
+    assert all(10_000 <= s.n_particles <= 14_000 and s.K == 100 and s.box in (32, 36) and s.grad for s in t32)
+    assert [s.snr for s in t32[:4]] == [0.02, 0.05, 0.02, 0.05] and all("carbon" in s.junk_weights for s in t32)
+    assert {(s.shift_px, s.offset_step, s.iters) for s in t32} == {(2.0, 1.0, 200)}
+    others = tests | {s.map_seed for split in ("train", "train128") for s in plan(split, 60)}
+    assert not others & {s.map_seed for s in plan("train_large32", 60)}
+    assert (t32[0].n_particles, t32[0].box, t32[4].box) == (12613, 36, 32)    # the sets made at that stop
 
 
 def test_perfect_ranker_curve():

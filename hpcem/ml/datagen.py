@@ -17,6 +17,9 @@ px boxes, on maps of its own, with shifts and the translation search the same in
 10,000-20,000 particles (issue 14, stop 35: one core's budget).  ``train128`` is training data at that
 sampling (issue 14, stop 36): the train split's SNRs on maps of its own, 6,000-9,000 particles, K 50, all
 VDAM, empty picks in every set and no carbon edges (see NO_JUNK); the shipped weights are fine-tuned on it.
+``train_large32`` (issue 14, stop 38 retrain) is training data like test_large's 32-36 px sets at the train
+split's two lowest SNRs (0.02, 0.05): K 100, 10,000-14,000 particles, all VDAM, carbon edges in every set, maps of
+its own; tried as extra fine-tuning data, not in the shipped weights (DESIGN_NOTES).
 
 ``python -m hpcem.ml.datagen --o DIR --split train --sets 60`` writes ``DIR/setNNN/`` (particles,
 ``truth.npz`` with each particle's kind, ``spec.json``, ``Class2D/`` with the final iteration of the
@@ -45,31 +48,37 @@ from .features import TRAINED_ANGPIX
 KINDS = ("good",) + JUNK_KINDS
 SNR = {"train": (0.02, 0.05, 0.1, 0.2), "test": (0.035, 0.07, 0.14, 0.28), "test64": (0.035, 0.07, 0.14),
        "test_large": (0.035, 0.07, 0.14, 0.28), "test_large64": (0.035, 0.07, 0.14, 0.28),
-       "test_large128": (0.035, 0.07, 0.14, 0.28), "train128": (0.02, 0.05, 0.1, 0.2)}
+       "test_large128": (0.035, 0.07, 0.14, 0.28), "train128": (0.02, 0.05, 0.1, 0.2),
+       "train_large32": (0.02, 0.05)}
 MAP_SEED0 = {"train": 1000, "test": 5000, "test64": 9000, "test_large": 13000, "test_large64": 17000,
-             "test_large128": 21000, "train128": 1500}
+             "test_large128": 21000, "train128": 1500, "train_large32": 1800}
 BOXES = {"train": (32, 36), "test": (32, 36), "test64": (64,), "test_large": (32, 36), "test_large64": (64,),
-         "test_large128": (128,), "train128": (128,)}
-STREAM = {"train": 0, "test": 1, "test64": 2, "test_large": 3, "test_large64": 4, "test_large128": 5, "train128": 6}
+         "test_large128": (128,), "train128": (128,), "train_large32": (32, 36)}
+STREAM = {"train": 0, "test": 1, "test64": 2, "test_large": 3, "test_large64": 4, "test_large128": 5, "train128": 6, "train_large32": 7}
 # pixels per pixel of the other splits: test_large128 samples the same particles (Angstrom) twice as finely,
 # so its pixel size, mask margin, particle shifts and translation search scale by 1/2, 2, 2, 2
 FINER = {"test_large128": 2, "train128": 2}
 # particles per set (low, high + 1) and the class counts drawn from; test_large: sets of the size
 # users classify (issue 14, stop 28), where each junk kind has hundreds of members; test_large64 the
 # same in 64 px boxes (issue 14, stop 30)
-LARGE = ("test_large", "test_large64", "test_large128", "train128")
-N_PARTICLES = dict(dict.fromkeys(LARGE, (15_000, 30_001)), test_large128=(10_000, 20_001), train128=(6_000, 9_001))
-CLASSES = dict(dict.fromkeys(LARGE, (50, 64, 80, 100)), test_large128=(50, 64), train128=(50,))
+LARGE = ("test_large", "test_large64", "test_large128", "train128", "train_large32")
+N_PARTICLES = dict(dict.fromkeys(LARGE, (15_000, 30_001)), test_large128=(10_000, 20_001), train128=(6_000, 9_001),
+                   train_large32=(10_000, 14_001))
+CLASSES = dict(dict.fromkeys(LARGE, (50, 64, 80, 100)), test_large128=(50, 64), train128=(50,), train_large32=(100,))
 VDAM_BATCHES = dict.fromkeys(LARGE, 200)   # RELION's default --grad mini-batch count
 # the large splits' SNR of set i is ORDER[i % 4] (every SNR within four sets; test_large64/128 the hardest first)
 LARGE_SNR_ORDER = {"test_large": (0.07, 0.035, 0.14, 0.28), "test_large64": (0.035, 0.07, 0.14, 0.28),
-                   "test_large128": (0.035, 0.07, 0.14, 0.28), "train128": (0.02, 0.05, 0.1, 0.2)}
+                   "test_large128": (0.035, 0.07, 0.14, 0.28), "train128": (0.02, 0.05, 0.1, 0.2),
+                   "train_large32": (0.02, 0.05, 0.02, 0.05)}
 # train128 (issue 14, stop 36): the train split's recipe at test_large128's sampling, on maps of its own (1500+),
 # the train SNRs, all VDAM (one core's budget), empty picks in every set (the junk whose classes the 32-36 px
 # training data never held), no carbon edges (left out when class2d --grad had collapsed on a 128 px set with 15% of
 # them; the cause was the simulator's too-bright edges, fixed in stop 36: the shipped weights' sets still lack them)
-ALL_VDAM = ("train128",)
-ALWAYS_JUNK = {"train128": "noise"}
+# train_large32 (issue 14, stop 38 retrain): the train split's two lowest SNRs in 32-36 px boxes at K 100, 10,000-14,000
+# particles, all VDAM, carbon edges in every set (the junk of test_large set001's good classes that the stop-36 weights
+# marked down), on maps of its own (1800+)
+ALL_VDAM = ("train128", "train_large32")
+ALWAYS_JUNK = {"train128": "noise", "train_large32": "carbon"}
 NO_JUNK = {"train128": ("carbon",)}
 
 

@@ -11,6 +11,8 @@ the shipped weights:
 
     python -m hpcem.ml.ship --data DATA128 --init hpcem/ml/data/class_ranker.npz --o W --epochs E --lr 3e-4
 
+``--conv_lr_scale S`` trains the convolution layers at S x --lr (the fully connected head at --lr).
+
 Targets from each class's share of good particles (:func:`.trainset.composition_targets`).  With
 ``--holdout F`` a fraction of the sets (whole sets) is kept out and its loss and AUC reported, to
 choose the number of epochs; the shipped weights are then trained on every set.  Classes are
@@ -37,7 +39,8 @@ def _subset(ex, keep):
 
 
 def train_shipped(data, out: str, epochs: int, seed: int = 0, holdout: float = 0.0, lr: float = 1e-3,
-                  threads: int = 1, batch: int = 64, save_every: int = 0, init: str = "", log=print) -> dict:
+                  threads: int = 1, batch: int = 64, save_every: int = 0, init: str = "", conv_lr_scale: float = 1.0,
+                  log=print) -> dict:
     """Train on the finished sets of the folder(s) ``data``; ``init``: weights to fine-tune."""
     log = log or (lambda *a, **k: None)
     folders = [data] if isinstance(data, str) else list(data)
@@ -58,7 +61,7 @@ def train_shipped(data, out: str, epochs: int, seed: int = 0, holdout: float = 0
     if start is not None:
         log("fine-tuning %s" % init)
     weights, hist = fit(tr["images"], tr["feats"], tr["targets"], init=start, epochs=epochs, lr=lr, batch=batch, seed=seed,
-                        threads=threads, sample_weight=np.sqrt(tr["counts"]), log=log,
+                        threads=threads, sample_weight=np.sqrt(tr["counts"]), log=log, conv_lr_scale=conv_lr_scale,
                         every=(save_every, keep) if save_every and out else None,
                         val=(v["images"], v["feats"], v["targets"]) if val.any() else None)
     result = {"train_loss": hist[-1]}
@@ -70,7 +73,7 @@ def train_shipped(data, out: str, epochs: int, seed: int = 0, holdout: float = 0
         net.save_weights(out, weights, seed=np.int64(seed), epochs=np.int64(epochs), lr=np.float64(lr),
                          batch=np.int64(batch), fine_tuned=np.int64(bool(init)),
                          n_sets=np.int64(len(sets)), n_classes=np.int64(len(tr["targets"])),
-                         final_loss=np.float64(hist[-1]))
+                         final_loss=np.float64(hist[-1]), conv_lr_scale=np.float64(conv_lr_scale))
         log("wrote %s (%d bytes)" % (out, os.path.getsize(out)))
     return result
 
@@ -88,8 +91,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="classes per optimiser step")
     ap.add_argument("--save_every", type=int, default=0, help="also write the weights every N epochs (beside --o)")
     ap.add_argument("--j", type=int, default=1, help="torch threads")
+    ap.add_argument("--conv_lr_scale", type=float, default=1.0,
+                    help="learning rate of the convolution layers as a multiple of --lr (e.g. 0.1 to fine-tune them slowly)")
     a = ap.parse_args(argv)
-    train_shipped(a.data, a.o, a.epochs, a.seed, a.holdout, a.lr, a.j, a.batch, a.save_every, a.init)
+    train_shipped(a.data, a.o, a.epochs, a.seed, a.holdout, a.lr, a.j, a.batch, a.save_every, a.init, a.conv_lr_scale)
     return 0
 
 

@@ -93,14 +93,16 @@ def robust_scale(f):
 
 
 def fit(images, feats, targets, init: dict | None = None, epochs: int = 100, lr: float = 1e-3, batch: int = 64,
-        seed: int = 0, threads: int = 1, sample_weight=None, val=None, every=None, log=print) -> tuple:
+        seed: int = 0, threads: int = 1, sample_weight=None, val=None, every=None, conv_lr_scale: float = 1.0,
+        log=print) -> tuple:
     """Train on class images (B, 64, 64) (:func:`hpcem.ml.net.cnn_input`), raw feature vectors
     (B, F) and target scores (B,) in [0, 1]; ``init`` weights to fine-tune (their feature
     standardisation kept), else a fresh network with the features standardised over this data
     (:func:`robust_scale`).
     ``val`` (images, features, targets) of held-out classes: their loss is logged with the
     training loss.  ``every`` (n, callback): callback(epoch, weights) after every n-th epoch (to
-    keep the weights of a long run).  Returns (weights, per-epoch mean training losses)."""
+    keep the weights of a long run).  ``conv_lr_scale``: the convolution layers learn at that multiple of
+    ``lr`` (fine-tuning the image pathway more slowly than the fully connected head).  Returns (weights, per-epoch mean training losses)."""
     torch = require_torch()
     torch.set_num_threads(max(1, int(threads)))
     torch.manual_seed(seed)
@@ -117,7 +119,8 @@ def fit(images, feats, targets, init: dict | None = None, epochs: int = 100, lr:
     Fz = torch.from_numpy(net.standardise(f, stats))
     Y = torch.from_numpy(np.asarray(targets, np.float32))
     Wt = torch.from_numpy(np.ones(len(Y), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    head = list(model.fc1.parameters()) + list(model.fc2.parameters())
+    opt = torch.optim.Adam([{"params": head}, {"params": list(model.convs.parameters()), "lr": lr * conv_lr_scale}], lr=lr)
     history = []
     t0 = time.time()
     for ep in range(int(epochs)):
