@@ -426,3 +426,30 @@ def test_reseed_from_the_worst_fit_images(tmp_path):
     assert np.all(a.sag.gbar[0] == 0) and np.all(a.sag.gbar[1] == 1)
     assert all(np.array_equal(before[k], a.m.res[k]) for k in before)
     assert a.V[0].min() >= 0 and a.V[0].std() == pytest.approx(a.V[1].std())
+
+
+def test_initial_noise_scale_when_the_target_ess_is_out_of_reach(tmp_path):
+    """The initial noise scale's bisection (issue 12, stop 38): with the target ESS fraction above what the
+    quadrature's oversampled points can reach (--maxsig caps them; at 20 A in a 64 px box the default 1.1%
+    is), the target becomes half the largest reachable fraction, so the scale stays finite and gives that
+    fraction; before, the bisection ran to its bound (10^6) and the data term vanished: empty maps."""
+    from hpcem.algorithms.sagd.abinitio import AbInitio
+    from hpcem.algorithms.sagd.config import AbInitioConfig
+    from hpcem.cli.inputs import read_particles
+    from hpcem.parallel.comm import get_comm
+
+    _, star = _write(str(tmp_path), 120, 24, 1.0, seed=7)
+    ps = read_particles(star, 0.0, ctf=True, diameter=60)
+    comm = get_comm(force_serial=True)
+    for target in (0.011, 0.9):
+        a = AbInitio(ps, AbInitioConfig(particle_diameter=60, ctf=True, target_initial_ess_fraction=target,
+                                        maxsig=20), comm, log=lambda *x: None)
+        a.prepare()
+        a.initialise()
+        sub, quad, r = a._batch(0)
+        ess_max = a.m.ess_fraction(a.V, r, quad, sub, 1e6)
+        scale, got = a._noise_scale(r, quad, sub)
+        assert got == pytest.approx(min(target, 0.5 * ess_max))
+        assert scale < 1e5
+        assert a.m.ess_fraction(a.V, r, quad, sub, scale) == pytest.approx(got, rel=0.05)
+    assert ess_max < 2 * 0.9 and got < 0.9           # the second target was out of reach
