@@ -278,7 +278,7 @@ def backproject2d(slices, weights, rotations2d, data_acc, weight_acc, r_max=None
 def backproject2d_at(values, weights, rotations2d, ref_index, ky, kx, data_acc, weight_acc, pad=2, cols=None,
                      refs=None, pred_index=None):
     """Adjoint of :func:`project2d_at`, in place, for rows of double sums at the listed frequencies
-    (CPU only): row b's ``values`` (complex128 (B, M); or complex64 with float32 weights) minus ``weights`` (float64 (B, M)) times its
+    (CPU only): row b's ``values`` (complex128 (B, M), with float64 ``weights``; or complex64 with float32) minus ``weights`` times its
     prediction ``refs[pred_index[b]]`` (complex64 (J, M); None: the values themselves), rounded to
     complex64 / float32 and accumulated into class ``ref_index[b]``'s accumulator as
     :func:`backproject2d` accumulates the rows put on the full half grid (zero elsewhere).  Only

@@ -74,7 +74,9 @@ class Class2DGrad(GradFiles, Class2D):
         cnt = np.array([s.size for s in subsets], np.float64)
         self.comm.allreduce_(cnt)
         self.half_scale = np.bincount(self.half, minlength=2) / np.maximum(cnt, 1.0)
-        self.space.single_sums = True     # the mini-batch sums in single precision (DESIGN_NOTES, speed pass 3)
+        # the mini-batch sums in single precision on the CPU (DESIGN_NOTES, speed pass 3); a GPU keeps double
+        # precision (its whole-transform path has not run with single-precision sums)
+        self.space.single_sums = not self.space.device.gpu
         try:
             return self.estep_on(self.refs, self.sub, slots=self.half[self.lo:self.hi], n_slots=2)
         finally:
